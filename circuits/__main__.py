@@ -1,0 +1,3 @@
+from circuits.cli.main import main
+
+main()

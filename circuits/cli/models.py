@@ -1,0 +1,86 @@
+"""`circuits models build|list|eval|predict`."""
+
+from __future__ import annotations
+
+import typer
+
+from circuits.cli.common import console, pick_device, print_json
+
+app = typer.Typer(help="Build, list, evaluate and query models.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the built-in models and whether they are cached."""
+    from circuits.models import list_models
+
+    rows = list_models()
+    if json_out:
+        print_json(rows)
+        return
+    for row in rows:
+        state = "cached" if row["cached"] else "not built"
+        console.print(f"[bold]{row['name']:<14}[/bold] {state:<10} {row['description']}")
+
+
+@app.command("build")
+def build_cmd(
+    name: str = typer.Argument(..., help="Built-in model name (see `circuits models list`)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if cached."),
+    json_out: bool = typer.Option(False, "--json", help="Print name, path, build_seconds and eval as JSON."),
+) -> None:
+    """Build (train or convert) a built-in model and cache it under $CIRCUITS_HOME."""
+    from circuits.models.registry import build_model, evaluate_model, load_model, BUILTIN_MODELS
+    from circuits.models.cache import read_meta
+
+    path = build_model(name, progress=True, force=force)
+    meta = read_meta(path)
+    out = {"name": name, "path": str(path), "build_seconds": meta.get("build_seconds")}
+    if BUILTIN_MODELS[name].evaluate is not None:
+        out["eval"] = meta.get("eval") or evaluate_model(load_model(name))
+    if json_out:
+        print_json(out)
+    else:
+        console.print(f"built [bold]{name}[/bold] at {path} in {out['build_seconds']} s")
+        for key, value in out.get("eval", {}).items():
+            console.print(f"  {key}: {value}")
+
+
+@app.command("eval")
+def eval_cmd(
+    name: str = typer.Argument(..., help="Built-in model name."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+) -> None:
+    """Evaluate a built-in model on its held-out sets."""
+    from circuits.models.registry import evaluate_model, load_model
+
+    loaded = load_model(name, device=pick_device(device))
+    out = {"name": name, "path": str(loaded.path), "build_seconds": loaded.meta.get("build_seconds"),
+           "eval": evaluate_model(loaded)}
+    if json_out:
+        print_json(out)
+    else:
+        for key, value in out["eval"].items():
+            console.print(f"{key}: {value}")
+
+
+@app.command("predict")
+def predict_cmd(
+    name: str = typer.Argument(..., help="Model: built-in name, local checkpoint dir or hub id."),
+    prompt: str = typer.Argument(..., help="Prompt text."),
+    top: int = typer.Option(5, "--top", min=1, help="How many tokens to show."),
+    json_out: bool = typer.Option(False, "--json", help="Print a list of {token, id, prob}."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+) -> None:
+    """Print the most likely next tokens after PROMPT."""
+    from circuits.models.registry import load_model
+    from circuits.prompts import next_token_distribution
+
+    loaded = load_model(name, device=pick_device(device))
+    rows = next_token_distribution(loaded.model, prompt, top)
+    if json_out:
+        print_json(rows)
+        return
+    for row in rows:
+        console.print(f"{row['prob']:8.4f}  {row['token']!r}  (id {row['id']})")

@@ -1,0 +1,131 @@
+"""The model cache: plain files that any TransformerLens-based tool can load, written atomically.
+
+Layout of $CIRCUITS_HOME/models/<name>/:
+  config.json        HookedTransformerConfig fields (json-serialisable subset)
+  model.safetensors  state dict in TransformerLens naming
+  tokenizer.json     a `tokenizers` tokenizer
+  meta.json          special tokens, corpus / eval metadata, build time (written last)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from circuits.errors import CircuitsError
+from circuits.paths import models_dir, writable_dir
+
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, META_FILE = (
+    "config.json", "model.safetensors", "tokenizer.json", "meta.json")
+
+
+def model_cache_dir(name: str) -> Path:
+    return models_dir() / name
+
+
+def read_meta(cache: Path) -> dict:
+    try:
+        return json.loads((cache / META_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def config_to_dict(cfg) -> dict:
+    """The json-serialisable fields of a HookedTransformerConfig (enough to rebuild it)."""
+    out = {}
+    for key, value in cfg.to_dict().items():
+        if key in ("device", "n_devices", "dtype"):
+            continue
+        if _jsonable(value):
+            out[key] = value
+    return out
+
+
+def save_model_files(out_dir: Path, model, tokenizer_json: str, meta: dict) -> None:
+    """Write config, weights, tokenizer and meta for `model` (a HookedTransformer) into out_dir."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config_to_dict(model.cfg), indent=2))
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out_dir / WEIGHTS_FILE))
+    (out_dir / TOKENIZER_FILE).write_text(tokenizer_json)
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def build_into_cache(name: str, build: Callable[[Path, bool], dict], progress: bool = True,
+                     force: bool = False) -> Path:
+    """Run `build(tmp_dir, progress)` and move the result into the cache atomically."""
+    final = model_cache_dir(name)
+    if (final / META_FILE).exists() and not force:
+        return final
+    writable_dir(final.parent)
+    tmp = final.parent / f".{name}.building"
+    shutil.rmtree(tmp, ignore_errors=True)
+    start = time.perf_counter()
+    meta = build(tmp, progress)
+    meta = {**meta, "name": name, "build_seconds": round(time.perf_counter() - start, 2)}
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+    old = final.parent / f".{name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_tokenizer(path: Path, special: dict):
+    """A transformers fast tokenizer over our tokenizer.json (so TransformerLens can use it)."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(path), **special)
+    return tok
+
+
+def load_cached_model(cache: Path, name: str, device: str | torch.device = "cpu"):
+    """Load a cached model directory into a HookedTransformer; corrupted files give one clear line."""
+    from safetensors import SafetensorsError
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    rebuild = f"rebuild with: circuits models build {name} --force"
+    meta = read_meta(cache)
+    if not meta:
+        raise CircuitsError(f"cached model '{name}' at {cache} is corrupted (meta.json unreadable); {rebuild}")
+    try:
+        cfg_dict = json.loads((cache / CONFIG_FILE).read_text())
+        cfg = HookedTransformerConfig(**{**cfg_dict, "device": str(device)})
+        state = load_file(str(cache / WEIGHTS_FILE))
+        tokenizer = load_tokenizer(cache / TOKENIZER_FILE, meta.get("special_tokens", {}))
+    except (OSError, json.JSONDecodeError, SafetensorsError, TypeError, ValueError, Exception) as exc:
+        raise CircuitsError(
+            f"cached model '{name}' at {cache} is corrupted ({type(exc).__name__}); {rebuild}") from None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(("IGNORE", "mask"))]
+    if missing or unexpected:
+        raise CircuitsError(
+            f"cached model '{name}' at {cache} is corrupted (weights do not match its config); {rebuild}")
+    model.to(device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

