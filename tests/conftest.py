@@ -1,0 +1,30 @@
+"""Shared fixtures. Every test session gets its own $CIRCUITS_HOME, so tests never touch the
+user's cache; the tiny built-in model is built once per session and shared."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def circuits_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("circuits_home")
+    old = os.environ.get("CIRCUITS_HOME")
+    os.environ["CIRCUITS_HOME"] = str(home)
+    torch.manual_seed(0)
+    yield home
+    if old is None:
+        os.environ.pop("CIRCUITS_HOME", None)
+    else:
+        os.environ["CIRCUITS_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def world_tiny(circuits_home):
+    """The `world-tiny` built-in model (trained in seconds), as a LoadedModel."""
+    from circuits.models import load_model
+
+    return load_model("world-tiny", progress=False)
