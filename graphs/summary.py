@@ -1,0 +1,80 @@
+"""A readable summary of a pruned graph, as plain data (the CLI decides how to print it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from graphs.graph import Graph, NodeKind
+from graphs.prune import PrunedGraph
+from graphs.scores import compute_scores
+
+
+def summarize(graph: Graph, pruned: PrunedGraph, top_per_position: int = 3) -> dict[str, Any]:
+    """{prompt, tokens, model, transcoders, thresholds, counts, scores, logits, positions,
+    timing_seconds}. `logits`: [{node_id, label, token_id, probability, weight}] in graph order.
+    `positions`: one entry per prompt position, {position, token, features}, features being the
+    `top_per_position` most influential kept feature nodes there, most influential first, each
+    {node_id, layer, feature, activation, influence, label}."""
+    logits = []
+    for j, i in enumerate(range(graph.logit_slice.start, graph.logit_slice.stop)):
+        logits.append({
+            "node_id": graph.node_id(i),
+            "label": graph.logit_labels[j],
+            "token_id": int(graph.token_id[i]),
+            "probability": float(graph.logit_probabilities[j]),
+            "weight": float(graph.logit_weights[j]),
+        })
+    kept_features = np.flatnonzero(pruned.node_mask & (graph.kind == NodeKind.FEATURE))
+    positions = []
+    for pos, token in enumerate(graph.token_strs):
+        here = kept_features[graph.position[kept_features] == pos]
+        ranked = here[np.argsort(-pruned.node_influence[here], kind="stable")][:top_per_position]
+        positions.append({"position": pos, "token": token,
+                          "features": [_feature_entry(graph, pruned, int(i)) for i in ranked]})
+    return {
+        "prompt": graph.prompt,
+        "tokens": list(graph.token_strs),
+        "model": graph.model,
+        "transcoders": graph.transcoders,
+        "thresholds": {"node_threshold": pruned.node_threshold, "edge_threshold": pruned.edge_threshold},
+        "counts": pruned.counts(graph),
+        "scores": compute_scores(graph, pruned),
+        "logits": logits,
+        "positions": positions,
+        "timing_seconds": graph.timing_seconds,
+    }
+
+
+def _feature_entry(graph: Graph, pruned: PrunedGraph, i: int) -> dict[str, Any]:
+    return {
+        "node_id": graph.node_id(i),
+        "layer": int(graph.layer[i]),
+        "feature": int(graph.feature[i]),
+        "activation": float(graph.activation[i]),
+        "influence": float(pruned.node_influence[i]),
+        "label": graph.feature_labels.get(i, ""),
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Plain-text rendering of `summarize`'s output (for logs and simple CLIs)."""
+    c, s = summary["counts"], summary["scores"]
+    lines = [f"prompt: {summary['prompt']!r}", "top logits:"]
+    lines += [f"  {lg['label']!r:>20}  p={lg['probability']:.3f}" for lg in summary["logits"]]
+    lines.append(f"nodes {c['nodes_before']} -> {c['nodes_after']}, "
+                 f"edges {c['edges_before']} -> {c['edges_after']} "
+                 f"(features {c['features_before']} -> {c['features_after']})")
+    lines.append(f"replacement {s['replacement']:.3f} (pruned {_fmt(s['replacement_pruned'])}), "
+                 f"completeness {s['completeness']:.3f} (pruned {_fmt(s['completeness_pruned'])})")
+    lines.append("most influential features per position:")
+    for entry in summary["positions"]:
+        feats = ", ".join(f"{f['node_id']} {f['label']!r}" if f["label"] else f["node_id"]
+                          for f in entry["features"]) or "-"
+        lines.append(f"  {entry['position']:>3} {entry['token']!r:>12}: {feats}")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
