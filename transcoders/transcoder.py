@@ -64,6 +64,19 @@ class Transcoder(nn.Module):
             return pre_layer_feat.relu()
         return topk_relu(pre_layer_feat, self.cfg.topk)
 
+    def encode_layer(self, x_pos_d: torch.Tensor, layer: int) -> torch.Tensor:
+        """Pre-activations h [..., F] of one layer's features from that layer's input x [..., d]."""
+        return x_pos_d @ self.W_enc[layer].T + self.b_enc[layer]
+
+    def activate_layer(self, pre_feat: torch.Tensor, layer: int) -> torch.Tensor:
+        """Activations a [..., F] of one layer's features (same rule as `activate`)."""
+        act = self.cfg.activation
+        if act == "jumprelu":
+            return pre_feat * (pre_feat > self.threshold[layer])
+        if act == "relu":
+            return pre_feat.relu()
+        return topk_relu(pre_feat, self.cfg.topk)
+
     def decode(self, acts_layer_feat: torch.Tensor, x_layer_d: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstructed MLP outputs y_hat [..., L, d] from activations a [..., L, F]."""
         L = self.cfg.n_layers

@@ -1,0 +1,184 @@
+"""attribute(): the attribution graph of one prompt (METHOD.md section 3).
+
+1. Freeze the local replacement model of the prompt (circuits.replacement).
+2. Targets: the top logits (and custom directions), then the active features - all of them, or
+   the `max_feature_nodes` with the largest estimated influence on the logits, chosen in rounds
+   from the rows computed so far (as the reference implementation does).
+3. Rows come from batched frozen backward sweeps (circuits.attribution.rows), batches sorted by
+   (layer, position) so each sweep only covers its causal cone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from circuits.attribution.frozen_backward import FrozenBlocks
+from circuits.attribution.rows import SourceLayout, compute_rows
+from circuits.attribution.targets import (LogitTargets, TargetSeeds, add_custom_target, feature_seeds,
+                                          logit_seeds, select_logits)
+from circuits.replacement import LocalReplacement, build_local_replacement
+
+
+@dataclass
+class CustomTarget:
+    """A direction read after the final norm at the last position, e.g. a logit difference."""
+
+    label: str
+    direction_d: torch.Tensor
+    weight: float | None = None
+
+
+@dataclass
+class Attribution:
+    """The raw result: rows for the logit targets and the chosen features, over all sources."""
+
+    rep: LocalReplacement
+    logits: LogitTargets
+    feature_idx: torch.Tensor  # [n_chosen] indices into rep.features, in node order
+    logit_rows: torch.Tensor  # [n_logits, n_sources]
+    feature_rows: torch.Tensor  # [n_chosen, n_sources]
+    layout: SourceLayout
+    timing_seconds: dict = field(default_factory=dict)
+
+
+def _batches(n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+def _rows_in_batches(rep, blocks, transcoder, layout, seeds: TargetSeeds, batch_size: int,
+                     progress=None) -> torch.Tensor:
+    out = torch.empty(len(seeds), layout.n_sources, device=seeds.vec_d.device)
+    order = torch.argsort(seeds.layer * (rep.n_pos + 1) + seeds.position)  # group causal cones
+    for sl in _batches(len(seeds), batch_size):
+        idx = order[sl]
+        out[idx] = compute_rows(rep, blocks, transcoder, layout, seeds.select(idx))
+        if progress is not None:
+            progress(sl.stop - sl.start)
+    return out
+
+
+def _feature_influence(logit_rows: torch.Tensor, logit_weights: torch.Tensor, feature_rows: torch.Tensor,
+                       visited: torch.Tensor, n_features: int, max_depth: int) -> torch.Tensor:
+    """Influence w^T (A_hat + A_hat^2 + ...) on every active feature, from the rows known so far
+    (unvisited features have no rows yet, so paths through them are not counted)."""
+
+    def normalise(rows):
+        a = rows.abs()
+        return a / a.sum(1, keepdim=True).clamp_min(1e-30)
+
+    logit_hat = normalise(logit_rows)[:, :n_features]
+    feat_hat = normalise(feature_rows)[:, :n_features] if len(visited) else None
+    flow = logit_weights @ logit_hat  # [n_features]
+    influence = flow.clone()
+    for _ in range(max_depth):
+        if feat_hat is None:
+            break
+        flow = flow[visited] @ feat_hat
+        influence += flow
+        if float(flow.abs().max()) < 1e-12:
+            break
+    return influence
+
+
+@torch.no_grad()
+def attribute(model, transcoder, tokens_pos: torch.Tensor, *, max_n_logits: int = 10,
+              desired_logit_prob: float = 0.95, custom_targets: list[CustomTarget] | None = None,
+              max_feature_nodes: int | None = None, batch_size: int = 64,
+              progress: bool = False) -> Attribution:
+    """Compute adjacency rows for the logit targets and the active features of one prompt."""
+    timing = {}
+    t0 = time.perf_counter()
+    rep = build_local_replacement(model, transcoder, tokens_pos)
+    blocks = FrozenBlocks(model)
+    layout = SourceLayout(rep, transcoder)
+    logits = select_logits(rep, blocks.W_U_d_vocab, max_n_logits, desired_logit_prob)
+    x_final = _final_norm_output(model, rep)
+    for target in custom_targets or []:
+        direction = target.direction_d.to(x_final.device).float()
+        logits = add_custom_target(logits, target.label, direction, float(direction @ x_final), target.weight)
+    timing["forward"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    n_active = len(rep.features)
+    n_chosen = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
+    bar = _progress_bar(progress, len(logits.labels) + n_chosen)
+    logit_rows = _rows_in_batches(rep, blocks, transcoder, layout, logit_seeds(rep, blocks, logits),
+                                  batch_size, bar)
+    if n_chosen == n_active:
+        chosen = torch.arange(n_active, device=logit_rows.device)
+        feature_rows = _rows_in_batches(rep, blocks, transcoder, layout,
+                                        feature_seeds(rep, blocks, transcoder, chosen), batch_size, bar)
+    else:
+        chosen, feature_rows = _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows,
+                                                    n_chosen, batch_size, bar)
+    if bar is not None:
+        bar.close()
+    timing["attribution"] = time.perf_counter() - t1
+    return Attribution(rep, logits, chosen, logit_rows, feature_rows, layout, timing)
+
+
+def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_chosen, batch_size, bar):
+    n_active = len(rep.features)
+    device = logit_rows.device
+    visited = torch.zeros(0, dtype=torch.long, device=device)
+    feature_rows = torch.zeros(0, layout.n_sources, device=device)
+    weights = logits.weights.to(device).float()
+    while len(visited) < n_chosen:
+        influence = _feature_influence(logit_rows, weights, feature_rows, visited, n_active, rep.error_layer_pos_d.shape[0] + 1)
+        influence[visited] = -1.0
+        k = min(batch_size, n_chosen - len(visited))
+        new = influence.topk(k).indices
+        rows = _rows_in_batches(rep, blocks, transcoder, layout, feature_seeds(rep, blocks, transcoder, new),
+                                batch_size, bar)
+        visited = torch.cat([visited, new])
+        feature_rows = torch.cat([feature_rows, rows])
+    order = torch.argsort(visited)  # node order follows rep.features (layer, position, feature)
+    return visited[order], feature_rows[order]
+
+
+def _final_norm_output(model, rep: LocalReplacement) -> torch.Tensor:
+    """ln_final(resid_final) [d] at the last position, with its frozen scale."""
+    x = rep.resid_final_d
+    norm = getattr(model, "ln_final", None)
+    if norm is None:
+        return x
+    if (model.cfg.normalization_type or "").startswith("LN"):
+        x = x - x.mean()
+    x = x / rep.lnf_scale_pos[-1]
+    w, b = getattr(norm, "w", None), getattr(norm, "b", None)
+    x = x * w if w is not None else x
+    return x + b if b is not None else x
+
+
+def _progress_bar(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="attribution rows", unit="row", leave=False)
+
+    def update(n):
+        bar.update(n)
+
+    update.close = bar.close  # type: ignore[attr-defined]
+    return update
+
+
+def dense_adjacency(attr: Attribution) -> np.ndarray:
+    """The adjacency over graph nodes (chosen features, errors, embeddings, logits), float32."""
+    layout = attr.layout
+    n_f = len(attr.feature_idx)
+    n_rest = layout.n_errors + layout.n_pos
+    n_l = attr.logit_rows.shape[0]
+    n = n_f + n_rest + n_l
+    source_cols = torch.cat([attr.feature_idx.to(attr.logit_rows.device),
+                             torch.arange(layout.n_features, layout.n_sources, device=attr.logit_rows.device)])
+    A = torch.zeros(n, n, dtype=torch.float32)
+    A[:n_f, : n_f + n_rest] = attr.feature_rows[:, source_cols].float().cpu()
+    A[n_f + n_rest:, : n_f + n_rest] = attr.logit_rows[:, source_cols].float().cpu()
+    return A.numpy()

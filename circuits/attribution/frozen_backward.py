@@ -1,0 +1,78 @@
+"""Backward passes through the frozen linear model, written out by hand (METHOD.md section 3).
+
+With attention patterns and norm scales frozen and gradients stopped at MLP outputs, the map
+from the residual stream at one layer to a later one is linear: the residual connection plus each
+attention layer's OV circuit (pattern^T, W_O^T, W_V^T, the frozen norm). We apply its transpose
+to a batch of gradient rows directly instead of asking autograd to replay the forward pass, which
+lets a batch of targets use only the layers below and the positions up to its deepest target.
+
+Shapes: B target rows, P positions (the batch's causal cone), d residual width, H heads, e head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def norm_backward(grad_pos_d: torch.Tensor, scale_pos: torch.Tensor, weight_d: torch.Tensor | None,
+                  centered: bool) -> torch.Tensor:
+    """Transpose of a frozen norm x -> w * center(x) / scale (LayerNorm) or w * x / scale (RMSNorm).
+
+    grad [..., P, d], scale [P]. The centering projection is symmetric, so it applies as is.
+    """
+    g = grad_pos_d if weight_d is None else grad_pos_d * weight_d
+    if centered:
+        g = g - g.mean(-1, keepdim=True)
+    return g / scale_pos[:, None]
+
+
+class FrozenBlocks:
+    """The weights the frozen backward needs, read once from a HookedTransformer."""
+
+    def __init__(self, model):
+        cfg = model.cfg
+        self.n_layers = cfg.n_layers
+        norm = cfg.normalization_type or ""
+        self.centered = norm.startswith("LN")  # LN / LNPre center; RMS / RMSPre do not
+        self.has_norm = bool(norm)
+        self.W_O_head_e_d = [b.attn.W_O.detach().float() for b in model.blocks]  # [H, e, d]
+        self.W_V_head_d_e = [b.attn.W_V.detach().float() for b in model.blocks]  # [H, d, e]
+        self.ln1_w = [self._weight(b.ln1) for b in model.blocks]
+        self.ln2_w = [self._weight(b.ln2) for b in model.blocks]
+        self.lnf_w = self._weight(getattr(model, "ln_final", None))
+        self.W_U_d_vocab = model.W_U.detach().float()
+
+    @staticmethod
+    def _weight(norm) -> torch.Tensor | None:
+        w = getattr(norm, "w", None)
+        return None if w is None else w.detach().float()
+
+    def attention_backward(self, layer: int, grad_pos_d: torch.Tensor, pattern_head_q_k: torch.Tensor,
+                           ln1_scale_pos: torch.Tensor) -> torch.Tensor:
+        """Gradient at the attention input (resid_pre) from the gradient at its output (resid_mid),
+        through the OV path only; grad [B, P, d], pattern [H, P, P] -> [B, P, d]. Excludes the
+        residual connection (the caller adds it)."""
+        W_O, W_V = self.W_O_head_e_d[layer], self.W_V_head_d_e[layer]
+        z_b_h_q_e = torch.einsum("bqd,hed->bhqe", grad_pos_d, W_O)
+        v_b_h_k_e = torch.einsum("hqk,bhqe->bhke", pattern_head_q_k, z_b_h_q_e)
+        g_ln_b_k_d = torch.einsum("bhke,hde->bkd", v_b_h_k_e, W_V)
+        if not self.has_norm:
+            return g_ln_b_k_d
+        return norm_backward(g_ln_b_k_d, ln1_scale_pos, self.ln1_w[layer], self.centered)
+
+    def input_hook_backward(self, layer: int, vec_pos_d: torch.Tensor, ln2_scale_pos: torch.Tensor,
+                            input_hook: str) -> torch.Tensor:
+        """Map vectors read at the transcoder's input hook [..., P, d] to the residual stream
+        (resid_mid): identity for hook_resid_mid, the frozen ln2 for ln2.hook_normalized (no
+        weight) and hook_mlp_in (with the ln2 weight)."""
+        if input_hook == "hook_resid_mid" or not self.has_norm:
+            return vec_pos_d
+        weight = self.ln2_w[layer] if input_hook == "hook_mlp_in" else None
+        return norm_backward(vec_pos_d, ln2_scale_pos, weight, self.centered)
+
+    def final_norm_backward(self, vec_n_d: torch.Tensor, lnf_scale: torch.Tensor) -> torch.Tensor:
+        """Map vectors [n, d] read after ln_final (logit directions) at one position, whose frozen
+        final-norm scale is `lnf_scale` (a scalar tensor), to the final residual stream."""
+        if not self.has_norm:
+            return vec_n_d
+        return norm_backward(vec_n_d, lnf_scale.reshape(1).expand(vec_n_d.shape[0]), self.lnf_w, self.centered)

@@ -1,0 +1,113 @@
+"""Adjacency rows for a batch of targets: one frozen backward sweep, then edges to every source.
+
+  A[t, s] = a_s * sum_{l_s <= l < l_t} W_dec_{s, l_s->l} . g_t(l, c_s)      (feature source)
+  A[t, err(l, c)] = e_{l,c} . g_t(l, c)                                     (error source)
+  A[t, emb(c)]    = x_emb_c . g_t(-1, c)                                    (token embedding)
+where g_t(l, c) is the gradient of target t at the residual stream after block l (where MLP l
+writes), position c. A batch seeded no deeper than layer l_top and no later than position c_top
+only needs blocks below l_top and positions up to c_top (its causal cone): the rest is zero.
+
+Source columns: all active features (in rep.features order), then error nodes (layer-major,
+positions 1..P-1), then token embeddings (positions 0..P-1).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from circuits.attribution.frozen_backward import FrozenBlocks, norm_backward
+from circuits.attribution.targets import TargetSeeds
+from circuits.replacement import LocalReplacement
+
+
+class SourceLayout:
+    """Column indices of the sources, and each source layer's activation-scaled decoders."""
+
+    def __init__(self, rep: LocalReplacement, transcoder):
+        f = rep.features
+        self.n_layers = rep.error_layer_pos_d.shape[0]
+        self.n_pos = rep.n_pos
+        self.n_features = len(f)
+        self.n_errors = self.n_layers * (self.n_pos - 1)
+        self.n_sources = self.n_features + self.n_errors + self.n_pos
+        # per source layer: [start, end) of its features and, per position, their sub-ranges
+        self.layer_ranges: list[tuple[int, int]] = []
+        self.pos_ranges: list[list[tuple[int, int, int]]] = []  # (pos, start, end)
+        self.scaled_decoders: list[torch.Tensor] = []  # per layer: [n_l, n_out, d] = a * W_dec
+        for l in range(self.n_layers):
+            rows = (f.layer == l).nonzero(as_tuple=True)[0]
+            start, end = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
+            self.layer_ranges.append((start, end))
+            pos = f.position[start:end]
+            bounds = []
+            if end > start:
+                uniq, counts = pos.unique_consecutive(return_counts=True)
+                offset = start
+                for p, c in zip(uniq.tolist(), counts.tolist()):
+                    bounds.append((p, offset, offset + c))
+                    offset += c
+            self.pos_ranges.append(bounds)
+            W = transcoder.W_dec[l].detach()[f.feature[start:end]].float()
+            self.scaled_decoders.append(W * f.activation[start:end, None, None])
+
+    def error_column(self, layer: int, pos: int) -> int:
+        return self.n_features + layer * (self.n_pos - 1) + (pos - 1)
+
+    def embedding_column(self, pos: int) -> int:
+        return self.n_features + self.n_errors + pos
+
+
+@torch.no_grad()
+def compute_rows(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layout: SourceLayout,
+                 seeds: TargetSeeds) -> torch.Tensor:
+    """Adjacency rows [B, n_sources] for the targets in `seeds`."""
+    B = len(seeds)
+    d = rep.embed_pos_d.shape[1]
+    device = rep.embed_pos_d.device
+    l_top = int(seeds.layer.max())
+    P = int(seeds.position.max()) + 1
+    skip = transcoder.W_skip.detach().float() if transcoder.W_skip is not None else None
+    grad_b_p_d = torch.zeros(B, P, d, device=device)
+    grad_p_b_l_d = torch.zeros(P, B, l_top, d, device=device)  # gradient after each block < l_top
+    rows_at = {l: (seeds.layer == l).nonzero(as_tuple=True)[0] for l in seeds.layer.unique().tolist()}
+    if l_top in rows_at and l_top == blocks.n_layers:  # logit-side targets read the final residual
+        r = rows_at[l_top]
+        grad_b_p_d[r, seeds.position[r]] += seeds.vec_d[r]
+    for l in range(min(l_top, blocks.n_layers - 1), -1, -1):
+        if l < l_top:  # gradient after block l, where MLP l writes (zero for l >= l_top)
+            grad_p_b_l_d[:, :, l] = grad_b_p_d.transpose(0, 1)
+        if skip is not None and l < l_top:  # linear skip path resid_mid -> mlp_out (not at BOS)
+            g_x = grad_b_p_d @ skip[l].T
+            g_x[:, 0] = 0
+            grad_b_p_d = grad_b_p_d + blocks.input_hook_backward(
+                l, g_x, rep.ln2_scale_layer_pos[l, :P], transcoder.cfg.input_hook)
+        if l in rows_at:  # features of layer l read resid_mid of block l
+            r = rows_at[l]
+            grad_b_p_d[r, seeds.position[r]] += seeds.vec_d[r]
+        grad_b_p_d = grad_b_p_d + blocks.attention_backward(
+            l, grad_b_p_d, rep.patterns[l][:, :P, :P], rep.ln1_scale_layer_pos[l, :P])
+
+    rows = torch.zeros(B, layout.n_sources, device=device)
+    emb_start = layout.embedding_column(0)
+    rows[:, emb_start:emb_start + P] = (grad_b_p_d * rep.embed_pos_d[:P]).sum(-1)
+    if P > 1:
+        err_b_l_p = torch.einsum("pbld,lpd->blp", grad_p_b_l_d[1:], rep.error_layer_pos_d[:l_top, 1:P])
+        for l in range(l_top):
+            c0 = layout.error_column(l, 1)
+            rows[:, c0:c0 + P - 1] = err_b_l_p[:, l]
+    for l_s in range(l_top):
+        dec = layout.scaled_decoders[l_s]
+        n_out = min(dec.shape[1], l_top - l_s)
+        if n_out <= 0:
+            continue
+        for pos, start, end in layout.pos_ranges[l_s]:
+            if pos >= P:
+                break
+            g_b_k = grad_p_b_l_d[pos, :, l_s:l_s + n_out].reshape(B, -1)
+            s0 = layout.layer_ranges[l_s][0]
+            dec_n_k = dec[start - s0:end - s0, :n_out].reshape(end - start, -1)
+            rows[:, start:end] = g_b_k @ dec_n_k.T
+    return rows
+
+
+__all__ = ["SourceLayout", "compute_rows", "norm_backward"]

@@ -1,0 +1,262 @@
+"""The local replacement model of one prompt (METHOD.md section 2).
+
+Run the original model once and keep what the replacement model freezes: attention patterns,
+every normalisation scale, the transcoder's active features and the error terms
+e[l, c] = mlp_out[l, c] - y_hat[l, c]. Position 0 (BOS) carries no features and no error nodes:
+its MLP output is kept as a constant.
+
+Shapes: P positions, L layers, d residual width, H heads, F features per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from circuits.errors import CircuitsError
+
+
+@dataclass
+class ActiveFeatures:
+    """The active features of a prompt, sorted by (layer, position, feature)."""
+
+    layer: torch.Tensor  # [n] long
+    position: torch.Tensor  # [n] long
+    feature: torch.Tensor  # [n] long
+    activation: torch.Tensor  # [n] float
+
+    def __len__(self) -> int:
+        return int(self.layer.shape[0])
+
+
+@dataclass
+class LocalReplacement:
+    """Everything the frozen linear model of one prompt needs."""
+
+    tokens: torch.Tensor  # [P]
+    embed_pos_d: torch.Tensor  # [P, d] residual stream entering block 0 (token + position embeddings)
+    patterns: list[torch.Tensor]  # L x [H, P, P] attention patterns (query, key)
+    ln1_scale_layer_pos: torch.Tensor  # [L, P] frozen scale of each block's attention-input norm
+    ln2_scale_layer_pos: torch.Tensor  # [L, P] frozen scale of each block's MLP-input norm
+    lnf_scale_pos: torch.Tensor  # [P] frozen scale of the final norm
+    mlp_in_layer_pos_d: torch.Tensor  # [L, P, d] transcoder inputs (the input hook)
+    mlp_out_layer_pos_d: torch.Tensor  # [L, P, d] true MLP outputs
+    recon_layer_pos_d: torch.Tensor  # [L, P, d] transcoder reconstruction (BOS: the true output)
+    error_layer_pos_d: torch.Tensor  # [L, P, d] mlp_out - recon (zero at BOS)
+    features: ActiveFeatures
+    logits_vocab: torch.Tensor  # [vocab] logits at the last position
+    resid_final_d: torch.Tensor  # [d] final residual stream at the last position (before ln_final)
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def check_supported(model) -> None:
+    """The frozen linear model handles sequential pre-norm blocks; refuse the rest in one line."""
+    cfg = model.cfg
+    if getattr(cfg, "parallel_attn_mlp", False):
+        raise CircuitsError("models with parallel attention and MLP are not supported for tracing yet")
+    if getattr(cfg, "use_normalization_before_and_after", False):
+        raise CircuitsError("models with post-attention norms are not supported for tracing yet")
+    if cfg.attn_only:
+        raise CircuitsError("attention-only models have no MLPs to replace")
+    if getattr(cfg, "use_split_qkv_input", False) or getattr(cfg, "use_attn_in", False):
+        raise CircuitsError("models with split attention inputs are not supported for tracing")
+
+
+def _hook_names(transcoder, layer: int) -> tuple[str, str]:
+    return f"blocks.{layer}.{transcoder.cfg.input_hook}", f"blocks.{layer}.{transcoder.cfg.output_hook}"
+
+
+def _scale_or_ones(cache: dict, name: str, n_pos: int, device) -> torch.Tensor:
+    """A norm's frozen scale [P] (ones where the model has no norm there)."""
+    if name in cache:
+        return cache[name][0, :, 0]
+    return torch.ones(n_pos, device=device)
+
+
+@torch.no_grad()
+def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> LocalReplacement:
+    """Run the model on `tokens_pos` [P] and freeze what the local replacement model needs."""
+    check_supported(model)
+    L = model.cfg.n_layers
+    if transcoder.cfg.n_layers != L or transcoder.cfg.d_model != model.cfg.d_model:
+        raise CircuitsError(
+            f"transcoders do not fit the model: they have {transcoder.cfg.n_layers} layers of width "
+            f"{transcoder.cfg.d_model}, the model {L} layers of width {model.cfg.d_model}")
+    tokens_pos = tokens_pos.to(model.cfg.device)
+    wanted = {"blocks.0.hook_resid_pre", "ln_final.hook_scale", f"blocks.{L - 1}.hook_resid_post"}
+    for l in range(L):
+        wanted |= {f"blocks.{l}.attn.hook_pattern", f"blocks.{l}.ln1.hook_scale",
+                   f"blocks.{l}.ln2.hook_scale", *_hook_names(transcoder, l)}
+    missing = [n for n in wanted if n not in model.hook_dict and "hook_scale" not in n]
+    if missing:
+        raise CircuitsError(f"transcoders do not fit the model: it has no hook {missing[0]}")
+    logits, cache = model.run_with_cache(tokens_pos[None], names_filter=lambda n: n in wanted)
+    P = tokens_pos.shape[0]
+    dev = logits.device
+    mlp_in = torch.stack([cache[_hook_names(transcoder, l)[0]][0] for l in range(L)]).float()
+    mlp_out = torch.stack([cache[_hook_names(transcoder, l)[1]][0] for l in range(L)]).float()
+    tc_dtype = transcoder.W_enc.dtype
+    recon = torch.empty_like(mlp_out)
+    acts_by_layer = []
+    for l in range(L):
+        acts_pos_feat = transcoder.activate_layer(transcoder.encode_layer(mlp_in[l].to(tc_dtype), l), l)
+        acts_pos_feat[0] = 0  # BOS carries no features
+        acts_by_layer.append(acts_pos_feat)
+    recon = transcoder.decode(torch.stack(acts_by_layer, dim=1), mlp_in.transpose(0, 1).to(tc_dtype))
+    recon = recon.transpose(0, 1).float().contiguous()  # [L, P, d]
+    recon[:, 0] = mlp_out[:, 0]
+    layer_idx, pos_idx, feat_idx, values = [], [], [], []
+    for l, acts_pos_feat in enumerate(acts_by_layer):
+        pos, feat = acts_pos_feat.nonzero(as_tuple=True)
+        layer_idx.append(torch.full_like(pos, l))
+        pos_idx.append(pos)
+        feat_idx.append(feat)
+        values.append(acts_pos_feat[pos, feat].float())
+    features = ActiveFeatures(torch.cat(layer_idx), torch.cat(pos_idx), torch.cat(feat_idx), torch.cat(values))
+    return LocalReplacement(
+        tokens=tokens_pos,
+        embed_pos_d=cache["blocks.0.hook_resid_pre"][0].float(),
+        patterns=[cache[f"blocks.{l}.attn.hook_pattern"][0].float() for l in range(L)],
+        ln1_scale_layer_pos=torch.stack([_scale_or_ones(cache, f"blocks.{l}.ln1.hook_scale", P, dev)
+                                         for l in range(L)]).float(),
+        ln2_scale_layer_pos=torch.stack([_scale_or_ones(cache, f"blocks.{l}.ln2.hook_scale", P, dev)
+                                         for l in range(L)]).float(),
+        lnf_scale_pos=_scale_or_ones(cache, "ln_final.hook_scale", P, dev).float(),
+        mlp_in_layer_pos_d=mlp_in,
+        mlp_out_layer_pos_d=mlp_out,
+        recon_layer_pos_d=recon,
+        error_layer_pos_d=mlp_out - recon,
+        features=features,
+        logits_vocab=logits[0, -1].float(),
+        resid_final_d=cache[f"blocks.{L - 1}.hook_resid_post"][0, -1].float(),
+    )
+
+
+def replacement_hooks(model, transcoder, rep: LocalReplacement, freeze: bool = True):
+    """Forward hooks that turn the model into the local replacement model of `rep`'s prompt.
+
+    Every MLP output becomes transcoder(live input) + frozen error (BOS: the frozen true output);
+    with `freeze`, attention patterns and norm scales are also frozen at their clean values.
+    """
+    L = model.cfg.n_layers
+    live_inputs: dict[int, torch.Tensor] = {}
+    hooks = []
+
+    def grab_input(layer):
+        def hook(value, hook):
+            live_inputs[layer] = value[0]
+        return hook
+
+    def replace_output(layer):
+        def hook(value, hook):
+            x_pos_d = live_inputs[layer]
+            # recompute every layer's features up to this one from the live inputs (CLT writes
+            # from all earlier layers), then decode this layer's output
+            acts = torch.zeros(x_pos_d.shape[0], L, transcoder.cfg.n_features,
+                               dtype=transcoder.W_enc.dtype, device=x_pos_d.device)
+            x_all = torch.zeros(x_pos_d.shape[0], L, transcoder.cfg.d_model,
+                                dtype=transcoder.W_enc.dtype, device=x_pos_d.device)
+            for l in range(layer + 1):
+                x_all[:, l] = live_inputs[l]
+                acts[:, l] = transcoder.activate_layer(transcoder.encode_layer(live_inputs[l], l), l)
+            acts[0] = 0
+            y_hat = transcoder.decode(acts, x_all)[:, layer]
+            new = y_hat + rep.error_layer_pos_d[layer]
+            new[0] = rep.mlp_out_layer_pos_d[layer, 0]
+            return new[None].to(value.dtype)
+        return hook
+
+    def frozen(tensor):
+        def hook(value, hook):
+            return tensor.reshape(value.shape).to(value.dtype)
+        return hook
+
+    for l in range(L):
+        inp, out = _hook_names(transcoder, l)
+        hooks += [(inp, grab_input(l)), (out, replace_output(l))]
+        if freeze:
+            hooks.append((f"blocks.{l}.attn.hook_pattern", frozen(rep.patterns[l][None])))
+            for name, scale in ((f"blocks.{l}.ln1.hook_scale", rep.ln1_scale_layer_pos[l]),
+                                (f"blocks.{l}.ln2.hook_scale", rep.ln2_scale_layer_pos[l])):
+                if name in model.hook_dict:
+                    hooks.append((name, frozen(scale[None, :, None])))
+    if freeze and "ln_final.hook_scale" in model.hook_dict:
+        hooks.append(("ln_final.hook_scale", frozen(rep.lnf_scale_pos[None, :, None])))
+    return hooks
+
+
+@torch.no_grad()
+def replacement_logits(model, transcoder, rep: LocalReplacement, freeze: bool = True) -> torch.Tensor:
+    """Logits [P, vocab] of the local replacement model on its own prompt (equal to the original's)."""
+    hooks = replacement_hooks(model, transcoder, rep, freeze)
+    return model.run_with_hooks(rep.tokens[None], fwd_hooks=hooks)[0]
+
+
+@torch.no_grad()
+def frozen_forward(model, transcoder, rep: LocalReplacement, acts_pos_layer_feat: torch.Tensor | None = None,
+                   error_layer_pos_d: torch.Tensor | None = None, embed_pos_d: torch.Tensor | None = None):
+    """Run the real model with everything frozen: attention patterns, norm scales, feature
+    activations (given, or the clean ones), error terms and embeddings (given, or clean).
+
+    Returns (feature pre-activations [L, P, F] read at each layer's input hook, logits [P, vocab]).
+    This is the linear model whose direct effects the adjacency holds: scaling one source here
+    changes every target exactly by that source's column of A.
+    """
+    L, P = model.cfg.n_layers, rep.n_pos
+    if acts_pos_layer_feat is None:
+        acts_pos_layer_feat = dense_activations(rep, transcoder)
+    errors = rep.error_layer_pos_d if error_layer_pos_d is None else error_layer_pos_d
+    embed = rep.embed_pos_d if embed_pos_d is None else embed_pos_d
+    inputs: dict[int, torch.Tensor] = {}
+    pre_acts = [None] * L
+
+    def set_embed(value, hook):
+        return embed[None].to(value.dtype)
+
+    def read_input(layer):
+        def hook(value, hook):
+            inputs[layer] = value[0]
+            pre_acts[layer] = transcoder.encode_layer(value[0].to(transcoder.W_enc.dtype), layer)
+        return hook
+
+    def write_output(layer):
+        def hook(value, hook):
+            x_all = torch.zeros(P, L, transcoder.cfg.d_model, dtype=transcoder.W_enc.dtype, device=value.device)
+            for l, x in inputs.items():
+                x_all[:, l] = x
+            y = transcoder.decode(acts_pos_layer_feat, x_all)[:, layer] + errors[layer]
+            y[0] = rep.mlp_out_layer_pos_d[layer, 0]
+            return y[None].to(value.dtype)
+        return hook
+
+    def frozen(tensor):
+        def hook(value, hook):
+            return tensor.reshape(value.shape).to(value.dtype)
+        return hook
+
+    hooks = [("blocks.0.hook_resid_pre", set_embed)]
+    for l in range(L):
+        inp, out = _hook_names(transcoder, l)
+        hooks += [(inp, read_input(l)), (out, write_output(l)),
+                  (f"blocks.{l}.attn.hook_pattern", frozen(rep.patterns[l][None]))]
+        for name, scale in ((f"blocks.{l}.ln1.hook_scale", rep.ln1_scale_layer_pos[l]),
+                            (f"blocks.{l}.ln2.hook_scale", rep.ln2_scale_layer_pos[l])):
+            if name in model.hook_dict:
+                hooks.append((name, frozen(scale[None, :, None])))
+    if "ln_final.hook_scale" in model.hook_dict:
+        hooks.append(("ln_final.hook_scale", frozen(rep.lnf_scale_pos[None, :, None])))
+    logits = model.run_with_hooks(rep.tokens[None], fwd_hooks=hooks)[0]
+    return torch.stack(pre_acts), logits
+
+
+def dense_activations(rep: LocalReplacement, transcoder) -> torch.Tensor:
+    """The clean feature activations as a dense tensor [P, L, F]."""
+    f = rep.features
+    acts = torch.zeros(rep.n_pos, transcoder.cfg.n_layers, transcoder.cfg.n_features,
+                       dtype=transcoder.W_enc.dtype, device=rep.embed_pos_d.device)
+    acts[f.position, f.layer, f.feature] = f.activation.to(acts.dtype)
+    return acts
