@@ -1,0 +1,106 @@
+"""`circuits features index|show`: what each transcoder feature fires on and what it writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from circuits.cli.common import console, pick_device, print_json
+from circuits.cli.intervene import load_model_and_transcoder, one_line_errors
+
+app = typer.Typer(help="Index transcoder features over a corpus and show them.", no_args_is_help=True)
+
+
+def _feature_arg(text: str) -> tuple[int, int]:
+    """'L:F', or a trace id 'L:POS:F' (the position is ignored)."""
+    from circuits.errors import CircuitsError
+
+    parts = text.strip().split(":")
+    if len(parts) not in (2, 3) or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise CircuitsError(f"malformed feature '{text}': expected LAYER:FEATURE (or LAYER:POS:FEATURE), e.g. 3:120")
+    return int(parts[0]), int(parts[-1])
+
+
+@app.command("index")
+def index_cmd(
+    model: str = typer.Option("world", "--model", help="Model: built-in name, checkpoint dir or hub id."),
+    transcoders: Optional[Path] = typer.Option(None, "--transcoders", help="Transcoder directory (default: the model's)."),
+    tokens: int = typer.Option(100_000, "--tokens", min=1, help="Corpus tokens to read (BOS not counted)."),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="Text file (one document per line) or dataset "
+                                         "name (default: the built-in model's own corpus)."),
+    top: int = typer.Option(10, "--top", min=1, help="Contexts kept per feature."),
+    before: int = typer.Option(8, "--before", min=0, help="Context tokens before the activating token."),
+    after: int = typer.Option(2, "--after", min=0, help="Context tokens after it."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Documents per forward pass."),
+    json_out: bool = typer.Option(False, "--json", help="Print path and counts as JSON."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+) -> None:
+    """Run the corpus once; store each feature's top contexts and firing frequency beside the transcoders."""
+    with one_line_errors():
+        import torch
+
+        from circuits.feature_index import build_feature_index, save_feature_index
+        from circuits.transcoder_corpus import corpus_sequences
+
+        loaded, transcoder, folder = load_model_and_transcoder(model, transcoders, pick_device(device))
+        sequences, source = corpus_sequences(loaded, corpus, seq_len=loaded.model.cfg.n_ctx)
+        docs = (torch.tensor(seq, dtype=torch.long) for seq in sequences)
+        index = build_feature_index(loaded.model, transcoder, docs, max_tokens=tokens,
+                                    k=top, before=before, after=after, batch_size=batch_size,
+                                    meta={"model": loaded.name, "corpus": source}, progress=not json_out)
+        path = save_feature_index(index, folder)
+        freq = index.frequency_layer_feat
+        summary = {"path": str(path), "n_tokens": index.meta["n_tokens"], "n_docs": index.meta["n_docs"],
+                   "dead_features": int((freq == 0).sum()), "n_features": int(freq.size),
+                   "mean_l0_per_layer": float(freq.sum(1).mean())}
+        if json_out:
+            print_json(summary)
+        else:
+            console.print(f"indexed {summary['n_tokens']} tokens ({summary['n_docs']} documents) -> {path}")
+            console.print(f"dead features: {summary['dead_features']} of {summary['n_features']}; "
+                          f"mean active features per token per layer: {summary['mean_l0_per_layer']:.1f}")
+
+
+@app.command("show")
+def show_cmd(
+    feature: str = typer.Argument(..., help="LAYER:FEATURE (a trace id LAYER:POS:FEATURE also works)."),
+    model: str = typer.Option("world", "--model", help="Model: built-in name, checkpoint dir or hub id."),
+    transcoders: Optional[Path] = typer.Option(None, "--transcoders", help="Transcoder directory (default: the model's)."),
+    top: int = typer.Option(8, "--top", min=1, help="Output-view tokens to list each way."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+) -> None:
+    """Print a feature's top contexts, firing frequency and output view (tokens its decoders promote)."""
+    with one_line_errors():
+        from circuits.errors import CircuitsError
+        from circuits.feature_index import load_feature_index, output_view
+
+        layer, feat = _feature_arg(feature)
+        loaded, transcoder, folder = load_model_and_transcoder(model, transcoders, pick_device(device))
+        index = load_feature_index(folder)
+        if index is None:
+            raise CircuitsError(f"no feature index in {folder}: run `circuits features index --model {model}"
+                                f"{f' --transcoders {transcoders}' if transcoders else ''}` first")
+        contexts = index.top_contexts(layer, feat)
+        view = output_view(loaded.model, transcoder, layer, feat, k=top)
+        if json_out:
+            print_json({"layer": layer, "feature": feat, "frequency": index.frequency(layer, feat),
+                        "mean_activation": index.mean_activation(layer, feat), "n_tokens": index.meta["n_tokens"],
+                        "contexts": [vars(c) for c in contexts], **view})
+            return
+        console.print(f"feature {layer}:{feat}: fires on {100 * index.frequency(layer, feat):.3f}% of "
+                      f"{index.meta['n_tokens']} tokens, mean activation when active "
+                      f"{index.mean_activation(layer, feat):.3f}", markup=False)
+        console.print("top contexts:" if contexts else "top contexts: none (never active on the corpus)")
+        for c in contexts:
+            console.print(f"  {c.activation:8.3f}  {c.text('[[{}]]')!r}", markup=False, highlight=False)
+        console.print("output view (decoders -> final norm (approx.) -> unembedding):")
+        for label, rows in (("promotes", view["promoted"]), ("suppresses", view["suppressed"])):
+            console.print(f"  {label}: " + ", ".join(f"{t!r} ({v:+.2f})" for t, v in rows), markup=False,
+                          highlight=False)
+
+
+def register(main_app: typer.Typer) -> None:
+    main_app.add_typer(app, name="features")

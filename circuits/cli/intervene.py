@@ -1,0 +1,98 @@
+"""`circuits intervene PROMPT --set L:POS:F=VALUE|xMULT ...`: constrained patching in the real model."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from circuits.cli.common import console, pick_device, print_json
+
+
+@contextmanager
+def one_line_errors():
+    """User errors as one line and exit code 2, also when the app is run without `main()`."""
+    from circuits.errors import CircuitsError
+    from transcoders.errors import TranscoderError
+
+    try:
+        yield
+    except (CircuitsError, TranscoderError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def load_model_and_transcoder(model_spec: str, transcoders: Optional[Path], device: str):
+    """(LoadedModel, Transcoder, transcoder directory): --transcoders DIR, else the model's default CLT."""
+    from circuits.errors import CircuitsError
+    from circuits.models.registry import load_model
+
+    loaded = load_model(model_spec, device=device)
+    if transcoders is None:
+        from circuits.default_transcoders import default_transcoders
+
+        transcoder, folder = default_transcoders(loaded)
+        return loaded, transcoder, Path(folder)
+    if not Path(transcoders).is_dir():
+        raise CircuitsError(f"transcoder directory {transcoders} does not exist")
+    from circuits.transcoder_fit import load_fitting_transcoder
+
+    return loaded, load_fitting_transcoder(loaded.model, transcoders, device=device), Path(transcoders)
+
+
+def _print_result(result, tokenizer, freeze: bool, clamp: bool) -> None:
+    a, b = result.layers
+    mode = "MLP outputs clamped" if clamp else "MLPs keep running"
+    console.print(f"patched layers {a}:{b}, attention {'frozen' if freeze else 'recomputed'}, {mode}")
+    for c in result.changes:
+        console.print(f"  {c.feature_id:<14} {c.before:9.4f} -> {c.after:9.4f}")
+    console.print(f"{'':>3}  {'before':<28} {'after':<28}")
+    for i, (p, q) in enumerate(zip(result.top_before, result.top_after)):
+        console.print(f"{i + 1:>3}  {p['prob']:7.4f} {p['token']!r:<20} {q['prob']:7.4f} {q['token']!r:<20}",
+                      markup=False, highlight=False)
+    console.print(f"KL(before || after) = {result.kl:.4f} nats")
+    if result.generated_before or result.generated_after:
+        console.print(f"greedy before: {tokenizer.decode(result.generated_before)!r}", markup=False)
+        console.print(f"greedy after:  {tokenizer.decode(result.generated_after)!r}", markup=False)
+
+
+def intervene_cmd(
+    prompt: str = typer.Argument(..., help="Prompt text."),
+    sets: list[str] = typer.Option(
+        ..., "--set", help="LAYER:POS:FEATURE=VALUE (set) or =xMULT (scale: x0 ablates, x-1 inverts, x2 doubles). "
+        "POS: index, negative from the end, or an inclusive range a..b. Repeat for several features."),
+    layers: Optional[str] = typer.Option(
+        None, "--layers", help="Patched layer range A:B (inclusive), A, or A: (default: first intervened layer to last)."),
+    freeze_attention: bool = typer.Option(True, "--freeze-attention/--no-freeze-attention",
+                                          help="Hold attention patterns at their clean values."),
+    clamp_mlps: bool = typer.Option(False, "--clamp-mlps/--no-clamp-mlps",
+                                    help="Hold the patched layers' MLP outputs at clean + decoder change."),
+    model: str = typer.Option("world", "--model", help="Model: built-in name, checkpoint dir or hub id."),
+    transcoders: Optional[Path] = typer.Option(None, "--transcoders", help="Transcoder directory (default: the model's)."),
+    generate: int = typer.Option(0, "--generate", min=0, help="Greedy tokens to generate before and after."),
+    top: int = typer.Option(10, "--top", min=1, help="Next tokens to list."),
+    json_out: bool = typer.Option(False, "--json", help="Print top lists, KL and the changes as JSON."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+) -> None:
+    """Change features' activations, patch their decoder change into the MLP outputs, compare next tokens."""
+    with one_line_errors():
+        from circuits.interventions import intervene, parse_layer_range, parse_set
+        from circuits.prompts import tokenize_prompt
+
+        interventions = [parse_set(s) for s in sets]
+        span = parse_layer_range(layers) if layers is not None else None
+        loaded, transcoder, _ = load_model_and_transcoder(model, transcoders, pick_device(device))
+        tokens = tokenize_prompt(loaded.model, prompt)
+        result = intervene(loaded.model, transcoder, tokens, interventions, layers=span,
+                           freeze_attention=freeze_attention, clamp_mlps=clamp_mlps, top=top, generate=generate)
+        if json_out:
+            print_json({"prompt": prompt, "freeze_attention": freeze_attention, "clamp_mlps": clamp_mlps,
+                        **result.to_json(loaded.tokenizer)})
+        else:
+            _print_result(result, loaded.tokenizer, freeze_attention, clamp_mlps)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("intervene")(intervene_cmd)
