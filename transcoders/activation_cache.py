@@ -1,0 +1,96 @@
+"""Memory-mapped on-disk activation cache: one model pass, reused by several epochs and runs.
+
+Layout of a cache folder:
+  x.npy      [N, L, d] input-hook activations (numpy .npy, opened with mmap)
+  y.npy      [N, L, d] output-hook activations
+  meta.json  {source_id, n_tokens, n_layers, d_model, dtype, input_hook, output_hook} (written last)
+Tokens are stored in corpus order; `CachedActivationSource` reads groups of consecutive rows and the
+shuffle buffer permutes them, wrapping around at the end (epochs).
+The folder is built under a temporary name and renamed, so a half-written cache never loads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transcoders.errors import TranscoderError
+
+META = "meta.json"
+
+
+def read_cache_meta(cache_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(cache_dir) / META).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def cache_matches(cache_dir: Path, source_id: str, input_hook: str, output_hook: str) -> bool:
+    meta = read_cache_meta(cache_dir)
+    return bool(meta) and meta.get("source_id") == source_id and meta.get("input_hook") == input_hook \
+        and meta.get("output_hook") == output_hook
+
+
+def build_activation_cache(source, n_tokens: int, cache_dir: Path, source_id: str,
+                           dtype: str = "float32", progress=None) -> Path:
+    """Write `n_tokens` rows from `source` (a ModelActivationSource) into `cache_dir`."""
+    cache_dir = Path(cache_dir)
+    tmp = cache_dir.with_name(f".{cache_dir.name}.building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    start, written = source.start_position(), 0
+    x_mm = y_mm = None
+    while written < n_tokens:
+        x, y, start = source.read_group(start)
+        if x_mm is None:
+            shape = (n_tokens, x.shape[1], x.shape[2])
+            x_mm = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=dtype, shape=shape)
+            y_mm = np.lib.format.open_memmap(tmp / "y.npy", mode="w+", dtype=dtype, shape=shape)
+        take = min(x.shape[0], n_tokens - written)
+        x_mm[written:written + take] = x[:take].numpy()
+        y_mm[written:written + take] = y[:take].numpy()
+        written += take
+        if progress is not None:
+            progress(written, n_tokens)
+    x_mm.flush()
+    y_mm.flush()
+    meta = {"source_id": source_id, "n_tokens": n_tokens, "n_layers": x_mm.shape[1],
+            "d_model": x_mm.shape[2], "dtype": dtype,
+            "input_hook": source.input_hook, "output_hook": source.output_hook}
+    del x_mm, y_mm
+    (tmp / META).write_text(json.dumps(meta, indent=2))
+    if cache_dir.exists():
+        shutil.rmtree(cache_dir)
+    tmp.rename(cache_dir)
+    return cache_dir
+
+
+class CachedActivationSource:
+    """Groups of `group_tokens` consecutive rows of a cache; positions are row offsets."""
+
+    def __init__(self, cache_dir: Path, group_tokens: int):
+        meta = read_cache_meta(cache_dir)
+        if meta is None:
+            raise TranscoderError(f"activation cache {cache_dir} is incomplete (no meta.json): delete it")
+        self.meta = meta
+        self.input_hook, self.output_hook = meta["input_hook"], meta["output_hook"]
+        self.x = np.load(Path(cache_dir) / "x.npy", mmap_mode="r")
+        self.y = np.load(Path(cache_dir) / "y.npy", mmap_mode="r")
+        self.n = self.x.shape[0]
+        self.group_tokens = min(group_tokens, self.n)
+        self.model_seconds = 0.0
+
+    def start_position(self) -> dict:
+        return {"row": 0}
+
+    def read_group(self, start: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        row = int(start["row"]) % self.n
+        rows = np.arange(row, row + self.group_tokens) % self.n
+        x = torch.from_numpy(np.ascontiguousarray(self.x[rows], dtype=np.float32))
+        y = torch.from_numpy(np.ascontiguousarray(self.y[rows], dtype=np.float32))
+        return x, y, {"row": int((row + self.group_tokens) % self.n)}

@@ -1,0 +1,87 @@
+"""TrainConfig: everything a transcoder training run depends on, as one typed object.
+
+It is also the CLI's help (`circuits transcoders train --help` lists these fields) and is saved as
+`training_config.json` beside every trained transcoder, so a run can be reproduced from its folder.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from transcoders.config import TranscoderConfig
+
+
+class TrainConfig(BaseModel):
+    """How to train a transcoder (architecture + optimisation + data)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # --- architecture -------------------------------------------------------------------------
+    kind: Literal["clt", "plt"] = Field("clt", description="clt: features write to every later layer; plt: own layer only")
+    n_features: int = Field(1024, gt=0, description="features per layer")
+    activation: Literal["jumprelu", "relu", "topk"] = Field("jumprelu", description="feature nonlinearity")
+    topk: int | None = Field(None, gt=0, description="k per layer and token (activation topk)")
+    skip: bool = Field(False, description="add a linear skip term W_skip x")
+    input_hook: str = Field("ln2.hook_normalized", description="hook the features read, per block")
+    output_hook: str = Field("hook_mlp_out", description="hook the transcoder reconstructs, per block")
+
+    # --- data ---------------------------------------------------------------------------------
+    tokens: int = Field(3_000_000, gt=0, description="training tokens (positions, summed over steps)")
+    batch_size: int = Field(1024, gt=0, description="tokens per optimiser step (global, over all ranks)")
+    seq_len: int = Field(128, gt=1, description="longest sequence fed to the model (longer ones are cut)")
+    model_batch: int = Field(64, gt=0, description="sequences per model forward pass")
+    buffer_tokens: int = Field(65536, gt=0, description="token-level shuffle buffer size")
+
+    # --- optimisation -------------------------------------------------------------------------
+    lr: float = Field(2e-3, gt=0, description="Adam learning rate")
+    lr_warmup_steps: int = Field(50, ge=0, description="linear LR warm-up steps")
+    lr_decay_frac: float = Field(0.2, ge=0, le=1, description="fraction of training at the end with linear LR decay to 0")
+    grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
+    sparsity_coef: float = Field(2e-3, ge=0, description="lambda of the tanh sparsity penalty")
+    sparsity_c: float = Field(1.0, gt=0, description="c in tanh(c * ||W_dec_i|| * a_i)")
+    sparsity_warmup_frac: float = Field(0.5, ge=0, le=1, description="fraction of training over which lambda ramps up from 0")
+    preact_coef: float = Field(3e-6, ge=0, description="pre-activation loss coefficient (keeps features alive)")
+    threshold_init: float = Field(0.1, ge=0, description="initial JumpReLU threshold (normalised units)")
+    jumprelu_bandwidth: float = Field(0.1, gt=0, description="STE rectangle width for the threshold gradient")
+    dead_after_tokens: int = Field(1_000_000, gt=0, description="a feature silent this many tokens counts as dead")
+    seed: int = Field(0, description="random seed (init, shuffling)")
+
+    # --- bookkeeping --------------------------------------------------------------------------
+    checkpoint_seconds: float = Field(60.0, ge=0, description="write a resumable checkpoint at most this often (0: every log step)")
+    log_every: int = Field(25, gt=0, description="steps between progress / JSONL log lines")
+    cache_dir: str | None = Field(None, description="memory-mapped activation cache folder (reused across runs)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.activation == "topk" and self.topk is None:
+            raise ValueError("activation 'topk' needs --topk K")
+        if self.buffer_tokens < self.batch_size:
+            raise ValueError(f"buffer_tokens ({self.buffer_tokens}) must be >= batch_size ({self.batch_size})")
+        return self
+
+    @property
+    def n_steps(self) -> int:
+        return max(1, self.tokens // self.batch_size)
+
+    def transcoder_config(self, n_layers: int, d_model: int) -> TranscoderConfig:
+        return TranscoderConfig(
+            kind=self.kind, n_layers=n_layers, d_model=d_model, n_features=self.n_features,
+            activation=self.activation, topk=self.topk, skip=self.skip,
+            jumprelu_bandwidth=self.jumprelu_bandwidth,
+            input_hook=self.input_hook, output_hook=self.output_hook)
+
+
+def describe_validation_error(exc) -> str:
+    """One line from a pydantic ValidationError, naming the CLI flag."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        flag = "--" + loc.replace("_", "-") if loc else ""
+        if loc == "n_features":
+            flag = "--features"
+        msg = err.get("msg", "invalid").replace("Value error, ", "")
+        given = err.get("input")
+        parts.append(f"{flag} {msg} (got {given!r})" if flag else msg)
+    return "; ".join(parts)

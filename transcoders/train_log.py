@@ -1,0 +1,93 @@
+"""Progress bar (tokens/s, loss, FVU, L0) and the optional JSONL log of a training run.
+
+Each log line covers the steps since the previous one: FVU per layer = summed squared error /
+summed batch variance over the window, L0 = active features per token, dead = silent features.
+On resume, lines the killed run wrote after its last checkpoint are dropped first.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from transcoders.distributed import DistInfo, all_reduce_sum
+
+
+class TrainLogger:
+    def __init__(self, cfg, info: DistInfo, progress: bool, log_path, start_step: int):
+        self.cfg, self.info = cfg, info
+        self.log_path = Path(log_path) if log_path and info.is_main else None
+        if self.log_path is not None:
+            _truncate_log(self.log_path, start_step)
+        self.bar = None
+        if progress and info.is_main:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=cfg.n_steps * cfg.batch_size, initial=start_step * cfg.batch_size,
+                            unit="tok", unit_scale=True, desc=f"train {cfg.kind}", dynamic_ncols=True)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.n_steps = 0
+        self.t0 = time.perf_counter()
+
+    def step(self, parts: dict, batch_size: int) -> None:
+        for key in ("loss", "recon", "sparsity", "preact", "err_layer", "var_layer", "active_layer"):
+            value = parts[key].detach().double().cpu()
+            self.sums[key] = self.sums.get(key, 0) + (value if key.endswith("_layer") else value * parts["n"])
+        self.sums["n"] = self.sums.get("n", 0) + parts["n"]
+        self.last = parts
+        self.n_steps += 1
+        if self.bar is not None:
+            self.bar.update(batch_size)
+
+    def flush(self, state) -> dict:
+        if not self.n_steps:
+            return {}
+        keys = ("loss", "recon", "sparsity", "preact", "n")
+        scal = all_reduce_sum(torch.tensor([float(self.sums[k]) for k in keys], dtype=torch.float64), self.info)
+        err, var, act = (all_reduce_sum(self.sums[k], self.info) for k in ("err_layer", "var_layer", "active_layer"))
+        n = float(scal[4])
+        fvu = err / var.clamp_min(1e-12)
+        l0 = act / n
+        secs = time.perf_counter() - self.t0
+        rec = {"step": state.step, "tokens": state.tokens_seen,
+               "loss": float(scal[0] / n), "recon": float(scal[1] / n), "sparsity": float(scal[2] / n),
+               "preact": float(scal[3] / n), "lambda": self.last["lambda"], "lr": self.last["lr"],
+               "fvu_mean": float(fvu.mean()), "fvu_per_layer": [round(float(v), 5) for v in fvu],
+               "l0_total": float(l0.sum()), "l0_per_layer": [round(float(v), 2) for v in l0],
+               "dead_fraction": state.dead_fraction(), "tokens_per_s": n / max(secs, 1e-9),
+               "elapsed_s": round(state.elapsed(), 2)}
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{rec['loss']:.3g}", fvu=f"{rec['fvu_mean']:.3f}",
+                                 l0=f"{rec['l0_total']:.1f}", dead=f"{rec['dead_fraction']:.2f}", refresh=False)
+        if self.log_path is not None:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        self._reset()
+        return rec
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _truncate_log(path: Path, start_step: int) -> None:
+    if not path.exists():
+        return
+    if start_step == 0:
+        path.unlink()
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= start_step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    path.write_text("".join(line + "\n" for line in keep))

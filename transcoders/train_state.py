@@ -1,0 +1,132 @@
+"""Everything that evolves during training (transcoder, Adam, normalisation scales, dead-feature
+trackers, step) with one optimisation step and save/load to a resumable checkpoint."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from transcoders.checkpoint import load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
+from transcoders.distributed import DistInfo, all_reduce_sum, wrap_ddp
+from transcoders.errors import TranscoderError
+from transcoders.loss import TranscoderObjective
+from transcoders.normalization import estimate_scales, fold_normalization
+from transcoders.train_config import TrainConfig
+from transcoders.transcoder import Transcoder
+
+
+class TrainState:
+    def __init__(self, cfg: TrainConfig, n_layers: int, d_model: int, device: str, info: DistInfo,
+                 model_name: str, source_id: str):
+        self.cfg, self.info, self.device = cfg, info, device
+        self.tcfg = cfg.transcoder_config(n_layers, d_model)
+        self.model_name, self.source_id = model_name, source_id
+        self.step, self.tokens_seen, self.elapsed_before = 0, 0, 0.0
+        self.resumed_from: int | None = None
+        self._t_start = time.monotonic()
+        L, F = n_layers, cfg.n_features
+        self.s_in = torch.ones(L)
+        self.s_out = torch.ones(L)
+        self.silent_tokens_layer_feat = torch.zeros(L, F, dtype=torch.long)
+        torch.manual_seed(cfg.seed)
+        self.tc = Transcoder(self.tcfg, device=device)
+        if self.tc.threshold is not None:
+            with torch.no_grad():
+                self.tc.threshold.fill_(cfg.threshold_init)
+        self.objective = TranscoderObjective(self.tc, cfg.sparsity_c, cfg.preact_coef)
+        self.module = wrap_ddp(self.objective, info, device)
+        self.opt = torch.optim.Adam(self.objective.parameters(), lr=cfg.lr)
+
+    # --- start ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_fresh(self, x0_tok_layer_d: torch.Tensor, y0_tok_layer_d: torch.Tensor) -> None:
+        """Normalisation scales from the first group; b_dec starts at the mean normalised output."""
+        self.s_in, self.s_out = estimate_scales(x0_tok_layer_d), estimate_scales(y0_tok_layer_d)
+        y_mean = (y0_tok_layer_d * self.s_out[None, :, None]).mean(0)
+        self.tc.b_dec.copy_(y_mean.to(self.tc.b_dec.device))
+
+    # --- one optimisation step -------------------------------------------------------------------
+    def train_step(self, x_tok_layer_d: torch.Tensor, y_tok_layer_d: torch.Tensor, lr: float, lam: float) -> dict:
+        dev = self.device
+        x = (x_tok_layer_d.to(dev) * self.s_in.to(dev)[None, :, None])
+        y = (y_tok_layer_d.to(dev) * self.s_out.to(dev)[None, :, None])
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        loss, parts, y_hat, acts = self.module(x, y, lam)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.objective.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        with torch.no_grad():
+            fired = all_reduce_sum((acts != 0).any(0).long(), self.info).cpu() > 0
+            n_global = x.shape[0] * self.info.world_size
+            self.silent_tokens_layer_feat += n_global
+            self.silent_tokens_layer_feat[fired] = 0
+            err = (y - y_hat).pow(2).sum(dim=(0, 2))
+            var = (y - y.mean(0, keepdim=True)).pow(2).sum(dim=(0, 2))
+            l0 = (acts != 0).float().sum(dim=(0, 2))
+        self.step += 1
+        self.tokens_seen += n_global
+        return {"loss": loss.detach(), **parts, "lambda": lam, "lr": lr, "n": x.shape[0],
+                "err_layer": err.cpu(), "var_layer": var.cpu(), "active_layer": l0.cpu()}
+
+    def dead_fraction(self) -> float:
+        window = min(self.cfg.dead_after_tokens, max(self.tokens_seen // 2, 1))
+        return float((self.silent_tokens_layer_feat >= window).float().mean())
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self._t_start
+
+    # --- results -------------------------------------------------------------------------------
+    def raw_transcoder(self) -> Transcoder:
+        return fold_normalization(self.tc, self.s_in, self.s_out)
+
+    def summary(self) -> dict:
+        secs = self.elapsed()
+        return {"steps": self.step, "tokens": self.tokens_seen, "seconds": round(secs, 2),
+                "tokens_per_s": round(self.tokens_seen / max(secs, 1e-9), 1),
+                "dead_fraction_train": round(self.dead_fraction(), 6),
+                "resumed_from_step": self.resumed_from}
+
+    def config_record(self) -> dict:
+        return {"model_name": self.model_name, "source_id": self.source_id,
+                "train_config": self.cfg.model_dump(), "transcoder_config": self.tcfg.model_dump(),
+                "world_size": self.info.world_size,
+                "normalization": {"s_in": self.s_in.tolist(), "s_out": self.s_out.tolist()}}
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def save(self, path: Path, buffer) -> None:
+        tensors = {f"tc.{k}": v for k, v in self.tc.state_dict().items()}
+        opt_tensors, param_groups = optimizer_tensors(self.opt)
+        tensors.update(opt_tensors)
+        tensors.update({"norm.s_in": self.s_in, "norm.s_out": self.s_out,
+                        "track.silent_tokens": self.silent_tokens_layer_feat,
+                        "rng.torch": torch.get_rng_state()})
+        meta = {"train_config": self.cfg.model_dump(), "step": self.step, "tokens_seen": self.tokens_seen,
+                "buffer": buffer.state_dict(), "param_groups": param_groups, "model_name": self.model_name,
+                "source_id": self.source_id, "elapsed_s": self.elapsed()}
+        save_checkpoint(path, tensors, meta)
+
+    def load(self, path: Path, buffer) -> None:
+        tensors, meta = load_checkpoint(path)
+        saved = TrainConfig(**meta["train_config"])
+        if saved != self.cfg:
+            diff = [k for k in TrainConfig.model_fields if getattr(saved, k) != getattr(self.cfg, k)]
+            raise TranscoderError(f"--resume: the settings differ from the checkpoint in {path.parent} "
+                                  f"({', '.join(diff)}); resume with the original settings")
+        if meta.get("source_id") != self.source_id:
+            raise TranscoderError(f"--resume: the checkpoint was trained on '{meta.get('source_id')}', "
+                                  f"not '{self.source_id}'")
+        state = {k[3:]: v.to(self.device) for k, v in tensors.items() if k.startswith("tc.")}
+        self.tc.load_state_dict(state)
+        load_optimizer_tensors(self.opt, {k: v.to(self.device) if not k.endswith(".step") else v
+                                          for k, v in tensors.items()}, meta["param_groups"])
+        self.s_in, self.s_out = tensors["norm.s_in"], tensors["norm.s_out"]
+        self.silent_tokens_layer_feat = tensors["track.silent_tokens"]
+        torch.set_rng_state(tensors["rng.torch"])
+        self.step, self.tokens_seen = int(meta["step"]), int(meta["tokens_seen"])
+        self.elapsed_before, self._t_start = float(meta["elapsed_s"]), time.monotonic()
+        self.resumed_from = self.step
+        buffer.load_state_dict(meta["buffer"])

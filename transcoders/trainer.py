@@ -1,0 +1,174 @@
+"""Training loop: Adam on the objective in loss.py over shuffled (x, y) batches, with LR warm-up and
+end decay, lambda warm-up, gradient clipping, dead-feature tracking, resumable checkpoints, and
+DistributedDataParallel when launched by torchrun.
+
+    result = train_transcoder(model, sequences, TrainConfig(...), "out/", model_name="world")
+
+The result's transcoder works on raw activations (normalisation folded in) and is saved in the
+circuit-tracer format (formats.py) with training_config.json and metrics.json beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from transcoders.activation_source import ModelActivationSource, NonFiniteActivations, ShuffleBuffer
+from transcoders.checkpoint import CHECKPOINT_FILE
+from transcoders.distributed import DistInfo, barrier, init_distributed, rank_device
+from transcoders.errors import TranscoderError
+from transcoders.out_dir import prepare_out_dir
+from transcoders.train_config import TrainConfig
+from transcoders.train_state import TrainState
+from transcoders.transcoder import Transcoder
+
+
+@dataclass
+class TrainResult:
+    transcoder: Transcoder | None  # raw units; None when stopped early (stop_at_step)
+    out_dir: Path
+    metrics: dict
+    resumed_from_step: int | None
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    n = cfg.n_steps
+    warm = min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else 1.0
+    decay_start = n * (1 - cfg.lr_decay_frac)
+    decay = 1.0 if step < decay_start else max(0.0, (n - step) / max(n - decay_start, 1e-9))
+    return cfg.lr * warm * decay
+
+
+def sparsity_at(cfg: TrainConfig, step: int) -> float:
+    ramp = cfg.sparsity_warmup_frac * cfg.n_steps
+    return cfg.sparsity_coef * (min(1.0, step / ramp) if ramp > 0 else 1.0)
+
+
+def train_transcoder(model, sequences: Iterable[Sequence[int]], cfg: TrainConfig, out_dir: str | Path, *,
+                     model_name: str, source_id: str | None = None, resume: bool = False,
+                     overwrite: bool = False, progress: bool = True, log_path: str | Path | None = None,
+                     device: str = "cpu", stop_at_step: int | None = None,
+                     final_eval: Callable[[Transcoder], dict] | None = None) -> TrainResult:
+    """Train a transcoder for `model` (a TransformerLens HookedTransformer) on `sequences`
+    (a re-iterable of token-id lists; the same order every time it is iterated)."""
+    out = Path(out_dir)
+    mode = prepare_out_dir(out, resume=resume, overwrite=overwrite)
+    info = init_distributed(device)
+    device = rank_device(device, info)
+    source = _make_source(model, sequences, cfg, source_id or model_name, info)
+    buffer = ShuffleBuffer(source, cfg.batch_size, cfg.seed, info.rank, info.world_size)
+    state = TrainState(cfg, model.cfg.n_layers, model.cfg.d_model, device, info,
+                       model_name=model_name, source_id=source_id or model_name)
+    if mode == "resume":
+        state.load(out / CHECKPOINT_FILE, buffer)
+    else:
+        x0, y0 = _first_group(buffer, out)
+        state.init_fresh(x0, y0)
+        if info.is_main:
+            prepare_out_dir(out, resume=False, overwrite=overwrite, clear=True)
+    barrier(info)
+    loop = TrainLoop(state, buffer, out, info, progress=progress, log_path=log_path)
+    loop.run(stop_at_step)
+    if stop_at_step is not None and state.step < cfg.n_steps:
+        return TrainResult(None, out, loop.last_metrics, state.resumed_from)
+    return loop.finish(final_eval)
+
+
+def _first_group(buffer: ShuffleBuffer, out: Path):
+    try:
+        return buffer.current_group()
+    except NonFiniteActivations as exc:
+        raise TranscoderError(f"{exc} at step 0; nothing was written to {out}") from None
+
+
+def _make_source(model, sequences, cfg: TrainConfig, source_id: str, info: DistInfo):
+    live = ModelActivationSource(model, sequences, cfg.input_hook, cfg.output_hook,
+                                 cfg.seq_len, cfg.model_batch, cfg.buffer_tokens)
+    if not cfg.cache_dir:
+        return live
+    from transcoders.activation_cache import CachedActivationSource, build_activation_cache, cache_matches
+
+    cache = Path(cfg.cache_dir)
+    if info.is_main and not cache_matches(cache, source_id, cfg.input_hook, cfg.output_hook):
+        build_activation_cache(live, cfg.tokens, cache, source_id)
+    barrier(info)
+    return CachedActivationSource(cache, cfg.buffer_tokens)
+
+
+class TrainLoop:
+    """Steps, logs, checkpoints. Checkpoints are written only at log boundaries, so the logging
+    window is empty whenever one is taken and a resumed run logs exactly what an unbroken one would."""
+
+    def __init__(self, state: TrainState, buffer: ShuffleBuffer, out: Path, info: DistInfo,
+                 progress: bool, log_path):
+        from transcoders.train_log import TrainLogger
+
+        self.state, self.buffer, self.out, self.info = state, buffer, out, info
+        self.logger = TrainLogger(state.cfg, info, progress, log_path, state.step)
+        self.last_metrics: dict = {}
+        self.timing = {"data_s": 0.0, "step_s": 0.0, "checkpoint_s": 0.0}
+        self._last_ckpt = time.monotonic()
+
+    def run(self, stop_at_step: int | None) -> None:
+        st, cfg = self.state, self.state.cfg
+        end = cfg.n_steps if stop_at_step is None else min(cfg.n_steps, stop_at_step)
+        while st.step < end:
+            t0 = time.perf_counter()
+            try:
+                x, y = self.buffer.next_batch()
+            except NonFiniteActivations as exc:
+                raise TranscoderError(f"{exc} at step {st.step}; {self._kept()}") from None
+            t1 = time.perf_counter()
+            parts = st.train_step(x, y, lr_at(cfg, st.step), sparsity_at(cfg, st.step))
+            if not torch.isfinite(parts["loss"]):
+                raise TranscoderError(f"loss became non-finite at step {st.step - 1}; {self._kept()}; "
+                                      "try a lower --lr")
+            t2 = time.perf_counter()
+            self.timing["data_s"] += t1 - t0
+            self.timing["step_s"] += t2 - t1
+            self.logger.step(parts, cfg.batch_size)
+            if st.step % cfg.log_every == 0 or st.step == end:
+                self.last_metrics = self.logger.flush(st)
+                self._maybe_checkpoint(force=st.step == end and st.step < cfg.n_steps)
+        self.logger.close()
+
+    def _kept(self) -> str:
+        ck = self.out / CHECKPOINT_FILE
+        return f"the last checkpoint in {self.out} is kept" if ck.exists() else "no checkpoint was written"
+
+    def _maybe_checkpoint(self, force: bool) -> None:
+        from transcoders.distributed import broadcast_flag
+
+        due = force or time.monotonic() - self._last_ckpt >= self.state.cfg.checkpoint_seconds
+        if not broadcast_flag(due, self.info):
+            return
+        t0 = time.perf_counter()
+        if self.info.is_main:
+            self.state.save(self.out / CHECKPOINT_FILE, self.buffer)
+        self._last_ckpt = time.monotonic()
+        self.timing["checkpoint_s"] += time.perf_counter() - t0
+
+    def finish(self, final_eval) -> TrainResult:
+        from transcoders.formats import save_transcoder
+
+        st = self.state
+        raw = st.raw_transcoder()
+        metrics = {"training": {**self.last_metrics, **st.summary(), "timing": self._timing()}}
+        if final_eval is not None and self.info.is_main:
+            metrics["fidelity"] = final_eval(raw)
+        if self.info.is_main:
+            save_transcoder(raw, self.out, model_name=st.model_name,
+                            training_config=st.config_record(), metrics=metrics)
+            (self.out / CHECKPOINT_FILE).unlink(missing_ok=True)
+        barrier(self.info)
+        return TrainResult(raw, self.out, metrics, st.resumed_from)
+
+    def _timing(self) -> dict:
+        source = self.buffer.source
+        t = {k: round(v, 3) for k, v in self.timing.items()}
+        t["model_forward_s"] = round(getattr(source, "model_seconds", 0.0), 3)
+        return t
