@@ -1,0 +1,50 @@
+"""`circuits fidelity --model M --transcoders DIR [--json] [--plot out.png]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from circuits.cli.common import console, pick_device, print_json
+
+
+def fidelity_cmd(
+    model: str = typer.Option(..., "--model", help="Model: built-in name, checkpoint dir or hub id."),
+    transcoders: Path = typer.Option(..., "--transcoders", help="Transcoder directory (circuit-tracer format)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of FVU and L0 by layer."),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="Held-out text: file or dataset name "
+                                         "(default: the built-in model's own corpus)."),
+    tokens: int = typer.Option(32768, "--tokens", min=64, help="Evaluation tokens."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+) -> None:
+    """Compare the replacement model (every MLP replaced by the transcoder) with the original on
+    held-out text: FVU and L0 per layer, dead features, top-1 agreement, KL and cross-entropy."""
+    from circuits.fidelity import fidelity_report, plot_fidelity
+    from circuits.models import load_model
+
+    if not transcoders.is_dir():
+        from circuits.errors import CircuitsError
+
+        raise CircuitsError(f"transcoder directory {transcoders} does not exist")
+    loaded = load_model(model, device=pick_device(device))
+    report = fidelity_report(loaded, transcoders, corpus=corpus, max_tokens=tokens)
+    if plot is not None:
+        report["plot"] = str(plot_fidelity(report, plot))
+    if json_out:
+        print_json(report)
+        return
+    console.print(f"[bold]{report['model']}[/bold] + {report['kind']} ({report['n_features']} features/layer), "
+                  f"{report['n_tokens']} tokens of {report['corpus']}")
+    for key in ("fvu_mean", "l0_total", "dead_fraction", "top1_agreement", "kl_mean", "ce_original", "ce_replacement"):
+        console.print(f"  {key:<15} {report[key]}")
+    console.print("  fvu by layer    " + " ".join(f"{v:.3f}" for v in report["fvu_per_layer"]))
+    console.print("  l0 by layer     " + " ".join(f"{v:.1f}" for v in report["l0_per_layer"]))
+    if plot is not None:
+        console.print(f"  plot            {plot}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("fidelity")(fidelity_cmd)

@@ -1,0 +1,124 @@
+"""`circuits transcoders train|info`: train a transcoder for a model; show a trained one.
+
+Every field of transcoders.train_config.TrainConfig is an option of `train` (its description is
+the help text); unset options take the model's default configuration (built-in models) or
+TrainConfig's defaults. With --resume, unset options come from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from pathlib import Path
+
+import typer
+
+from circuits.cli.common import console, pick_device, print_json
+from transcoders.train_config import TrainConfig
+
+app = typer.Typer(help="Train and inspect transcoders (CLT / PLT).", no_args_is_help=True)
+
+_FLAG_NAMES = {"n_features": "--features"}
+
+
+def _flag(name: str) -> str:
+    return _FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def _option_type(annotation) -> tuple[type, str]:
+    """(click-friendly type, extra help) of a TrainConfig field annotation."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return str, " [" + "|".join(map(str, typing.get_args(annotation))) + "]"
+    if args and typing.get_origin(annotation) is not typing.Literal:
+        return _option_type(args[0])
+    return annotation, ""
+
+
+def _config_parameters() -> list[inspect.Parameter]:
+    params = []
+    for name, field in TrainConfig.model_fields.items():
+        typ, extra = _option_type(field.annotation)
+        default = field.default
+        help_text = f"{field.description}{extra} (default: {default})"
+        decls = [f"{_flag(name)}/--no-{name.replace('_', '-')}"] if typ is bool else [_flag(name)]
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                                        default=typer.Option(None, *decls, help=help_text, show_default=False),
+                                        annotation=typing.Optional[typ]))
+    return params
+
+
+def _train(model: str, out: Path, resume: bool, overwrite: bool, corpus: str | None, log: Path | None,
+           device: str, progress: bool, json_out: bool, **options) -> None:
+    from circuits.cli.transcoders_run import run_training
+
+    result = run_training(model, out, resume=resume, overwrite=overwrite, corpus=corpus, log=log,
+                          device=pick_device(device), progress=progress, overrides=options)
+    if json_out:
+        print_json({"out": str(result.out_dir), **result.metrics})
+        return
+    fid = result.metrics.get("fidelity", {})
+    tr = result.metrics.get("training", {})
+    console.print(f"saved [bold]{result.out_dir}[/bold] ({tr.get('steps')} steps, {tr.get('tokens')} tokens, "
+                  f"{tr.get('seconds')} s)")
+    for key in ("fvu_mean", "l0_total", "dead_fraction", "top1_agreement", "kl_mean", "ce_original", "ce_replacement"):
+        if key in fid:
+            console.print(f"  {key}: {fid[key]}")
+
+
+def _train_signature() -> inspect.Signature:
+    K = inspect.Parameter.KEYWORD_ONLY
+    fixed = [
+        inspect.Parameter("model", K, annotation=str,
+                          default=typer.Option(..., "--model", help="Model: built-in name, checkpoint dir or hub id.")),
+        inspect.Parameter("out", K, annotation=Path,
+                          default=typer.Option(..., "--out", help="Output directory (circuit-tracer format).")),
+        inspect.Parameter("resume", K, annotation=bool,
+                          default=typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint.")),
+        inspect.Parameter("overwrite", K, annotation=bool,
+                          default=typer.Option(False, "--overwrite", help="Replace an existing --out directory.")),
+        inspect.Parameter("corpus", K, annotation=typing.Optional[str],
+                          default=typer.Option(None, "--corpus", help="Text file (one document per line) or dataset name; "
+                                               "default: the built-in model's own corpus.")),
+        inspect.Parameter("log", K, annotation=typing.Optional[Path],
+                          default=typer.Option(None, "--log", help="Append one JSON line of metrics per log step here.")),
+        inspect.Parameter("device", K, annotation=str, default=typer.Option("auto", "--device", help="cpu, cuda or auto.")),
+        inspect.Parameter("progress", K, annotation=bool,
+                          default=typer.Option(True, "--progress/--no-progress", help="Show the progress bar.")),
+        inspect.Parameter("json_out", K, annotation=bool,
+                          default=typer.Option(False, "--json", help="Print the final metrics as JSON.")),
+    ]
+    return inspect.Signature(fixed + _config_parameters())
+
+
+def train_cmd(**kwargs) -> None:
+    """Train a cross-layer (clt) or per-layer (plt) transcoder for --model; progress shows
+    tokens/s, loss, FVU and L0. Runs under torchrun for several GPUs (docs/transcoders.md)."""
+    _train(**kwargs)
+
+
+train_cmd.__signature__ = _train_signature()
+app.command("train")(train_cmd)
+
+
+@app.command("info")
+def info_cmd(path: Path = typer.Argument(..., help="Transcoder directory."),
+             json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Show a transcoder directory's architecture, training config and metrics."""
+    from transcoders.formats import load_transcoder, read_training_files
+
+    tc = load_transcoder(path)
+    out = {"path": str(path), "transcoder": tc.cfg.model_dump(), **read_training_files(path)}
+    if json_out:
+        print_json(out)
+        return
+    c = tc.cfg
+    console.print(f"[bold]{path}[/bold]: {c.kind}, {c.n_layers} layers x {c.n_features} features, d_model {c.d_model}, "
+                  f"{c.activation}{' + skip' if c.skip else ''}; reads {c.input_hook}, writes {c.output_hook}")
+    for key, value in (out.get("metrics", {}).get("fidelity") or {}).items():
+        if not isinstance(value, list):
+            console.print(f"  {key}: {value}")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="transcoders")

@@ -1,0 +1,157 @@
+"""Token sequences to train and evaluate transcoders on, for a loaded model.
+
+- built-in `world` models: their own corpus generator (circuits.models.world.corpus)
+- a local text file: one document per line; documents with index % 10 == 9 are held out for
+  fidelity, the rest train
+- a dataset name (Hugging Face `datasets`, streamed): needs the hub; offline it fails with one line
+Every source is re-iterable and yields the same sequences in the same order each time (the
+trainer relies on that to resume). Each sequence starts with the tokenizer's BOS when it has one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from circuits.errors import CircuitsError
+
+HELDOUT_EVERY = 10
+
+
+def _bos(tokenizer) -> list[int]:
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return [int(bos)] if bos is not None else []
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _windows(ids: list[int], prefix: list[int], seq_len: int) -> Iterator[list[int]]:
+    step = max(seq_len - len(prefix), 1)
+    for start in range(0, len(ids), step):
+        chunk = prefix + ids[start:start + step]
+        if len(chunk) >= 2:
+            yield chunk
+
+
+def check_text_file(path: Path) -> None:
+    """One-line errors for a missing, empty or non-text corpus file."""
+    if not path.is_file():
+        raise CircuitsError(f"corpus file {path} does not exist")
+    head = path.open("rb").read(65536)
+    if not head.strip():
+        raise CircuitsError(f"corpus file {path} is empty")
+    if b"\x00" in head:
+        raise CircuitsError(f"corpus file {path} is not text (it contains NUL bytes)")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the read boundary
+            raise CircuitsError(f"corpus file {path} is not UTF-8 text") from None
+
+
+class TextFileSequences:
+    """Documents (lines) of a text file, tokenised and cut into windows of seq_len tokens."""
+
+    def __init__(self, path: Path, tokenizer, seq_len: int, heldout: bool = False):
+        check_text_file(path)
+        self.path, self.tokenizer, self.seq_len, self.heldout = Path(path), tokenizer, seq_len, heldout
+
+    def __iter__(self) -> Iterator[list[int]]:
+        prefix = _bos(self.tokenizer)
+        with self.path.open(encoding="utf-8", errors="replace") as f:
+            for i, line in enumerate(f):
+                if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) != self.heldout or not line.strip():
+                    continue
+                yield from _windows(_encode(self.tokenizer, line.rstrip("\n")), prefix, self.seq_len)
+
+
+class DatasetSequences:
+    """A Hugging Face dataset's `text` column, streamed (needs the hub)."""
+
+    def __init__(self, name: str, tokenizer, seq_len: int, heldout: bool = False):
+        self.name, self.tokenizer, self.seq_len, self.heldout = name, tokenizer, seq_len, heldout
+        self._open()  # fail early, with one line
+
+    def _open(self):
+        try:
+            import datasets
+
+            return datasets.load_dataset(self.name, split="train", streaming=True)
+        except Exception as exc:  # noqa: BLE001 - any hub/network/name failure is the same user error
+            raise CircuitsError(f"dataset '{self.name}' is unavailable ({type(exc).__name__}; offline?): "
+                                "pass a local text file with --corpus FILE") from None
+
+    def __iter__(self) -> Iterator[list[int]]:
+        prefix = _bos(self.tokenizer)
+        for i, row in enumerate(self._open()):
+            if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) != self.heldout:
+                continue
+            text = row.get("text") if isinstance(row, dict) else None
+            if text:
+                yield from _windows(_encode(self.tokenizer, text), prefix, self.seq_len)
+
+
+# Share of each pool in the transcoder's data, as in the world model's own training batches.
+WORLD_POOL_WEIGHTS = {"addition": 256, "count": 32, "facts": 64}
+
+
+class WorldSequences:
+    """An endless seeded stream of `world` corpus lines ([BOS] + tokens), pools mixed by
+    WORLD_POOL_WEIGHTS. Lines with index % 10 == 9 (in each pool) are held out for fidelity."""
+
+    def __init__(self, loaded, seq_len: int, heldout: bool = False, seed: int = 0):
+        from circuits.models.world.corpus import make_corpus
+
+        corpus = make_corpus(loaded.meta.get("corpus", {}).get("seed", 0))
+        pools = {"addition": corpus.addition_train + corpus.addition_heldout, "count": corpus.count,
+                 "facts": corpus.one_hop + corpus.two_hop_train + corpus.two_hop_heldout}
+        tok, prefix = loaded.tokenizer, _bos(loaded.tokenizer)
+        self.pools = {}
+        for name, examples in pools.items():
+            chosen = [e for i, e in enumerate(examples) if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) == heldout]
+            self.pools[name] = [(prefix + _encode(tok, e.text))[:seq_len] for e in chosen]
+        self.names = list(WORLD_POOL_WEIGHTS)
+        self.weights = [WORLD_POOL_WEIGHTS[n] for n in self.names]
+        self.seed = seed + (1 if heldout else 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        import random
+
+        rng = random.Random(self.seed)
+        while True:
+            pool = self.pools[rng.choices(self.names, self.weights)[0]]
+            yield pool[rng.randrange(len(pool))]
+
+
+def _world_sequences(loaded, seq_len: int, heldout: bool) -> Iterable[list[int]]:
+    return WorldSequences(loaded, seq_len, heldout)
+
+
+def corpus_sequences(loaded, corpus: str | None, seq_len: int, heldout: bool = False) -> tuple[Iterable[list[int]], str]:
+    """(sequences, corpus_id) for `loaded` (a LoadedModel). corpus: file path, dataset name or None."""
+    if corpus is None:
+        if loaded.name.startswith("world"):
+            return _world_sequences(loaded, seq_len, heldout), f"{loaded.name}-generator"
+        raise CircuitsError(f"model '{loaded.name}' has no built-in corpus: pass --corpus FILE "
+                            "(one document per line) or a dataset name")
+    path = Path(corpus).expanduser()
+    if path.exists() or corpus.startswith((".", "/", "~")) or corpus.endswith((".txt", ".jsonl")):
+        seqs = TextFileSequences(path, loaded.tokenizer, seq_len, heldout)
+        digest = hashlib.sha256(path.read_bytes()[:1 << 20]).hexdigest()[:12]
+        return seqs, f"file:{path.name}:{digest}"
+    return DatasetSequences(corpus, loaded.tokenizer, seq_len, heldout), f"dataset:{corpus}"
+
+
+def take_sequences(seqs: Iterable[list[int]], max_tokens: int) -> list[list[int]]:
+    out, n = [], 0
+    for s in seqs:
+        out.append(list(s))
+        n += len(s)
+        if n >= max_tokens:
+            break
+    if not out:
+        raise CircuitsError("the corpus produced no token sequences")
+    return out
