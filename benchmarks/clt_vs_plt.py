@@ -1,0 +1,77 @@
+"""CLT vs PLT at an equal number of features per layer, on the same model, data and budget.
+
+    python benchmarks/clt_vs_plt.py --model world --features 512 --tokens 2000000
+
+Trains both (same TrainConfig except `kind`), measures the replacement model on held-out text
+(circuits.fidelity) and prints one row per kind. Not a test; compare the table across versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+COLUMNS = ("kind", "features", "tokens", "train_s", "fvu_mean", "l0_total", "dead_fraction",
+           "top1_agreement", "kl_mean", "ce_original", "ce_replacement")
+
+
+def run(model: str, features: int, tokens: int, out: Path, seed: int, progress: bool) -> list[dict]:
+    import torch
+
+    from circuits.default_transcoders import DEFAULT_TRAIN_CONFIGS
+    from circuits.models import load_model
+    from circuits.transcoder_training import train_for_model
+    from transcoders.train_config import TrainConfig
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    loaded = load_model(model, progress=progress)
+    base = DEFAULT_TRAIN_CONFIGS.get(model, {})
+    rows = []
+    for kind in ("clt", "plt"):
+        cfg = TrainConfig(**{**base, "kind": kind, "n_features": features, "tokens": tokens, "seed": seed})
+        t0 = time.perf_counter()
+        result = train_for_model(loaded, cfg, out / kind, overwrite=True, progress=progress)
+        fid = result.metrics["fidelity"]
+        rows.append({"kind": kind, "features": features, "tokens": result.metrics["training"]["tokens"],
+                     "train_s": round(time.perf_counter() - t0, 1),
+                     **{k: fid[k] for k in COLUMNS[4:]}})
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    widths = {c: max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in COLUMNS}
+    print("  ".join(c.rjust(widths[c]) for c in COLUMNS))
+    for r in rows:
+        print("  ".join(_fmt(r[c]).rjust(widths[c]) for c in COLUMNS))
+    clt, plt = rows
+    verdict = all((clt["fvu_mean"] < plt["fvu_mean"], clt["top1_agreement"] > plt["top1_agreement"]))
+    print(f"\nCLT beats PLT on fvu_mean and top1_agreement: {'yes' if verdict else 'NO'}")
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="world")
+    ap.add_argument("--features", type=int, default=512, help="features per layer (both kinds)")
+    ap.add_argument("--tokens", type=int, default=2_000_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="keep the transcoders here (default: a temp dir)")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = run(args.model, args.features, args.tokens, args.out or Path(tmp), args.seed, not args.no_progress)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Transcoder training throughput: tokens/s and achieved FLOP/s as a fraction of this machine's dense
+matmul FLOP/s, measured in the same run, with where the time goes.
+
+    python benchmarks/train_throughput.py --model world            # the default CLT config of `world`
+    python benchmarks/train_throughput.py --model world --features 1024 --batch-size 4096
+
+FLOPs counted per token (matmuls only; elementwise work is counted as time, not FLOPs):
+  forward   encode 2*L*F*d + decode 2*F*d*n_out        (n_out = L(L+1)/2 for a CLT, L for a PLT)
+  backward  encode 2*L*F*d (weight grad only: inputs need none) + decode 2 * 2*F*d*n_out
+Not a test; it prints a table to compare across versions and machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def dense_matmul_flops(sizes=(256, 512, 1024, 2048), reps: int = 5) -> tuple[float, int]:
+    """Best float32 GEMM FLOP/s over square sizes (the machine's dense matmul rate)."""
+    best, best_n = 0.0, 0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        rate = 2 * n**3 * reps / (time.perf_counter() - t0)
+        if rate > best:
+            best, best_n = rate, n
+    return best, best_n
+
+
+def flops_per_token(L: int, F: int, d: int, kind: str) -> tuple[float, float]:
+    n_out = L * (L + 1) // 2 if kind == "clt" else L
+    fwd = 2 * L * F * d + 2 * F * d * n_out
+    bwd = 2 * L * F * d + 2 * 2 * F * d * n_out
+    return fwd, bwd
+
+
+def time_step_parts(L: int, d: int, cfg, steps: int) -> dict:
+    """Seconds per step of each part of one optimisation step, on random normalised data."""
+    from transcoders.loss import TranscoderObjective
+    from transcoders.transcoder import Transcoder
+
+    tc = Transcoder(cfg.transcoder_config(L, d))
+    obj = TranscoderObjective(tc, cfg.sparsity_c, cfg.preact_coef)
+    opt = torch.optim.Adam(obj.parameters(), lr=cfg.lr)
+    x, y = torch.randn(cfg.batch_size, L, d), torch.randn(cfg.batch_size, L, d)
+    parts = {k: 0.0 for k in ("encode", "activate", "decode", "loss", "backward", "clip+adam")}
+    for i in range(steps + 2):
+        t = [time.perf_counter()]
+        pre = tc.encode(x); t.append(time.perf_counter())
+        acts = tc.activate(pre); t.append(time.perf_counter())
+        y_hat = tc.decode(acts, x); t.append(time.perf_counter())
+        norms = tc.decoder_norms()
+        loss = (y_hat - y).pow(2).sum((-2, -1)).mean() + cfg.sparsity_coef * torch.tanh(norms * acts).sum((-2, -1)).mean()
+        loss = loss + cfg.preact_coef * ((tc.threshold - pre).relu() * norms).sum((-2, -1)).mean()
+        t.append(time.perf_counter())
+        opt.zero_grad(set_to_none=True)
+        loss.backward(); t.append(time.perf_counter())
+        torch.nn.utils.clip_grad_norm_(obj.parameters(), 1.0)
+        opt.step(); t.append(time.perf_counter())
+        if i >= 2:  # warm-up steps not counted
+            for k, (a, b) in zip(parts, zip(t, t[1:])):
+                parts[k] += (b - a) / steps
+    return parts
+
+
+def end_to_end(model_name: str, cfg, tokens: int) -> dict:
+    """A real (short) training run: tokens/s and the trainer's own time split."""
+    import tempfile
+
+    from circuits.models import load_model
+    from circuits.transcoder_training import train_for_model
+
+    loaded = load_model(model_name, progress=False)
+    run_cfg = cfg.model_copy(update={"tokens": tokens})
+    with tempfile.TemporaryDirectory() as tmp:
+        res = train_for_model(loaded, run_cfg, tmp, overwrite=True, progress=False, evaluate=False)
+    tr = res.metrics["training"]
+    return {"tokens": tr["tokens"], "seconds": tr["seconds"], "tokens_per_s": tr["tokens_per_s"], **tr["timing"]}
+
+
+def main() -> None:
+    from circuits.default_transcoders import DEFAULT_TRAIN_CONFIGS
+    from transcoders.train_config import TrainConfig
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="world")
+    ap.add_argument("--features", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--kind", choices=["clt", "plt"])
+    ap.add_argument("--steps", type=int, default=30, help="timed optimisation steps")
+    ap.add_argument("--e2e-tokens", type=int, default=200_000, help="tokens of the end-to-end run (0: skip)")
+    args = ap.parse_args()
+    over = {k: v for k, v in {"n_features": args.features, "batch_size": args.batch_size, "kind": args.kind}.items() if v}
+    cfg = TrainConfig(**{**DEFAULT_TRAIN_CONFIGS.get(args.model, {}), **over})
+
+    from circuits.models import load_model
+
+    mcfg = load_model(args.model, progress=False).model.cfg
+    L, d, F = mcfg.n_layers, mcfg.d_model, cfg.n_features
+    peak, peak_n = dense_matmul_flops()
+    parts = time_step_parts(L, d, cfg, args.steps)
+    step_s = sum(parts.values())
+    fwd, bwd = flops_per_token(L, F, d, cfg.kind)
+    step_tok_s = cfg.batch_size / step_s
+    achieved = (fwd + bwd) * step_tok_s
+    print(f"machine: torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"dense fp32 matmul {peak / 1e9:.1f} GFLOP/s (best at {peak_n}^3)")
+    print(f"transcoder: {cfg.kind}, L={L} d={d} F={F}, batch {cfg.batch_size} tokens; "
+          f"{(fwd + bwd) / 1e6:.2f} MFLOP/token (fwd {fwd / 1e6:.2f}, bwd {bwd / 1e6:.2f})")
+    print(f"optimisation step: {step_s * 1e3:.1f} ms, {step_tok_s:,.0f} tokens/s, "
+          f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.2f} of dense matmul")
+    print("where a step's time goes:")
+    for k, v in parts.items():
+        print(f"  {k:<10} {v * 1e3:7.2f} ms  {v / step_s:6.1%}")
+    if args.e2e_tokens:
+        e2e = end_to_end(args.model, cfg, args.e2e_tokens)
+        total = e2e["seconds"]
+        print(f"end to end ({e2e['tokens']:,} tokens incl. model forward passes): {e2e['tokens_per_s']:,.0f} tokens/s; "
+              f"model forward {e2e['model_forward_s'] / total:.0%}, other data {(e2e['data_s'] - e2e['model_forward_s']) / total:.0%}, "
+              f"optimisation {e2e['step_s'] / total:.0%}, checkpoints {e2e['checkpoint_s'] / total:.0%}")
+
+
+if __name__ == "__main__":
+    main()
