@@ -20,7 +20,7 @@ def tokenize_prompt(model, prompt: str) -> torch.Tensor:
         raise CircuitsError("this model has no tokenizer attached")
     tokens = model.to_tokens(prompt, prepend_bos=True)[0]
     unk_id = tokenizer.unk_token_id
-    if unk_id is not None and bool((tokens == unk_id).any()):
+    if unk_id is not None and unk_id != tokenizer.bos_token_id and bool((tokens == unk_id).any()):
         encoding = tokenizer.backend_tokenizer.encode(prompt, add_special_tokens=False)
         unknown = sorted({w for w, i in zip(encoding.tokens, encoding.ids) if i == unk_id}
                          | {prompt[a:b] for (a, b), i in zip(encoding.offsets, encoding.ids) if i == unk_id})

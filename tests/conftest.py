@@ -8,6 +8,9 @@ import os
 import pytest
 import torch
 
+# Tests use tiny models: one thread is faster than two fighting over 2 cores (and CI has 2).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def circuits_home(tmp_path_factory):

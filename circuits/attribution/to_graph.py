@@ -1,0 +1,80 @@
+"""Turn an Attribution into a graphs.Graph, with readable feature descriptions."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from circuits.attribution.engine import Attribution, dense_adjacency
+from graphs import Graph, make_node_table
+
+
+@torch.no_grad()
+def output_view(model, transcoder, layer_feat_pairs: list[tuple[int, int]], top: int = 3) -> list[list[str]]:
+    """For each feature, the tokens its decoder (summed over the layers it writes to) most promotes
+    through the final norm's weight and the demeaned unembedding: the feature's "output" view."""
+    if not layer_feat_pairs:
+        return []
+    W_U = model.W_U.detach().float()
+    W_U = W_U - W_U.mean(1, keepdim=True)
+    w_f = getattr(getattr(model, "ln_final", None), "w", None)
+    out = []
+    for layer, feat in layer_feat_pairs:
+        write_d = transcoder.W_dec[layer][feat].detach().float().sum(0)
+        if w_f is not None:
+            write_d = write_d * w_f.detach().float()
+        ids = (write_d @ W_U).topk(top).indices.tolist()
+        out.append([model.tokenizer.decode([i]).strip() or repr(model.tokenizer.decode([i])) for i in ids])
+    return out
+
+
+def token_strings(model, tokens: torch.Tensor) -> list[str]:
+    return [model.tokenizer.decode([int(t)]) for t in tokens.tolist()]
+
+
+def transcoder_identity(transcoder, path: str | None = None) -> dict:
+    h = hashlib.sha256()
+    for W in [transcoder.W_enc, *transcoder.W_dec]:
+        h.update(W.detach().float().cpu().numpy().tobytes()[:1 << 20])
+    cfg = transcoder.cfg
+    return {"path": path, "kind": cfg.kind, "n_features": cfg.n_features, "n_layers": cfg.n_layers,
+            "activation": cfg.activation, "input_hook": cfg.input_hook, "output_hook": cfg.output_hook,
+            "hash": h.hexdigest()[:16]}
+
+
+def to_graph(attr: Attribution, model, transcoder, prompt: str, *, model_identity: dict | None = None,
+             transcoder_path: str | None = None, settings: dict | None = None,
+             feature_labels: dict[tuple[int, int], str] | None = None) -> Graph:
+    """The unpruned graph: chosen features, error nodes (positions >= 1), token embeddings, logits.
+
+    `feature_labels` maps (layer, feature) to a description (e.g. from a feature index); features
+    without one are labelled by their output view.
+    """
+    rep = attr.rep
+    f = rep.features
+    idx = attr.feature_idx.cpu()
+    L, P = rep.error_layer_pos_d.shape[0], rep.n_pos
+    feat_lpf = torch.stack([f.layer.cpu()[idx], f.position.cpu()[idx], f.feature.cpu()[idx]], 1).numpy()
+    err_lp = np.array([(l, c) for l in range(L) for c in range(1, P)], dtype=np.int64).reshape(-1, 2)
+    table = make_node_table(feat_lpf, f.activation.cpu()[idx].numpy(), err_lp,
+                            rep.tokens.cpu().numpy(), np.array(attr.logits.token_ids), L)
+    pairs = [(int(l), int(i)) for l, _, i in feat_lpf]
+    views = output_view(model, transcoder, sorted(set(pairs)))
+    view_of = dict(zip(sorted(set(pairs)), views))
+    token_strs = token_strings(model, rep.tokens)
+    labels = {}
+    for node, (l, c, i) in enumerate(feat_lpf):
+        given = (feature_labels or {}).get((int(l), int(i)))
+        labels[node] = given or f"-> {', '.join(view_of[(int(l), int(i))])}"
+    logit_labels = [model.tokenizer.decode([t]) if t >= 0 else lab
+                    for t, lab in zip(attr.logits.token_ids, attr.logits.labels)]
+    return Graph(
+        adjacency=dense_adjacency(attr), **table,
+        logit_probabilities=attr.logits.probabilities.cpu().numpy(),
+        logit_weights=attr.logits.weights.cpu().numpy(),
+        logit_labels=logit_labels, prompt=prompt, token_ids=rep.tokens.tolist(), token_strs=token_strs,
+        n_layers=L, model=model_identity or {"d_vocab": model.cfg.d_vocab},
+        transcoders=transcoder_identity(transcoder, transcoder_path), settings=settings or {},
+        timing_seconds={k: round(v, 4) for k, v in attr.timing_seconds.items()}, feature_labels=labels)
