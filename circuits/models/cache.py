@@ -92,13 +92,15 @@ def load_tokenizer(path: Path, special: dict):
     """A transformers fast tokenizer over our tokenizer.json (so TransformerLens can use it)."""
     from transformers import PreTrainedTokenizerFast
 
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(path), **special)
+    # name_or_path must be set: TransformerLens 3.9's set_tokenizer reads it (KeyError otherwise), and
+    # reloads the tokenizer from it unless `special` has add_bos_token=True (then it is kept as is).
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(path), name_or_path=str(path.parent), **special)
     return tok
 
 
 def load_cached_model(cache: Path, name: str, device: str | torch.device = "cpu"):
     """Load a cached model directory into a HookedTransformer; corrupted files give one clear line."""
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -111,7 +113,7 @@ def load_cached_model(cache: Path, name: str, device: str | torch.device = "cpu"
         cfg = HookedTransformerConfig(**{**cfg_dict, "device": str(device)})
         state = load_file(str(cache / WEIGHTS_FILE))
         tokenizer = load_tokenizer(cache / TOKENIZER_FILE, meta.get("special_tokens", {}))
-    except (OSError, json.JSONDecodeError, SafetensorsError, TypeError, ValueError, Exception) as exc:
+    except (OSError, json.JSONDecodeError, SafetensorError, TypeError, ValueError, Exception) as exc:
         raise CircuitsError(
             f"cached model '{name}' at {cache} is corrupted ({type(exc).__name__}); {rebuild}") from None
     import warnings
@@ -124,7 +126,7 @@ def load_cached_model(cache: Path, name: str, device: str | torch.device = "cpu"
     if missing or unexpected:
         raise CircuitsError(
             f"cached model '{name}' at {cache} is corrupted (weights do not match its config); {rebuild}")
-    model.to(device)
+    model.to(device, print_details=False)  # TransformerLens would print the move to stdout
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

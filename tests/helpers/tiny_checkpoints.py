@@ -1,0 +1,125 @@
+"""Tiny random Hugging Face checkpoints of real architectures, saved locally for offline tests.
+
+    from tests.helpers.tiny_checkpoints import make_tiny_llama
+    ckpt = make_tiny_llama(tmp_path / "llama")       # config.json, model.safetensors, tokenizer files
+    loaded = circuits.models.load_model(str(ckpt))   # -> HookedTransformer via the local-checkpoint path
+
+`make_tiny_llama`: LlamaForCausalLM with grouped-query attention (4 query heads, 2 key/value heads),
+RMSNorm, rotary embeddings and a SiLU-gated MLP; d_model 64, 3 layers by default; its tokenizer
+prepends a BOS token like Llama's. `make_tiny_gpt2`: GPT2LMHeadModel (LayerNorm, learned positions,
+GELU MLP, biases), 2 layers. `make_tiny_qwen2`, `make_tiny_qwen3` and `make_tiny_mistral` are the
+other supported Llama-like architectures. Both use a byte-level BPE tokenizer (~300 tokens, any text encodes).
+Weights are random but deterministic (seeded), with norm weights and biases perturbed away from
+their 1/0 defaults so a conversion that drops them is caught. Building one takes well under a second.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+_CORPUS = [
+    "The capital of France is Paris. The capital of Texas is Austin.",
+    "calc: 36+59=95 calc: 12+30=42 calc: 7+8=15",
+    "Fact: the capital of the state containing Dallas is Austin.",
+    "Kobe Bryant played basketball for the Lakers in Los Angeles.",
+    "the quick brown fox jumps over the lazy dog, again and again.",
+]
+
+
+def _byte_bpe(specials: list[str], vocab_size: int = 320):
+    """A small byte-level BPE tokenizer (every string encodes; no unknown tokens)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return tok
+
+
+def _perturb_(model: torch.nn.Module, seed: int, scale: float = 0.1) -> None:
+    """Move every 1-D parameter (norm weights, biases) away from its default, deterministically."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for _, param in sorted(model.named_parameters()):
+            if param.ndim == 1:
+                param.add_(scale * torch.randn(param.shape, generator=gen))
+
+
+def _save(model, tokenizer, directory: Path) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _llama_like(config_cls, model_cls, directory: Path, n_layers: int, seed: int, **extra) -> Path:
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = _byte_bpe(["<unk>", "<s>", "</s>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>",
+                                        eos_token="</s>", add_bos_token=True)
+    config = config_cls(
+        vocab_size=bpe.get_vocab_size(), hidden_size=64, intermediate_size=128,
+        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=128, rms_norm_eps=1e-5, hidden_act="silu", initializer_range=0.1,
+        tie_word_embeddings=False, bos_token_id=bpe.token_to_id("<s>"),
+        eos_token_id=bpe.token_to_id("</s>"), **extra)
+    torch.manual_seed(seed)
+    model = model_cls(config).float().eval()
+    _perturb_(model, seed)
+    return _save(model, tokenizer, directory)
+
+
+def make_tiny_llama(directory: Path, n_layers: int = 3, seed: int = 0) -> Path:
+    """A tiny LlamaForCausalLM checkpoint (GQA, RMSNorm, rotary, SiLU-gated MLP) in `directory`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return _llama_like(LlamaConfig, LlamaForCausalLM, directory, n_layers, seed,
+                       rope_theta=10000.0)
+
+
+def make_tiny_qwen2(directory: Path, n_layers: int = 2, seed: int = 0) -> Path:
+    """A tiny Qwen2ForCausalLM checkpoint (like Llama, plus biases on q/k/v)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return _llama_like(Qwen2Config, Qwen2ForCausalLM, directory, n_layers, seed,
+                       rope_theta=10000.0, use_sliding_window=False)
+
+
+def make_tiny_mistral(directory: Path, n_layers: int = 2, seed: int = 0) -> Path:
+    """A tiny MistralForCausalLM checkpoint (like Llama; sliding-window attention switched off)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    return _llama_like(MistralConfig, MistralForCausalLM, directory, n_layers, seed,
+                       rope_theta=10000.0, sliding_window=None, head_dim=16)
+
+
+def make_tiny_qwen3(directory: Path, n_layers: int = 2, seed: int = 0) -> Path:
+    """A tiny Qwen3ForCausalLM checkpoint (like Llama, plus RMSNorm on queries and keys)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    return _llama_like(Qwen3Config, Qwen3ForCausalLM, directory, n_layers, seed,
+                       rope_theta=10000.0, head_dim=16, use_sliding_window=False)
+
+
+def make_tiny_gpt2(directory: Path, n_layers: int = 2, seed: int = 0) -> Path:
+    """A tiny GPT2LMHeadModel checkpoint (LayerNorm, learned positions, GELU MLP) in `directory`."""
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    bpe = _byte_bpe(["<|endoftext|>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>",
+                                        eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    eot = bpe.token_to_id("<|endoftext|>")
+    config = GPT2Config(vocab_size=bpe.get_vocab_size(), n_positions=128, n_embd=64, n_layer=n_layers,
+                        n_head=4, activation_function="gelu_new", initializer_range=0.1,
+                        bos_token_id=eot, eos_token_id=eot)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config).float().eval()
+    _perturb_(model, seed)
+    return _save(model, tokenizer, directory)
