@@ -35,7 +35,7 @@ class LocalReplacement:
     """Everything the frozen linear model of one prompt needs."""
 
     tokens: torch.Tensor  # [P]
-    embed_pos_d: torch.Tensor  # [P, d] residual stream entering block 0 (token + position embeddings)
+    embed_pos_d: torch.Tensor  # [P, d] token embeddings W_E[token] (learned position embeddings are a constant)
     patterns: list[torch.Tensor]  # L x [H, P, P] attention patterns (query, key)
     ln1_scale_layer_pos: torch.Tensor  # [L, P] frozen scale of each block's attention-input norm
     ln2_scale_layer_pos: torch.Tensor  # [L, P] frozen scale of each block's MLP-input norm
@@ -87,7 +87,7 @@ def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> Loca
             f"transcoders do not fit the model: they have {transcoder.cfg.n_layers} layers of width "
             f"{transcoder.cfg.d_model}, the model {L} layers of width {model.cfg.d_model}")
     tokens_pos = tokens_pos.to(model.cfg.device)
-    wanted = {"blocks.0.hook_resid_pre", "ln_final.hook_scale", f"blocks.{L - 1}.hook_resid_post"}
+    wanted = {"hook_embed", "ln_final.hook_scale", f"blocks.{L - 1}.hook_resid_post"}
     for l in range(L):
         wanted |= {f"blocks.{l}.attn.hook_pattern", f"blocks.{l}.ln1.hook_scale",
                    f"blocks.{l}.ln2.hook_scale", *_hook_names(transcoder, l)}
@@ -119,7 +119,7 @@ def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> Loca
     features = ActiveFeatures(torch.cat(layer_idx), torch.cat(pos_idx), torch.cat(feat_idx), torch.cat(values))
     return LocalReplacement(
         tokens=tokens_pos,
-        embed_pos_d=cache["blocks.0.hook_resid_pre"][0].float(),
+        embed_pos_d=cache["hook_embed"][0].float(),
         patterns=[cache[f"blocks.{l}.attn.hook_pattern"][0].float() for l in range(L)],
         ln1_scale_layer_pos=torch.stack([_scale_or_ones(cache, f"blocks.{l}.ln1.hook_scale", P, dev)
                                          for l in range(L)]).float(),
@@ -238,7 +238,7 @@ def frozen_forward(model, transcoder, rep: LocalReplacement, acts_pos_layer_feat
             return tensor.reshape(value.shape).to(value.dtype)
         return hook
 
-    hooks = [("blocks.0.hook_resid_pre", set_embed)]
+    hooks = [("hook_embed", set_embed)]
     for l in range(L):
         inp, out = _hook_names(transcoder, l)
         hooks += [(inp, read_input(l)), (out, write_output(l)),
