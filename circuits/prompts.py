@@ -18,7 +18,7 @@ def tokenize_prompt(model, prompt: str) -> torch.Tensor:
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise CircuitsError("this model has no tokenizer attached")
-    tokens = model.to_tokens(prompt, prepend_bos=True)[0]
+    tokens = model.to_tokens(prompt, prepend_bos=True, truncate=False)[0]
     unk_id = tokenizer.unk_token_id
     if unk_id is not None and unk_id != tokenizer.bos_token_id and bool((tokens == unk_id).any()):
         encoding = tokenizer.backend_tokenizer.encode(prompt, add_special_tokens=False)

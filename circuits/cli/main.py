@@ -5,11 +5,26 @@ from __future__ import annotations
 import os
 import sys
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from circuits.cli import models as models_cli
 
+
+class _UserErrorsAsOneLine(TyperGroup):
+    """Every command's user errors (bad input, missing files) end as one line and exit 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except _user_errors() as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
 app = typer.Typer(
+    cls=_UserErrorsAsOneLine,
     help="Circuit tracing for transformer language models: build models, train transcoders, "
     "trace attribution graphs, prune and export them, and intervene on features.",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
