@@ -12,7 +12,7 @@ from pathlib import Path
 from transcoders.errors import TranscoderError
 from transcoders.train_config import TrainConfig
 
-FIDELITY_TOKENS = 32768
+FIDELITY_TOKENS = 32768  # held-out tokens scored after training (at most; a tenth of the training tokens)
 
 
 def model_fingerprint(loaded) -> str:
@@ -49,7 +49,8 @@ def train_for_model(loaded, cfg: TrainConfig, out_dir: str | Path, corpus: str |
 
     def final_eval(tc) -> dict:
         heldout, _ = corpus_sequences(loaded, corpus, cfg.seq_len, heldout=True)
-        return measure_fidelity(model, tc, heldout, max_tokens=FIDELITY_TOKENS, seq_len=cfg.seq_len)
+        n_eval = min(FIDELITY_TOKENS, max(2048, cfg.tokens // 10))
+        return measure_fidelity(model, tc, heldout, max_tokens=n_eval, seq_len=cfg.seq_len)
 
     return train_transcoder(model, sequences, cfg, out_dir, model_name=loaded.name,
                             source_id=source_id_for(loaded, corpus_id), resume=resume, overwrite=overwrite,

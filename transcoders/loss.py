@@ -5,8 +5,11 @@
        + lambda_p * sum_l sum_i relu(theta_i - h_i) * ||W_dec_i||     (pre-activation; keeps features alive)
 each averaged over tokens. ||W_dec_i|| is feature i's decoders concatenated over its output layers.
 
-The whole objective is one nn.Module so DistributedDataParallel sees every parameter use
-inside a single forward.
+The forward pass here is Transcoder.forward computed layer-major (features as [L, N, F], one
+batched matmul for every layer's encoder, one matmul per source layer for the decoders): the same
+numbers (tests/transcoders/test_parts.py checks it), laid out so every elementwise pass over the
+[L, N, F] activations runs on contiguous memory; it is the training hot path. The whole objective
+is one nn.Module so DistributedDataParallel sees every parameter use inside a single forward.
 """
 
 from __future__ import annotations
@@ -14,7 +17,68 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from transcoders.activations import topk_relu
 from transcoders.transcoder import Transcoder
+
+
+class _JumpReLUWithPenalties(torch.autograd.Function):
+    """Layer-major JumpReLU fused with both penalties (training hot path; fewer passes over [L, N, F]).
+
+    Inputs: pre h [L, N, F], theta [L, 1, F], norms ||W_dec|| [L, 1, F], c, eps.
+    Outputs: a = h * [h > theta], S = sum tanh(c ||W_dec|| a), P = sum relu(theta - h) ||W_dec||.
+    Gradients are the autograd ones of those formulas, with the rectangle STE for theta:
+    d a / d theta = -(theta / eps) * 1[|h - theta| < eps / 2] (tests compare with plain autograd).
+    """
+
+    @staticmethod
+    def forward(ctx, pre, theta, norms, c: float, eps: float):
+        on = torch.gt(pre, theta, out=torch.empty_like(pre))  # float 0/1 masks: bool ops are slow on CPU
+        acts = pre * on
+        t = torch.tanh_(acts * (c * norms))
+        below_sum = (theta - pre).clamp_min_(0).sum(1, keepdim=True)  # [L, 1, F]
+        ctx.save_for_backward(pre, theta, norms, on, acts, t, below_sum)
+        ctx.c, ctx.eps = c, eps
+        return acts, t.sum(), (below_sum * norms).sum()
+
+    @staticmethod
+    def backward(ctx, g_acts, g_s, g_p):
+        pre, theta, norms, on, acts, t, below_sum = ctx.saved_tensors
+        c, eps = ctx.c, ctx.eps
+        sech2 = t.mul(t).neg_().add_(1.0)  # 1 - tanh^2
+        g_norms = (sech2 * acts).sum(1, keepdim=True) * (g_s * c) + below_sum * g_p
+        g_total = torch.addcmul(g_acts, sech2, (g_s * c) * norms)  # d/d a: decoder path + sparsity
+        window = torch.lt((pre - theta).abs_(), eps / 2, out=sech2)
+        g_theta = (g_total * window).sum(1, keepdim=True) * (-theta / eps)
+        g_theta = g_theta + (g_p * norms) * (pre.shape[1] - on.sum(1, keepdim=True))
+        g_pre = g_total.mul_(on)  # JumpReLU passes the gradient where h > theta
+        if float(g_p) != 0.0:  # pre-activation loss, where h <= theta: d/dh relu(theta - h) = -1
+            g_pre.sub_(g_p * norms).addcmul_(on, g_p * norms)
+        return g_pre, g_theta, g_norms, None, None
+
+
+def layer_major_forward(tc: Transcoder, x_tok_layer_d: torch.Tensor, acts_lnf: torch.Tensor | None = None):
+    """(y_hat [N, L, d], acts [L, N, F], pre [L, N, F]) - Transcoder.forward, layer-major inside.
+    `acts_lnf` (already activated features) skips encoding (the fused JumpReLU path)."""
+    cfg = tc.cfg
+    N, L, d = x_tok_layer_d.shape
+    x_lnd = x_tok_layer_d.transpose(0, 1).contiguous()
+    pre_lnf = None
+    if acts_lnf is None:
+        pre_lnf = encode_layer_major(tc, x_lnd)
+        acts_lnf = pre_lnf.relu() if cfg.activation == "relu" else topk_relu(pre_lnf, cfg.topk)
+    y_hat = tc.b_dec.unsqueeze(0).repeat(N, 1, 1)
+    for l_src, (acts_nf, W_fkd) in enumerate(zip(acts_lnf.unbind(0), tc.W_dec)):
+        k = W_fkd.shape[1]
+        written = acts_nf @ W_fkd.reshape(W_fkd.shape[0], k * d)
+        y_hat[:, l_src:l_src + k] += written.view(N, k, d)
+    if tc.W_skip is not None:
+        y_hat = y_hat + torch.bmm(x_lnd, tc.W_skip).transpose(0, 1)
+    return y_hat, acts_lnf, pre_lnf
+
+
+def encode_layer_major(tc: Transcoder, x_lnd: torch.Tensor) -> torch.Tensor:
+    """Pre-activations h [L, N, F] from inputs x [L, N, d]: one batched matmul for all layers."""
+    return torch.baddbmm(tc.b_enc[:, None, :], x_lnd, tc.W_enc.transpose(1, 2))
 
 
 class TranscoderObjective(nn.Module):
@@ -25,17 +89,25 @@ class TranscoderObjective(nn.Module):
         self.preact_coef = preact_coef
 
     def forward(self, x_tok_layer_d: torch.Tensor, y_tok_layer_d: torch.Tensor, sparsity_coef: float):
-        """Returns (loss, parts) with parts = {recon, sparsity, preact} (detached) and acts [N, L, F]."""
+        """Returns (loss, parts {recon, sparsity, preact} detached, y_hat [N, L, d], acts [L, N, F])."""
         tc = self.transcoder
-        y_hat, acts, pre = tc(x_tok_layer_d)
-        recon = (y_hat - y_tok_layer_d).pow(2).sum(dim=(-2, -1)).mean()
-        norms_layer_feat = tc.decoder_norms()
-        sparsity = torch.tanh(self.sparsity_c * norms_layer_feat * acts).sum(dim=(-2, -1)).mean()
+        n_tok = x_tok_layer_d.shape[0]
+        norms_l1f = tc.decoder_norms()[:, None, :]
+        if tc.cfg.activation == "jumprelu":
+            pre_lnf = encode_layer_major(tc, x_tok_layer_d.transpose(0, 1).contiguous())
+            acts_lnf, sparsity_sum, preact_sum = _JumpReLUWithPenalties.apply(
+                pre_lnf, tc.threshold[:, None, :], norms_l1f, self.sparsity_c, tc.cfg.jumprelu_bandwidth)
+            y_hat, _, _ = layer_major_forward(tc, x_tok_layer_d, acts_lnf)
+            sparsity, preact = sparsity_sum / n_tok, preact_sum / n_tok
+        else:
+            y_hat, acts_lnf, pre_lnf = layer_major_forward(tc, x_tok_layer_d)
+            sparsity = torch.tanh(acts_lnf * (self.sparsity_c * norms_l1f)).sum() / n_tok
+            preact = (-pre_lnf).relu().mul(norms_l1f).sum() / n_tok if tc.cfg.activation == "relu" else None
+        recon = torch.nn.functional.mse_loss(y_hat, y_tok_layer_d, reduction="sum") / n_tok
         loss = recon + sparsity_coef * sparsity
-        preact = torch.zeros((), device=loss.device)
-        if self.preact_coef > 0 and tc.cfg.activation != "topk":
-            theta = tc.threshold if tc.threshold is not None else torch.zeros_like(pre[0])
-            preact = ((theta - pre).relu() * norms_layer_feat).sum(dim=(-2, -1)).mean()
+        if preact is None:  # topk: no threshold to keep features alive with
+            preact = torch.zeros((), device=loss.device)
+        elif self.preact_coef > 0:
             loss = loss + self.preact_coef * preact
         parts = {"recon": recon.detach(), "sparsity": sparsity.detach(), "preact": preact.detach()}
-        return loss, parts, y_hat.detach(), acts.detach()
+        return loss, parts, y_hat.detach(), acts_lnf.detach()

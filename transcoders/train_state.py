@@ -37,7 +37,7 @@ class TrainState:
                 self.tc.threshold.fill_(cfg.threshold_init)
         self.objective = TranscoderObjective(self.tc, cfg.sparsity_c, cfg.preact_coef)
         self.module = wrap_ddp(self.objective, info, device)
-        self.opt = torch.optim.Adam(self.objective.parameters(), lr=cfg.lr)
+        self.opt = torch.optim.Adam(self.objective.parameters(), lr=cfg.lr, fused=True)
 
     # --- start ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -60,13 +60,14 @@ class TrainState:
         torch.nn.utils.clip_grad_norm_(self.objective.parameters(), self.cfg.grad_clip)
         self.opt.step()
         with torch.no_grad():
-            fired = all_reduce_sum((acts != 0).any(0).long(), self.info).cpu() > 0
+            active_lnf = acts != 0  # acts [L, N, F]
+            fired = all_reduce_sum(active_lnf.any(1).long(), self.info).cpu() > 0
             n_global = x.shape[0] * self.info.world_size
             self.silent_tokens_layer_feat += n_global
             self.silent_tokens_layer_feat[fired] = 0
             err = (y - y_hat).pow(2).sum(dim=(0, 2))
             var = (y - y.mean(0, keepdim=True)).pow(2).sum(dim=(0, 2))
-            l0 = (acts != 0).float().sum(dim=(0, 2))
+            l0 = active_lnf.sum(dim=(1, 2)).float()
         self.step += 1
         self.tokens_seen += n_global
         return {"loss": loss.detach(), **parts, "lambda": lam, "lr": lr, "n": x.shape[0],

@@ -14,19 +14,33 @@ from transcoders.metrics import ReconstructionStats, fvu_per_layer
 from transcoders.normalization import estimate_scales, fold_normalization
 
 
-def test_loss_matches_method_formula():
-    tc = random_transcoder(kind="clt", n_layers=3, d_model=8, n_features=6)
+@pytest.mark.parametrize("kind,activation,skip", [("clt", "jumprelu", True), ("plt", "relu", False),
+                                                 ("clt", "topk", False)])
+def test_loss_matches_method_formula_and_gradients_match_transcoder_forward(kind, activation, skip):
+    """The objective's layer-major fast path = the formula on Transcoder.forward, values and gradients."""
+    extra = {"topk": 2} if activation == "topk" else {}
+    tc = random_transcoder(kind=kind, n_layers=3, d_model=8, n_features=6, activation=activation, skip=skip, **extra)
     x, y = torch.randn(10, 3, 8), torch.randn(10, 3, 8)
-    loss, parts, _, _ = TranscoderObjective(tc, sparsity_c=2.0, preact_coef=0.5)(x, y, sparsity_coef=0.1)
+    with torch.no_grad():  # put some pre-activations inside the STE window
+        if tc.threshold is not None:
+            tc.threshold.copy_(tc.encode(x)[:4].mean(0) + 0.01)
+    loss, parts, y_fast, a_fast = TranscoderObjective(tc, sparsity_c=2.0, preact_coef=0.5)(x, y, sparsity_coef=0.1)
+    fast_grads = torch.autograd.grad(loss, list(tc.parameters()))
     y_hat, a, h = tc(x)
+    torch.testing.assert_close(y_fast, y_hat.detach())
+    torch.testing.assert_close(a_fast, a.detach().transpose(0, 1))
     # ||W_dec_i||: norm of feature i's decoders concatenated over its output layers
     norms = torch.stack([torch.cat([tc.decoder_to_layer(l, t) for t in range(l, 3)], dim=1).norm(dim=1)
                          for l in range(3)])
     recon = ((y_hat - y) ** 2).sum(dim=(1, 2)).mean()
     sparsity = torch.tanh(2.0 * norms * a).sum(dim=(1, 2)).mean()
-    preact = ((tc.threshold - h).relu() * norms).sum(dim=(1, 2)).mean()
-    torch.testing.assert_close(loss, recon + 0.1 * sparsity + 0.5 * preact)
+    theta = tc.threshold if tc.threshold is not None else torch.zeros(3, 6)
+    preact = ((theta - h).relu() * norms).sum(dim=(1, 2)).mean() if activation != "topk" else 0.0
+    reference = recon + 0.1 * sparsity + 0.5 * preact
+    torch.testing.assert_close(loss, reference)
     torch.testing.assert_close(parts["sparsity"], sparsity.detach())
+    for g_fast, g_ref in zip(fast_grads, torch.autograd.grad(reference, list(tc.parameters()))):
+        torch.testing.assert_close(g_fast, g_ref, rtol=1e-4, atol=1e-6)
 
 
 def test_fvu_extremes_and_streaming_equals_batch():
