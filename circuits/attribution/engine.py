@@ -50,8 +50,18 @@ def _batches(n: int, batch_size: int):
         yield slice(start, min(start + batch_size, n))
 
 
+GRADIENT_BUDGET_BYTES = 1 << 30  # per batch: the stored gradients [P, B, L, d] stay below this
+
+
+def bounded_batch_size(batch_size: int, n_pos: int, n_layers: int, d_model: int) -> int:
+    """Shrink the batch so one sweep's stored gradients fit GRADIENT_BUDGET_BYTES (long prompts)."""
+    per_row = 4 * n_pos * (n_layers + 1) * d_model
+    return max(1, min(batch_size, GRADIENT_BUDGET_BYTES // per_row))
+
+
 def _rows_in_batches(rep, blocks, transcoder, layout, seeds: TargetSeeds, batch_size: int,
                      progress=None) -> torch.Tensor:
+    batch_size = bounded_batch_size(batch_size, rep.n_pos, blocks.n_layers, rep.embed_pos_d.shape[1])
     out = torch.empty(len(seeds), layout.n_sources, device=seeds.vec_d.device)
     order = torch.argsort(seeds.layer * (rep.n_pos + 1) + seeds.position)  # group causal cones
     for sl in _batches(len(seeds), batch_size):

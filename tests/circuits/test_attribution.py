@@ -120,3 +120,11 @@ def test_every_target_row_sums_with_its_bias_to_its_value(ln_model):
         ln_model, tc, rep, acts_pos_layer_feat=zero_acts,
         error_layer_pos_d=torch.zeros_like(rep.error_layer_pos_d), embed_pos_d=torch.zeros_like(rep.embed_pos_d)))
     assert torch.allclose(values - bias_only, A[rows].sum(1), atol=5e-4)
+
+
+def test_batches_shrink_for_long_prompts():
+    from circuits.attribution.engine import GRADIENT_BUDGET_BYTES, bounded_batch_size
+
+    assert bounded_batch_size(64, 16, 4, 128) == 64
+    small = bounded_batch_size(512, 4096, 32, 2048)
+    assert 1 <= small < 512 and small * 4 * 4096 * 33 * 2048 <= GRADIENT_BUDGET_BYTES
