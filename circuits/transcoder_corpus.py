@@ -94,35 +94,43 @@ class DatasetSequences:
                 yield from _windows(_encode(self.tokenizer, text), prefix, self.seq_len)
 
 
-# Share of each pool in the transcoder's data, as in the world model's own training batches.
-WORLD_POOL_WEIGHTS = {"addition": 256, "count": 32, "facts": 64}
+def _world_pool(kind: str) -> str:
+    if kind.startswith("addition"):
+        return "addition"
+    return "facts" if kind.startswith(("one_hop", "two_hop")) else "aux"
 
 
 class WorldSequences:
-    """An endless seeded stream of `world` corpus lines ([BOS] + tokens), pools mixed by
-    WORLD_POOL_WEIGHTS. Lines with index % 10 == 9 (in each pool) are held out for fidelity."""
+    """An endless seeded stream of `world` corpus lines ([BOS] + tokens). Lines are pooled into
+    addition / facts / other, mixed like the model's own training batches (batch_* in its
+    meta.json; 256 / 64 / 32 if absent). Lines with index % 10 == 9 in each pool are held out."""
 
     def __init__(self, loaded, seq_len: int, heldout: bool = False, seed: int = 0):
         from circuits.models.world.corpus import make_corpus
 
         corpus = make_corpus(loaded.meta.get("corpus", {}).get("seed", 0))
-        pools = {"addition": corpus.addition_train + corpus.addition_heldout, "count": corpus.count,
-                 "facts": corpus.one_hop + corpus.two_hop_train + corpus.two_hop_heldout}
         tok, prefix = loaded.tokenizer, _bos(loaded.tokenizer)
-        self.pools = {}
-        for name, examples in pools.items():
+        by_pool: dict[str, list] = {}
+        for example in corpus.all_examples():
+            by_pool.setdefault(_world_pool(example.kind), []).append(example)
+        tcfg = loaded.meta.get("train_config", {})
+        weights = {"addition": tcfg.get("batch_addition", 256), "facts": tcfg.get("batch_facts", 64),
+                   "aux": tcfg.get("batch_aux", tcfg.get("batch_count", 32))}
+        self.pools, self.weights = [], []
+        for name, examples in sorted(by_pool.items()):
             chosen = [e for i, e in enumerate(examples) if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) == heldout]
-            self.pools[name] = [(prefix + _encode(tok, e.text))[:seq_len] for e in chosen]
-        self.names = list(WORLD_POOL_WEIGHTS)
-        self.weights = [WORLD_POOL_WEIGHTS[n] for n in self.names]
+            if chosen and weights.get(name, 0) > 0:
+                self.pools.append([(prefix + _encode(tok, e.text))[:seq_len] for e in chosen])
+                self.weights.append(weights[name])
         self.seed = seed + (1 if heldout else 0)
 
     def __iter__(self) -> Iterator[list[int]]:
         import random
 
         rng = random.Random(self.seed)
+        indices = range(len(self.pools))
         while True:
-            pool = self.pools[rng.choices(self.names, self.weights)[0]]
+            pool = self.pools[rng.choices(indices, self.weights)[0]]
             yield pool[rng.randrange(len(pool))]
 
 

@@ -4,7 +4,7 @@ Layout of a cache folder:
   x.npy      [N, L, d] input-hook activations (numpy .npy, opened with mmap)
   y.npy      [N, L, d] output-hook activations
   meta.json  {source_id, n_tokens, n_layers, d_model, dtype, input_hook, output_hook} (written last)
-Tokens are stored in corpus order; `CachedActivationSource` reads groups of consecutive rows and the
+Tokens are stored group by group as the source produced them; `CachedActivationSource` reads groups of consecutive rows and the
 shuffle buffer permutes them, wrapping around at the end (epochs).
 The folder is built under a temporary name and renamed, so a half-written cache never loads.
 """

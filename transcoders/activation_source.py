@@ -3,6 +3,7 @@
 - `ModelActivationSource` runs a TransformerLens HookedTransformer over an iterable of token-id
   sequences (any re-iterable: a list, a corpus generator object, a text-file reader) and returns
   activations for every layer at once: x [N, L, d] (input hook) and y [N, L, d] (output hook).
+  A group's sequences are sorted by length before batching, so forward passes carry little padding.
   Position 0 of every sequence (BOS) carries no features and is left out; so is right padding.
 - `ShuffleBuffer` mixes at token level: it fills a group of ~buffer_tokens tokens, permutes it
   with a generator seeded by (seed, group index) and hands out batches. Its state is three
@@ -118,17 +119,20 @@ class ModelActivationSource:
         import time
 
         self._seek(int(start["epoch"]), int(start["index"]))
-        xs, ys, n = [], [], 0
-        while n < self.group_tokens:
-            seqs = [self._next_sequence() for _ in range(self.model_batch)]
-            tokens, mask = pad_right(seqs)
+        seqs, n = [], 0
+        while n < self.group_tokens:  # whole sequences; each contributes len - 1 tokens (no BOS)
+            seqs.append(self._next_sequence())
+            n += len(seqs[-1]) - 1
+        seqs.sort(key=len)  # similar lengths share a forward pass: little padding (order is shuffled later)
+        xs, ys = [], []
+        for i in range(0, len(seqs), self.model_batch):
+            tokens, mask = pad_right(seqs[i:i + self.model_batch])
             t0 = time.perf_counter()
             x, y = model_activations(self.model, tokens, mask, self.input_hook, self.output_hook)
             self.model_seconds += time.perf_counter() - t0
             check_finite(x, y, self.input_hook, self.output_hook)
             xs.append(x)
             ys.append(y)
-            n += x.shape[0]
         epoch, index = self._at
         return torch.cat(xs), torch.cat(ys), {"epoch": epoch, "index": index}
 
