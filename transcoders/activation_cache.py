@@ -30,10 +30,11 @@ def read_cache_meta(cache_dir: Path) -> dict | None:
         return None
 
 
-def cache_matches(cache_dir: Path, source_id: str, input_hook: str, output_hook: str) -> bool:
+def cache_matches(cache_dir: Path, source_id: str, input_hook: str, output_hook: str, n_tokens: int = 0) -> bool:
+    """An existing cache of the same model, corpus and hooks with at least n_tokens rows."""
     meta = read_cache_meta(cache_dir)
     return bool(meta) and meta.get("source_id") == source_id and meta.get("input_hook") == input_hook \
-        and meta.get("output_hook") == output_hook
+        and meta.get("output_hook") == output_hook and meta.get("n_tokens", 0) >= n_tokens
 
 
 def build_activation_cache(source, n_tokens: int, cache_dir: Path, source_id: str,
@@ -71,19 +72,35 @@ def build_activation_cache(source, n_tokens: int, cache_dir: Path, source_id: st
 
 
 class CachedActivationSource:
-    """Groups of `group_tokens` consecutive rows of a cache; positions are row offsets."""
+    """Groups of `group_tokens` consecutive rows of cached activations; positions are row offsets.
+    The rows come from a cache folder (memory-mapped) or from arrays in memory (`in_memory`)."""
 
-    def __init__(self, cache_dir: Path, group_tokens: int):
-        meta = read_cache_meta(cache_dir)
-        if meta is None:
-            raise TranscoderError(f"activation cache {cache_dir} is incomplete (no meta.json): delete it")
-        self.meta = meta
-        self.input_hook, self.output_hook = meta["input_hook"], meta["output_hook"]
-        self.x = np.load(Path(cache_dir) / "x.npy", mmap_mode="r")
-        self.y = np.load(Path(cache_dir) / "y.npy", mmap_mode="r")
+    def __init__(self, cache_dir: Path | None, group_tokens: int, arrays=None, hooks=None):
+        if arrays is None:
+            meta = read_cache_meta(cache_dir)
+            if meta is None:
+                raise TranscoderError(f"activation cache {cache_dir} is incomplete (no meta.json): delete it")
+            hooks = (meta["input_hook"], meta["output_hook"])
+            arrays = (np.load(Path(cache_dir) / "x.npy", mmap_mode="r"), np.load(Path(cache_dir) / "y.npy", mmap_mode="r"))
+        self.input_hook, self.output_hook = hooks
+        self.x, self.y = arrays
         self.n = self.x.shape[0]
         self.group_tokens = min(group_tokens, self.n)
         self.model_seconds = 0.0
+
+    @classmethod
+    def in_memory(cls, source, n_tokens: int, group_tokens: int, dtype=np.float16) -> "CachedActivationSource":
+        """Run `source` (a ModelActivationSource) for `n_tokens` rows once and keep them in memory."""
+        xs, ys, start, n = [], [], source.start_position(), 0
+        while n < n_tokens:
+            x, y, start = source.read_group(start)
+            xs.append(x.numpy().astype(dtype))
+            ys.append(y.numpy().astype(dtype))
+            n += x.shape[0]
+        arrays = (np.concatenate(xs)[:n_tokens], np.concatenate(ys)[:n_tokens])
+        out = cls(None, group_tokens, arrays, (source.input_hook, source.output_hook))
+        out.model_seconds = source.model_seconds
+        return out
 
     def start_position(self) -> dict:
         return {"row": 0}

@@ -33,6 +33,9 @@ class TrainConfig(BaseModel):
     seq_len: int = Field(128, gt=1, description="longest sequence fed to the model (longer ones are cut)")
     model_batch: int = Field(64, gt=0, description="sequences per model forward pass")
     buffer_tokens: int = Field(65536, gt=0, description="token-level shuffle buffer size")
+    activation_tokens: int | None = Field(None, gt=0, description="distinct tokens to run the model on "
+                                          "(default: --tokens); training cycles over them (kept in memory, "
+                                          "or in --cache-dir)")
 
     # --- optimisation -------------------------------------------------------------------------
     lr: float = Field(2e-3, gt=0, description="Adam learning rate")

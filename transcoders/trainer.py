@@ -86,15 +86,21 @@ def _first_group(buffer: ShuffleBuffer, out: Path):
 
 
 def _make_source(model, sequences, cfg: TrainConfig, source_id: str, info: DistInfo):
-    live = ModelActivationSource(model, sequences, cfg.input_hook, cfg.output_hook,
-                                 cfg.seq_len, cfg.model_batch, cfg.buffer_tokens)
-    if not cfg.cache_dir:
-        return live
     from transcoders.activation_cache import CachedActivationSource, build_activation_cache, cache_matches
 
+    live = ModelActivationSource(model, sequences, cfg.input_hook, cfg.output_hook,
+                                 cfg.seq_len, cfg.model_batch, cfg.buffer_tokens)
+    n_rows = min(cfg.activation_tokens or cfg.tokens, cfg.tokens)
+    if not cfg.cache_dir:
+        if n_rows >= cfg.tokens:
+            return live
+        try:
+            return CachedActivationSource.in_memory(live, n_rows, cfg.buffer_tokens)
+        except NonFiniteActivations as exc:
+            raise TranscoderError(f"{exc} while collecting activations (before step 0)") from None
     cache = Path(cfg.cache_dir)
-    if info.is_main and not cache_matches(cache, source_id, cfg.input_hook, cfg.output_hook):
-        build_activation_cache(live, cfg.tokens, cache, source_id)
+    if info.is_main and not cache_matches(cache, source_id, cfg.input_hook, cfg.output_hook, n_rows):
+        build_activation_cache(live, n_rows, cache, source_id)
     barrier(info)
     return CachedActivationSource(cache, cfg.buffer_tokens)
 

@@ -127,3 +127,23 @@ def test_plt_topk_and_activation_cache(model, seqs, tmp_path):
     x_live, _ = model_activations(model, tokens, mask, "ln2.hook_normalized", "hook_mlp_out")
     np.testing.assert_allclose(x[: x_live.shape[0]], x_live.numpy(), rtol=1e-6)  # corpus order, BOS left out
     assert x.shape[0] == 6_000 and VOCAB > 0
+
+
+class _CountingModel:
+    """Proxy that counts the tokens the trainer runs the model on."""
+
+    def __init__(self, model):
+        self.model, self.cfg, self.tokens = model, model.cfg, 0
+
+    def run_with_hooks(self, tokens, **kw):
+        self.tokens += tokens.numel()
+        return self.model.run_with_hooks(tokens, **kw)
+
+
+def test_activation_tokens_runs_the_model_once_and_cycles(model, seqs, tmp_path):
+    counting = _CountingModel(model)
+    res = _train(counting, seqs, tmp_path / "m", tokens=12_000, activation_tokens=3_000)
+    assert res.metrics["training"]["tokens"] >= 11_000
+    assert 3_000 <= counting.tokens <= 3_000 + 4_096 * 17 / 15  # one group of activations, BOS included
+    again = _train(model, seqs, tmp_path / "m2", tokens=12_000, activation_tokens=3_000)
+    torch.testing.assert_close(res.transcoder.W_enc, again.transcoder.W_enc)
