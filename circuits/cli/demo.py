@@ -1,0 +1,66 @@
+"""`circuits demo addition|two-hop`: the case studies on the built-in `world` model, with verdicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from circuits.cli.common import console, pick_device, print_json
+from circuits.cli.intervene import one_line_errors
+
+app = typer.Typer(help="Case studies: trace, explain and intervene, ending in a verdict per experiment.",
+                  no_args_is_help=True)
+
+MODEL = typer.Option("world", "--model", help="Model: built-in name, checkpoint dir or hub id.")
+TRANSCODERS = typer.Option(None, "--transcoders", help="Transcoder directory (default: the model's default CLT).")
+JSON = typer.Option(False, "--json", help="Print the report as JSON.")
+DEVICE = typer.Option("auto", help="cpu, cuda or auto.")
+
+
+def _print(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(line)
+
+
+@app.command("addition")
+def addition_cmd(
+    a: int = typer.Option(36, "--a", min=10, max=99, help="First operand."),
+    b: int = typer.Option(59, "--b", min=10, max=99, help="Second operand."),
+    multiplier: float = typer.Option(-1.0, "--multiplier", help="Inhibition: scale the chosen features by this."),
+    top: int = typer.Option(15, "--top", min=1, help="Feature nodes to show and classify."),
+    model: str = MODEL, transcoders: Optional[Path] = TRANSCODERS, json_out: bool = JSON, device: str = DEVICE,
+) -> None:
+    """Trace "calc: A+B=", show the paths to the sum by position and role, run inhibition experiments."""
+    with one_line_errors():
+        from circuits.demos.addition import format_addition, run_addition_demo
+        from circuits.demos.common import load_setup
+
+        setup = load_setup(model, transcoders, pick_device(device), progress=not json_out)
+        report = run_addition_demo(setup, a, b, top=top, multiplier=multiplier)
+        print_json(report.to_json()) if json_out else _print(format_addition(report))
+
+
+@app.command("two-hop")
+def two_hop_cmd(
+    k: int = typer.Option(50, "--k", min=1, help="State features removed / injected per swap side."),
+    inhibit: float = typer.Option(0.0, "--inhibit", help="Multiplier for the removed state features (0: ablate)."),
+    inject_scale: float = typer.Option(2.0, "--inject-scale", help="Scale of the injected activations."),
+    model: str = MODEL, transcoders: Optional[Path] = TRANSCODERS, json_out: bool = JSON, device: str = DEVICE,
+) -> None:
+    """Kobe Bryant -> California -> Sacramento and Dallas -> Texas -> Austin: find, inhibit and swap state features."""
+    with one_line_errors():
+        from circuits.demos.common import load_setup
+        from circuits.demos.two_hop import format_two_hop, run_two_hop_demo
+
+        setup = load_setup(model, transcoders, pick_device(device), progress=not json_out)
+        report = run_two_hop_demo(setup, k=k, inhibit=inhibit, inject_scale=inject_scale)
+        print_json(report.to_json()) if json_out else _print(format_two_hop(report))
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="demo")
+    from circuits.cli import validate as validate_cli
+
+    validate_cli.register(root)  # `circuits validate` (idempotent: main may register it too)

@@ -1,0 +1,54 @@
+"""`circuits validate [--n 30] [--json]`: graph predictions vs interventions over many prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from circuits.cli.common import console, err_console, pick_device, print_json
+from circuits.cli.intervene import one_line_errors
+
+
+def validate_cmd(
+    n: int = typer.Option(30, "--n", min=2, help="Prompts (half addition, half two-hop)."),
+    top_k: int = typer.Option(10, "--top-k", min=2, help="Feature nodes ablated per prompt (by influence)."),
+    swaps: int = typer.Option(20, "--swaps", min=0, help="Two-hop swap pairs."),
+    k: int = typer.Option(50, "--k", min=1, help="State features removed / injected per swap side."),
+    inhibit: float = typer.Option(0.0, "--inhibit", help="Multiplier for the removed state features (0: ablate)."),
+    inject_scale: float = typer.Option(2.0, "--inject-scale", help="Scale of the injected activations."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the generated prompts and pairs."),
+    max_feature_nodes: Optional[int] = typer.Option(None, "--max-feature-nodes", min=1,
+                                                    help="Attribute at most this many features per prompt."),
+    model: str = typer.Option("world", "--model", help="Model: built-in name, checkpoint dir or hub id."),
+    transcoders: Optional[Path] = typer.Option(None, "--transcoders", help="Transcoder directory (default: the model's)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the tables (and every row) as JSON."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+) -> None:
+    """Spearman(graph influence, ablation effect), two-hop swap success rate, score table."""
+    with one_line_errors():
+        from circuits.demos.common import load_setup
+        from circuits.trace import TraceConfig
+        from circuits.validate import format_validation, validate
+
+        setup = load_setup(model, transcoders, pick_device(device), progress=not json_out)
+        config = TraceConfig(max_feature_nodes=max_feature_nodes)
+
+        def progress(row):
+            if not json_out:
+                err_console.print(f"  traced {row.prompt!r}: spearman {row.spearman:.2f}", markup=False, highlight=False)
+
+        result = validate(setup, n=n, seed=seed, top_k=top_k, n_swaps=swaps, k=k, inhibit=inhibit,
+                          inject_scale=inject_scale, config=config,
+                          progress=progress)
+        if json_out:
+            print_json(result.to_json())
+        else:
+            for line in format_validation(result):
+                typer.echo(line)
+
+
+def register(app: typer.Typer) -> None:
+    if not any(c.name == "validate" for c in app.registered_commands):
+        app.command("validate")(validate_cmd)

@@ -1,0 +1,339 @@
+"""Validation at scale: do the graphs predict what interventions in the real model do?
+
+Over generated prompts of both kinds (addition `calc: a+b=` and two-hop capital queries built
+from the world corpus facts), with the correct answer as the target:
+
+(a) ablation check: for the top-k feature nodes by influence on the answer's logit, ablate each in
+    the real model (constrained patching, x0) and measure the change of the answer's demeaned logit.
+    Reported: Spearman(influence, |change|) pooled over all (prompt, node) pairs and per prompt;
+    and Spearman(graph-predicted change, change), where the prediction is the linearised total
+    effect of removing the node in the graph (`linear_effects`).
+(b) swap success rate of the two-hop experiment over pairs of prompts with different states
+    (circuits.demos.state_features, state features chosen leaving the pair's own prompts out),
+    with a control that swaps as many random active features.
+(c) replacement and completeness scores (METHOD.md section 4), mean / min / max, pruned and
+    unpruned, by prompt kind.
+
+    result = validate(load_setup("world"), n=30)
+    print("\\n".join(format_validation(result)))
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from circuits.demos.common import DemoSetup, Traced, json_safe, ranked_features, trace_answer
+from circuits.demos.state_features import (DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, StateFeatureFinder, run_swap,
+                                           two_hop_queries)
+from circuits.errors import CircuitsError
+from circuits.interventions import (Intervention, check_layer_range, clean_run, decoder_deltas, intervene,
+                                     patch_hooks, resolve_changes)
+from circuits.prompts import token_id
+from circuits.trace import TraceConfig
+from graphs import Graph
+
+SCORE_KEYS = ("replacement", "completeness", "replacement_pruned", "completeness_pruned")
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation of two equal-length sequences (nan if either is constant)."""
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.size < 2:
+        raise CircuitsError(f"spearman needs two sequences of the same length >= 2, got {x.size} and {y.size}")
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y)[0])
+
+
+def linear_effects(graph: Graph, target_node: int) -> np.ndarray:
+    """float64 [n_features]: the change of the target node's value when each feature is ablated, in
+    the graph's linearisation (every other feature stays active, edges scale with their source).
+
+    With m[t, s] = A[t, s] / a_s (the target's pre-activation per unit of source activation) and
+    g_s = m[T, s] + sum_t g_t m[t, s] the total derivative of the target along all paths, ablating s
+    changes the target by -a_s g_s.
+    """
+    fs = graph.feature_slice
+    act_feat = graph.activation[fs].astype(np.float64)
+    m_node_feat = graph.adjacency[:, fs].astype(np.float64) / np.where(act_feat > 0, act_feat, np.inf)
+    x_node = np.zeros(graph.n_nodes)
+    x_node[target_node] = 1.0
+    g_feat = np.zeros(act_feat.shape[0])
+    for _ in range(graph.n_layers + 2):
+        step_feat = x_node @ m_node_feat
+        if not step_feat.any():
+            break
+        g_feat += step_feat
+        x_node = np.zeros(graph.n_nodes)
+        x_node[fs] = step_feat
+    return -act_feat * g_feat
+
+
+@torch.no_grad()
+def ablation_effects(setup: DemoSetup, traced: Traced, layer: int, pos: int, feature: int) -> tuple[float, float]:
+    """Change of the answer's demeaned logit (last position) when the feature is ablated (x0) by
+    constrained patching in the real model: (as the model reads it out, with the final norm's
+    scale held at its clean value). The second is what the graph's logit node measures (METHOD.md
+    section 3): for a confident answer, the first also carries the final norm's rescaling of the
+    whole (large) logit, which no single edge describes."""
+    model, tc, tokens = setup.model, setup.transcoder, traced.tokens
+    clean = clean_run(model, tc, tokens)
+    changes = resolve_changes([Intervention(layer, pos, feature, multiplier=0.0)], clean.acts_layer_pos_feat)
+    span = check_layer_range(None, changes, tc)
+    hooks = patch_hooks(model, tc, clean, decoder_deltas(tc, changes, span, tokens.shape[0]), span)
+    name = "ln_final.hook_scale"
+    frozen_hooks = hooks
+    if name in model.hook_dict:
+        _, cache = model.run_with_cache(tokens[None], names_filter=name)
+        scale = cache[name]
+        frozen_hooks = hooks + [(name, lambda x, hook: scale)]
+    before = clean.logits_pos_vocab[-1].double()
+    t = traced.answer_id
+    out = []
+    for fwd in (hooks, frozen_hooks):
+        with model.hooks(fwd_hooks=fwd):
+            after = model(tokens[None])[0, -1].double()
+        out.append(float((after[t] - after.mean()) - (before[t] - before.mean())))
+    return out[0], out[1]
+
+
+@dataclass
+class AblationRow:
+    prompt: str
+    kind: str
+    id: str
+    influence: float      # on the answer's logit (graph)
+    predicted: float      # linearised change of the answer's logit (graph)
+    actual: float         # measured change of the answer's demeaned logit (real model)
+    actual_frozen_norm: float  # the same, read out with the final norm's scale held (as the graph)
+
+
+@dataclass
+class PromptRow:
+    prompt: str
+    kind: str
+    answer: str
+    correct: bool         # the model's top-1 token is the answer
+    scores: dict
+    spearman: float       # influence vs |actual| over this prompt's ablated nodes
+
+
+@dataclass
+class SwapRow:
+    prompt: str
+    source: str
+    state: str
+    source_state: str
+    clean_correct: bool   # the model answers the prompt's capital before the swap
+    k: int                # state features asked for per side
+    inhibit: float        # multiplier of the removed state features
+    inject_scale: float   # scale of the injected activations
+    n_removed: int
+    n_added: int
+    success: bool
+    control_success: bool
+    top_after: str
+
+
+@dataclass
+class ValidationResult:
+    prompts: list[PromptRow]
+    ablations: list[AblationRow]
+    swaps: list[SwapRow]
+    summary: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return json_safe({"summary": self.summary, "prompts": [asdict(p) for p in self.prompts],
+                          "ablations": [asdict(a) for a in self.ablations], "swaps": [asdict(s) for s in self.swaps]})
+
+
+def generate_prompts(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+    """(kind, prompt, answer): n//2 additions (a, b in 10..99) and the rest two-hop queries."""
+    rng = random.Random(seed)
+    n_add = n // 2
+    adds = [(rng.randint(10, 99), rng.randint(10, 99)) for _ in range(n_add)]
+    out = [("addition", f"calc: {a}+{b}=", str(a + b)) for a, b in adds]
+    queries = two_hop_queries()
+    out += [("two-hop", p, capital) for p, _, capital in rng.sample(queries, min(n - n_add, len(queries)))]
+    return out
+
+
+def ablation_rows(setup: DemoSetup, traced: Traced, kind: str, top_k: int) -> list[AblationRow]:
+    predicted_feat = linear_effects(traced.graph, traced.target_node)
+    rows = []
+    for f in ranked_features(setup, traced, top=top_k):
+        rows.append(AblationRow(traced.prompt, kind, f.id, f.influence, float(predicted_feat[f.node]),
+                                *ablation_effects(setup, traced, f.layer, f.pos, f.feature)))
+    return rows
+
+
+def swap_rows(setup: DemoSetup, n_pairs: int, seed: int = 0, k: int = DEFAULT_K, inhibit: float = DEFAULT_INHIBIT,
+              inject_scale: float = DEFAULT_INJECT) -> list[SwapRow]:
+    """Swap trials over random pairs of two-hop queries with different states, plus a control."""
+    rng = random.Random(seed + 1)
+    finder = StateFeatureFinder(setup)
+    queries = finder.queries
+    rows = []
+    while len(rows) < n_pairs:
+        (p, s, c), (q, t, d) = rng.sample(queries, 2)
+        if s == t:
+            continue
+        exp, plan = run_swap(finder, p, s, c, q, t, d, k=k, inhibit=inhibit, inject_scale=inject_scale,
+                             leave_out=True)
+        control = control_swap(finder, p, q, len(plan.removed), len(plan.added), d, inhibit, inject_scale, rng)
+        top_after = exp.top_after[0]["token"].strip() if exp.top_after else ""
+        rows.append(SwapRow(p, q, s, t, _clean_correct(setup, p, c), k, inhibit, inject_scale, len(plan.removed),
+                            len(plan.added),
+                            exp.worked, control, top_after))
+    return rows
+
+
+def _clean_correct(setup: DemoSetup, prompt: str, answer: str) -> bool:
+    from circuits.prompts import next_token_distribution
+
+    return next_token_distribution(setup.model, prompt, 1)[0]["token"].strip() == answer
+
+
+def control_swap(finder: StateFeatureFinder, prompt: str, source: str, n_removed: int, n_added: int,
+                 goal: str, inhibit: float, inject_scale: float, rng: random.Random) -> bool:
+    """The same swap with random features (stronger here / stronger on the source) in place of the
+    state features: does the goal capital win anyway?"""
+    from circuits.interventions import injections_from
+    from circuits.prompts import tokenize_prompt
+
+    here, there = finder.last_acts(prompt), finder.last_acts(source)
+    F = here.shape[1]
+
+    def pick(mask_layer_feat: np.ndarray, n: int) -> list[tuple[int, int]]:
+        flat = [int(i) for i in np.flatnonzero(mask_layer_feat.reshape(-1))]
+        return [divmod(i, F) for i in rng.sample(flat, min(n, len(flat)))]
+
+    # as in plan_swap: inhibit what is stronger here, inject what is stronger on the source
+    pick_removed = pick((here != 0) & (here > there), n_removed)
+    pick_added = pick((there != 0) & (there > here), n_added)
+    ivs = [Intervention(l, -1, f, multiplier=inhibit) for l, f in pick_removed]
+    ivs += injections_from(finder.setup.model, finder.setup.transcoder, tokenize_prompt(finder.setup.model, source),
+                           [(l, -1, f) for l, f in pick_added], at_pos=-1, scale=inject_scale)
+    if not ivs:
+        return False
+    tokens = tokenize_prompt(finder.setup.model, prompt)
+    result = intervene(finder.setup.model, finder.setup.transcoder, tokens, ivs, top=1)
+    return int(result.logits_after[-1].argmax()) == token_id(finder.setup.model, goal)
+
+
+def score_table(prompts: list[PromptRow]) -> dict[str, dict[str, dict[str, float]]]:
+    """{kind or 'all': {score: {mean, min, max}}}."""
+    table = {}
+    for kind in ("addition", "two-hop", "all"):
+        rows = [p for p in prompts if kind == "all" or p.kind == kind]
+        if rows:
+            table[kind] = {key: {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
+                           for key in SCORE_KEYS for v in [[r.scores[key] for r in rows]]}
+    return table
+
+
+READOUTS = {"real": "actual", "frozen_norm": "actual_frozen_norm"}
+
+
+def _rho(x, y) -> float:
+    return spearman(x, y) if len(x) > 1 else float("nan")
+
+
+def correlations(ablations: list[AblationRow]) -> dict[str, dict[str, float]]:
+    """{readout: {name: spearman}} for both read-outs of the ablation effect (see AblationRow)."""
+    out = {}
+    for readout, attr in READOUTS.items():
+        def rho(rows, signed=False):
+            effects = [getattr(r, attr) for r in rows]
+            if signed:
+                return _rho([r.predicted for r in rows], effects)
+            return _rho([r.influence for r in rows], [abs(e) for e in effects])
+
+        prompts = sorted({r.prompt for r in ablations})
+        per_prompt = [rho([r for r in ablations if r.prompt == p]) for p in prompts]
+        per_prompt = [v for v in per_prompt if np.isfinite(v)]
+        out[readout] = {
+            "influence_vs_abs_effect": rho(ablations),
+            "influence_vs_abs_effect_addition": rho([r for r in ablations if r.kind == "addition"]),
+            "influence_vs_abs_effect_two-hop": rho([r for r in ablations if r.kind == "two-hop"]),
+            "influence_vs_abs_effect_per_prompt_mean": float(np.mean(per_prompt)) if per_prompt else float("nan"),
+            "influence_vs_abs_effect_per_prompt_median": float(np.median(per_prompt)) if per_prompt else float("nan"),
+            "predicted_vs_actual_signed": rho(ablations, signed=True),
+        }
+    return out
+
+
+def summarise(prompts: list[PromptRow], ablations: list[AblationRow], swaps: list[SwapRow]) -> dict:
+    out = {
+        "n_prompts": len(prompts), "n_ablations": len(ablations),
+        "accuracy": {k: float(np.mean([p.correct for p in prompts if p.kind == k]))
+                     for k in ("addition", "two-hop") if any(p.kind == k for p in prompts)},
+        "spearman": correlations(ablations),
+        "scores": score_table(prompts),
+    }
+    if swaps:
+        correct = [s for s in swaps if s.clean_correct]
+        out["swap"] = {"n_pairs": len(swaps), "k": swaps[0].k, "inhibit": swaps[0].inhibit,
+                       "inject_scale": swaps[0].inject_scale, "success_rate": float(np.mean([s.success for s in swaps])),
+                       "n_clean_correct": len(correct),
+                       "success_rate_clean_correct": float(np.mean([s.success for s in correct])) if correct else float("nan"),
+                       "control_success_rate": float(np.mean([s.control_success for s in swaps]))}
+    return out
+
+
+def validate(setup: DemoSetup, n: int = 30, seed: int = 0, top_k: int = 10, n_swaps: int = 20,
+             k: int = DEFAULT_K, inhibit: float = DEFAULT_INHIBIT, inject_scale: float = DEFAULT_INJECT,
+             config: TraceConfig | None = None, progress=None) -> ValidationResult:
+    """Run (a), (b) and (c) over `n` generated prompts and `n_swaps` swap pairs."""
+    if n < 2:
+        raise CircuitsError(f"validation needs at least 2 prompts (one of each kind), got {n}")
+    prompts, ablations = [], []
+    for kind, prompt, answer in generate_prompts(n, seed):
+        traced = trace_answer(setup, prompt, answer, config)
+        rows = ablation_rows(setup, traced, kind, top_k)
+        ablations += rows
+        with torch.no_grad():
+            top1 = int(setup.model(traced.tokens[None].to(setup.model.cfg.device))[0, -1].argmax())
+        rho = _rho([r.influence for r in rows], [abs(r.actual) for r in rows])
+        prompts.append(PromptRow(prompt, kind, answer, top1 == traced.answer_id, traced.result.summary["scores"], rho))
+        if progress is not None:
+            progress(prompts[-1])
+    swaps = swap_rows(setup, n_swaps, seed, k, inhibit, inject_scale) if n_swaps else []
+    return ValidationResult(prompts, ablations, swaps, summarise(prompts, ablations, swaps))
+
+
+def format_validation(result: ValidationResult) -> list[str]:
+    """The tables a person reads: Spearman, swap success, scores."""
+    s = result.summary
+    acc = ", ".join(f"{k} {v:.2f}" for k, v in s["accuracy"].items())
+    lines = [f"prompts: {s['n_prompts']} (model top-1 accuracy: {acc}); ablated feature nodes: {s['n_ablations']}",
+             "", "(a) graph vs ablation in the real model (constrained patching, x0; the answer's demeaned logit)",
+             f"  {'spearman':<52} {'real':>8} {'frozen':>8}"]
+    names = [("influence vs |change|, pooled", "influence_vs_abs_effect"),
+             ("influence vs |change|, addition only", "influence_vs_abs_effect_addition"),
+             ("influence vs |change|, two-hop only", "influence_vs_abs_effect_two-hop"),
+             ("influence vs |change|, per prompt (mean)", "influence_vs_abs_effect_per_prompt_mean"),
+             ("influence vs |change|, per prompt (median)", "influence_vs_abs_effect_per_prompt_median"),
+             ("graph-predicted (linearised) vs actual change, signed", "predicted_vs_actual_signed")]
+    rho = s["spearman"]
+    lines += [f"  {name:<52} {rho['real'][key]:>8.3f} {rho['frozen_norm'][key]:>8.3f}" for name, key in names]
+    lines.append("  (real: the logits as the model reads them out; frozen: final norm's scale held at its clean "
+                 "value, as the graph's logit node)")
+    if "swap" in s:
+        w = s["swap"]
+        lines += ["", "(b) two-hop swap (inhibit state S features, inject state T features from a T prompt)",
+                  f"  pairs {w['n_pairs']} (k = {w['k']} state features per side, removed x{w['inhibit']:g}, injected "
+                  f"x{w['inject_scale']:g}): success {w['success_rate']:.2f}; on the {w['n_clean_correct']} pairs the "
+                  f"model answers correctly before: {w['success_rate_clean_correct']:.2f}; "
+                  f"control (random features): {w['control_success_rate']:.2f}"]
+    lines += ["", "(c) replacement / completeness scores", f"  {'kind':<10} {'score':<22} {'mean':>7} {'min':>7} {'max':>7}"]
+    for kind, table in s["scores"].items():
+        for key, v in table.items():
+            lines.append(f"  {kind:<10} {key:<22} {v['mean']:7.3f} {v['min']:7.3f} {v['max']:7.3f}")
+    return lines
