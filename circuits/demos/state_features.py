@@ -160,7 +160,7 @@ def one_hop_probe(finder: StateFeatureFinder, state: str, features: list[StateFe
                 "capital_is_answer": [(ONE_HOP_TEMPLATES["state_capital"][0].format(state=st), st) for st in STATE_CAPITAL]}
         finder._probes = {name: (np.stack([finder.last_acts(p) for p, _ in rows]), np.array([st for _, st in rows]))
                           for name, rows in sets.items()}
-    out = {"n_features": len(features)}
+    out = {"n_features": len(features), "chance": len(features) / max(len(np.unique(finder.states)), 1)}
     for name, (acts, states) in finder._probes.items():
         mean_in = acts[states == state].mean(0)
         others = np.max([acts[states == st].mean(0) for st in np.unique(states) if st != state], axis=0)
