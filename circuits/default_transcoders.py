@@ -15,12 +15,15 @@ from circuits.errors import CircuitsError
 from circuits.paths import transcoders_dir, writable_dir
 from transcoders.train_config import TrainConfig
 
-# Budget: `circuits trace` trains this on first use, on 2 CPU cores (measured figures: docs/transcoders.md).
+# Budget: `circuits trace` trains this on first use, on 2 CPU cores; measured figures in
+# docs/transcoders.md. The skip term lets the features spend their L0 on the nonlinear part.
 DEFAULT_TRAIN_CONFIGS: dict[str, dict] = {
-    "world": dict(kind="clt", n_features=512, tokens=2_000_000, batch_size=1024, seq_len=64,
-                  buffer_tokens=65536, model_batch=128, lr=2e-3, sparsity_coef=2e-3),
-    "world-tiny": dict(kind="clt", n_features=128, tokens=200_000, batch_size=512, seq_len=64,
-                       buffer_tokens=16384, model_batch=64, lr=3e-3, sparsity_coef=2e-3),
+    "world": dict(kind="clt", n_features=512, skip=True, tokens=1_000_000, activation_tokens=200_000,
+                  batch_size=1024, seq_len=32, buffer_tokens=32768, model_batch=1024, lr=6e-3,
+                  sparsity_coef=0.05, threshold_init=0.5, jumprelu_bandwidth=0.5),
+    "world-tiny": dict(kind="clt", n_features=128, skip=True, tokens=100_000, activation_tokens=50_000,
+                       batch_size=512, seq_len=32, buffer_tokens=16384, model_batch=512, lr=6e-3,
+                       sparsity_coef=0.05, threshold_init=0.5, jumprelu_bandwidth=0.5),
 }
 
 
@@ -56,7 +59,8 @@ def default_transcoders(loaded_model, progress: bool = True):
     if (path / CHECKPOINT_FILE).exists() and not (path / CONFIG_YAML).exists():
         try:
             _, meta = load_checkpoint(path / CHECKPOINT_FILE)
-            resume = _same_model(meta.get("source_id"), fingerprint) and TrainConfig(**meta["train_config"]) == cfg
+            saved = TrainConfig(**meta["train_config"])
+            resume = _same_model(meta.get("source_id"), fingerprint) and saved.training_fields() == cfg.training_fields()
         except Exception:  # noqa: BLE001 - an unusable checkpoint just means a fresh start
             resume = False
     result = train_for_model(loaded_model, cfg, path, resume=resume, overwrite=not resume,

@@ -35,24 +35,25 @@ class _JumpReLUWithPenalties(torch.autograd.Function):
         on = torch.gt(pre, theta, out=torch.empty_like(pre))  # float 0/1 masks: bool ops are slow on CPU
         acts = pre * on
         t = torch.tanh_(acts * (c * norms))
-        below_sum = (theta - pre).clamp_min_(0).sum(1, keepdim=True)  # [L, 1, F]
-        ctx.save_for_backward(pre, theta, norms, on, acts, t, below_sum)
+        # sum_n relu(theta - h_n) = theta * #(h <= theta) - sum_{h <= theta} h, from reductions only
+        n_on = on.sum(1, keepdim=True)
+        below_sum = theta * (pre.shape[1] - n_on) - (pre.sum(1, keepdim=True) - acts.sum(1, keepdim=True))
+        ctx.save_for_backward(pre, theta, norms, on, acts, t, below_sum, n_on)
         ctx.c, ctx.eps = c, eps
         return acts, t.sum(), (below_sum * norms).sum()
 
     @staticmethod
     def backward(ctx, g_acts, g_s, g_p):
-        pre, theta, norms, on, acts, t, below_sum = ctx.saved_tensors
+        pre, theta, norms, on, acts, t, below_sum, n_on = ctx.saved_tensors
         c, eps = ctx.c, ctx.eps
         sech2 = t.mul(t).neg_().add_(1.0)  # 1 - tanh^2
         g_norms = (sech2 * acts).sum(1, keepdim=True) * (g_s * c) + below_sum * g_p
         g_total = torch.addcmul(g_acts, sech2, (g_s * c) * norms)  # d/d a: decoder path + sparsity
         window = torch.lt((pre - theta).abs_(), eps / 2, out=sech2)
         g_theta = (g_total * window).sum(1, keepdim=True) * (-theta / eps)
-        g_theta = g_theta + (g_p * norms) * (pre.shape[1] - on.sum(1, keepdim=True))
+        g_theta = g_theta + (g_p * norms) * (pre.shape[1] - n_on)
         g_pre = g_total.mul_(on)  # JumpReLU passes the gradient where h > theta
-        if float(g_p) != 0.0:  # pre-activation loss, where h <= theta: d/dh relu(theta - h) = -1
-            g_pre.sub_(g_p * norms).addcmul_(on, g_p * norms)
+        g_pre.sub_(g_p * norms).addcmul_(on, g_p * norms)  # pre-activation loss where h <= theta
         return g_pre, g_theta, g_norms, None, None
 
 

@@ -6,6 +6,7 @@ It is also the CLI's help (`circuits transcoders train --help` lists these field
 
 from __future__ import annotations
 
+import typing
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -17,6 +18,8 @@ class TrainConfig(BaseModel):
     """How to train a transcoder (architecture + optimisation + data)."""
 
     model_config = ConfigDict(extra="forbid")
+    RUNTIME_FIELDS: typing.ClassVar[frozenset[str]] = frozenset({"threads", "checkpoint_seconds"})
+    """Fields that do not change what is trained; --resume may change them."""
 
     # --- architecture -------------------------------------------------------------------------
     kind: Literal["clt", "plt"] = Field("clt", description="clt: features write to every later layer; plt: own layer only")
@@ -42,12 +45,12 @@ class TrainConfig(BaseModel):
     lr_warmup_steps: int = Field(50, ge=0, description="linear LR warm-up steps")
     lr_decay_frac: float = Field(0.2, ge=0, le=1, description="fraction of training at the end with linear LR decay to 0")
     grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
-    sparsity_coef: float = Field(2e-3, ge=0, description="lambda of the tanh sparsity penalty")
+    sparsity_coef: float = Field(0.1, ge=0, description="lambda of the tanh sparsity penalty")
     sparsity_c: float = Field(1.0, gt=0, description="c in tanh(c * ||W_dec_i|| * a_i)")
     sparsity_warmup_frac: float = Field(0.5, ge=0, le=1, description="fraction of training over which lambda ramps up from 0")
     preact_coef: float = Field(3e-6, ge=0, description="pre-activation loss coefficient (keeps features alive)")
-    threshold_init: float = Field(0.1, ge=0, description="initial JumpReLU threshold (normalised units)")
-    jumprelu_bandwidth: float = Field(0.1, gt=0, description="STE rectangle width for the threshold gradient")
+    threshold_init: float = Field(0.5, ge=0, description="initial JumpReLU threshold (normalised units)")
+    jumprelu_bandwidth: float = Field(0.5, gt=0, description="STE rectangle width for the threshold gradient")
     dead_after_tokens: int = Field(1_000_000, gt=0, description="a feature silent this many tokens counts as dead")
     seed: int = Field(0, description="random seed (init, shuffling)")
 
@@ -55,6 +58,8 @@ class TrainConfig(BaseModel):
     checkpoint_seconds: float = Field(60.0, ge=0, description="write a resumable checkpoint at most this often (0: every log step)")
     log_every: int = Field(25, gt=0, description="steps between progress / JSONL log lines")
     cache_dir: str | None = Field(None, description="memory-mapped activation cache folder (reused across runs)")
+    threads: int | None = Field(None, ge=1, description="CPU threads for training (default: measure 1 vs torch's "
+                                "default on this machine and keep the faster; a busy machine often favours 1)")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -63,6 +68,10 @@ class TrainConfig(BaseModel):
         if self.buffer_tokens < self.batch_size:
             raise ValueError(f"buffer_tokens ({self.buffer_tokens}) must be >= batch_size ({self.batch_size})")
         return self
+
+    def training_fields(self) -> dict:
+        """The settings a resumed run must keep (everything but RUNTIME_FIELDS)."""
+        return self.model_dump(exclude=set(self.RUNTIME_FIELDS))
 
     @property
     def n_steps(self) -> int:

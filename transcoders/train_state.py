@@ -113,8 +113,8 @@ class TrainState:
     def load(self, path: Path, buffer) -> None:
         tensors, meta = load_checkpoint(path)
         saved = TrainConfig(**meta["train_config"])
-        if saved != self.cfg:
-            diff = [k for k in TrainConfig.model_fields if getattr(saved, k) != getattr(self.cfg, k)]
+        if saved.training_fields() != self.cfg.training_fields():
+            diff = [k for k in saved.training_fields() if getattr(saved, k) != getattr(self.cfg, k)]
             raise TranscoderError(f"--resume: the settings differ from the checkpoint in {path.parent} "
                                   f"({', '.join(diff)}); resume with the original settings")
         if meta.get("source_id") != self.source_id:

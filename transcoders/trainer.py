@@ -55,7 +55,16 @@ def train_transcoder(model, sequences: Iterable[Sequence[int]], cfg: TrainConfig
                      final_eval: Callable[[Transcoder], dict] | None = None) -> TrainResult:
     """Train a transcoder for `model` (a TransformerLens HookedTransformer) on `sequences`
     (a re-iterable of token-id lists; the same order every time it is iterated)."""
-    out = Path(out_dir)
+    from transcoders.threads import training_threads
+
+    with training_threads(cfg.threads, device) as n_threads:
+        return _train(model, sequences, cfg, Path(out_dir), model_name=model_name, source_id=source_id,
+                      resume=resume, overwrite=overwrite, progress=progress, log_path=log_path, device=device,
+                      stop_at_step=stop_at_step, final_eval=final_eval, n_threads=n_threads)
+
+
+def _train(model, sequences, cfg: TrainConfig, out: Path, *, model_name, source_id, resume, overwrite,
+           progress, log_path, device, stop_at_step, final_eval, n_threads: int) -> TrainResult:
     mode = prepare_out_dir(out, resume=resume, overwrite=overwrite)
     info = init_distributed(device)
     device = rank_device(device, info)
@@ -72,6 +81,7 @@ def train_transcoder(model, sequences: Iterable[Sequence[int]], cfg: TrainConfig
             prepare_out_dir(out, resume=False, overwrite=overwrite, clear=True)
     barrier(info)
     loop = TrainLoop(state, buffer, out, info, progress=progress, log_path=log_path)
+    loop.timing["threads"] = n_threads
     loop.run(stop_at_step)
     if stop_at_step is not None and state.step < cfg.n_steps:
         return TrainResult(None, out, loop.last_metrics, state.resumed_from)
@@ -175,6 +185,6 @@ class TrainLoop:
 
     def _timing(self) -> dict:
         source = self.buffer.source
-        t = {k: round(v, 3) for k, v in self.timing.items()}
+        t = {k: round(v, 3) if isinstance(v, float) else v for k, v in self.timing.items()}
         t["model_forward_s"] = round(getattr(source, "model_seconds", 0.0), 3)
         return t

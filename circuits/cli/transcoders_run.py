@@ -27,13 +27,13 @@ def resolve_config(model: str, out: Path, resume: bool, overrides: dict) -> Trai
         wanted = TrainConfig(**{**saved.model_dump(), **given})
     except ValidationError as exc:
         raise TranscoderError(describe_validation_error(exc)) from None
-    diff = [k for k in given if getattr(wanted, k) != getattr(saved, k)]
+    diff = [k for k in given if getattr(wanted, k) != getattr(saved, k) and k not in TrainConfig.RUNTIME_FIELDS]
     if diff:
         from circuits.cli.transcoders import _flag
 
         shown = ", ".join(f"{_flag(k)} {getattr(wanted, k)} (checkpoint: {getattr(saved, k)})" for k in diff)
         raise TranscoderError(f"--resume continues the run as it was started; these differ: {shown}")
-    return saved
+    return wanted
 
 
 def run_training(model: str, out: Path, *, resume: bool, overwrite: bool, corpus: str | None,

@@ -21,7 +21,8 @@ from transcoders.train_config import TrainConfig
 from transcoders.trainer import train_transcoder
 
 CFG = dict(n_features=32, tokens=8_192, batch_size=256, buffer_tokens=2048, seq_len=16, model_batch=32,
-           log_every=8, lr=3e-3, lr_warmup_steps=4, checkpoint_seconds=0)
+           log_every=8, lr=3e-3, lr_warmup_steps=4, checkpoint_seconds=0, threads=1,
+           sparsity_coef=0.01, threshold_init=0.1)
 
 
 def _shape_only_model(n_layers: int, d_model: int):

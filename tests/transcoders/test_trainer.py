@@ -17,7 +17,7 @@ from transcoders.train_config import TrainConfig
 from transcoders.trainer import train_transcoder
 
 SMALL = dict(n_features=64, tokens=24_000, batch_size=256, buffer_tokens=4096, seq_len=16,
-             model_batch=32, log_every=10, lr=3e-3, lr_warmup_steps=5, checkpoint_seconds=0)
+             model_batch=32, log_every=10, lr=3e-3, lr_warmup_steps=5, checkpoint_seconds=0, threads=1)
 
 
 @pytest.fixture(scope="module")
