@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=30, help="prompts (half addition, half two-hop)")
     parser.add_argument("--top-k", type=int, default=10, help="feature nodes ablated per prompt")
     parser.add_argument("--swaps", type=int, default=20, help="two-hop swap pairs")
-    parser.add_argument("--k", type=int, default=50, help="state features per swap side")
+    parser.add_argument("--k", type=int, default=20, help="state features per swap side")
     parser.add_argument("--inhibit", type=float, default=0.0, help="multiplier of the removed state features")
     parser.add_argument("--inject-scale", type=float, default=2.0, help="scale of the injected activations")
     parser.add_argument("--seed", type=int, default=0)

@@ -4,13 +4,14 @@ Over generated prompts of both kinds (addition `calc: a+b=` and two-hop capital 
 from the world corpus facts), with the correct answer as the target:
 
 (a) ablation check: for the top-k feature nodes by influence on the answer's logit, ablate each in
-    the real model (constrained patching, x0) and measure the change of the answer's demeaned logit.
-    Reported: Spearman(influence, |change|) pooled over all (prompt, node) pairs and per prompt;
-    and Spearman(graph-predicted change, change), where the prediction is the linearised total
-    effect of removing the node in the graph (`linear_effects`).
+    the real model (constrained patching, x0) and measure the change of the answer's demeaned logit,
+    read out as the model does and with the final norm's scale held (as the graph's logit node).
+    Reported: Spearman(influence, |change|) pooled over all (prompt, node) pairs, per kind and per
+    prompt; and Spearman(graph-predicted change, change), where the prediction is the linearised
+    total effect of removing the node in the graph (`linear_effects`).
 (b) swap success rate of the two-hop experiment over pairs of prompts with different states
-    (circuits.demos.state_features, state features chosen leaving the pair's own prompts out),
-    with a control that swaps as many random active features.
+    (circuits.demos.swap_trials), with a control that swaps as many random features, for the
+    default setting and a grid of settings (number of state features, injection scale).
 (c) replacement and completeness scores (METHOD.md section 4), mean / min / max, pruned and
     unpruned, by prompt kind.
 
@@ -27,12 +28,11 @@ import numpy as np
 import torch
 
 from circuits.demos.common import DemoSetup, Traced, json_safe, ranked_features, trace_answer
-from circuits.demos.state_features import (DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, StateFeatureFinder, run_swap,
-                                           two_hop_queries)
+from circuits.demos.state_features import DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, two_hop_queries
+from circuits.demos.swap_trials import SwapRow, swap_grid, swap_rows
 from circuits.errors import CircuitsError
-from circuits.interventions import (Intervention, check_layer_range, clean_run, decoder_deltas, intervene,
-                                     patch_hooks, resolve_changes)
-from circuits.prompts import token_id
+from circuits.interventions import (Intervention, check_layer_range, clean_run, decoder_deltas, patch_hooks,
+                                     resolve_changes)
 from circuits.trace import TraceConfig
 from graphs import Graph
 
@@ -125,23 +125,6 @@ class PromptRow:
 
 
 @dataclass
-class SwapRow:
-    prompt: str
-    source: str
-    state: str
-    source_state: str
-    clean_correct: bool   # the model answers the prompt's capital before the swap
-    k: int                # state features asked for per side
-    inhibit: float        # multiplier of the removed state features
-    inject_scale: float   # scale of the injected activations
-    n_removed: int
-    n_added: int
-    success: bool
-    control_success: bool
-    top_after: str
-
-
-@dataclass
 class ValidationResult:
     prompts: list[PromptRow]
     ablations: list[AblationRow]
@@ -171,60 +154,6 @@ def ablation_rows(setup: DemoSetup, traced: Traced, kind: str, top_k: int) -> li
         rows.append(AblationRow(traced.prompt, kind, f.id, f.influence, float(predicted_feat[f.node]),
                                 *ablation_effects(setup, traced, f.layer, f.pos, f.feature)))
     return rows
-
-
-def swap_rows(setup: DemoSetup, n_pairs: int, seed: int = 0, k: int = DEFAULT_K, inhibit: float = DEFAULT_INHIBIT,
-              inject_scale: float = DEFAULT_INJECT) -> list[SwapRow]:
-    """Swap trials over random pairs of two-hop queries with different states, plus a control."""
-    rng = random.Random(seed + 1)
-    finder = StateFeatureFinder(setup)
-    queries = finder.queries
-    rows = []
-    while len(rows) < n_pairs:
-        (p, s, c), (q, t, d) = rng.sample(queries, 2)
-        if s == t:
-            continue
-        exp, plan = run_swap(finder, p, s, c, q, t, d, k=k, inhibit=inhibit, inject_scale=inject_scale,
-                             leave_out=True)
-        control = control_swap(finder, p, q, len(plan.removed), len(plan.added), d, inhibit, inject_scale, rng)
-        top_after = exp.top_after[0]["token"].strip() if exp.top_after else ""
-        rows.append(SwapRow(p, q, s, t, _clean_correct(setup, p, c), k, inhibit, inject_scale, len(plan.removed),
-                            len(plan.added),
-                            exp.worked, control, top_after))
-    return rows
-
-
-def _clean_correct(setup: DemoSetup, prompt: str, answer: str) -> bool:
-    from circuits.prompts import next_token_distribution
-
-    return next_token_distribution(setup.model, prompt, 1)[0]["token"].strip() == answer
-
-
-def control_swap(finder: StateFeatureFinder, prompt: str, source: str, n_removed: int, n_added: int,
-                 goal: str, inhibit: float, inject_scale: float, rng: random.Random) -> bool:
-    """The same swap with random features (stronger here / stronger on the source) in place of the
-    state features: does the goal capital win anyway?"""
-    from circuits.interventions import injections_from
-    from circuits.prompts import tokenize_prompt
-
-    here, there = finder.last_acts(prompt), finder.last_acts(source)
-    F = here.shape[1]
-
-    def pick(mask_layer_feat: np.ndarray, n: int) -> list[tuple[int, int]]:
-        flat = [int(i) for i in np.flatnonzero(mask_layer_feat.reshape(-1))]
-        return [divmod(i, F) for i in rng.sample(flat, min(n, len(flat)))]
-
-    # as in plan_swap: inhibit what is stronger here, inject what is stronger on the source
-    pick_removed = pick((here != 0) & (here > there), n_removed)
-    pick_added = pick((there != 0) & (there > here), n_added)
-    ivs = [Intervention(l, -1, f, multiplier=inhibit) for l, f in pick_removed]
-    ivs += injections_from(finder.setup.model, finder.setup.transcoder, tokenize_prompt(finder.setup.model, source),
-                           [(l, -1, f) for l, f in pick_added], at_pos=-1, scale=inject_scale)
-    if not ivs:
-        return False
-    tokens = tokenize_prompt(finder.setup.model, prompt)
-    result = intervene(finder.setup.model, finder.setup.transcoder, tokens, ivs, top=1)
-    return int(result.logits_after[-1].argmax()) == token_id(finder.setup.model, goal)
 
 
 def score_table(prompts: list[PromptRow]) -> dict[str, dict[str, dict[str, float]]]:
@@ -269,7 +198,8 @@ def correlations(ablations: list[AblationRow]) -> dict[str, dict[str, float]]:
     return out
 
 
-def summarise(prompts: list[PromptRow], ablations: list[AblationRow], swaps: list[SwapRow]) -> dict:
+def summarise(prompts: list[PromptRow], ablations: list[AblationRow], swaps: list[SwapRow],
+              grid: list[dict] | None = None) -> dict:
     out = {
         "n_prompts": len(prompts), "n_ablations": len(ablations),
         "accuracy": {k: float(np.mean([p.correct for p in prompts if p.kind == k]))
@@ -284,13 +214,16 @@ def summarise(prompts: list[PromptRow], ablations: list[AblationRow], swaps: lis
                        "n_clean_correct": len(correct),
                        "success_rate_clean_correct": float(np.mean([s.success for s in correct])) if correct else float("nan"),
                        "control_success_rate": float(np.mean([s.control_success for s in swaps]))}
+    if grid:
+        out["swap_grid"] = grid
     return out
 
 
 def validate(setup: DemoSetup, n: int = 30, seed: int = 0, top_k: int = 10, n_swaps: int = 20,
              k: int = DEFAULT_K, inhibit: float = DEFAULT_INHIBIT, inject_scale: float = DEFAULT_INJECT,
-             config: TraceConfig | None = None, progress=None) -> ValidationResult:
-    """Run (a), (b) and (c) over `n` generated prompts and `n_swaps` swap pairs."""
+             grid: bool = True, config: TraceConfig | None = None, progress=None) -> ValidationResult:
+    """Run (a), (b) and (c) over `n` generated prompts and `n_swaps` swap pairs; with `grid`, (b)
+    also for every setting of circuits.demos.swap_trials.SWAP_GRID on the same pairs."""
     if n < 2:
         raise CircuitsError(f"validation needs at least 2 prompts (one of each kind), got {n}")
     prompts, ablations = [], []
@@ -305,7 +238,8 @@ def validate(setup: DemoSetup, n: int = 30, seed: int = 0, top_k: int = 10, n_sw
         if progress is not None:
             progress(prompts[-1])
     swaps = swap_rows(setup, n_swaps, seed, k, inhibit, inject_scale) if n_swaps else []
-    return ValidationResult(prompts, ablations, swaps, summarise(prompts, ablations, swaps))
+    table = swap_grid(setup, n_swaps, seed) if n_swaps and grid else None
+    return ValidationResult(prompts, ablations, swaps, summarise(prompts, ablations, swaps, table))
 
 
 def format_validation(result: ValidationResult) -> list[str]:
@@ -332,6 +266,10 @@ def format_validation(result: ValidationResult) -> list[str]:
                   f"x{w['inject_scale']:g}): success {w['success_rate']:.2f}; on the {w['n_clean_correct']} pairs the "
                   f"model answers correctly before: {w['success_rate_clean_correct']:.2f}; "
                   f"control (random features): {w['control_success_rate']:.2f}"]
+    if "swap_grid" in s:
+        lines.append(f"  {'k':>4} {'removed x':>9} {'injected x':>10} {'success':>8} {'control':>8}  (same pairs)")
+        lines += [f"  {g['k']:>4} {g['inhibit']:>9g} {g['inject_scale']:>10g} {g['success_rate']:>8.2f} "
+                  f"{g['control_success_rate']:>8.2f}" for g in s["swap_grid"]]
     lines += ["", "(c) replacement / completeness scores", f"  {'kind':<10} {'score':<22} {'mean':>7} {'min':>7} {'max':>7}"]
     for kind, table in s["scores"].items():
         for key, v in table.items():

@@ -15,9 +15,10 @@ def validate_cmd(
     n: int = typer.Option(30, "--n", min=2, help="Prompts (half addition, half two-hop)."),
     top_k: int = typer.Option(10, "--top-k", min=2, help="Feature nodes ablated per prompt (by influence)."),
     swaps: int = typer.Option(20, "--swaps", min=0, help="Two-hop swap pairs."),
-    k: int = typer.Option(50, "--k", min=1, help="State features removed / injected per swap side."),
+    k: int = typer.Option(20, "--k", min=1, help="State features removed / injected per swap side."),
     inhibit: float = typer.Option(0.0, "--inhibit", help="Multiplier for the removed state features (0: ablate)."),
     inject_scale: float = typer.Option(2.0, "--inject-scale", help="Scale of the injected activations."),
+    grid: bool = typer.Option(True, "--grid/--no-grid", help="Also run the swap for a grid of settings."),
     seed: int = typer.Option(0, "--seed", help="Seed for the generated prompts and pairs."),
     max_feature_nodes: Optional[int] = typer.Option(None, "--max-feature-nodes", min=1,
                                                     help="Attribute at most this many features per prompt."),
@@ -40,7 +41,7 @@ def validate_cmd(
                 err_console.print(f"  traced {row.prompt!r}: spearman {row.spearman:.2f}", markup=False, highlight=False)
 
         result = validate(setup, n=n, seed=seed, top_k=top_k, n_swaps=swaps, k=k, inhibit=inhibit,
-                          inject_scale=inject_scale, config=config,
+                          inject_scale=inject_scale, grid=grid, config=config,
                           progress=progress)
         if json_out:
             print_json(result.to_json())

@@ -18,7 +18,8 @@ from circuits.demos.state_features import StateFeatureFinder
 from circuits.errors import CircuitsError
 from circuits.interventions import Intervention
 from circuits.prompts import token_id, tokenize_prompt
-from circuits.validate import PromptRow, SwapRow, linear_effects, spearman, summarise
+from circuits.demos.swap_trials import SwapRow
+from circuits.validate import PromptRow, linear_effects, spearman, summarise
 from tests.graphs.hand_graph import F0, F1, F2, L0, L1, hand_graph
 
 VERDICT = "verdict ["
@@ -193,7 +194,7 @@ def test_two_hop_demo_end_to_end(setup):
 def test_validation_on_a_few_prompts(setup):
     from circuits.validate import format_validation, validate
 
-    result = validate(setup, n=4, top_k=4, n_swaps=2)
+    result = validate(setup, n=4, top_k=4, n_swaps=2, grid=False)
     s = result.summary
     assert s["n_prompts"] == 4 and s["n_ablations"] == 16
     for readout in ("real", "frozen_norm"):
@@ -205,6 +206,12 @@ def test_validation_on_a_few_prompts(setup):
             assert 0.0 <= v["min"] <= v["mean"] <= v["max"] <= 1.0
     assert s["swap"]["n_pairs"] == 2 and 0.0 <= s["swap"]["success_rate"] <= 1.0
     assert any("spearman" in line for line in format_validation(result))
+    grid = swap_grid(setup, 2, grid=[(3, 0.0, 1.0), (3, 0.0, 2.0)])
+    assert [(g["k"], g["inject_scale"]) for g in grid] == [(3, 1.0), (3, 2.0)]
+    assert all(0.0 <= g["success_rate"] <= 1.0 and g["mean_removed"] <= 3 for g in grid)
+    pairs = swap_pairs(two_hop_queries(), 5)
+    assert len(pairs) == 5 and all(a[1] != b[1] for a, b in pairs)
+    assert pairs == swap_pairs(two_hop_queries(), 5) != swap_pairs(two_hop_queries(), 5, seed=1)
     json.dumps(result.to_json(), allow_nan=False)
 
 
