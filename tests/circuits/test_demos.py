@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from circuits.demos.common import DemoSetup, decide, run_experiment
 from circuits.demos.operand_roles import OPERANDS, classify, eta_squared
-from circuits.demos.state_features import StateFeatureFinder
+from circuits.demos.state_features import StateFeatureFinder, two_hop_queries
+from circuits.demos.swap_trials import SwapRow, swap_grid, swap_pairs
 from circuits.errors import CircuitsError
 from circuits.interventions import Intervention
 from circuits.prompts import token_id, tokenize_prompt
-from circuits.demos.swap_trials import SwapRow
 from circuits.validate import PromptRow, linear_effects, spearman, summarise
 from tests.graphs.hand_graph import F0, F1, F2, L0, L1, hand_graph
 
