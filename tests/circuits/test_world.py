@@ -147,7 +147,8 @@ def test_evaluate_world_reports_the_four_accuracies(world_tiny):
 
     acc = evaluate_world(world_tiny)
     assert set(acc) == EVAL_KEYS and all(0.0 <= v <= 1.0 for v in acc.values())
-    assert acc == world_tiny.meta["eval"]  # the build's eval is reproduced from the cached files
+    for key, value in world_tiny.meta["eval"].items():  # the build's eval, from the cached files
+        assert abs(acc[key] - value) <= 0.01  # (thread counts may flip a near-tie)
 
 
 def test_cli_build_and_predict_world_tiny(world_tiny):

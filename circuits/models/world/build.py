@@ -10,7 +10,7 @@ from circuits.models.world.corpus import make_corpus
 from circuits.models.world.evaluate import corpus_accuracies
 from circuits.models.world.tokenizer import (BOS, MAX_NUMBER, NUMBER_OFFSET, PAD,
                                              SPECIAL_TOKEN_KWARGS, build_vocab, make_tokenizer)
-from circuits.models.world.train import VARIANTS, hooked_config, train_world_model
+from circuits.models.world.train import VARIANTS, hooked_config, torch_threads, train_world_model
 
 
 def build_world(out_dir: Path, variant: str = "world", progress: bool = True) -> dict:
@@ -29,8 +29,9 @@ def build_world(out_dir: Path, variant: str = "world", progress: bool = True) ->
     def encode(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False).ids
 
-    model = train_world_model(corpus, encode, len(vocab), vocab[BOS], vocab[PAD], cfg, progress=progress)
-    accuracies = corpus_accuracies(model, corpus, encode, vocab[BOS], vocab[PAD])
+    with torch_threads(cfg.threads):
+        model = train_world_model(corpus, encode, len(vocab), vocab[BOS], vocab[PAD], cfg, progress=progress)
+        accuracies = corpus_accuracies(model, corpus, encode, vocab[BOS], vocab[PAD])
     meta = {
         "variant": variant,
         "architecture": "HookedTransformer (TransformerLens 3.9), LayerNorm, learned positions",
