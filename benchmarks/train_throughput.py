@@ -6,7 +6,8 @@ matmul FLOP/s, measured in the same run, with where the time goes.
 
 FLOPs counted per token (matmuls only; elementwise work is counted as time, not FLOPs):
   forward   encode 2*L*F*d + decode 2*F*d*n_out        (n_out = L(L+1)/2 for a CLT, L for a PLT)
-  backward  encode 2*L*F*d (weight grad only: inputs need none) + decode 2 * 2*F*d*n_out
+            (+ skip 2*L*d*d)
+  backward  encode 2*L*F*d (weight grad only: inputs need none) + decode 2 * 2*F*d*n_out (+ skip 2*L*d*d)
 Not a test; it prints a table to compare across versions and machines.
 """
 
@@ -33,31 +34,35 @@ def dense_matmul_flops(sizes=(256, 512, 1024, 2048), reps: int = 5) -> tuple[flo
     return best, best_n
 
 
-def flops_per_token(L: int, F: int, d: int, kind: str) -> tuple[float, float]:
+def flops_per_token(L: int, F: int, d: int, kind: str, skip: bool) -> tuple[float, float]:
     n_out = L * (L + 1) // 2 if kind == "clt" else L
-    fwd = 2 * L * F * d + 2 * F * d * n_out
-    bwd = 2 * L * F * d + 2 * 2 * F * d * n_out
+    fwd = 2 * L * F * d + 2 * F * d * n_out + (2 * L * d * d if skip else 0)
+    bwd = 2 * L * F * d + 2 * 2 * F * d * n_out + (2 * L * d * d if skip else 0)
     return fwd, bwd
 
 
 def time_step_parts(L: int, d: int, cfg, steps: int) -> dict:
-    """Seconds per step of each part of one optimisation step, on random normalised data."""
-    from transcoders.loss import TranscoderObjective
+    """Seconds per step of each part of the trainer's optimisation step, on random normalised data."""
+    from transcoders.loss import TranscoderObjective, _JumpReLUWithPenalties, encode_layer_major, layer_major_forward
     from transcoders.transcoder import Transcoder
 
+    torch.manual_seed(0)
     tc = Transcoder(cfg.transcoder_config(L, d))
+    if tc.threshold is not None:
+        with torch.no_grad():
+            tc.threshold.fill_(1.5)  # a trained transcoder's sparsity (~5% active), not the init's
     obj = TranscoderObjective(tc, cfg.sparsity_c, cfg.preact_coef)
-    opt = torch.optim.Adam(obj.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(obj.parameters(), lr=cfg.lr, fused=True)
     x, y = torch.randn(cfg.batch_size, L, d), torch.randn(cfg.batch_size, L, d)
-    parts = {k: 0.0 for k in ("encode", "activate", "decode", "loss", "backward", "clip+adam")}
+    parts = {k: 0.0 for k in ("encode", "activation+penalties", "decode", "backward", "clip+adam")}
     for i in range(steps + 2):
         t = [time.perf_counter()]
-        pre = tc.encode(x); t.append(time.perf_counter())
-        acts = tc.activate(pre); t.append(time.perf_counter())
-        y_hat = tc.decode(acts, x); t.append(time.perf_counter())
-        norms = tc.decoder_norms()
-        loss = (y_hat - y).pow(2).sum((-2, -1)).mean() + cfg.sparsity_coef * torch.tanh(norms * acts).sum((-2, -1)).mean()
-        loss = loss + cfg.preact_coef * ((tc.threshold - pre).relu() * norms).sum((-2, -1)).mean()
+        pre = encode_layer_major(tc, x.transpose(0, 1).contiguous()); t.append(time.perf_counter())
+        norms = tc.decoder_norms()[:, None, :]
+        acts, s_sum, p_sum = _JumpReLUWithPenalties.apply(pre, tc.threshold[:, None, :], norms, cfg.sparsity_c,
+                                                          cfg.jumprelu_bandwidth); t.append(time.perf_counter())
+        y_hat = layer_major_forward(tc, x, acts)[0]
+        loss = torch.nn.functional.mse_loss(y_hat, y, reduction="sum") + cfg.sparsity_coef * s_sum + cfg.preact_coef * p_sum
         t.append(time.perf_counter())
         opt.zero_grad(set_to_none=True)
         loss.backward(); t.append(time.perf_counter())
@@ -77,7 +82,8 @@ def end_to_end(model_name: str, cfg, tokens: int) -> dict:
     from circuits.transcoder_training import train_for_model
 
     loaded = load_model(model_name, progress=False)
-    run_cfg = cfg.model_copy(update={"tokens": tokens})
+    run_cfg = cfg.model_copy(update={"tokens": tokens, "threads": torch.get_num_threads(),
+                                     "activation_tokens": min(tokens, cfg.activation_tokens or tokens)})
     with tempfile.TemporaryDirectory() as tmp:
         res = train_for_model(loaded, run_cfg, tmp, overwrite=True, progress=False, evaluate=False)
     tr = res.metrics["training"]
@@ -94,10 +100,16 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--kind", choices=["clt", "plt"])
     ap.add_argument("--steps", type=int, default=30, help="timed optimisation steps")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (default: the trainer's automatic choice)")
     ap.add_argument("--e2e-tokens", type=int, default=200_000, help="tokens of the end-to-end run (0: skip)")
     args = ap.parse_args()
     over = {k: v for k, v in {"n_features": args.features, "batch_size": args.batch_size, "kind": args.kind}.items() if v}
     cfg = TrainConfig(**{**DEFAULT_TRAIN_CONFIGS.get(args.model, {}), **over})
+    if cfg.activation != "jumprelu":
+        raise SystemExit("the step breakdown times the JumpReLU path; use --kind with the default activation")
+    from transcoders.threads import pick_threads
+
+    torch.set_num_threads(args.threads or pick_threads("cpu"))
 
     from circuits.models import load_model
 
@@ -106,7 +118,7 @@ def main() -> None:
     peak, peak_n = dense_matmul_flops()
     parts = time_step_parts(L, d, cfg, args.steps)
     step_s = sum(parts.values())
-    fwd, bwd = flops_per_token(L, F, d, cfg.kind)
+    fwd, bwd = flops_per_token(L, F, d, cfg.kind, cfg.skip)
     step_tok_s = cfg.batch_size / step_s
     achieved = (fwd + bwd) * step_tok_s
     print(f"machine: torch {torch.__version__}, {torch.get_num_threads()} threads; "
@@ -122,8 +134,9 @@ def main() -> None:
         e2e = end_to_end(args.model, cfg, args.e2e_tokens)
         total = e2e["seconds"]
         print(f"end to end ({e2e['tokens']:,} tokens incl. model forward passes): {e2e['tokens_per_s']:,.0f} tokens/s; "
-              f"model forward {e2e['model_forward_s'] / total:.0%}, other data {(e2e['data_s'] - e2e['model_forward_s']) / total:.0%}, "
-              f"optimisation {e2e['step_s'] / total:.0%}, checkpoints {e2e['checkpoint_s'] / total:.0%}")
+              f"model forward {e2e['model_forward_s'] / total:.0%}, optimisation steps {e2e['step_s'] / total:.0%}, "
+              f"checkpoints {e2e['checkpoint_s'] / total:.0%}, the rest (batching, logging, setup) "
+              f"{(total - e2e['model_forward_s'] - e2e['step_s'] - e2e['checkpoint_s']) / total:.0%}")
 
 
 if __name__ == "__main__":

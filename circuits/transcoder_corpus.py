@@ -101,24 +101,30 @@ def _world_pool(kind: str) -> str:
 
 
 class WorldSequences:
-    """An endless seeded stream of `world` corpus lines ([BOS] + tokens). Lines are pooled into
-    addition / facts / other, mixed like the model's own training batches (batch_* in its
-    meta.json; 256 / 64 / 32 if absent). Lines with index % 10 == 9 in each pool are held out."""
+    """An endless seeded stream of `world` corpus lines ([BOS] + tokens), pooled into addition /
+    facts / other and mixed like the model's own training batches (batch_* in its meta.json;
+    256 / 64 / 32 if absent). Lines with index % 10 == 9 in each pool are held out, except the
+    case-study prompts, which are always trained on. The training stream weights facts by
+    `fact_boost`: memorised facts need more of the transcoder's capacity than their share of text."""
 
-    def __init__(self, loaded, seq_len: int, heldout: bool = False, seed: int = 0):
+    def __init__(self, loaded, seq_len: int, heldout: bool = False, seed: int = 0, fact_boost: float = 1.0):
         from circuits.models.world.corpus import make_corpus
 
-        corpus = make_corpus(loaded.meta.get("corpus", {}).get("seed", 0))
+        corpus_meta = loaded.meta.get("corpus", {})
+        corpus = make_corpus(corpus_meta.get("seed", 0))
+        always_train = set(corpus_meta.get("case_study_prompts", []))
         tok, prefix = loaded.tokenizer, _bos(loaded.tokenizer)
         by_pool: dict[str, list] = {}
         for example in corpus.all_examples():
             by_pool.setdefault(_world_pool(example.kind), []).append(example)
         tcfg = loaded.meta.get("train_config", {})
-        weights = {"addition": tcfg.get("batch_addition", 256), "facts": tcfg.get("batch_facts", 64),
+        weights = {"addition": tcfg.get("batch_addition", 256), "facts": tcfg.get("batch_facts", 64) * fact_boost,
                    "aux": tcfg.get("batch_aux", tcfg.get("batch_count", 32))}
         self.pools, self.weights = [], []
         for name, examples in sorted(by_pool.items()):
-            chosen = [e for i, e in enumerate(examples) if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) == heldout]
+            held = [i % HELDOUT_EVERY == HELDOUT_EVERY - 1 and e.prompt not in always_train
+                    for i, e in enumerate(examples)]
+            chosen = [e for e, h in zip(examples, held) if h == heldout]
             if chosen and weights.get(name, 0) > 0:
                 self.pools.append([(prefix + _encode(tok, e.text))[:seq_len] for e in chosen])
                 self.weights.append(weights[name])
@@ -134,8 +140,11 @@ class WorldSequences:
             yield pool[rng.randrange(len(pool))]
 
 
+WORLD_FACT_BOOST = 2.0  # the transcoder's training stream; held-out text keeps the model's own mix
+
+
 def _world_sequences(loaded, seq_len: int, heldout: bool) -> Iterable[list[int]]:
-    return WorldSequences(loaded, seq_len, heldout)
+    return WorldSequences(loaded, seq_len, heldout, fact_boost=1.0 if heldout else WORLD_FACT_BOOST)
 
 
 def corpus_sequences(loaded, corpus: str | None, seq_len: int, heldout: bool = False) -> tuple[Iterable[list[int]], str]:

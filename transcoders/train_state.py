@@ -77,6 +77,9 @@ class TrainState:
         window = min(self.cfg.dead_after_tokens, max(self.tokens_seen // 2, 1))
         return float((self.silent_tokens_layer_feat >= window).float().mean())
 
+    def start_clock(self, t_monotonic: float) -> None:
+        self._t_start = t_monotonic
+
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self._t_start
 

@@ -65,6 +65,7 @@ def train_transcoder(model, sequences: Iterable[Sequence[int]], cfg: TrainConfig
 
 def _train(model, sequences, cfg: TrainConfig, out: Path, *, model_name, source_id, resume, overwrite,
            progress, log_path, device, stop_at_step, final_eval, n_threads: int) -> TrainResult:
+    t_start = time.monotonic()
     mode = prepare_out_dir(out, resume=resume, overwrite=overwrite)
     info = init_distributed(device)
     device = rank_device(device, info)
@@ -79,6 +80,7 @@ def _train(model, sequences, cfg: TrainConfig, out: Path, *, model_name, source_
         state.init_fresh(x0, y0)
         if info.is_main:
             prepare_out_dir(out, resume=False, overwrite=overwrite, clear=True)
+    state.start_clock(t_start)  # elapsed time includes collecting activations
     barrier(info)
     loop = TrainLoop(state, buffer, out, info, progress=progress, log_path=log_path)
     loop.timing["threads"] = n_threads
