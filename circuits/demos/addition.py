@@ -32,13 +32,15 @@ class AdditionReport:
     counts: dict
     groups: dict[str, list[FeatureNode]]     # position label -> features, most influential first
     edges: list[dict]                        # strongest inputs of the top '=' features
+    roles: dict                              # role counts over the classified pool, best ones-digit eta2
     experiments: list[Experiment] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return json_safe({"prompt": self.prompt, "answer": self.answer, "top_clean": self.top_clean,
                           "scores": self.scores, "counts": self.counts,
                           "groups": {k: [asdict(f) | {"id": f.id} for f in v] for k, v in self.groups.items()},
-                          "edges": self.edges, "experiments": [e.to_json() for e in self.experiments]})
+                          "edges": self.edges, "roles": self.roles,
+                          "experiments": [e.to_json() for e in self.experiments]})
 
 
 def position_label(pos: int, where: dict[str, int], token: str) -> str:
@@ -111,6 +113,7 @@ def run_addition_demo(setup: DemoSetup, a: int = 36, b: int = 59, top: int = 15,
                           [(f.layer, f.pos, f.feature) for f in pool], a, b)
     for f, role in zip(pool, roles):
         f.role = f"{role.category}: {role.text()}" if role.category != "unclear" else f"unclear (eta2 {role.eta2:.2f})"
+    role_summary = summarise_roles(pool, roles)
     nodes = pool[:top]
     groups: dict[str, list[FeatureNode]] = {}
     for f in sorted(nodes, key=lambda f: f.pos):
@@ -119,7 +122,18 @@ def run_addition_demo(setup: DemoSetup, a: int = 36, b: int = 59, top: int = 15,
     edges.insert(0, {"target": f"logit {answer!r}", "inputs": strongest_inputs(traced, traced.target_node, 5)})
     summary = traced.result.summary
     return AdditionReport(prompt, answer, clean_top(setup, tokens), summary["scores"], summary["counts"],
-                          groups, edges, experiments(setup, traced, pool, where, multiplier))
+                          groups, edges, role_summary, experiments(setup, traced, pool, where, multiplier))
+
+
+def summarise_roles(pool: list[FeatureNode], roles) -> dict:
+    """How many classified features have each role, and the best ones-digit eta2 among them."""
+    counts: dict[str, int] = {}
+    for role in roles:
+        counts[role.category] = counts.get(role.category, 0) + 1
+    best = max(range(len(roles)), key=lambda i: roles[i].family_eta2.get("ones digit", 0.0), default=None)
+    return {"n_classified": len(roles), "counts": counts,
+            "best_ones_eta2": roles[best].family_eta2.get("ones digit", 0.0) if best is not None else None,
+            "best_ones_feature": pool[best].id if best is not None else None}
 
 
 def format_addition(report: AdditionReport) -> list[str]:
@@ -136,6 +150,11 @@ def format_addition(report: AdditionReport) -> list[str]:
         for f in feats:
             lines.append(f"    {f.id:<11} {f.influence:.3f} {'kept ' if f.kept else 'pruned'} {f.role}; "
                          f"promotes {', '.join(f.promotes[:3])}" + (f"; top context {f.context}" if f.context else ""))
+    r = report.roles
+    if r["n_classified"]:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(r["counts"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"roles of the {r['n_classified']} most influential features: {counts}; the best ones-digit "
+                     f"eta2 is {r['best_ones_eta2']:.2f} ({r['best_ones_feature']})")
     lines.append("strongest inputs (the paths):")
     for e in report.edges:
         ins = ", ".join(f"{i['source']} {i['weight']:+.2f}" for i in e["inputs"])

@@ -11,7 +11,7 @@ property reaching ROLE_SHARE of the family's best eta^2 names it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ class Role:
     label: str           # for the traced prompt, e.g. "_9 (ones digit of 59)"
     eta2: float          # variance share the property explains
     active_share: float  # share of the grid where the feature fires
+    family_eta2: dict = field(default_factory=dict)  # best eta2 per family (ones digit, magnitude, exact)
 
     def text(self) -> str:
         return f"{self.label} (eta2 {self.eta2:.2f}, fires on {100 * self.active_share:.0f}% of a+b)"
@@ -78,10 +79,10 @@ def classify(acts_a_b: np.ndarray, a: int, b: int) -> Role:
     digit = max(("ones digit", "magnitude"), key=lambda fam: best[fam])
     family = digit if best[digit] >= MIN_ETA2 else "exact" if best["exact"] >= MIN_ETA2 else None
     if family is None:
-        return Role("unclear", "unclear", "unclear", max(scores.values()), active)
+        return Role("unclear", "unclear", "unclear", max(scores.values()), active, best)
     name = next(n for n in FAMILIES[family] if scores[n] >= ROLE_SHARE * best[family])
     category, _, label = PROPERTIES[name]
-    return Role(name, category, label(a, b), scores[name], active)
+    return Role(name, category, label(a, b), scores[name], active, best)
 
 
 def addition_positions(model, prompt: str, a: int, b: int) -> tuple[torch.Tensor, dict[str, int]]:

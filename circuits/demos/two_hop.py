@@ -165,10 +165,11 @@ def format_two_hop(report: TwoHopReport) -> list[str]:
                   f"{s['completeness']:.3f} (pruned {s['completeness_pruned']:.3f})",
                   f"  {check.state} features at the last position (fire on {check.state} prompts, not others):"]
         pr = check.probe
-        lines.append(f"    of these {pr['n_features']}: {pr['state_is_answer']} also fire selectively when {check.state} "
-                     f"itself is the answer (one-hop 'the state containing X is'), {pr['capital_is_answer']} when "
-                     f"{check.capital} is ('the capital of {check.state} is'); by chance about "
-                     f"{pr['chance']:.0f} each; the 5 strongest:")
+        if check.state_features:
+            lines.append(f"    of these {pr['n_features']}: {pr['state_is_answer']} also fire selectively when "
+                         f"{check.state} itself is the answer (one-hop 'the state containing X is'), "
+                         f"{pr['capital_is_answer']} when {check.capital} is ('the capital of {check.state} is'); "
+                         f"by chance about {pr['chance']:.1f} each; the 5 strongest:")
         for f in check.state_features[:5]:
             where = ("kept" if f["kept"] else "pruned") if f["in_graph"] else "not in graph"
             lines.append(f"    {f['id']:<11} score {f['score']:.2f}, influence {f['influence']:.3f} ({where}); "
