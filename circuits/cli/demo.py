@@ -45,8 +45,8 @@ def addition_cmd(
 @app.command("two-hop")
 def two_hop_cmd(
     k: int = typer.Option(20, "--k", min=1, help="State features removed / injected per swap side."),
-    inhibit: float = typer.Option(0.0, "--inhibit", help="Multiplier for the removed state features (0: ablate)."),
-    inject_scale: float = typer.Option(2.0, "--inject-scale", help="Scale of the injected activations."),
+    inhibit: float = typer.Option(-1.0, "--inhibit", help="Multiplier for the removed state features (0: ablate)."),
+    inject_scale: float = typer.Option(4.0, "--inject-scale", help="Scale of the injected activations."),
     model: str = MODEL, transcoders: Optional[Path] = TRANSCODERS, json_out: bool = JSON, device: str = DEVICE,
 ) -> None:
     """Kobe Bryant -> California -> Sacramento and Dallas -> Texas -> Austin: find, inhibit and swap state features."""

@@ -26,8 +26,8 @@ MIN_FIRING = 0.5  # a state feature fires on at least this share of its state's 
 # rate in docs/case_studies.md uses the pairs of --seed 1). The world model spreads a state over
 # several features: `circuits demo two-hop` also prints the swap at k = 5, 10, 20, 30, 50, 80.
 DEFAULT_K = 20         # state features per swap side
-DEFAULT_INHIBIT = 0.0  # multiplier for the state features removed (0: ablate)
-DEFAULT_INJECT = 2.0   # scale of the activations injected from the source prompt
+DEFAULT_INHIBIT = -1.0  # multiplier for the state features removed (-1: invert, 0: ablate)
+DEFAULT_INJECT = 4.0    # scale of the activations injected from the source prompt
 
 
 def two_hop_queries() -> list[tuple[str, str, str]]:

@@ -63,7 +63,8 @@ def swap_rows(setup: DemoSetup, n_pairs: int, seed: int = 0, k: int = DEFAULT_K,
     return rows
 
 
-SWAP_GRID = [(k, 0.0, scale) for k in (5, 10, 20, 50) for scale in (1.0, 2.0)]  # (k, inhibit, inject_scale)
+# (k, inhibit, inject_scale)
+SWAP_GRID = [(k, inhibit, scale) for k in (5, 20, 50) for inhibit in (0.0, -1.0) for scale in (1.0, 2.0, 4.0)]
 
 
 def swap_grid(setup: DemoSetup, n_pairs: int, seed: int = 0, grid=SWAP_GRID) -> list[dict]:
