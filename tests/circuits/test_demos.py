@@ -1,5 +1,5 @@
 """Case studies and validation: hand-built cases with known answers, and the demos end to end on
-world-tiny (with a random CLT, so no transcoder training; the default CLT run is marked slow)."""
+world-tiny (with a random CLT, and once through the CLI with the default CLT trained on first use)."""
 
 from __future__ import annotations
 
@@ -226,9 +226,9 @@ def test_cli_demo_and_validate(setup):
     assert bad.exit_code == 2 and bad.output.strip().count("\n") == 0
 
 
-@pytest.mark.slow
 def test_demos_with_the_default_clt(world_tiny):
-    """The full path a user takes: default CLT trained on first use, both demos and validate via the CLI."""
+    """The full path a user takes: default CLT trained on first use (seconds for world-tiny), both
+    demos and validate via the CLI."""
     from circuits.cli.main import app
 
     for args, n_experiments in ((["demo", "addition"], 5), (["demo", "two-hop"], 4)):
