@@ -1,6 +1,6 @@
 """CLT vs PLT at an equal number of features per layer, on the same model, data and budget.
 
-    python benchmarks/clt_vs_plt.py --model world --features 512 --tokens 2000000
+    python benchmarks/clt_vs_plt.py --model world            # the default CLT config of `world`, and its PLT twin
 
 Trains both (same TrainConfig except `kind`), measures the replacement model on held-out text
 (circuits.fidelity) and prints one row per kind. Not a test; compare the table across versions.
@@ -18,7 +18,7 @@ COLUMNS = ("kind", "features", "tokens", "train_s", "fvu_mean", "l0_total", "dea
            "top1_agreement", "kl_mean", "ce_original", "ce_replacement")
 
 
-def run(model: str, features: int, tokens: int, out: Path, seed: int, progress: bool) -> list[dict]:
+def run(model: str, features: int | None, tokens: int | None, out: Path, seed: int, progress: bool) -> list[dict]:
     import torch
 
     from circuits.default_transcoders import DEFAULT_TRAIN_CONFIGS
@@ -31,11 +31,12 @@ def run(model: str, features: int, tokens: int, out: Path, seed: int, progress: 
     base = DEFAULT_TRAIN_CONFIGS.get(model, {})
     rows = []
     for kind in ("clt", "plt"):
-        cfg = TrainConfig(**{**base, "kind": kind, "n_features": features, "tokens": tokens, "seed": seed})
+        given = {k: v for k, v in {"n_features": features, "tokens": tokens}.items() if v}
+        cfg = TrainConfig(**{**base, **given, "kind": kind, "seed": seed})
         t0 = time.perf_counter()
         result = train_for_model(loaded, cfg, out / kind, overwrite=True, progress=progress)
         fid = result.metrics["fidelity"]
-        rows.append({"kind": kind, "features": features, "tokens": result.metrics["training"]["tokens"],
+        rows.append({"kind": kind, "features": cfg.n_features, "tokens": result.metrics["training"]["tokens"],
                      "train_s": round(time.perf_counter() - t0, 1),
                      **{k: fid[k] for k in COLUMNS[4:]}})
     return rows
@@ -58,8 +59,8 @@ def _fmt(v) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="world")
-    ap.add_argument("--features", type=int, default=512, help="features per layer (both kinds)")
-    ap.add_argument("--tokens", type=int, default=2_000_000)
+    ap.add_argument("--features", type=int, help="features per layer, both kinds (default: the model's default)")
+    ap.add_argument("--tokens", type=int, help="training tokens (default: the model's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="keep the transcoders here (default: a temp dir)")
     ap.add_argument("--json", action="store_true")

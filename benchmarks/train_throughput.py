@@ -59,7 +59,7 @@ def time_step_parts(L: int, d: int, cfg, steps: int) -> dict:
         t = [time.perf_counter()]
         pre = encode_layer_major(tc, x.transpose(0, 1).contiguous()); t.append(time.perf_counter())
         norms = tc.decoder_norms()[:, None, :]
-        acts, s_sum, p_sum = _JumpReLUWithPenalties.apply(pre, tc.threshold[:, None, :], norms, cfg.sparsity_c,
+        acts, s_sum, p_sum = _JumpReLUWithPenalties.apply(pre, tc.threshold[:, None, :], norms, norms, cfg.sparsity_c,
                                                           cfg.jumprelu_bandwidth); t.append(time.perf_counter())
         y_hat = layer_major_forward(tc, x, acts)[0]
         loss = torch.nn.functional.mse_loss(y_hat, y, reduction="sum") + cfg.sparsity_coef * s_sum + cfg.preact_coef * p_sum

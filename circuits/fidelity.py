@@ -91,13 +91,16 @@ def _batches(sequences: Iterable[Sequence[int]], batch_size: int, max_tokens: in
 
 @torch.no_grad()
 def measure_fidelity(model, tc, sequences: Iterable[Sequence[int]], max_tokens: int = 32768,
-                     batch_size: int = 32, seq_len: int = 128) -> dict:
+                     batch_size: int = 32, seq_len: int = 128, progress: bool = False) -> dict:
     """The fidelity report (keys REPORT_KEYS + n_tokens, n_predictions) of `tc` on `model`."""
     cfg, L, dev = tc.cfg, tc.n_layers, model.cfg.device
     tc = tc.to(dev)
     stats = ReconstructionStats(L, tc.n_features)
     sums = {"agree": 0.0, "kl": 0.0, "ce_o": 0.0, "ce_r": 0.0, "n": 0}
+    bar = _progress_bar(max_tokens) if progress else None
     for seqs in _batches(sequences, batch_size, max_tokens, seq_len):
+        if bar is not None:
+            bar.update(min(sum(len(s) for s in seqs), bar.total - bar.n))
         tokens, mask = pad_right(seqs)
         tokens, mask = tokens.to(dev), mask.to(dev)
         store: dict[str, torch.Tensor] = {}
@@ -115,6 +118,8 @@ def measure_fidelity(model, tc, sequences: Iterable[Sequence[int]], max_tokens: 
         stats.update(y[keep].float(), y_hat, acts)
         logits_r = model.run_with_hooks(tokens, fwd_hooks=replacement_hooks(tc))
         _score_predictions(logits_o, logits_r, tokens, mask, sums)
+    if bar is not None:
+        bar.close()
     if sums["n"] == 0:
         from circuits.errors import CircuitsError
 
@@ -125,6 +130,12 @@ def measure_fidelity(model, tc, sequences: Iterable[Sequence[int]], max_tokens: 
                    "ce_original": round(sums["ce_o"] / n, 6), "ce_replacement": round(sums["ce_r"] / n, 6),
                    "n_predictions": n})
     return report
+
+
+def _progress_bar(total_tokens: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total_tokens, desc="fidelity (held-out)", unit="tok", leave=False, dynamic_ncols=True)
 
 
 def _score_predictions(logits_o, logits_r, tokens, mask, sums: dict) -> None:
@@ -141,14 +152,14 @@ def _score_predictions(logits_o, logits_r, tokens, mask, sums: dict) -> None:
 
 
 def fidelity_report(loaded, transcoders: str | Path, corpus: str | None = None, max_tokens: int = 32768,
-                    seq_len: int = 128) -> dict:
+                    seq_len: int = 128, progress: bool = False) -> dict:
     """`circuits fidelity`: load the transcoder directory, check it fits, measure on held-out text."""
     from circuits.transcoder_corpus import corpus_sequences
     from circuits.transcoder_fit import load_fitting_transcoder
 
     tc = load_fitting_transcoder(loaded.model, transcoders, device=str(loaded.model.cfg.device))
     seqs, corpus_id = corpus_sequences(loaded, corpus, seq_len, heldout=True)
-    report = measure_fidelity(loaded.model, tc, seqs, max_tokens=max_tokens, seq_len=seq_len)
+    report = measure_fidelity(loaded.model, tc, seqs, max_tokens=max_tokens, seq_len=seq_len, progress=progress)
     return {**report, "model": loaded.name, "transcoders": str(transcoders), "corpus": corpus_id,
             "kind": tc.cfg.kind, "n_features": tc.n_features}
 

@@ -50,7 +50,7 @@ def train_for_model(loaded, cfg: TrainConfig, out_dir: str | Path, corpus: str |
     def final_eval(tc) -> dict:
         heldout, _ = corpus_sequences(loaded, corpus, cfg.seq_len, heldout=True)
         n_eval = min(FIDELITY_TOKENS, max(2048, cfg.tokens // 10))
-        return measure_fidelity(model, tc, heldout, max_tokens=n_eval, seq_len=cfg.seq_len)
+        return measure_fidelity(model, tc, heldout, max_tokens=n_eval, seq_len=cfg.seq_len, progress=progress)
 
     return train_transcoder(model, sequences, cfg, out_dir, model_name=loaded.name,
                             source_id=source_id_for(loaded, corpus_id), resume=resume, overwrite=overwrite,

@@ -2,8 +2,12 @@
 
   loss = sum_l ||y_hat_l - y_l||^2                                   (reconstruction)
        + lambda   * sum_l sum_i tanh(c * ||W_dec_i|| * a_i)           (sparsity)
-       + lambda_p * sum_l sum_i relu(theta_i - h_i) * ||W_dec_i||     (pre-activation; keeps features alive)
+       + lambda_p * sum_l sum_i m_i * relu(theta_i - h_i) * ||W_dec_i|| (pre-activation; keeps features alive)
 each averaged over tokens. ||W_dec_i|| is feature i's decoders concatenated over its output layers.
+m_i is 1 for every feature (METHOD.md), or, with `preact_mask`, 1 only for the features the trainer
+counts as dead (silent for `revive_after_tokens`): those are pushed back towards firing while the
+live ones are left to the reconstruction and sparsity terms (the idea of reviving only dead latents
+follows the auxiliary dead-latent loss of Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
 
 The forward pass here is Transcoder.forward computed layer-major (features as [L, N, F], one
 batched matmul for every layer's encoder, one matmul per source layer for the decoders): the same
@@ -24,37 +28,39 @@ from transcoders.transcoder import Transcoder
 class _JumpReLUWithPenalties(torch.autograd.Function):
     """Layer-major JumpReLU fused with both penalties (training hot path; fewer passes over [L, N, F]).
 
-    Inputs: pre h [L, N, F], theta [L, 1, F], norms ||W_dec|| [L, 1, F], c, eps.
-    Outputs: a = h * [h > theta], S = sum tanh(c ||W_dec|| a), P = sum relu(theta - h) ||W_dec||.
+    Inputs: pre h [L, N, F], theta [L, 1, F], norms ||W_dec|| [L, 1, F], pre-activation weights
+    w [L, 1, F] (= m * ||W_dec||), c, eps.
+    Outputs: a = h * [h > theta], S = sum tanh(c ||W_dec|| a), P = sum relu(theta - h) w.
     Gradients are the autograd ones of those formulas, with the rectangle STE for theta:
     d a / d theta = -(theta / eps) * 1[|h - theta| < eps / 2] (tests compare with plain autograd).
     """
 
     @staticmethod
-    def forward(ctx, pre, theta, norms, c: float, eps: float):
+    def forward(ctx, pre, theta, norms, p_weights, c: float, eps: float):
         on = torch.gt(pre, theta, out=torch.empty_like(pre))  # float 0/1 masks: bool ops are slow on CPU
         acts = pre * on
         t = torch.tanh_(acts * (c * norms))
         # sum_n relu(theta - h_n) = theta * #(h <= theta) - sum_{h <= theta} h, from reductions only
         n_on = on.sum(1, keepdim=True)
         below_sum = theta * (pre.shape[1] - n_on) - (pre.sum(1, keepdim=True) - acts.sum(1, keepdim=True))
-        ctx.save_for_backward(pre, theta, norms, on, acts, t, below_sum, n_on)
+        ctx.save_for_backward(pre, theta, norms, p_weights, on, acts, t, below_sum, n_on)
         ctx.c, ctx.eps = c, eps
-        return acts, t.sum(), (below_sum * norms).sum()
+        return acts, t.sum(), (below_sum * p_weights).sum()
 
     @staticmethod
     def backward(ctx, g_acts, g_s, g_p):
-        pre, theta, norms, on, acts, t, below_sum, n_on = ctx.saved_tensors
+        pre, theta, norms, p_weights, on, acts, t, below_sum, n_on = ctx.saved_tensors
         c, eps = ctx.c, ctx.eps
         sech2 = t.mul(t).neg_().add_(1.0)  # 1 - tanh^2
-        g_norms = (sech2 * acts).sum(1, keepdim=True) * (g_s * c) + below_sum * g_p
+        g_norms = (sech2 * acts).sum(1, keepdim=True) * (g_s * c)
+        g_p_weights = below_sum * g_p
         g_total = torch.addcmul(g_acts, sech2, (g_s * c) * norms)  # d/d a: decoder path + sparsity
         window = torch.lt((pre - theta).abs_(), eps / 2, out=sech2)
         g_theta = (g_total * window).sum(1, keepdim=True) * (-theta / eps)
-        g_theta = g_theta + (g_p * norms) * (pre.shape[1] - n_on)
+        g_theta = g_theta + (g_p * p_weights) * (pre.shape[1] - n_on)
         g_pre = g_total.mul_(on)  # JumpReLU passes the gradient where h > theta
-        g_pre.sub_(g_p * norms).addcmul_(on, g_p * norms)  # pre-activation loss where h <= theta
-        return g_pre, g_theta, g_norms, None, None
+        g_pre.sub_(g_p * p_weights).addcmul_(on, g_p * p_weights)  # pre-activation loss where h <= theta
+        return g_pre, g_theta, g_norms, g_p_weights, None, None
 
 
 def layer_major_forward(tc: Transcoder, x_tok_layer_d: torch.Tensor, acts_lnf: torch.Tensor | None = None):
@@ -89,21 +95,25 @@ class TranscoderObjective(nn.Module):
         self.sparsity_c = sparsity_c
         self.preact_coef = preact_coef
 
-    def forward(self, x_tok_layer_d: torch.Tensor, y_tok_layer_d: torch.Tensor, sparsity_coef: float):
-        """Returns (loss, parts {recon, sparsity, preact} detached, y_hat [N, L, d], acts [L, N, F])."""
+    def forward(self, x_tok_layer_d: torch.Tensor, y_tok_layer_d: torch.Tensor, sparsity_coef: float,
+                preact_mask_lf: torch.Tensor | None = None):
+        """Returns (loss, parts {recon, sparsity, preact} detached, y_hat [N, L, d], acts [L, N, F]).
+        preact_mask_lf [L, F] (0/1): the features the pre-activation loss applies to (None: all)."""
         tc = self.transcoder
         n_tok = x_tok_layer_d.shape[0]
         norms_l1f = tc.decoder_norms()[:, None, :]
+        p_weights_l1f = norms_l1f if preact_mask_lf is None else norms_l1f * preact_mask_lf[:, None, :].to(norms_l1f)
         if tc.cfg.activation == "jumprelu":
             pre_lnf = encode_layer_major(tc, x_tok_layer_d.transpose(0, 1).contiguous())
             acts_lnf, sparsity_sum, preact_sum = _JumpReLUWithPenalties.apply(
-                pre_lnf, tc.threshold[:, None, :], norms_l1f, self.sparsity_c, tc.cfg.jumprelu_bandwidth)
+                pre_lnf, tc.threshold[:, None, :], norms_l1f, p_weights_l1f, self.sparsity_c,
+                tc.cfg.jumprelu_bandwidth)
             y_hat, _, _ = layer_major_forward(tc, x_tok_layer_d, acts_lnf)
             sparsity, preact = sparsity_sum / n_tok, preact_sum / n_tok
         else:
             y_hat, acts_lnf, pre_lnf = layer_major_forward(tc, x_tok_layer_d)
             sparsity = torch.tanh(acts_lnf * (self.sparsity_c * norms_l1f)).sum() / n_tok
-            preact = (-pre_lnf).relu().mul(norms_l1f).sum() / n_tok if tc.cfg.activation == "relu" else None
+            preact = (-pre_lnf).relu().mul(p_weights_l1f).sum() / n_tok if tc.cfg.activation == "relu" else None
         recon = torch.nn.functional.mse_loss(y_hat, y_tok_layer_d, reduction="sum") / n_tok
         loss = recon + sparsity_coef * sparsity
         if preact is None:  # topk: no threshold to keep features alive with

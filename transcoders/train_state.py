@@ -54,7 +54,7 @@ class TrainState:
         y = (y_tok_layer_d.to(dev) * self.s_out.to(dev)[None, :, None])
         for group in self.opt.param_groups:
             group["lr"] = lr
-        loss, parts, y_hat, acts = self.module(x, y, lam)
+        loss, parts, y_hat, acts = self.module(x, y, lam, self.preact_mask())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.objective.parameters(), self.cfg.grad_clip)
@@ -72,6 +72,12 @@ class TrainState:
         self.tokens_seen += n_global
         return {"loss": loss.detach(), **parts, "lambda": lam, "lr": lr, "n": x.shape[0],
                 "err_layer": err.cpu(), "var_layer": var.cpu(), "active_layer": l0.cpu()}
+
+    def preact_mask(self) -> torch.Tensor | None:
+        """[L, F] 0/1: features the pre-activation loss applies to (None: every feature)."""
+        if self.cfg.revive_after_tokens is None:
+            return None
+        return (self.silent_tokens_layer_feat >= self.cfg.revive_after_tokens).float().to(self.device)
 
     def dead_fraction(self) -> float:
         window = min(self.cfg.dead_after_tokens, max(self.tokens_seen // 2, 1))

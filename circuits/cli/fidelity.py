@@ -19,6 +19,7 @@ def fidelity_cmd(
                                          "(default: the built-in model's own corpus)."),
     tokens: int = typer.Option(32768, "--tokens", min=64, help="Evaluation tokens."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (stderr)."),
 ) -> None:
     """Compare the replacement model (every MLP replaced by the transcoder) with the original on
     held-out text: FVU and L0 per layer, dead features, top-1 agreement, KL and cross-entropy."""
@@ -30,7 +31,7 @@ def fidelity_cmd(
 
         raise CircuitsError(f"transcoder directory {transcoders} does not exist")
     loaded = load_model(model, device=pick_device(device))
-    report = fidelity_report(loaded, transcoders, corpus=corpus, max_tokens=tokens)
+    report = fidelity_report(loaded, transcoders, corpus=corpus, max_tokens=tokens, progress=progress)
     if plot is not None:
         report["plot"] = str(plot_fidelity(report, plot))
     if json_out:

@@ -14,17 +14,19 @@ from transcoders.metrics import ReconstructionStats, fvu_per_layer
 from transcoders.normalization import estimate_scales, fold_normalization
 
 
-@pytest.mark.parametrize("kind,activation,skip", [("clt", "jumprelu", True), ("plt", "relu", False),
-                                                 ("clt", "topk", False)])
-def test_loss_matches_method_formula_and_gradients_match_transcoder_forward(kind, activation, skip):
-    """The objective's layer-major fast path = the formula on Transcoder.forward, values and gradients."""
+@pytest.mark.parametrize("kind,activation,skip,masked", [("clt", "jumprelu", True, False), ("clt", "jumprelu", False, True),
+                                                        ("plt", "relu", False, True), ("clt", "topk", False, False)])
+def test_loss_matches_method_formula_and_gradients_match_transcoder_forward(kind, activation, skip, masked):
+    """The objective's layer-major fast path = the formula on Transcoder.forward, values and gradients;
+    with a pre-activation mask, only the masked-in features carry the pre-activation term."""
     extra = {"topk": 2} if activation == "topk" else {}
     tc = random_transcoder(kind=kind, n_layers=3, d_model=8, n_features=6, activation=activation, skip=skip, **extra)
     x, y = torch.randn(10, 3, 8), torch.randn(10, 3, 8)
     with torch.no_grad():  # put some pre-activations inside the STE window
         if tc.threshold is not None:
             tc.threshold.copy_(tc.encode(x)[:4].mean(0) + 0.01)
-    loss, parts, y_fast, a_fast = TranscoderObjective(tc, sparsity_c=2.0, preact_coef=0.5)(x, y, sparsity_coef=0.1)
+    mask = (torch.arange(18).reshape(3, 6) % 3 == 0).float() if masked else None
+    loss, parts, y_fast, a_fast = TranscoderObjective(tc, sparsity_c=2.0, preact_coef=0.5)(x, y, 0.1, mask)
     fast_grads = torch.autograd.grad(loss, list(tc.parameters()))
     y_hat, a, h = tc(x)
     torch.testing.assert_close(y_fast, y_hat.detach())
@@ -35,10 +37,13 @@ def test_loss_matches_method_formula_and_gradients_match_transcoder_forward(kind
     recon = ((y_hat - y) ** 2).sum(dim=(1, 2)).mean()
     sparsity = torch.tanh(2.0 * norms * a).sum(dim=(1, 2)).mean()
     theta = tc.threshold if tc.threshold is not None else torch.zeros(3, 6)
-    preact = ((theta - h).relu() * norms).sum(dim=(1, 2)).mean() if activation != "topk" else 0.0
+    m = mask if masked else torch.ones(3, 6)
+    preact = ((theta - h).relu() * norms * m).sum(dim=(1, 2)).mean() if activation != "topk" else 0.0
     reference = recon + 0.1 * sparsity + 0.5 * preact
     torch.testing.assert_close(loss, reference)
     torch.testing.assert_close(parts["sparsity"], sparsity.detach())
+    if activation != "topk":
+        torch.testing.assert_close(parts["preact"], preact.detach())
     for g_fast, g_ref in zip(fast_grads, torch.autograd.grad(reference, list(tc.parameters()))):
         torch.testing.assert_close(g_fast, g_ref, rtol=1e-4, atol=1e-6)
 
