@@ -16,15 +16,19 @@ from circuits.paths import transcoders_dir, writable_dir
 from transcoders.train_config import TrainConfig
 
 # Budget: `circuits trace` trains this on first use, on 2 CPU cores; measured figures in
-# docs/transcoders.md. `world`'s middle MLPs do little work, so features there go dead unless the
-# pre-activation loss keeps them alive (preact_coef; METHOD.md section 1).
+# docs/transcoders.md. No skip term: on `world` a linear skip absorbs the fact lookups and the
+# features stop carrying them (docs/case_studies.md). `world`'s middle MLPs do little work, so
+# features there go dead unless revived: the pre-activation loss applies to the features silent for
+# revive_after_tokens (a strong push on the dead ones; a weak one on all features raises L0 instead).
 DEFAULT_TRAIN_CONFIGS: dict[str, dict] = {
     "world": dict(kind="clt", n_features=256, tokens=1_000_000, activation_tokens=200_000,
                   batch_size=1024, seq_len=32, buffer_tokens=32768, model_batch=1024, lr=6e-3,
-                  sparsity_coef=0.1, preact_coef=1e-3, threshold_init=0.5, jumprelu_bandwidth=0.5),
+                  sparsity_coef=0.1, preact_coef=1e-2, revive_after_tokens=5000, threshold_init=0.5,
+                  jumprelu_bandwidth=0.5),
     "world-tiny": dict(kind="clt", n_features=128, tokens=100_000, activation_tokens=50_000,
                        batch_size=512, seq_len=32, buffer_tokens=16384, model_batch=512, lr=6e-3,
-                       sparsity_coef=0.1, preact_coef=1e-3, threshold_init=0.5, jumprelu_bandwidth=0.5),
+                       sparsity_coef=0.1, preact_coef=1e-2, revive_after_tokens=5000, threshold_init=0.5,
+                       jumprelu_bandwidth=0.5),
 }
 
 
