@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="timed optimisation steps")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (default: the trainer's automatic choice)")
     ap.add_argument("--e2e-tokens", type=int, default=200_000, help="tokens of the end-to-end run (0: skip)")
+    ap.add_argument("--no-reuse-memory", dest="reuse_memory", action="store_false",
+                    help="time the step without the trainer's allocator setting (transcoders/cpu_memory.py)")
     args = ap.parse_args()
     over = {k: v for k, v in {"n_features": args.features, "batch_size": args.batch_size, "kind": args.kind}.items() if v}
     cfg = TrainConfig(**{**DEFAULT_TRAIN_CONFIGS.get(args.model, {}), **over})
@@ -116,7 +118,10 @@ def main() -> None:
     mcfg = load_model(args.model, progress=False).model.cfg
     L, d, F = mcfg.n_layers, mcfg.d_model, cfg.n_features
     peak, peak_n = dense_matmul_flops()
-    parts = time_step_parts(L, d, cfg, args.steps)
+    from transcoders.cpu_memory import reuse_freed_memory
+
+    with reuse_freed_memory("cpu" if args.reuse_memory else "none"):  # as the trainer does
+        parts = time_step_parts(L, d, cfg, args.steps)
     step_s = sum(parts.values())
     fwd, bwd = flops_per_token(L, F, d, cfg.kind, cfg.skip)
     step_tok_s = cfg.batch_size / step_s

@@ -49,17 +49,18 @@ class _JumpReLUWithPenalties(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_acts, g_s, g_p):
+        # One new [L, N, F] buffer; the saved pre and t are overwritten (this node runs backward once).
         pre, theta, norms, p_weights, on, acts, t, below_sum, n_on = ctx.saved_tensors
         c, eps = ctx.c, ctx.eps
-        sech2 = t.mul(t).neg_().add_(1.0)  # 1 - tanh^2
-        g_norms = (sech2 * acts).sum(1, keepdim=True) * (g_s * c)
-        g_p_weights = below_sum * g_p
+        window = torch.lt(pre.sub_(theta).abs_(), eps / 2, out=pre)  # STE window 1[|h - theta| < eps/2]
+        sech2 = t.mul_(t).neg_().add_(1.0)  # 1 - tanh^2
         g_total = torch.addcmul(g_acts, sech2, (g_s * c) * norms)  # d/d a: decoder path + sparsity
-        window = torch.lt((pre - theta).abs_(), eps / 2, out=sech2)
-        g_theta = (g_total * window).sum(1, keepdim=True) * (-theta / eps)
+        g_norms = sech2.mul_(acts).sum(1, keepdim=True) * (g_s * c)
+        g_p_weights = below_sum * g_p
+        g_theta = window.mul_(g_total).sum(1, keepdim=True) * (-theta / eps)
         g_theta = g_theta + (g_p * p_weights) * (pre.shape[1] - n_on)
-        g_pre = g_total.mul_(on)  # JumpReLU passes the gradient where h > theta
-        g_pre.sub_(g_p * p_weights).addcmul_(on, g_p * p_weights)  # pre-activation loss where h <= theta
+        # JumpReLU passes the gradient where h > theta; the pre-activation loss acts where h <= theta
+        g_pre = g_total.add_(g_p * p_weights).mul_(on).sub_(g_p * p_weights)
         return g_pre, g_theta, g_norms, g_p_weights, None, None
 
 

@@ -55,9 +55,10 @@ def train_transcoder(model, sequences: Iterable[Sequence[int]], cfg: TrainConfig
                      final_eval: Callable[[Transcoder], dict] | None = None) -> TrainResult:
     """Train a transcoder for `model` (a TransformerLens HookedTransformer) on `sequences`
     (a re-iterable of token-id lists; the same order every time it is iterated)."""
+    from transcoders.cpu_memory import reuse_freed_memory
     from transcoders.threads import training_threads
 
-    with training_threads(cfg.threads, device) as n_threads:
+    with training_threads(cfg.threads, device) as n_threads, reuse_freed_memory(device):
         return _train(model, sequences, cfg, Path(out_dir), model_name=model_name, source_id=source_id,
                       resume=resume, overwrite=overwrite, progress=progress, log_path=log_path, device=device,
                       stop_at_step=stop_at_step, final_eval=final_eval, n_threads=n_threads)

