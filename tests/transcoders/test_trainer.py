@@ -147,3 +147,20 @@ def test_activation_tokens_runs_the_model_once_and_cycles(model, seqs, tmp_path)
     assert 3_000 <= counting.tokens <= 3_000 + 4_096 * 17 / 15  # one group of activations, BOS included
     again = _train(model, seqs, tmp_path / "m2", tokens=12_000, activation_tokens=3_000)
     torch.testing.assert_close(res.transcoder.W_enc, again.transcoder.W_enc)
+
+
+def test_reviving_dead_features_lowers_the_dead_fraction_and_resumes_exactly(model, seqs, tmp_path):
+    """A high initial threshold silences most features; the pre-activation loss on the silent ones
+    (revive_after_tokens) brings them back, and the silence trackers it reads resume exactly."""
+    harsh = dict(threshold_init=2.0, tokens=12_000, lr=1e-2, preact_coef=1e-2, dead_after_tokens=2048)
+    plain = _train(model, seqs, tmp_path / "plain", **{**harsh, "preact_coef": 0.0})
+    revived = _train(model, seqs, tmp_path / "revived", revive_after_tokens=512, **harsh)
+    dead_plain = plain.metrics["training"]["dead_fraction_train"]
+    dead_revived = revived.metrics["training"]["dead_fraction_train"]
+    assert dead_plain > 0.5 and dead_revived < 0.2
+    assert revived.metrics["training"]["fvu_mean"] < plain.metrics["training"]["fvu_mean"]
+    part = _train(model, seqs, tmp_path / "part", revive_after_tokens=512, stop_at_step=20, **harsh)
+    assert part.transcoder is None
+    done = _train(model, seqs, tmp_path / "part", revive_after_tokens=512, resume=True, **harsh)
+    for (name, a), b in zip(revived.transcoder.state_dict().items(), done.transcoder.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
