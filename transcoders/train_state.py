@@ -75,7 +75,7 @@ class TrainState:
 
     def preact_mask(self) -> torch.Tensor | None:
         """[L, F] 0/1: features the pre-activation loss applies to (None: every feature)."""
-        if self.cfg.revive_after_tokens is None:
+        if not self.cfg.revive_after_tokens:
             return None
         return (self.silent_tokens_layer_feat >= self.cfg.revive_after_tokens).float().to(self.device)
 

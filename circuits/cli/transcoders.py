@@ -93,7 +93,9 @@ def _train_signature() -> inspect.Signature:
 
 def train_cmd(**kwargs) -> None:
     """Train a cross-layer (clt) or per-layer (plt) transcoder for --model; progress shows
-    tokens/s, loss, FVU and L0. Runs under torchrun for several GPUs (docs/transcoders.md)."""
+    tokens/s, loss, FVU and L0. Runs under torchrun for several GPUs (docs/transcoders.md).
+    For built-in models (world, world-tiny) unset options take the model's default CLT
+    configuration (circuits/default_transcoders.py), not the defaults listed below."""
     _train(**kwargs)
 
 
