@@ -3,6 +3,7 @@ matmul FLOP/s, measured in the same run, with where the time goes.
 
     python benchmarks/train_throughput.py --model world            # the default CLT config of `world`
     python benchmarks/train_throughput.py --model world --features 1024 --batch-size 4096
+    python benchmarks/train_throughput.py --shape 30,576 --features 512 --steps 10   # SmolLM2-135M's shape
 
 FLOPs counted per token (matmuls only; elementwise work is counted as time, not FLOPs):
   forward   encode 2*L*F*d + decode 2*F*d*n_out        (n_out = L(L+1)/2 for a CLT, L for a PLT)
@@ -102,6 +103,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="timed optimisation steps")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (default: the trainer's automatic choice)")
     ap.add_argument("--e2e-tokens", type=int, default=200_000, help="tokens of the end-to-end run (0: skip)")
+    ap.add_argument("--shape", help="L,d: time the step for this many layers and this width instead of "
+                    "--model's (no model is loaded; no end-to-end run), e.g. 30,576 for SmolLM2-135M")
     ap.add_argument("--no-reuse-memory", dest="reuse_memory", action="store_false",
                     help="time the step without the trainer's allocator setting (transcoders/cpu_memory.py)")
     args = ap.parse_args()
@@ -113,10 +116,15 @@ def main() -> None:
 
     torch.set_num_threads(args.threads or pick_threads("cpu"))
 
-    from circuits.models import load_model
+    if args.shape:
+        L, d = (int(v) for v in args.shape.split(","))
+        args.e2e_tokens = 0  # no model to run
+    else:
+        from circuits.models import load_model
 
-    mcfg = load_model(args.model, progress=False).model.cfg
-    L, d, F = mcfg.n_layers, mcfg.d_model, cfg.n_features
+        mcfg = load_model(args.model, progress=False).model.cfg
+        L, d = mcfg.n_layers, mcfg.d_model
+    F = cfg.n_features
     peak, peak_n = dense_matmul_flops()
     from transcoders.cpu_memory import reuse_freed_memory
 

@@ -64,21 +64,49 @@ class _JumpReLUWithPenalties(torch.autograd.Function):
         return g_pre, g_theta, g_norms, g_p_weights, None, None
 
 
+class _LayerMajorDecode(torch.autograd.Function):
+    """y_hat [N, L, d] = b_dec + sum over source layers l of a_l @ W_dec_l (written to layers l..l+k-1),
+    from acts [L, N, F]. Its backward writes d/d acts into one [L, N, F] tensor (autograd's own
+    would build one [N, F] per layer and stack them: an extra pass over the largest tensor)."""
+
+    @staticmethod
+    def forward(ctx, acts_lnf, b_dec, *W_dec):
+        L, N, F = acts_lnf.shape
+        d = b_dec.shape[-1]
+        y_hat = b_dec.unsqueeze(0).repeat(N, 1, 1)
+        for l_src, W_fkd in enumerate(W_dec):
+            k = W_fkd.shape[1]
+            y_hat[:, l_src:l_src + k] += (acts_lnf[l_src] @ W_fkd.reshape(F, k * d)).view(N, k, d)
+        ctx.save_for_backward(acts_lnf, *W_dec)
+        return y_hat
+
+    @staticmethod
+    def backward(ctx, g_y):
+        acts_lnf, *W_dec = ctx.saved_tensors
+        L, N, F = acts_lnf.shape
+        d = g_y.shape[-1]
+        g_acts = torch.empty_like(acts_lnf) if ctx.needs_input_grad[0] else None
+        g_W = []
+        for l_src, W_fkd in enumerate(W_dec):
+            k = W_fkd.shape[1]
+            g_written = g_y[:, l_src:l_src + k].reshape(N, k * d)
+            if g_acts is not None:
+                torch.mm(g_written, W_fkd.reshape(F, k * d).T, out=g_acts[l_src])
+            g_W.append((acts_lnf[l_src].T @ g_written).view(F, k, d) if ctx.needs_input_grad[2 + l_src] else None)
+        g_b_dec = g_y.sum(0) if ctx.needs_input_grad[1] else None
+        return (g_acts, g_b_dec, *g_W)
+
+
 def layer_major_forward(tc: Transcoder, x_tok_layer_d: torch.Tensor, acts_lnf: torch.Tensor | None = None):
     """(y_hat [N, L, d], acts [L, N, F], pre [L, N, F]) - Transcoder.forward, layer-major inside.
     `acts_lnf` (already activated features) skips encoding (the fused JumpReLU path)."""
     cfg = tc.cfg
-    N, L, d = x_tok_layer_d.shape
     x_lnd = x_tok_layer_d.transpose(0, 1).contiguous()
     pre_lnf = None
     if acts_lnf is None:
         pre_lnf = encode_layer_major(tc, x_lnd)
         acts_lnf = pre_lnf.relu() if cfg.activation == "relu" else topk_relu(pre_lnf, cfg.topk)
-    y_hat = tc.b_dec.unsqueeze(0).repeat(N, 1, 1)
-    for l_src, (acts_nf, W_fkd) in enumerate(zip(acts_lnf.unbind(0), tc.W_dec)):
-        k = W_fkd.shape[1]
-        written = acts_nf @ W_fkd.reshape(W_fkd.shape[0], k * d)
-        y_hat[:, l_src:l_src + k] += written.view(N, k, d)
+    y_hat = _LayerMajorDecode.apply(acts_lnf, tc.b_dec, *tc.W_dec)
     if tc.W_skip is not None:
         y_hat = y_hat + torch.bmm(x_lnd, tc.W_skip).transpose(0, 1)
     return y_hat, acts_lnf, pre_lnf
