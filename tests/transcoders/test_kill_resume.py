@@ -22,7 +22,7 @@ torch.set_num_threads(1)
 from tests.transcoders.tiny import tiny_model, token_sequences
 from transcoders.train_config import TrainConfig
 from transcoders.trainer import train_transcoder
-cfg = TrainConfig(n_features=64, tokens=60_000, batch_size=256, buffer_tokens=4096, seq_len=16, model_batch=32,
+cfg = TrainConfig(n_features=64, tokens=200_000, batch_size=256, buffer_tokens=4096, seq_len=16, model_batch=32,
                   log_every=5, checkpoint_seconds=0, lr=3e-3, threads=1)
 train_transcoder(tiny_model(), token_sequences(1500), cfg, sys.argv[1], model_name="tiny", progress=False,
                  resume=sys.argv[2] == "resume")
@@ -41,10 +41,13 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     full = _run(tmp_path / "full", "fresh")
     killed = _run(tmp_path / "killed", "fresh")
     ckpt = tmp_path / "killed" / CHECKPOINT_FILE
-    deadline = time.time() + 300
-    while not ckpt.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.5)  # let it run on past a few more checkpoints, then kill mid-flight
+    deadline, seen = time.time() + 300, set()
+    while len(seen) < 3 and time.time() < deadline and killed.poll() is None:
+        try:  # let it run on past a few checkpoint rewrites, then kill mid-flight
+            seen.add(ckpt.stat().st_mtime_ns)
+        except FileNotFoundError:
+            pass
+        time.sleep(0.01)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert ckpt.exists() and not (tmp_path / "killed" / "config.yaml").exists()
