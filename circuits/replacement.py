@@ -66,6 +66,27 @@ def check_supported(model) -> None:
         raise CircuitsError("models with split attention inputs are not supported for tracing")
 
 
+def _frozen_hook(tensor: torch.Tensor):
+    """A forward hook that replaces its activation by `tensor` (reshaped and cast to it)."""
+    def hook(value, hook):  # noqa: ARG001
+        return tensor.reshape(value.shape).to(value.dtype)
+    return hook
+
+
+def _freeze_hooks(model, rep: LocalReplacement) -> list:
+    """Hooks holding every attention pattern and norm scale (ln1, ln2, ln_final) at the prompt's values."""
+    hooks = []
+    for l in range(model.cfg.n_layers):
+        hooks.append((f"blocks.{l}.attn.hook_pattern", _frozen_hook(rep.patterns[l][None])))
+        for name, scale in ((f"blocks.{l}.ln1.hook_scale", rep.ln1_scale_layer_pos[l]),
+                            (f"blocks.{l}.ln2.hook_scale", rep.ln2_scale_layer_pos[l])):
+            if name in model.hook_dict:
+                hooks.append((name, _frozen_hook(scale[None, :, None])))
+    if "ln_final.hook_scale" in model.hook_dict:
+        hooks.append(("ln_final.hook_scale", _frozen_hook(rep.lnf_scale_pos[None, :, None])))
+    return hooks
+
+
 def _hook_names(transcoder, layer: int) -> tuple[str, str]:
     return f"blocks.{layer}.{transcoder.cfg.input_hook}", f"blocks.{layer}.{transcoder.cfg.output_hook}"
 
@@ -170,23 +191,10 @@ def replacement_hooks(model, transcoder, rep: LocalReplacement, freeze: bool = T
             return new[None].to(value.dtype)
         return hook
 
-    def frozen(tensor):
-        def hook(value, hook):
-            return tensor.reshape(value.shape).to(value.dtype)
-        return hook
-
     for l in range(L):
         inp, out = _hook_names(transcoder, l)
         hooks += [(inp, grab_input(l)), (out, replace_output(l))]
-        if freeze:
-            hooks.append((f"blocks.{l}.attn.hook_pattern", frozen(rep.patterns[l][None])))
-            for name, scale in ((f"blocks.{l}.ln1.hook_scale", rep.ln1_scale_layer_pos[l]),
-                                (f"blocks.{l}.ln2.hook_scale", rep.ln2_scale_layer_pos[l])):
-                if name in model.hook_dict:
-                    hooks.append((name, frozen(scale[None, :, None])))
-    if freeze and "ln_final.hook_scale" in model.hook_dict:
-        hooks.append(("ln_final.hook_scale", frozen(rep.lnf_scale_pos[None, :, None])))
-    return hooks
+    return hooks + (_freeze_hooks(model, rep) if freeze else [])
 
 
 @torch.no_grad()
@@ -233,22 +241,11 @@ def frozen_forward(model, transcoder, rep: LocalReplacement, acts_pos_layer_feat
             return y[None].to(value.dtype)
         return hook
 
-    def frozen(tensor):
-        def hook(value, hook):
-            return tensor.reshape(value.shape).to(value.dtype)
-        return hook
-
     hooks = [("hook_embed", set_embed)]
     for l in range(L):
         inp, out = _hook_names(transcoder, l)
-        hooks += [(inp, read_input(l)), (out, write_output(l)),
-                  (f"blocks.{l}.attn.hook_pattern", frozen(rep.patterns[l][None]))]
-        for name, scale in ((f"blocks.{l}.ln1.hook_scale", rep.ln1_scale_layer_pos[l]),
-                            (f"blocks.{l}.ln2.hook_scale", rep.ln2_scale_layer_pos[l])):
-            if name in model.hook_dict:
-                hooks.append((name, frozen(scale[None, :, None])))
-    if "ln_final.hook_scale" in model.hook_dict:
-        hooks.append(("ln_final.hook_scale", frozen(rep.lnf_scale_pos[None, :, None])))
+        hooks += [(inp, read_input(l)), (out, write_output(l))]
+    hooks += _freeze_hooks(model, rep)
     logits = model.run_with_hooks(rep.tokens[None], fwd_hooks=hooks)[0]
     return torch.stack(pre_acts), logits
 
