@@ -7,16 +7,13 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, MODEL_OPTION, TRANSCODERS_OPTION, console, pick_device, print_json
 from circuits.cli.intervene import one_line_errors
 
 app = typer.Typer(help="Case studies: trace, explain and intervene, ending in a verdict per experiment.",
                   no_args_is_help=True)
 
-MODEL = typer.Option("world", "--model", help="Model: built-in name, checkpoint dir or hub id.")
-TRANSCODERS = typer.Option(None, "--transcoders", help="Transcoder directory (default: the model's default CLT).")
 JSON = typer.Option(False, "--json", help="Print the report as JSON.")
-DEVICE = typer.Option("auto", help="cpu, cuda or auto.")
 
 
 def _print(lines: list[str]) -> None:
@@ -30,7 +27,8 @@ def addition_cmd(
     b: int = typer.Option(59, "--b", min=10, max=99, help="Second operand."),
     multiplier: float = typer.Option(-1.0, "--multiplier", help="Inhibition: scale the chosen features by this."),
     top: int = typer.Option(15, "--top", min=1, help="Feature nodes to show and classify."),
-    model: str = MODEL, transcoders: Optional[Path] = TRANSCODERS, json_out: bool = JSON, device: str = DEVICE,
+    model: str = MODEL_OPTION, transcoders: Optional[Path] = TRANSCODERS_OPTION, json_out: bool = JSON,
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Trace "calc: A+B=", show the paths to the sum by position and role, run inhibition experiments."""
     with one_line_errors():
@@ -47,7 +45,8 @@ def two_hop_cmd(
     k: int = typer.Option(20, "--k", min=1, help="State features removed / injected per swap side."),
     inhibit: float = typer.Option(-1.0, "--inhibit", help="Multiplier for the removed state features (0: ablate)."),
     inject_scale: float = typer.Option(4.0, "--inject-scale", help="Scale of the injected activations."),
-    model: str = MODEL, transcoders: Optional[Path] = TRANSCODERS, json_out: bool = JSON, device: str = DEVICE,
+    model: str = MODEL_OPTION, transcoders: Optional[Path] = TRANSCODERS_OPTION, json_out: bool = JSON,
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Kobe Bryant -> California -> Sacramento and Dallas -> Texas -> Austin: find, inhibit and swap state features."""
     with one_line_errors():

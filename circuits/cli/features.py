@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, MODEL_OPTION, TRANSCODERS_OPTION, console, pick_device, print_json
 from circuits.cli.intervene import load_model_and_transcoder, one_line_errors
 
 app = typer.Typer(help="Index transcoder features over a corpus and show them.", no_args_is_help=True)
@@ -25,8 +25,8 @@ def _feature_arg(text: str) -> tuple[int, int]:
 
 @app.command("index")
 def index_cmd(
-    model: str = typer.Option("world", "--model", help="Model: built-in name, checkpoint dir or hub id."),
-    transcoders: Optional[Path] = typer.Option(None, "--transcoders", help="Transcoder directory (default: the model's)."),
+    model: str = MODEL_OPTION,
+    transcoders: Optional[Path] = TRANSCODERS_OPTION,
     tokens: int = typer.Option(100_000, "--tokens", min=1, help="Corpus tokens to read (BOS not counted)."),
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Text file (one document per line) or dataset "
                                          "name (default: the built-in model's own corpus)."),
@@ -35,7 +35,7 @@ def index_cmd(
     after: int = typer.Option(2, "--after", min=0, help="Context tokens after it."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Documents per forward pass."),
     json_out: bool = typer.Option(False, "--json", help="Print path and counts as JSON."),
-    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Run the corpus once; store each feature's top contexts and firing frequency beside the transcoders."""
     with one_line_errors():
@@ -66,11 +66,11 @@ def index_cmd(
 @app.command("show")
 def show_cmd(
     feature: str = typer.Argument(..., help="LAYER:FEATURE (a trace id LAYER:POS:FEATURE also works)."),
-    model: str = typer.Option("world", "--model", help="Model: built-in name, checkpoint dir or hub id."),
-    transcoders: Optional[Path] = typer.Option(None, "--transcoders", help="Transcoder directory (default: the model's)."),
+    model: str = MODEL_OPTION,
+    transcoders: Optional[Path] = TRANSCODERS_OPTION,
     top: int = typer.Option(8, "--top", min=1, help="Output-view tokens to list each way."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
-    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Print a feature's top contexts, firing frequency and output view (tokens its decoders promote)."""
     with one_line_errors():

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, MODEL_OPTION, TRANSCODERS_OPTION, console, pick_device, print_json
 
 
 @contextmanager
@@ -69,12 +69,12 @@ def intervene_cmd(
                                           help="Hold attention patterns at their clean values."),
     clamp_mlps: bool = typer.Option(False, "--clamp-mlps/--no-clamp-mlps",
                                     help="Hold the patched layers' MLP outputs at clean + decoder change."),
-    model: str = typer.Option("world", "--model", help="Model: built-in name, checkpoint dir or hub id."),
-    transcoders: Optional[Path] = typer.Option(None, "--transcoders", help="Transcoder directory (default: the model's)."),
+    model: str = MODEL_OPTION,
+    transcoders: Optional[Path] = TRANSCODERS_OPTION,
     generate: int = typer.Option(0, "--generate", min=0, help="Greedy tokens to generate before and after."),
     top: int = typer.Option(10, "--top", min=1, help="Next tokens to list."),
     json_out: bool = typer.Option(False, "--json", help="Print top lists, KL and the changes as JSON."),
-    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Change features' activations, patch their decoder change into the MLP outputs, compare next tokens."""
     with one_line_errors():

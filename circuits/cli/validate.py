@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import console, err_console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, MODEL_OPTION, TRANSCODERS_OPTION, console, err_console, pick_device, print_json
 from circuits.cli.intervene import one_line_errors
 
 
@@ -22,10 +22,10 @@ def validate_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed for the generated prompts and pairs."),
     max_feature_nodes: Optional[int] = typer.Option(None, "--max-feature-nodes", min=1,
                                                     help="Attribute at most this many features per prompt."),
-    model: str = typer.Option("world", "--model", help="Model: built-in name, checkpoint dir or hub id."),
-    transcoders: Optional[Path] = typer.Option(None, "--transcoders", help="Transcoder directory (default: the model's)."),
+    model: str = MODEL_OPTION,
+    transcoders: Optional[Path] = TRANSCODERS_OPTION,
     json_out: bool = typer.Option(False, "--json", help="Print the tables (and every row) as JSON."),
-    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Spearman(graph influence, ablation effect), two-hop swap success rate, score table."""
     with one_line_errors():
