@@ -12,6 +12,15 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Pin one torch thread for a module (code under test may change it), restored afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def circuits_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("circuits_home")

@@ -25,12 +25,7 @@ from tests.graphs.hand_graph import F0, F1, F2, L0, L1, hand_graph
 VERDICT = "verdict ["
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- hand-built cases ---------------------------------------------------------------------------

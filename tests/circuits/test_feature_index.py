@@ -13,13 +13,13 @@ from circuits.feature_index import (
     INDEX_JSON, INDEX_NPZ, build_feature_index, load_feature_index, output_view, save_feature_index,
     tokenize_corpus)
 from circuits.interventions import feature_activations
-from tests.circuits.test_interventions import make_tiny_pair, one_thread  # noqa: F401  (fixture)
+from tests.circuits.test_interventions import make_tiny_pair
 
 K, BEFORE, AFTER = 3, 2, 1
 
 
 @pytest.fixture(scope="module")
-def pair(one_thread):  # noqa: F811
+def pair(one_thread):
     return make_tiny_pair(seed=1)
 
 

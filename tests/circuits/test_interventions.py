@@ -48,13 +48,7 @@ def make_tiny_pair(seed: int = 0):
     return model, transcoder
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run ~10x faster on one thread when the 2 CPU cores are shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: ~10x faster on one thread of 2 shared cores
 
 
 @pytest.fixture(scope="module")
