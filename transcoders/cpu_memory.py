@@ -41,4 +41,5 @@ def reuse_freed_memory(device: str):
     finally:
         libc.mallopt(_M_MMAP_MAX, _GLIBC_DEFAULT_MMAP_MAX)
         libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_TRIM)
-        libc.malloc_trim(0) if hasattr(libc, "malloc_trim") else None
+        if hasattr(libc, "malloc_trim"):  # hand the kept memory back now
+            libc.malloc_trim(0)
