@@ -93,6 +93,7 @@ def save_transcoder(tc: Transcoder, out_dir: str | Path, model_name: str | None 
         "model_kind": _KINDS[cfg.kind], "model_name": model_name or "unknown",
         "feature_input_hook": cfg.input_hook, "feature_output_hook": cfg.output_hook,
         "scan": f"circuits/{model_name or 'unknown'}/{cfg.kind}-{cfg.n_features}",
+        **({"activation": "topk", "k": cfg.topk} if cfg.activation == "topk" else {}),
         "circuits": {"activation": cfg.activation, "topk": cfg.topk,
                      "jumprelu_bandwidth": cfg.jumprelu_bandwidth},
     }
@@ -100,50 +101,57 @@ def save_transcoder(tc: Transcoder, out_dir: str | Path, model_name: str | None 
     return out
 
 
-def read_transcoder_config_yaml(path: str | Path) -> dict:
+def read_config_file(cfg_path: Path) -> dict:
     import yaml
 
-    d = Path(path)
-    if not d.is_dir():
-        raise TranscoderError(f"transcoder directory {d} does not exist")
-    cfg_path = d / CONFIG_YAML
-    if not cfg_path.exists():
-        raise TranscoderError(f"{d} has no {CONFIG_YAML}: not a transcoder directory, or its write was interrupted")
     try:
         config = yaml.safe_load(cfg_path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
         raise TranscoderError(f"{cfg_path} is not valid YAML ({type(exc).__name__})") from None
     if not isinstance(config, dict) or config.get("model_kind") not in _KINDS.values():
         raise TranscoderError(f"{cfg_path}: model_kind must be cross_layer_transcoder or transcoder_set")
     return config
 
 
-def load_transcoder(path: str | Path, device: str | torch.device = "cpu") -> Transcoder:
-    """Load a circuit-tracer transcoder directory (ours or another tool's) as a float32 Transcoder."""
-    from transcoders.formats_read import read_clt_tensors, read_plt_tensors
-
+def read_transcoder_config_yaml(path: str | Path) -> dict:
     d = Path(path)
-    config = read_transcoder_config_yaml(d)
-    kind = "clt" if config["model_kind"] == "cross_layer_transcoder" else "plt"
-    t = read_clt_tensors(d) if kind == "clt" else read_plt_tensors(d, config)
-    extras = config.get("circuits") or {}
-    L, F, d_model = t["W_enc"].shape
-    activation = extras.get("activation") or ("jumprelu" if "threshold" in t else "relu")
-    cfg = TranscoderConfig(
-        kind=kind, n_layers=L, d_model=d_model, n_features=F, activation=activation,
-        topk=extras.get("topk"), skip="W_skip" in t,
-        jumprelu_bandwidth=extras.get("jumprelu_bandwidth") or 0.1,
-        input_hook=normalize_hook(str(config.get("feature_input_hook", "hook_resid_mid"))),
-        output_hook=normalize_hook(str(config.get("feature_output_hook", "hook_mlp_out"))))
-    tc = Transcoder(cfg, device="meta")
-    state = {"W_enc": t["W_enc"], "b_enc": t["b_enc"], "b_dec": t["b_dec"]}
-    state.update({f"W_dec.{i}": w for i, w in enumerate(t["W_dec"])})
+    if not d.is_dir():
+        raise TranscoderError(f"transcoder directory {d} does not exist")
+    cfg_path = d / CONFIG_YAML
+    if not cfg_path.exists():
+        raise TranscoderError(f"{d} has no {CONFIG_YAML}: not a transcoder directory, or its write was interrupted")
+    return read_config_file(cfg_path)
+
+
+def load_transcoder(path: str | Path, device: str | torch.device = "cpu", lazy: bool = False,
+                    dtype: torch.dtype = torch.float32):
+    """Load transcoders as circuit-tracer does: a local directory, a hub repo id (owner/repo[/sub][@rev]),
+    or a config.yaml. Lazy (default): a LazyTranscoder over the memory-mapped files, weights kept in their
+    dtype and cast to `dtype` per use. Not lazy: an in-memory `Transcoder` in `dtype`."""
+    from transcoders.published import read_published
+
+    pub = read_published(path)
+    if lazy:
+        from transcoders.lazy import LazyTranscoder
+
+        return LazyTranscoder(pub.cfg, pub.layers, source=pub.source, dtype=dtype, device=device)
+    return materialise(pub.cfg, pub.layers, dtype).to(device)
+
+
+def materialise(cfg: TranscoderConfig, layers, dtype: torch.dtype = torch.float32) -> Transcoder:
+    """An in-memory Transcoder from per-layer views (reads every tensor)."""
+    def stack(key):
+        return torch.stack([getattr(lv, key).to(dtype) for lv in layers])
+
+    tc = Transcoder(cfg, dtype=dtype, device="meta")
+    state = {"W_enc": stack("enc"), "b_enc": stack("b_enc"), "b_dec": stack("b_dec")}
+    state.update({f"W_dec.{i}": lv.dec.to(dtype).contiguous() for i, lv in enumerate(layers)})
     if cfg.activation == "jumprelu":
-        state["threshold"] = t.get("threshold", torch.zeros(L, F))
+        state["threshold"] = stack("threshold")
     if cfg.skip:
-        state["W_skip"] = t["W_skip"]
+        state["W_skip"] = stack("skip")
     tc.load_state_dict(state, assign=True)
-    return tc.to(device)
+    return tc
 
 
 def read_training_files(path: str | Path) -> dict:

@@ -112,6 +112,43 @@ class Transcoder(nn.Module):
             return torch.zeros(W.shape[0], W.shape[2], dtype=W.dtype, device=W.device)
         return W[:, k]
 
+    # --- rows, read by attribution (LazyTranscoder implements the same without materialising) ---
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_enc.dtype
+
+    def encoder_rows(self, layer: int, features: torch.Tensor) -> torch.Tensor:
+        """Encoder rows [n, d] of `features` at `layer`."""
+        return self.W_enc.detach()[layer, features]
+
+    def decoder_rows(self, layer: int, features: torch.Tensor) -> torch.Tensor:
+        """Decoder rows [n, n_out, d] of `features` read at `layer` (to layers layer .. layer+n_out-1)."""
+        return self.W_dec[layer].detach()[features]
+
+    def skip_matrix(self, layer: int) -> torch.Tensor | None:
+        """W_skip of `layer` [d, d] (y += x @ W_skip), or None without a skip term."""
+        return None if self.W_skip is None else self.W_skip.detach()[layer]
+
+    @torch.no_grad()
+    def fold_input_norm(self, weight_layer_d: torch.Tensor, bias_layer_d: torch.Tensor | None = None) -> None:
+        """Read n instead of w * n + b (a norm's output before / after its weight and bias), exactly:
+        W_enc <- W_enc diag(w), b_enc <- b_enc + W_enc b, W_skip <- diag(w) W_skip, b_dec <- b_dec + b W_skip."""
+        w = weight_layer_d.to(self.W_enc)
+        if bias_layer_d is not None:
+            b = bias_layer_d.to(self.W_enc)
+            self.b_enc += torch.einsum("lfd,ld->lf", self.W_enc, b)
+            if self.W_skip is not None:
+                self.b_dec += torch.einsum("ld,lde->le", b, self.W_skip)
+        self.W_enc.mul_(w[:, None, :])
+        if self.W_skip is not None:
+            self.W_skip.mul_(w[:, :, None])
+
+    def weight_digest(self) -> str:
+        """sha256 of the first MiB (as float32) of W_enc and of each W_dec[l] (see lazy.weight_digest)."""
+        from transcoders.lazy import weight_digest
+
+        return weight_digest(list(self.W_enc.detach()), [W.detach() for W in self.W_dec])
+
     @property
     def n_layers(self) -> int:
         return self.cfg.n_layers

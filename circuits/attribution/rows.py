@@ -47,7 +47,7 @@ class SourceLayout:
                     bounds.append((p, offset, offset + c))
                     offset += c
             self.pos_ranges.append(bounds)
-            W = transcoder.W_dec[l].detach()[f.feature[start:end]].float()
+            W = transcoder.decoder_rows(l, f.feature[start:end]).float()
             self.scaled_decoders.append(W * f.activation[start:end, None, None])
 
     def error_column(self, layer: int, pos: int) -> int:
@@ -66,7 +66,7 @@ def compute_rows(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layout
     device = rep.embed_pos_d.device
     l_top = int(seeds.layer.max())
     P = int(seeds.position.max()) + 1
-    skip = transcoder.W_skip.detach().float() if transcoder.W_skip is not None else None
+    has_skip = transcoder.cfg.skip
     grad_b_p_d = torch.zeros(B, P, d, device=device)
     grad_p_b_l_d = torch.zeros(P, B, l_top, d, device=device)  # gradient after each block < l_top
     rows_at = {l: (seeds.layer == l).nonzero(as_tuple=True)[0] for l in seeds.layer.unique().tolist()}
@@ -76,8 +76,8 @@ def compute_rows(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layout
     for l in range(min(l_top, blocks.n_layers - 1), -1, -1):
         if l < l_top:  # gradient after block l, where MLP l writes (zero for l >= l_top)
             grad_p_b_l_d[:, :, l] = grad_b_p_d.transpose(0, 1)
-        if skip is not None and l < l_top:  # linear skip path resid_mid -> mlp_out (not at BOS)
-            g_x = grad_b_p_d @ skip[l].T
+        if has_skip and l < l_top:  # linear skip path resid_mid -> mlp_out (not at BOS)
+            g_x = grad_b_p_d @ transcoder.skip_matrix(l).float().to(device).T
             g_x[:, 0] = 0
             grad_b_p_d = grad_b_p_d + blocks.input_hook_backward(
                 l, g_x, rep.ln2_scale_layer_pos[l, :P], transcoder.cfg.input_hook)

@@ -85,10 +85,10 @@ def feature_seeds(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, idx: 
     at the input hook, mapped to resid_mid through the frozen ln2 of their position."""
     f = rep.features
     layer, pos, feat = f.layer[idx], f.position[idx], f.feature[idx]
-    enc_n_d = transcoder.W_enc.detach()[layer, feat].float()
-    vec = torch.empty_like(enc_n_d)
+    vec = torch.empty(len(idx), rep.embed_pos_d.shape[1], device=rep.embed_pos_d.device)
     for l in layer.unique().tolist():
         rows = (layer == l).nonzero(as_tuple=True)[0]
+        enc_n_d = transcoder.encoder_rows(l, feat[rows]).float().to(vec.device)
         scale = rep.ln2_scale_layer_pos[l, pos[rows]]  # [n]
-        vec[rows] = blocks.input_hook_backward(l, enc_n_d[rows], scale, transcoder.cfg.input_hook)
+        vec[rows] = blocks.input_hook_backward(l, enc_n_d, scale, transcoder.cfg.input_hook)
     return TargetSeeds(layer, pos, vec)

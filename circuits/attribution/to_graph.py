@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ def output_view(model, transcoder, layer_feat_pairs: list[tuple[int, int]], top:
     w_f = getattr(getattr(model, "ln_final", None), "w", None)
     out = []
     for layer, feat in layer_feat_pairs:
-        write_d = transcoder.W_dec[layer][feat].detach().float().sum(0)
+        write_d = transcoder.decoder_rows(layer, torch.tensor([feat]))[0].float().sum(0)
         if w_f is not None:
             write_d = write_d * w_f.detach().float()
         ids = (write_d @ W_U).topk(top).indices.tolist()
@@ -35,13 +34,10 @@ def token_strings(model, tokens: torch.Tensor) -> list[str]:
 
 
 def transcoder_identity(transcoder, path: str | None = None) -> dict:
-    h = hashlib.sha256()
-    for W in [transcoder.W_enc, *transcoder.W_dec]:
-        h.update(W.detach().float().cpu().numpy().tobytes()[:1 << 20])
     cfg = transcoder.cfg
     return {"path": path, "kind": cfg.kind, "n_features": cfg.n_features, "n_layers": cfg.n_layers,
             "activation": cfg.activation, "input_hook": cfg.input_hook, "output_hook": cfg.output_hook,
-            "hash": h.hexdigest()[:16]}
+            "hash": transcoder.weight_digest()}
 
 
 def to_graph(attr: Attribution, model, transcoder, prompt: str, *, model_identity: dict | None = None,
