@@ -82,26 +82,68 @@ def _llama_family(hf, always_gqa: bool = False) -> dict:
     }
 
 
-def _no_sliding_window(hf) -> None:
+def _attention_windows(hf) -> dict:
+    """Sliding-window attention: TransformerLens's local attention, layer by layer (HF `layer_types`;
+    Mistral: every layer). A key is visible when query - window < key <= query, as in both."""
     window = getattr(hf, "sliding_window", None)
-    used = getattr(hf, "use_sliding_window", window is not None)
-    if used and window is not None and window < hf.max_position_embeddings:
-        raise CircuitsError(f"sliding-window attention (window {window}) is not supported")
+    if window is None or getattr(hf, "use_sliding_window", True) is False:
+        return {}
+    kinds = getattr(hf, "layer_types", None) or ["sliding_attention"] * hf.num_hidden_layers
+    attn_types = ["local" if kind == "sliding_attention" else "global" for kind in kinds]
+    if "local" not in attn_types:
+        return {}
+    return {"use_local_attn": True, "window_size": int(window), "attn_types": attn_types}
 
 
 def _mistral(hf) -> dict:
-    _no_sliding_window(hf)
-    return _llama_family(hf, always_gqa=True)
+    return {**_llama_family(hf, always_gqa=True), **_attention_windows(hf)}
 
 
 def _qwen2(hf) -> dict:
-    _no_sliding_window(hf)
-    return _llama_family(hf, always_gqa=True)
+    return {**_llama_family(hf, always_gqa=True), **_attention_windows(hf)}
 
 
 def _qwen3(hf) -> dict:
-    _no_sliding_window(hf)
-    return {**_llama_family(hf), "use_qk_norm": True}
+    return {**_llama_family(hf), "use_qk_norm": True, **_attention_windows(hf)}
+
+
+def _soft_cap(value) -> float:
+    return float(value) if value else -1.0  # TransformerLens: -1 means no soft-capping
+
+
+def _gemma_rope(hf) -> dict:
+    """Gemma-3 gives a rope base per attention kind (transformers 5: rope_parameters by layer type)."""
+    params = dict(getattr(hf, "rope_parameters", None) or {})
+    if "full_attention" not in params:
+        return _rope_fields(hf)
+    full, local = params["full_attention"], params.get("sliding_attention", params["full_attention"])
+    for kind in (full, local):
+        if kind.get("rope_type", "default") != "default":
+            raise CircuitsError(f"rotary scaling '{kind['rope_type']}' of Gemma-3 is not supported")
+    return {"rotary_base": float(full["rope_theta"]), "rotary_base_local": float(local["rope_theta"])}
+
+
+GEMMA_MAX_CTX = 8192  # rotary tables are [n_ctx, d_head] per layer: Gemma-3's 131072 would take GBs
+
+
+def _gemma(hf, qk_norm: bool) -> dict:
+    """Gemma-2 / Gemma-3: RMSNorm (1 + w, folded by the converter) before and after attention and
+    MLP, GeGLU, embeddings scaled by sqrt(d_model) (folded into W_E by the converter), attention
+    scale 1/sqrt(query_pre_attn_scalar), soft-capped attention scores and final logits,
+    alternating sliding-window / global layers; Gemma-3 adds q/k norms and a local rope base."""
+    return {
+        "d_model": hf.hidden_size, "n_heads": hf.num_attention_heads, "d_head": hf.head_dim,
+        "n_key_value_heads": hf.num_key_value_heads, "d_mlp": hf.intermediate_size,
+        "n_layers": hf.num_hidden_layers, "n_ctx": min(hf.max_position_embeddings, GEMMA_MAX_CTX),
+        "d_vocab": hf.vocab_size, "eps": hf.rms_norm_eps, "act_fn": hf.hidden_activation,
+        "normalization_type": "RMS", "final_rms": True, "gated_mlp": True,
+        "use_normalization_before_and_after": True, "positional_embedding_type": "rotary",
+        "rotary_dim": hf.head_dim, "rotary_adjacent_pairs": False,
+        "use_attn_scale": True, "attn_scale": float(hf.query_pre_attn_scalar) ** 0.5,
+        "attn_scores_soft_cap": _soft_cap(getattr(hf, "attn_logit_softcapping", None)),
+        "output_logits_soft_cap": _soft_cap(getattr(hf, "final_logit_softcapping", None)),
+        "use_qk_norm": qk_norm, **_gemma_rope(hf), **_attention_windows(hf),
+    }
 
 
 def _gpt2(hf) -> dict:
@@ -121,11 +163,14 @@ ARCHITECTURES: dict[str, Architecture] = {
     "Qwen2ForCausalLM": Architecture(_qwen2, "convert_qwen2_weights"),
     "Qwen3ForCausalLM": Architecture(_qwen3, "convert_qwen3_weights"),
     "GPT2LMHeadModel": Architecture(_gpt2, "convert_gpt2_weights"),
+    "Gemma2ForCausalLM": Architecture(lambda hf: _gemma(hf, qk_norm=False), "convert_gemma_weights"),
+    "Gemma3ForCausalLM": Architecture(lambda hf: _gemma(hf, qk_norm=True), "convert_gemma_weights"),
 }
 
 
 MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-               "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gpt2": "GPT2LMHeadModel"}
+               "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gpt2": "GPT2LMHeadModel",
+               "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
 
 
 def architecture_name(config: dict) -> str | None:

@@ -12,12 +12,15 @@ import torch
 
 from circuits.errors import CircuitsError
 from circuits.models import load_model
-from tests.helpers.tiny_checkpoints import (make_tiny_gpt2, make_tiny_llama, make_tiny_mistral,
+from tests.helpers.tiny_checkpoints import (make_tiny_gemma2, make_tiny_gemma3, make_tiny_gpt2,
+                                            make_tiny_llama, make_tiny_llama3, make_tiny_mistral,
                                             make_tiny_qwen2, make_tiny_qwen3)
 
 PROMPTS = ["The capital of France is", "calc: 36+59=", "Kobe Bryant played basketball for the"]
+# (each is longer than the tiny checkpoints' 4-token sliding windows)
 MAKERS = {"llama": make_tiny_llama, "gpt2": make_tiny_gpt2, "qwen2": make_tiny_qwen2,
-          "mistral": make_tiny_mistral, "qwen3": make_tiny_qwen3}
+          "mistral": make_tiny_mistral, "qwen3": make_tiny_qwen3, "llama3": make_tiny_llama3,
+          "gemma2": make_tiny_gemma2, "gemma3": make_tiny_gemma3}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def checkpoints(tmp_path_factory):
 def _hf_model(path):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
 
 
 @pytest.mark.parametrize("arch", list(MAKERS))

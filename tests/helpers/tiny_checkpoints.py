@@ -8,7 +8,11 @@
 RMSNorm, rotary embeddings and a SiLU-gated MLP; d_model 64, 3 layers by default; its tokenizer
 prepends a BOS token like Llama's. `make_tiny_gpt2`: GPT2LMHeadModel (LayerNorm, learned positions,
 GELU MLP, biases), 2 layers. `make_tiny_qwen2`, `make_tiny_qwen3` and `make_tiny_mistral` are the
-other supported Llama-like architectures. Both use a byte-level BPE tokenizer (~300 tokens, any text encodes).
+other supported Llama-like architectures (Mistral with a 4-token sliding window on every layer);
+`make_tiny_llama3` has Llama-3 rope scaling. `make_tiny_gemma2` / `make_tiny_gemma3`: pre- and
+post-norms, GeGLU, scaled embeddings, alternating 4-token sliding-window / global layers, soft-capped
+attention scores and logits (Gemma-2), q/k norms and two rope bases (Gemma-3).
+All use a byte-level BPE tokenizer (~300 tokens, any text encodes).
 Weights are random but deterministic (seeded), with norm weights and biases perturbed away from
 their 1/0 defaults so a conversion that drops them is caught. Building one takes well under a second.
 """
@@ -58,18 +62,24 @@ def _save(model, tokenizer, directory: Path) -> Path:
     return directory
 
 
-def _llama_like(config_cls, model_cls, directory: Path, n_layers: int, seed: int, **extra) -> Path:
+def _bos_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     bpe = _byte_bpe(["<unk>", "<s>", "</s>"])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>",
                                         eos_token="</s>", add_bos_token=True)
-    config = config_cls(
-        vocab_size=bpe.get_vocab_size(), hidden_size=64, intermediate_size=128,
-        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=128, rms_norm_eps=1e-5, hidden_act="silu", initializer_range=0.1,
-        tie_word_embeddings=False, bos_token_id=bpe.token_to_id("<s>"),
-        eos_token_id=bpe.token_to_id("</s>"), **extra)
+    ids = {"vocab_size": bpe.get_vocab_size(), "bos_token_id": bpe.token_to_id("<s>"),
+           "eos_token_id": bpe.token_to_id("</s>")}
+    return tokenizer, ids
+
+
+def _llama_like(config_cls, model_cls, directory: Path, n_layers: int, seed: int, **extra) -> Path:
+    tokenizer, ids = _bos_tokenizer()
+    fields = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  rms_norm_eps=1e-5, hidden_act="silu", initializer_range=0.1,
+                  tie_word_embeddings=False, **ids)
+    config = config_cls(**{**fields, **extra})
     torch.manual_seed(seed)
     model = model_cls(config).float().eval()
     _perturb_(model, seed)
@@ -84,6 +94,16 @@ def make_tiny_llama(directory: Path, n_layers: int = 3, seed: int = 0) -> Path:
                        rope_theta=10000.0)
 
 
+def make_tiny_llama3(directory: Path, n_layers: int = 2, seed: int = 0) -> Path:
+    """A tiny Llama-3-style checkpoint: rope scaling of type llama3 (frequency-dependent)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+    return _llama_like(LlamaConfig, LlamaForCausalLM, directory, n_layers, seed,
+                       rope_parameters=rope, rope_scaling=rope)
+
+
 def make_tiny_qwen2(directory: Path, n_layers: int = 2, seed: int = 0) -> Path:
     """A tiny Qwen2ForCausalLM checkpoint (like Llama, plus biases on q/k/v)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -93,11 +113,11 @@ def make_tiny_qwen2(directory: Path, n_layers: int = 2, seed: int = 0) -> Path:
 
 
 def make_tiny_mistral(directory: Path, n_layers: int = 2, seed: int = 0) -> Path:
-    """A tiny MistralForCausalLM checkpoint (like Llama; sliding-window attention switched off)."""
+    """A tiny MistralForCausalLM checkpoint (like Llama, with a 4-token sliding window)."""
     from transformers import MistralConfig, MistralForCausalLM
 
     return _llama_like(MistralConfig, MistralForCausalLM, directory, n_layers, seed,
-                       rope_theta=10000.0, sliding_window=None, head_dim=16)
+                       rope_theta=10000.0, sliding_window=4, head_dim=16)
 
 
 def make_tiny_qwen3(directory: Path, n_layers: int = 2, seed: int = 0) -> Path:
@@ -123,3 +143,37 @@ def make_tiny_gpt2(directory: Path, n_layers: int = 2, seed: int = 0) -> Path:
     model = GPT2LMHeadModel(config).float().eval()
     _perturb_(model, seed)
     return _save(model, tokenizer, directory)
+
+
+def _gemma_like(config_cls, model_cls, directory: Path, n_layers: int, seed: int, **extra) -> Path:
+    tokenizer, ids = _bos_tokenizer()
+    config = config_cls(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, max_position_embeddings=128,
+        rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh", initializer_range=0.1,
+        sliding_window=4, layer_types=["sliding_attention", "full_attention"] * (n_layers // 2)
+        + ["sliding_attention"] * (n_layers % 2), tie_word_embeddings=True, pad_token_id=0,
+        **ids, **extra)
+    config._attn_implementation = "eager"  # soft-capping needs eager attention in transformers
+    torch.manual_seed(seed)
+    model = model_cls(config).float().eval()
+    _perturb_(model, seed)
+    return _save(model, tokenizer, directory)
+
+
+def make_tiny_gemma2(directory: Path, n_layers: int = 2, seed: int = 0) -> Path:
+    """A tiny Gemma2ForCausalLM: soft caps small enough (logits 5, attention scores 3) to matter."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    return _gemma_like(Gemma2Config, Gemma2ForCausalLM, directory, n_layers, seed,
+                       final_logit_softcapping=5.0, attn_logit_softcapping=3.0)
+
+
+def make_tiny_gemma3(directory: Path, n_layers: int = 2, seed: int = 0) -> Path:
+    """A tiny Gemma3ForCausalLM (text): q/k norms, rope base 10^4 on sliding and 10^6 on global layers."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    rope = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}
+    return _gemma_like(Gemma3TextConfig, Gemma3ForCausalLM, directory, n_layers, seed,
+                       rope_parameters=rope)
