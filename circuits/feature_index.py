@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -239,15 +240,13 @@ def tokenize_corpus(model, texts: Iterable[str]) -> Iterator[torch.Tensor]:
 
 # --- files ----------------------------------------------------------------------------------
 def _replace_atomically(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from safeio import OutputError, open_output
+
     try:
-        with open(tmp, "wb") as f:
+        with open_output(path, "feature index") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except OutputError as exc:
+        raise CircuitsError(str(exc)) from None
 
 
 def save_feature_index(index: FeatureIndex, transcoder_dir: str | Path) -> Path:
@@ -281,7 +280,7 @@ def load_feature_index(transcoder_dir: str | Path) -> FeatureIndex | None:
         meta = json.loads((folder / INDEX_JSON).read_text())
         with np.load(folder / INDEX_NPZ, allow_pickle=False) as data:
             arrays = {name: data[name] for name in _ARRAYS}
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise CircuitsError(f"the feature index in {folder} is damaged ({type(exc).__name__}); {rebuild}") from None
     if int(arrays["build_id"][0]) != meta.get("build_id"):
         raise CircuitsError(f"the feature index in {folder} is half-written (its two files differ); {rebuild}")

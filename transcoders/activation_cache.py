@@ -6,13 +6,15 @@ Layout of a cache folder:
   meta.json  {source_id, n_tokens, n_layers, d_model, dtype, input_hook, output_hook} (written last)
 Tokens are stored group by group as the source produced them; `CachedActivationSource` reads groups of consecutive rows and the
 shuffle buffer permutes them, wrapping around at the end (epochs).
+  .circuits-activation-cache  marker: this folder was made by this tool
 The folder is built under a temporary name and renamed, so a half-written cache never loads.
+A --cache-dir that holds anything else (the user's files) is refused, never emptied: only a folder
+with our marker (or our meta.json) and nothing but our files is replaced.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,41 @@ import torch
 from transcoders.errors import TranscoderError
 
 META = "meta.json"
+MARKER = ".circuits-activation-cache"
+_OURS = {"x.npy", "y.npy", META, MARKER}
+
+
+def check_cache_dir(cache_dir: Path) -> None:
+    """Before any work: `cache_dir` is new, empty, or an activation cache this tool wrote."""
+    from safeio import OutputError, check_output_dir
+
+    cache_dir = Path(cache_dir)
+    try:
+        check_output_dir(cache_dir, "--cache-dir")
+    except OutputError as err:
+        raise TranscoderError(str(err)) from None
+    if cache_dir.is_dir() and not _is_ours(cache_dir):
+        raise TranscoderError(f"--cache-dir {cache_dir} holds files that are not an activation cache of this "
+                              "tool; give a new or empty folder (nothing was changed)")
+
+
+def _is_ours(folder: Path) -> bool:
+    """Empty, or only our files with our marker or our meta.json."""
+    names = {p.name for p in folder.iterdir()}
+    if not names:
+        return True
+    return names <= _OURS and (MARKER in names or read_cache_meta(folder) is not None) \
+        and all((folder / n).is_file() and not (folder / n).is_symlink() for n in names)
+
+
+def _remove_ours(folder: Path) -> None:
+    """Remove a folder checked by _is_ours: our files one by one, then the (now empty) folder."""
+    if not _is_ours(folder):
+        raise TranscoderError(f"{folder} holds files that are not an activation cache of this tool; "
+                              "nothing was removed")
+    for name in _OURS:
+        (folder / name).unlink(missing_ok=True)
+    folder.rmdir()
 
 
 def read_cache_meta(cache_dir: Path) -> dict | None:
@@ -41,9 +78,12 @@ def build_activation_cache(source, n_tokens: int, cache_dir: Path, source_id: st
                            dtype: str = "float32", progress=None) -> Path:
     """Write `n_tokens` rows from `source` (a ModelActivationSource) into `cache_dir`."""
     cache_dir = Path(cache_dir)
+    check_cache_dir(cache_dir)
     tmp = cache_dir.with_name(f".{cache_dir.name}.building")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.exists():
+        _remove_ours(tmp)
     tmp.mkdir(parents=True)
+    (tmp / MARKER).write_text("activation cache written by circuits\n")
     start, written = source.start_position(), 0
     x_mm = y_mm = None
     while written < n_tokens:
@@ -66,7 +106,7 @@ def build_activation_cache(source, n_tokens: int, cache_dir: Path, source_id: st
     del x_mm, y_mm
     (tmp / META).write_text(json.dumps(meta, indent=2))
     if cache_dir.exists():
-        shutil.rmtree(cache_dir)
+        _remove_ours(cache_dir)
     tmp.rename(cache_dir)
     return cache_dir
 

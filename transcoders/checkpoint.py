@@ -10,7 +10,6 @@ the previous checkpoint or the new one, never a torn file.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,27 +22,13 @@ FORMAT_VERSION = "1"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """Write `data` to `path` with the shared safe-write helper (safeio), as a TranscoderError."""
+    from safeio import OutputError, write_bytes
 
-
-def fsync_dir(path: Path) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        write_bytes(path, data)
+    except OutputError as err:
+        raise TranscoderError(str(err)) from None
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:

@@ -2,7 +2,8 @@
 
 Each log line covers the steps since the previous one: FVU per layer = summed squared error /
 summed batch variance over the window, L0 = active features per token, dead = silent features.
-On resume, lines the killed run wrote after its last checkpoint are dropped first.
+The log is appended to, never truncated: on resume only the lines this run (its `run` id) wrote
+after its last checkpoint are dropped; lines of other runs or other tools are kept as they were.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from transcoders.distributed import DistInfo, all_reduce_sum
 
 
 class TrainLogger:
-    def __init__(self, cfg, info: DistInfo, progress: bool, log_path, start_step: int):
-        self.cfg, self.info = cfg, info
+    def __init__(self, cfg, info: DistInfo, progress: bool, log_path, start_step: int, run_id: str | None = None):
+        self.cfg, self.info, self.run_id = cfg, info, run_id
         self.log_path = Path(log_path) if log_path and info.is_main else None
-        if self.log_path is not None:
-            _truncate_log(self.log_path, start_step)
+        if self.log_path is not None and start_step > 0:
+            drop_lines_after_checkpoint(self.log_path, run_id, start_step)
         self.bar = None
         if progress and info.is_main:
             from tqdm.auto import tqdm
@@ -55,7 +56,7 @@ class TrainLogger:
         fvu = err / var.clamp_min(1e-12)
         l0 = act / n
         secs = time.perf_counter() - self.t0
-        rec = {"step": state.step, "tokens": state.tokens_seen,
+        rec = {"run": self.run_id, "step": state.step, "tokens": state.tokens_seen,
                "loss": float(scal[0] / n), "recon": float(scal[1] / n), "sparsity": float(scal[2] / n),
                "preact": float(scal[3] / n), "lambda": self.last["lambda"], "lr": self.last["lr"],
                "fvu_mean": float(fvu.mean()), "fvu_per_layer": [round(float(v), 5) for v in fvu],
@@ -77,17 +78,28 @@ class TrainLogger:
             self.bar = None
 
 
-def _truncate_log(path: Path, start_step: int) -> None:
-    if not path.exists():
+def drop_lines_after_checkpoint(path: Path, run_id: str | None, start_step: int) -> None:
+    """Drop the lines run `run_id` wrote after step `start_step` (a resumed run writes them again);
+    every other line (other runs, other tools, non-JSON) stays byte for byte. Checkpoints older than
+    run ids (run_id None): lines with our record's keys and no run id."""
+    from safeio import write_bytes
+    from safeio.paths import is_special
+
+    if is_special(path) or not path.is_file():
         return
-    if start_step == 0:
-        path.unlink()
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= start_step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue
-    path.write_text("".join(line + "\n" for line in keep))
+    lines = path.read_bytes().splitlines(keepends=True)
+    keep = [line for line in lines if not _written_after(line, run_id, start_step)]
+    if len(keep) != len(lines):
+        write_bytes(path, b"".join(keep), "log file")
+
+
+def _written_after(line: bytes, run_id: str | None, start_step: int) -> bool:
+    try:
+        rec = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    if not isinstance(rec, dict) or not isinstance(rec.get("step"), int) or rec["step"] <= start_step:
+        return False
+    if run_id is not None:
+        return rec.get("run") == run_id
+    return "run" not in rec and {"step", "tokens", "fvu_per_layer", "l0_per_layer"} <= rec.keys()

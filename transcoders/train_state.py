@@ -4,6 +4,7 @@ trackers, step) with one optimisation step and save/load to a resumable checkpoi
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ class TrainState:
         self.model_name, self.source_id = model_name, source_id
         self.step, self.tokens_seen, self.elapsed_before = 0, 0, 0.0
         self.resumed_from: int | None = None
+        self.run_id = uuid.uuid4().hex[:12]  # tags this run's log lines; kept across resumes
         self._t_start = time.monotonic()
         L, F = n_layers, cfg.n_features
         self.s_in = torch.ones(L)
@@ -116,7 +118,7 @@ class TrainState:
                         "rng.torch": torch.get_rng_state()})
         meta = {"train_config": self.cfg.model_dump(), "step": self.step, "tokens_seen": self.tokens_seen,
                 "buffer": buffer.state_dict(), "param_groups": param_groups, "model_name": self.model_name,
-                "source_id": self.source_id, "elapsed_s": self.elapsed()}
+                "source_id": self.source_id, "elapsed_s": self.elapsed(), "run_id": self.run_id}
         save_checkpoint(path, tensors, meta)
 
     def load(self, path: Path, buffer) -> None:
@@ -139,4 +141,5 @@ class TrainState:
         self.step, self.tokens_seen = int(meta["step"]), int(meta["tokens_seen"])
         self.elapsed_before, self._t_start = float(meta["elapsed_s"]), time.monotonic()
         self.resumed_from = self.step
+        self.run_id = meta.get("run_id")
         buffer.load_state_dict(meta["buffer"])

@@ -21,7 +21,7 @@ from transcoders.activation_source import ModelActivationSource, NonFiniteActiva
 from transcoders.checkpoint import CHECKPOINT_FILE
 from transcoders.distributed import DistInfo, barrier, init_distributed, rank_device
 from transcoders.errors import TranscoderError
-from transcoders.out_dir import prepare_out_dir
+from transcoders.out_dir import begin_staging, commit_staged, prepare_out_dir
 from transcoders.train_config import TrainConfig
 from transcoders.train_state import TrainState
 from transcoders.transcoder import Transcoder
@@ -67,7 +67,7 @@ def train_transcoder(model, sequences: Iterable[Sequence[int]], cfg: TrainConfig
 def _train(model, sequences, cfg: TrainConfig, out: Path, *, model_name, source_id, resume, overwrite,
            progress, log_path, device, stop_at_step, final_eval, n_threads: int) -> TrainResult:
     t_start = time.monotonic()
-    mode = prepare_out_dir(out, resume=resume, overwrite=overwrite)
+    mode = prepare_outputs(out, cfg, resume=resume, overwrite=overwrite, log_path=log_path)
     info = init_distributed(device)
     device = rank_device(device, info)
     source = _make_source(model, sequences, cfg, source_id or model_name, info)
@@ -80,7 +80,7 @@ def _train(model, sequences, cfg: TrainConfig, out: Path, *, model_name, source_
         x0, y0 = _first_group(buffer, out)
         state.init_fresh(x0, y0)
         if info.is_main:
-            prepare_out_dir(out, resume=False, overwrite=overwrite, clear=True)
+            out.mkdir(parents=True, exist_ok=True)
     state.start_clock(t_start)  # elapsed time includes collecting activations
     barrier(info)
     loop = TrainLoop(state, buffer, out, info, progress=progress, log_path=log_path)
@@ -89,6 +89,24 @@ def _train(model, sequences, cfg: TrainConfig, out: Path, *, model_name, source_
     if stop_at_step is not None and state.step < cfg.n_steps:
         return TrainResult(None, out, loop.last_metrics, state.resumed_from)
     return loop.finish(final_eval)
+
+
+def prepare_outputs(out: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool,
+                    log_path: str | Path | None = None) -> str:
+    """Check every path a run will write (output folder, --log, --cache-dir) before any work;
+    returns "fresh" or "resume" (see out_dir.prepare_out_dir)."""
+    from safeio import OutputError, check_output
+    from transcoders.activation_cache import check_cache_dir
+
+    mode = prepare_out_dir(Path(out), resume=resume, overwrite=overwrite)
+    if log_path:
+        try:
+            check_output(Path(log_path), "log file")
+        except OutputError as err:
+            raise TranscoderError(str(err)) from None
+    if cfg.cache_dir:
+        check_cache_dir(Path(cfg.cache_dir))
+    return mode
 
 
 def _first_group(buffer: ShuffleBuffer, out: Path):
@@ -127,7 +145,7 @@ class TrainLoop:
         from transcoders.train_log import TrainLogger
 
         self.state, self.buffer, self.out, self.info = state, buffer, out, info
-        self.logger = TrainLogger(state.cfg, info, progress, log_path, state.step)
+        self.logger = TrainLogger(state.cfg, info, progress, log_path, state.step, state.run_id)
         self.last_metrics: dict = {}
         self.timing = {"data_s": 0.0, "step_s": 0.0, "checkpoint_s": 0.0}
         self._last_ckpt = time.monotonic()
@@ -179,9 +197,10 @@ class TrainLoop:
         metrics = {"training": {**self.last_metrics, **st.summary(), "timing": self._timing()}}
         if final_eval is not None and self.info.is_main:
             metrics["fidelity"] = final_eval(raw)
-        if self.info.is_main:
-            save_transcoder(raw, self.out, model_name=st.model_name,
+        if self.info.is_main:  # complete in a staging folder first: an old transcoder stays until then
+            save_transcoder(raw, begin_staging(self.out), model_name=st.model_name,
                             training_config=st.config_record(), metrics=metrics)
+            commit_staged(self.out)
             (self.out / CHECKPOINT_FILE).unlink(missing_ok=True)
         barrier(self.info)
         return TrainResult(raw, self.out, metrics, st.resumed_from)

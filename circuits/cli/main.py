@@ -43,9 +43,10 @@ for _module in ("transcoders", "fidelity", "trace", "prune", "intervene", "featu
 def _user_errors() -> tuple[type[BaseException], ...]:
     from circuits.errors import CircuitsError
     from graphs.errors import GraphError
+    from safeio.errors import OutputError
     from transcoders.errors import TranscoderError
 
-    return (CircuitsError, TranscoderError, GraphError)
+    return (CircuitsError, TranscoderError, GraphError, OutputError)
 
 
 def main() -> None:

@@ -40,10 +40,10 @@ def run_training(model: str, out: Path, *, resume: bool, overwrite: bool, corpus
                  log: Path | None, device: str, progress: bool, overrides: dict):
     from circuits.models import load_model
     from circuits.transcoder_training import train_for_model
-    from transcoders.out_dir import prepare_out_dir
+    from transcoders.trainer import prepare_outputs
 
     cfg = resolve_config(model, out, resume, overrides)
-    prepare_out_dir(out, resume=resume, overwrite=overwrite)
+    prepare_outputs(out, cfg, resume=resume, overwrite=overwrite, log_path=log)
     loaded = load_model(model, device=device, progress=progress)
     return train_for_model(loaded, cfg, out, corpus, resume=resume, overwrite=overwrite, progress=progress,
                            log_path=log, device=device)

@@ -7,14 +7,13 @@ import json
 import pytest
 import torch
 
-from tests.transcoders.tiny import VOCAB, tiny_model, token_sequences
+from tests.transcoders.tiny import VOCAB, tiny_model, token_sequences, train_tiny
 from transcoders.activation_source import model_activations, pad_right
 from transcoders.checkpoint import CHECKPOINT_FILE
 from transcoders.errors import TranscoderError
 from transcoders.formats import load_transcoder
 from transcoders.metrics import fvu_per_layer
 from transcoders.train_config import TrainConfig
-from transcoders.trainer import train_transcoder
 
 SMALL = dict(n_features=64, tokens=24_000, batch_size=256, buffer_tokens=4096, seq_len=16,
              model_batch=32, log_every=10, lr=3e-3, lr_warmup_steps=5, checkpoint_seconds=0, threads=1)
@@ -32,9 +31,7 @@ def seqs():
 
 
 def _train(model, seqs, out, **kw):
-    opts = {k: kw.pop(k) for k in list(kw) if k in TrainConfig.model_fields}
-    return train_transcoder(model, seqs, TrainConfig(**{**SMALL, **opts}), out, model_name="tiny",
-                            progress=False, **kw)
+    return train_tiny(model, seqs, out, SMALL, **kw)
 
 
 def _heldout_fvu(model, tc):

@@ -70,3 +70,14 @@ def random_transcoder(kind: str = "clt", n_layers: int = 3, d_model: int = 8, n_
         for p in tc.parameters():
             p.add_(0.1 * torch.randn_like(p))
     return tc
+
+
+def train_tiny(model, seqs, out, base: dict, **kw):
+    """train_transcoder on `seqs` with TrainConfig(**base) updated by the TrainConfig fields in kw
+    (the other kw go to train_transcoder)."""
+    from transcoders.train_config import TrainConfig
+    from transcoders.trainer import train_transcoder
+
+    opts = {k: kw.pop(k) for k in list(kw) if k in TrainConfig.model_fields}
+    return train_transcoder(model, seqs, TrainConfig(**{**base, **opts}), out, model_name="tiny",
+                            progress=False, **kw)
