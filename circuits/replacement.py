@@ -10,7 +10,8 @@ Shapes: P positions, L layers, d residual width, H heads, F features per layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 
@@ -40,13 +41,16 @@ class LocalReplacement:
     ln1_scale_layer_pos: torch.Tensor  # [L, P] frozen scale of each block's attention-input norm
     ln2_scale_layer_pos: torch.Tensor  # [L, P] frozen scale of each block's MLP-input norm
     lnf_scale_pos: torch.Tensor  # [P] frozen scale of the final norm
+    ln1_post_scale_layer_pos: torch.Tensor | None  # [L, P] post-attention norm (Gemma), else None
     mlp_in_layer_pos_d: torch.Tensor  # [L, P, d] transcoder inputs (the input hook)
     mlp_out_layer_pos_d: torch.Tensor  # [L, P, d] true MLP outputs
     recon_layer_pos_d: torch.Tensor  # [L, P, d] transcoder reconstruction (BOS: the true output)
     error_layer_pos_d: torch.Tensor  # [L, P, d] mlp_out - recon (zero at BOS)
     features: ActiveFeatures
-    logits_vocab: torch.Tensor  # [vocab] logits at the last position
+    logits_vocab: torch.Tensor  # [vocab] the model's logits at the last position (soft-capped if it caps)
+    node_logits_vocab: torch.Tensor  # [vocab] what logit nodes read: the logits before soft-capping
     resid_final_d: torch.Tensor  # [d] final residual stream at the last position (before ln_final)
+    norm_scales: dict[str, torch.Tensor] = field(default_factory=dict)  # every `*.hook_scale`, frozen
 
     @property
     def n_pos(self) -> int:
@@ -54,12 +58,16 @@ class LocalReplacement:
 
 
 def check_supported(model) -> None:
-    """The frozen linear model handles sequential pre-norm blocks; refuse the rest in one line."""
+    """The frozen linear model handles sequential blocks with a norm before attention and MLP (and
+    optionally after them, as Gemma-2/3); refuse the rest in one line."""
+    from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
+
     cfg = model.cfg
     if getattr(cfg, "parallel_attn_mlp", False):
         raise CircuitsError("models with parallel attention and MLP are not supported for tracing yet")
-    if getattr(cfg, "use_normalization_before_and_after", False):
-        raise CircuitsError("models with post-attention norms are not supported for tracing yet")
+    if cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        raise CircuitsError(f"{cfg.original_architecture} (norms only after attention and MLP) is not "
+                            "supported for tracing yet")
     if cfg.attn_only:
         raise CircuitsError("attention-only models have no MLPs to replace")
     if getattr(cfg, "use_split_qkv_input", False) or getattr(cfg, "use_attn_in", False):
@@ -74,17 +82,35 @@ def _frozen_hook(tensor: torch.Tensor):
 
 
 def _freeze_hooks(model, rep: LocalReplacement) -> list:
-    """Hooks holding every attention pattern and norm scale (ln1, ln2, ln_final) at the prompt's values."""
-    hooks = []
-    for l in range(model.cfg.n_layers):
-        hooks.append((f"blocks.{l}.attn.hook_pattern", _frozen_hook(rep.patterns[l][None])))
-        for name, scale in ((f"blocks.{l}.ln1.hook_scale", rep.ln1_scale_layer_pos[l]),
-                            (f"blocks.{l}.ln2.hook_scale", rep.ln2_scale_layer_pos[l])):
-            if name in model.hook_dict:
-                hooks.append((name, _frozen_hook(scale[None, :, None])))
-    if "ln_final.hook_scale" in model.hook_dict:
-        hooks.append(("ln_final.hook_scale", _frozen_hook(rep.lnf_scale_pos[None, :, None])))
-    return hooks
+    """Hooks holding every attention pattern and every norm scale (ln1, ln2, ln_final, post-norms,
+    q/k norms) at the prompt's values."""
+    hooks = [(f"blocks.{l}.attn.hook_pattern", _frozen_hook(rep.patterns[l][None]))
+             for l in range(model.cfg.n_layers)]
+    return hooks + [(name, _frozen_hook(scale)) for name, scale in rep.norm_scales.items()]
+
+
+def _is_norm_scale(name: str) -> bool:
+    return name.endswith("hook_scale")
+
+
+@contextmanager
+def logits_before_soft_cap(model):
+    """Run `model` without its final-logit soft-capping (Gemma-2: 30 tanh(x / 30)), restoring it after.
+
+    Logit nodes read the logits before the cap: those are linear in the frozen residual stream."""
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0)
+    model.cfg.output_logits_soft_cap = -1.0
+    try:
+        yield
+    finally:
+        model.cfg.output_logits_soft_cap = cap
+
+
+def soft_cap(logits: torch.Tensor, model) -> torch.Tensor:
+    """The model's final soft-capping applied to logits read before it (identity without a cap)."""
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    return apply_softcap(logits, getattr(model.cfg, "output_logits_soft_cap", -1.0))
 
 
 def _hook_names(transcoder, layer: int) -> tuple[str, str]:
@@ -115,7 +141,10 @@ def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> Loca
     missing = [n for n in wanted if n not in model.hook_dict and "hook_scale" not in n]
     if missing:
         raise CircuitsError(f"transcoders do not fit the model: it has no hook {missing[0]}")
-    logits, cache = model.run_with_cache(tokens_pos[None], names_filter=lambda n: n in wanted)
+    with logits_before_soft_cap(model):
+        node_logits, cache = model.run_with_cache(
+            tokens_pos[None], names_filter=lambda n: n in wanted or _is_norm_scale(n))
+    logits = soft_cap(node_logits, model)
     P = tokens_pos.shape[0]
     dev = logits.device
     mlp_in = torch.stack([cache[_hook_names(transcoder, l)[0]][0] for l in range(L)]).float()
@@ -147,13 +176,18 @@ def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> Loca
         ln2_scale_layer_pos=torch.stack([_scale_or_ones(cache, f"blocks.{l}.ln2.hook_scale", P, dev)
                                          for l in range(L)]).float(),
         lnf_scale_pos=_scale_or_ones(cache, "ln_final.hook_scale", P, dev).float(),
+        ln1_post_scale_layer_pos=torch.stack([cache[f"blocks.{l}.ln1_post.hook_scale"][0, :, 0]
+                                              for l in range(L)]).float()
+        if "blocks.0.ln1_post.hook_scale" in cache else None,
         mlp_in_layer_pos_d=mlp_in,
         mlp_out_layer_pos_d=mlp_out,
         recon_layer_pos_d=recon,
         error_layer_pos_d=mlp_out - recon,
         features=features,
         logits_vocab=logits[0, -1].float(),
+        node_logits_vocab=node_logits[0, -1].float(),
         resid_final_d=cache[f"blocks.{L - 1}.hook_resid_post"][0, -1].float(),
+        norm_scales={name: value for name, value in cache.items() if _is_norm_scale(name)},
     )
 
 
@@ -210,9 +244,10 @@ def frozen_forward(model, transcoder, rep: LocalReplacement, acts_pos_layer_feat
     """Run the real model with everything frozen: attention patterns, norm scales, feature
     activations (given, or the clean ones), error terms and embeddings (given, or clean).
 
-    Returns (feature pre-activations [L, P, F] read at each layer's input hook, logits [P, vocab]).
-    This is the linear model whose direct effects the adjacency holds: scaling one source here
-    changes every target exactly by that source's column of A.
+    Returns (feature pre-activations [L, P, F] read at each layer's input hook, logits [P, vocab]
+    before any final soft-capping: what logit nodes read). This is the linear model whose direct
+    effects the adjacency holds: scaling one source here changes every target exactly by that
+    source's column of A.
     """
     L, P = model.cfg.n_layers, rep.n_pos
     if acts_pos_layer_feat is None:
@@ -246,7 +281,8 @@ def frozen_forward(model, transcoder, rep: LocalReplacement, acts_pos_layer_feat
         inp, out = _hook_names(transcoder, l)
         hooks += [(inp, read_input(l)), (out, write_output(l))]
     hooks += _freeze_hooks(model, rep)
-    logits = model.run_with_hooks(rep.tokens[None], fwd_hooks=hooks)[0]
+    with logits_before_soft_cap(model):
+        logits = model.run_with_hooks(rep.tokens[None], fwd_hooks=hooks)[0]
     return torch.stack(pre_acts), logits
 
 

@@ -39,6 +39,9 @@ class FrozenBlocks:
         self.W_V_head_d_e = [b.attn.W_V.detach().float() for b in model.blocks]  # [H, d, e]
         self.ln1_w = [self._weight(b.ln1) for b in model.blocks]
         self.ln2_w = [self._weight(b.ln2) for b in model.blocks]
+        # Gemma-2/3: a norm on the attention output before it joins the residual stream
+        self.has_ln1_post = bool(getattr(cfg, "use_normalization_before_and_after", False))
+        self.ln1_post_w = [self._weight(getattr(b, "ln1_post", None)) for b in model.blocks]
         self.lnf_w = self._weight(getattr(model, "ln_final", None))
         self.W_U_d_vocab = model.W_U.detach().float()
 
@@ -48,11 +51,15 @@ class FrozenBlocks:
         return None if w is None else w.detach().float()
 
     def attention_backward(self, layer: int, grad_pos_d: torch.Tensor, pattern_head_q_k: torch.Tensor,
-                           ln1_scale_pos: torch.Tensor) -> torch.Tensor:
+                           ln1_scale_pos: torch.Tensor, ln1_post_scale_pos: torch.Tensor | None = None
+                           ) -> torch.Tensor:
         """Gradient at the attention input (resid_pre) from the gradient at its output (resid_mid),
-        through the OV path only; grad [B, P, d], pattern [H, P, P] -> [B, P, d]. Excludes the
-        residual connection (the caller adds it)."""
+        through the OV path only (and the frozen post-attention norm where the model has one);
+        grad [B, P, d], pattern [H, P, P] -> [B, P, d]. Excludes the residual connection (the
+        caller adds it)."""
         W_O, W_V = self.W_O_head_e_d[layer], self.W_V_head_d_e[layer]
+        if self.has_ln1_post:
+            grad_pos_d = norm_backward(grad_pos_d, ln1_post_scale_pos, self.ln1_post_w[layer], self.centered)
         z_b_h_q_e = torch.einsum("bqd,hed->bhqe", grad_pos_d, W_O)
         v_b_h_k_e = torch.einsum("hqk,bhqe->bhke", pattern_head_q_k, z_b_h_q_e)
         g_ln_b_k_d = torch.einsum("bhke,hde->bkd", v_b_h_k_e, W_V)

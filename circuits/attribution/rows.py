@@ -84,8 +84,9 @@ def compute_rows(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layout
         if l in rows_at:  # features of layer l read resid_mid of block l
             r = rows_at[l]
             grad_b_p_d[r, seeds.position[r]] += seeds.vec_d[r]
+        post = None if rep.ln1_post_scale_layer_pos is None else rep.ln1_post_scale_layer_pos[l, :P]
         grad_b_p_d = grad_b_p_d + blocks.attention_backward(
-            l, grad_b_p_d, rep.patterns[l][:, :P, :P], rep.ln1_scale_layer_pos[l, :P])
+            l, grad_b_p_d, rep.patterns[l][:, :P, :P], rep.ln1_scale_layer_pos[l, :P], post)
 
     rows = torch.zeros(B, layout.n_sources, device=device)
     emb_start = layout.embedding_column(0)

@@ -45,7 +45,8 @@ class LogitTargets:
 def select_logits(rep: LocalReplacement, W_U_d_vocab: torch.Tensor, max_n_logits: int = 10,
                   desired_logit_prob: float = 0.95) -> LogitTargets:
     """The most likely next tokens until `desired_logit_prob` cumulative probability, at most
-    `max_n_logits`; each read out through its demeaned unembedding column."""
+    `max_n_logits`; each read out through its demeaned unembedding column. Probabilities are the
+    model's; a logit node's value is its demeaned logit before any final soft-capping."""
     probs = torch.softmax(rep.logits_vocab, -1)
     top_probs, top_ids = probs.sort(descending=True)
     cumulative = top_probs.cumsum(0)
@@ -53,7 +54,7 @@ def select_logits(rep: LocalReplacement, W_U_d_vocab: torch.Tensor, max_n_logits
     n = max(1, min(n, max_n_logits))
     ids = top_ids[:n]
     directions = W_U_d_vocab[:, ids] - W_U_d_vocab.mean(1, keepdim=True)
-    values = rep.logits_vocab[ids] - rep.logits_vocab.mean()
+    values = rep.node_logits_vocab[ids] - rep.node_logits_vocab.mean()
     return LogitTargets(labels=[str(int(i)) for i in ids], token_ids=[int(i) for i in ids],
                         probabilities=top_probs[:n].clone(), weights=top_probs[:n].clone(),
                         values=values, directions_d_n=directions)

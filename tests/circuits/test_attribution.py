@@ -1,8 +1,11 @@
 """The attribution engine against independent computations through the real model's forward.
 
-- the local replacement model reproduces the original logits (LayerNorm model and a Llama-style
-  checkpoint with RMSNorm, rotary, gated MLP and grouped-query attention);
-- every edge equals the effect of ablating its source in the frozen model (PLT, CLT, CLT + skip);
+- the local replacement model reproduces the original logits (LayerNorm model, a Llama-style
+  checkpoint with RMSNorm, rotary, gated MLP and grouped-query attention, and tiny random checkpoints
+  of every supported architecture: GPT-2, Llama-3 rope scaling, Mistral and Gemma sliding windows,
+  Qwen2, Qwen3 q/k norms, Gemma-2/3 post-norms and soft caps);
+- every edge equals the effect of ablating its source in the frozen model (PLT, CLT, CLT + skip),
+  for each of those models;
 - speed tricks (causal-cone batches, batch size, influence-ordered feature choice) change no edge.
 """
 
@@ -15,6 +18,12 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from circuits.attribution.engine import attribute, dense_adjacency
 from circuits.replacement import build_local_replacement, replacement_logits
 from tests.circuits.attribution_checks import edge_errors, random_transcoder
+from tests.helpers import tiny_checkpoints as tiny
+
+ARCHITECTURES = {"gpt2": tiny.make_tiny_gpt2, "llama3": tiny.make_tiny_llama3, "mistral": tiny.make_tiny_mistral,
+                 "qwen2": tiny.make_tiny_qwen2, "qwen3": tiny.make_tiny_qwen3, "gemma2": tiny.make_tiny_gemma2,
+                 "gemma3": tiny.make_tiny_gemma3}
+MODELS = ["ln_model", "llama_model", *ARCHITECTURES]
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +44,36 @@ def llama_model(tmp_path_factory):
     return load_hf_checkpoint(path, "cpu")
 
 
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> dict:
+    """Tiny random checkpoints (2 layers, d=64) of each architecture, loaded on first use."""
+    from circuits.models.pretrained import load_hf_checkpoint
+
+    loaded: dict = {}
+
+    def get(name: str):
+        if name not in loaded:
+            path = ARCHITECTURES[name](tmp_path_factory.mktemp(name))
+            loaded[name] = load_hf_checkpoint(path, "cpu")
+        return loaded[name]
+
+    return get
+
+
+def _model(name: str, request):
+    if name in ARCHITECTURES:
+        return request.getfixturevalue("tiny_models")(name)
+    return request.getfixturevalue(name)
+
+
 def _prompts(model, n: int, length: int, seed: int = 0) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return [torch.randint(1, model.cfg.d_vocab, (length,), generator=gen) for _ in range(n)]
 
 
-@pytest.mark.parametrize("model_name", ["ln_model", "llama_model"])
+@pytest.mark.parametrize("model_name", MODELS)
 def test_replacement_model_reproduces_logits(model_name, request):
-    model = request.getfixturevalue(model_name)
+    model = _model(model_name, request)
     tc = random_transcoder(model.cfg.n_layers, model.cfg.d_model, "clt", skip=True)
     for tokens in _prompts(model, 3, 9):
         rep = build_local_replacement(model, tc, tokens)
@@ -55,10 +86,10 @@ def test_replacement_model_reproduces_logits(model_name, request):
         assert rep.error_layer_pos_d[:, 1:].abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("model_name", ["ln_model", "llama_model"])
+@pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("kind,skip", [("plt", False), ("clt", False), ("clt", True)])
 def test_edges_equal_ablation_effects(model_name, kind, skip, request):
-    model = request.getfixturevalue(model_name)
+    model = _model(model_name, request)
     tc = random_transcoder(model.cfg.n_layers, model.cfg.d_model, kind, skip=skip, seed=3)
     for i, tokens in enumerate(_prompts(model, 2, 8, seed=5)):
         attr = attribute(model, tc, tokens, batch_size=16)
@@ -101,13 +132,16 @@ def test_max_feature_nodes_keeps_the_same_rows(ln_model):
     assert direct[some.feature_idx].mean() > direct.mean()
 
 
-def test_every_target_row_sums_with_its_bias_to_its_value(ln_model):
+@pytest.mark.parametrize("model_name", ["ln_model", "gemma2"])
+def test_every_target_row_sums_with_its_bias_to_its_value(model_name, request):
     """Invariant: a target's pre-activation = sum of incoming edges + terms no source changes.
-    Scaling all sources by 0 leaves the bias part; so value - sum(edges) equals that part."""
+    Scaling all sources by 0 leaves the bias part; so value - sum(edges) equals that part.
+    (Gemma-2: logit nodes read the logits before the final soft cap, linear in the sources.)"""
     from circuits.replacement import dense_activations, frozen_forward
     from tests.circuits.attribution_checks import target_values
 
-    tc = random_transcoder(4, 32, "clt", seed=8)
+    ln_model = _model(model_name, request)
+    tc = random_transcoder(ln_model.cfg.n_layers, ln_model.cfg.d_model, "clt", seed=8)
     tokens = _prompts(ln_model, 1, 9, seed=4)[0]
     attr = attribute(ln_model, tc, tokens)
     rep = attr.rep
@@ -129,3 +163,20 @@ def test_batches_shrink_for_long_prompts():
     per_row = 4 * 1024 * 33 * 2048
     small = bounded_batch_size(512, 1024, 32, 2048)
     assert small * per_row <= GRADIENT_BUDGET_BYTES < (small + 1) * per_row
+
+
+def test_soft_capped_logit_nodes_read_the_logits_before_the_cap(request):
+    """Gemma-2 caps its logits (here at 5): probabilities are the model's, a logit node's value is
+    its demeaned logit before the cap, and that is what the logit rows sum to (test above)."""
+    model = _model("gemma2", request)
+    tc = random_transcoder(model.cfg.n_layers, model.cfg.d_model, "plt", seed=2)
+    tokens = _prompts(model, 1, 9, seed=1)[0]
+    attr = attribute(model, tc, tokens)
+    with torch.no_grad():
+        capped = model(tokens[None])[0, -1]
+    cap = model.cfg.output_logits_soft_cap
+    uncapped = cap * torch.atanh(capped / cap)
+    ids = attr.logits.token_ids
+    torch.testing.assert_close(attr.logits.probabilities, capped.softmax(-1)[ids], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(attr.logits.values, uncapped[ids] - uncapped.mean(), atol=2e-3, rtol=1e-4)
+    assert (attr.rep.node_logits_vocab - attr.rep.logits_vocab).abs().max() > 0.1  # the cap matters
