@@ -14,7 +14,9 @@ Field names and id formats follow circuit-tracer's graph files (schema_version 1
   every node's own influence w^T B (null for logits).
 Links {source, target, weight} are the kept edges with their raw adjacency weight.
 Our extras in metadata: scores, counts, thresholds, timing_seconds, model, transcoders,
-generation_settings (the graph's settings).
+generation_settings (the graph's settings without unset (None) values: Neuronpedia's schema types
+them, e.g. max_feature_nodes must be an integer when present), pruning_settings (the thresholds).
+graphs/viewer_read.py reads these files back (also circuit-tracer's and Neuronpedia's).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class ViewerMetadata(BaseModel):
     model: dict[str, Any]
     transcoders: dict[str, Any]
     generation_settings: dict[str, Any]
+    pruning_settings: dict[str, float]
 
 
 class ViewerQParams(BaseModel):
@@ -97,8 +100,9 @@ class ViewerGraph(BaseModel):
 
 
 def to_viewer_json(graph: Graph, pruned: PrunedGraph, *, slug: str | None = None,
-                   scan: str | None = None) -> dict[str, Any]:
-    """The viewer graph JSON (as a dict) of the pruned graph."""
+                   scan: str | None = None, qparams: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The viewer graph JSON (as a dict) of the pruned graph; `qparams` (pinnedIds, supernodes,
+    clickedId...) is the saved viewer state to carry along."""
     kept = [int(i) for i in pruned.node_mask.nonzero()[0]]
     cumulative = _cumulative_share(graph, pruned.node_influence)
     nodes = [_node(graph, i, cumulative[i], float(pruned.node_influence[i])) for i in kept]
@@ -120,9 +124,10 @@ def to_viewer_json(graph: Graph, pruned: PrunedGraph, *, slug: str | None = None
         timing_seconds=graph.timing_seconds,
         model=graph.model,
         transcoders=graph.transcoders,
-        generation_settings=graph.settings,
+        generation_settings={k: v for k, v in graph.settings.items() if v is not None},
+        pruning_settings={"node_threshold": pruned.node_threshold, "edge_threshold": pruned.edge_threshold},
     )
-    doc = ViewerGraph(metadata=metadata, qParams=ViewerQParams(), nodes=nodes, links=links)
+    doc = ViewerGraph(metadata=metadata, qParams=ViewerQParams(**(qparams or {})), nodes=nodes, links=links)
     return doc.model_dump(mode="json")
 
 
@@ -150,7 +155,7 @@ def _node(graph: Graph, i: int, cumulative: float | None, influence: float) -> V
     common = dict(node_id=graph.node_id(i), ctx_idx=pos, feature_type=FEATURE_TYPES[kind])
     if kind is NodeKind.FEATURE:
         feat = int(graph.feature[i])
-        return ViewerNode(**common, feature=_cantor(layer, feat), layer=str(layer),
+        return ViewerNode(**common, feature=feature_json_index(layer, feat), layer=str(layer),
                           jsNodeId=f"{layer}_{feat}-0", clerp=graph.feature_labels.get(i, ""),
                           influence=cumulative, influence_raw=influence,
                           activation=float(graph.activation[i]))
@@ -168,8 +173,10 @@ def _node(graph: Graph, i: int, cumulative: float | None, influence: float) -> V
                       clerp=f'Output "{graph.logit_labels[j]}" (p={prob:.3f})')
 
 
-def _cantor(x: int, y: int) -> int:
-    return (x + y) * (x + y + 1) // 2 + y
+def feature_json_index(layer: int, feature: int) -> int:
+    """A feature node's `feature` field: the Cantor pairing (l + f)(l + f + 1)/2 + f, one integer
+    per (layer, feature); feature pages are exported as `{this}.json`."""
+    return (layer + feature) * (layer + feature + 1) // 2 + feature
 
 
 def _slug(prompt: str) -> str:

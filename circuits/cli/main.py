@@ -30,7 +30,7 @@ app = typer.Typer(
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(models_cli.app, name="models")
 
-for _module in ("transcoders", "fidelity", "trace", "prune", "intervene", "features", "demo"):
+for _module in ("transcoders", "fidelity", "trace", "prune", "intervene", "features", "demo", "view"):
     try:
         _mod = __import__(f"circuits.cli.{_module}", fromlist=["register"])
     except ModuleNotFoundError as exc:  # command group not written yet

@@ -1,0 +1,1 @@
+"""The offline graph explorer: `circuits view` / `circuits serve` (docs/viewer.md)."""

@@ -1,0 +1,74 @@
+"""Run the viewer: bind the address first (a port in use is one clear error), then uvicorn on it.
+
+Ctrl-C (SIGINT) or SIGTERM: uvicorn finishes open requests and returns; the command exits 0.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import webbrowser
+from typing import Callable
+
+from circuits.errors import CircuitsError
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on (host, port); port 0 picks a free one."""
+    if not 0 <= port <= 65535:
+        raise CircuitsError(f"--port must lie in 0..65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise CircuitsError(f"cannot resolve host {host!r}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        if err.errno in (98, 48):  # EADDRINUSE (Linux, macOS)
+            raise CircuitsError(f"port {port} on {host} is in use; choose another with --port "
+                                "(or --port 0 for any free port)") from None
+        raise CircuitsError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket, host: str) -> str:
+    port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+def run(app, sock: socket.socket, url: str, open_browser: bool = False,
+        echo: Callable[[str], None] = print) -> None:
+    """Serve `app` on `sock` until Ctrl-C."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    echo(f"viewer at {url}  (Ctrl-C to stop)")
+    if open_browser:
+        threading.Timer(0.5, lambda: webbrowser.open(url)).start()
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the Ctrl-C
+        pass
+    finally:
+        sock.close()
+    echo("viewer stopped")

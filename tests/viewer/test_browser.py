@@ -1,0 +1,201 @@
+"""The viewer in a real browser (headless Chromium): draw, hover, click, prune, pin, trace, intervene.
+
+Every test also checks that the console shows no error and that the page asked nothing of any
+address but the viewer's own server.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from circuits.viewer.app import ViewerState
+from circuits.viewer.feature_pages import FeatureSource
+from circuits.viewer.graphs_held import open_graph_file, pruned_view
+from circuits.viewer.live import LiveModel
+from tests.viewer.conftest import RunningServer, console_errors, requested_urls, schema
+
+WAIT_S = 20
+
+
+def wait(driver, predicate, timeout: float = WAIT_S):
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: predicate(d))
+
+
+def text(driver, element_id: str) -> str:
+    return driver.find_element(By.ID, element_id).text
+
+
+def drawn_nodes(driver) -> list:
+    return driver.find_elements(By.CSS_SELECTOR, "#nodes [data-node-id]")
+
+
+def assert_clean(driver, server) -> None:
+    """No console error; every request went to the viewer's own server."""
+    assert console_errors(driver) == []
+    own = server.url.rstrip("/")
+    foreign = [u for u in requested_urls(driver) if not u.startswith((own + "/", "data:", "blob:"))]
+    assert foreign == []
+
+
+def set_slider(driver, element_id: str, value: float) -> None:
+    driver.execute_script(
+        "const s = document.getElementById(arguments[0]); s.value = arguments[1];"
+        "s.dispatchEvent(new Event('input'));", element_id, str(value))
+
+
+@pytest.fixture(scope="module")
+def view_server(graph_files, tiny_bundle, tiny_index):
+    _, tc, folder, _ = tiny_bundle
+    state = ViewerState(features=FeatureSource(index=tiny_index, transcoder=tc, transcoder_id=str(folder)))
+    for path in graph_files[::-1]:  # the .npz first: the page opens it
+        graph, qparams, source = open_graph_file(path)
+        state.shelf.add(path.name, graph, qparams, source)
+    server = RunningServer(state)
+    yield server
+    server.stop()
+
+
+def open_page(driver, server, fragment: str = "") -> None:
+    driver.get("about:blank")  # a new document even when only the #fragment differs
+    requested_urls(driver), console_errors(driver)  # drop earlier logs
+    driver.get(server.url + fragment)
+    wait(driver, lambda d: int(text(d, "node-count")) > 0)
+
+
+def test_graph_drawn_clicked_and_walked_back(browser, view_server):
+    held = view_server.state.shelf.get("g0")
+    expected = pruned_view(held, held.node_threshold, held.edge_threshold)
+    open_page(browser, view_server)
+    assert len(drawn_nodes(browser)) == len(expected["nodes"]) == int(text(browser, "node-count"))
+    assert int(text(browser, "edge-count")) == len(expected["links"])
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#edges path")) == len(expected["links"])
+
+    # hover: the tooltip names the node
+    top_logit = next(n for n in expected["nodes"] if n["is_target_logit"])
+    logit_el = browser.find_element(By.CSS_SELECTOR, f'[data-node-id="{top_logit["node_id"]}"]')
+    ActionChains(browser).move_to_element(logit_el).perform()
+    wait(browser, lambda d: d.find_element(By.ID, "tooltip").is_displayed())
+    assert top_logit["node_id"] in text(browser, "tooltip")
+
+    # click the top logit: its panel lists its inputs; walk back along the strongest input
+    logit_el.click()
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'#node-panel[data-node-id="{top_logit["node_id"]}"]'))
+    assert text(browser, "panel-title") == top_logit["clerp"]
+    incoming = {l["source"]: l["weight"] for l in expected["links"] if l["target"] == top_logit["node_id"]}
+    rows = browser.find_elements(By.CSS_SELECTOR, "#inputs-table tr")
+    assert {r.get_attribute("data-node-id") for r in rows} == set(incoming)
+    current = top_logit["node_id"]
+    for _ in range(12):
+        rows = browser.find_elements(By.CSS_SELECTOR, "#inputs-table tr")
+        if not rows:
+            break
+        current = rows[0].get_attribute("data-node-id")
+        rows[0].click()
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'#node-panel[data-node-id="{current}"]'))
+    assert current.startswith("E_"), "walking back along the strongest inputs ends at a token"
+    assert_clean(browser, view_server)
+
+
+def test_slider_reprunes(browser, view_server):
+    open_page(browser, view_server)
+    before = int(text(browser, "node-count"))
+    set_slider(browser, "node-threshold", 0.3)
+    wait(browser, lambda d: int(text(d, "node-count")) != before)
+    held = view_server.state.shelf.get("g0")
+    expected = pruned_view(held, 0.3, held.edge_threshold)
+    wait(browser, lambda d: int(text(d, "node-count")) == len(expected["nodes"]))
+    assert len(drawn_nodes(browser)) == len(expected["nodes"]) < before
+    assert f"{expected['metadata']['scores']['replacement_pruned']:.3f}" in text(browser, "scores")
+    assert_clean(browser, view_server)
+
+
+def test_feature_page_in_panel(browser, view_server):
+    open_page(browser, view_server)
+    feature = next(n for n in browser.execute_script("return window.circuitsViewer.state.doc.nodes")
+                   if n["feature_type"] == "cross layer transcoder")
+    browser.find_element(By.CSS_SELECTOR, f'[data-node-id="{feature["node_id"]}"]').click()
+    layer, index = int(feature["layer"]), int(feature["node_id"].split("_")[1])
+    wait(browser, lambda d: f"Feature {layer}:{index}" in text(d, "feature-page"))
+    assert browser.find_elements(By.CSS_SELECTOR, "#feature-page #histogram rect")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#neighbours tr")) > 0
+    assert_clean(browser, view_server)
+
+
+def test_pins_and_supernodes_saved_in_qparams(browser, view_server, tmp_path):
+    open_page(browser, view_server)
+    ids = [n.get_attribute("data-node-id") for n in drawn_nodes(browser)[:3]]
+    for node_id in ids:
+        browser.find_element(By.CSS_SELECTOR, f'[data-node-id="{node_id}"]').click()
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'#node-panel[data-node-id="{node_id}"]'))
+        browser.find_element(By.ID, "pin-btn").click()
+    browser.find_element(By.ID, "supernode-name").send_keys("my group")
+    browser.find_element(By.ID, "group-btn").click()
+    assert "my group" in text(browser, "supernode-list")
+    doc = browser.execute_script("return window.circuitsViewer.exportDoc()")
+    jsonschema.validate(doc, schema("neuronpedia-graph-schema.json"))
+    assert doc["qParams"]["pinnedIds"] == ids
+    assert doc["qParams"]["supernodes"] == [["my group", *ids]]
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps(doc))
+    _, qparams, _ = open_graph_file(saved)  # reopening the file gives the same state back
+    assert qparams["pinnedIds"] == ids and qparams["supernodes"] == [["my group", *ids]]
+    browser.find_element(By.ID, "save-btn").click()
+    wait(browser, lambda d: "saved" in text(d, "message"))
+    assert view_server.state.shelf.get("g0").qparams["pinnedIds"] == ids
+    assert_clean(browser, view_server)
+
+
+def test_unknown_node_id_is_a_clear_message(browser, view_server):
+    open_page(browser, view_server, "#graph=g0&node=99_99_99")
+    wait(browser, lambda d: "unknown node id 99_99_99" in text(d, "message"))
+    assert_clean(browser, view_server)
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_bundle, tiny_index):
+    loaded, tc, folder, identity = tiny_bundle
+    live = LiveModel(loaded, tc, folder, identity)
+    state = ViewerState(live=live, features=FeatureSource(index=tiny_index, transcoder=tc, loaded=loaded,
+                                                          model_lock=live.lock))
+    server = RunningServer(state)
+    yield server
+    server.stop()
+
+
+def test_trace_and_intervene_through_the_page(browser, live_server):
+    requested_urls(browser), console_errors(browser)
+    browser.get(live_server.url)
+    wait(browser, lambda d: d.find_element(By.ID, "prompt").is_displayed())
+    # a prompt the tokenizer cannot handle: one clear message, no graph
+    browser.find_element(By.ID, "prompt").send_keys("calc: zebra+59=")
+    browser.find_element(By.ID, "trace-btn").click()
+    wait(browser, lambda d: "does not know" in text(d, "message"))
+    prompt = browser.find_element(By.ID, "prompt")
+    prompt.clear()
+    prompt.send_keys("calc: 12+34=")
+    browser.find_element(By.ID, "trace-btn").click()
+    wait(browser, lambda d: "calc: 12+34=" in text(d, "prompt-line") and int(text(d, "node-count")) > 0, 60)
+    held = live_server.state.shelf.get(live_server.state.shelf.list()[-1]["id"])
+    assert held.graph.prompt == "calc: 12+34="
+    assert int(text(browser, "node-count")) == len(pruned_view(held, 0.8, 0.98)["nodes"])
+
+    # intervene: ablate the first feature, generate two tokens
+    feature = next(n for n in browser.execute_script("return window.circuitsViewer.state.doc.nodes")
+                   if n["feature_type"] == "cross layer transcoder")
+    browser.find_element(By.CSS_SELECTOR, f'[data-node-id="{feature["node_id"]}"]').click()
+    wait(browser, lambda d: d.find_elements(By.ID, "add-iv-btn")).__getitem__(0).click()
+    gen = browser.find_element(By.ID, "generate-n")
+    gen.clear()
+    gen.send_keys("2")
+    browser.find_element(By.ID, "intervene-btn").click()
+    wait(browser, lambda d: d.find_elements(By.ID, "intervene-table"), 60)
+    rows = browser.find_elements(By.CSS_SELECTOR, "#intervene-table tr")
+    assert len(rows) > 2
+    assert "before:" in text(browser, "generated-before") and "after:" in text(browser, "generated-after")
+    assert_clean(browser, live_server)
