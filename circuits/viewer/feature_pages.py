@@ -32,6 +32,7 @@ N_BINS = 20
 HISTOGRAM_TOKENS = 20_000  # corpus tokens read once (lazily) for the histograms
 N_NEIGHBOURS = 10
 N_LOGITS = 10
+_BLOCK = 8192  # decoder rows read at a time for the neighbours
 
 
 @dataclass
@@ -99,18 +100,19 @@ class FeatureSource:
     def _neighbours(self, layer: int, feature: int) -> list[dict[str, Any]]:
         if self.transcoder is None:
             return []
-        W_dec = self.transcoder.W_dec
-        query_d = W_dec[layer][feature].float().sum(0)
+        tc = self.transcoder
+        query_d = tc.decoder_rows(layer, torch.tensor([feature]))[0].float().sum(0)
         query_d = query_d / query_d.norm().clamp_min(1e-12)
         scored = []
-        for l_src in range(len(W_dec)):
-            dirs_f_d = W_dec[l_src].float().sum(1)
-            cos_f = dirs_f_d @ query_d / dirs_f_d.norm(dim=1).clamp_min(1e-12)
-            if l_src == layer:
-                cos_f[feature] = -2.0
-            k = min(N_NEIGHBOURS, cos_f.shape[0])
-            values, ids = cos_f.topk(k)
-            scored += [(float(v), l_src, int(i)) for v, i in zip(values, ids) if v > -2.0]
+        for l_src in range(tc.cfg.n_layers):
+            for start in range(0, tc.cfg.n_features, _BLOCK):
+                ids = torch.arange(start, min(start + _BLOCK, tc.cfg.n_features))
+                dirs_f_d = tc.decoder_rows(l_src, ids).float().sum(1)
+                cos_f = dirs_f_d @ query_d / dirs_f_d.norm(dim=1).clamp_min(1e-12)
+                if l_src == layer:
+                    cos_f[ids == feature] = -2.0  # not its own neighbour
+                values, top = cos_f.topk(min(N_NEIGHBOURS, cos_f.shape[0]))
+                scored += [(float(v), l_src, int(ids[i])) for v, i in zip(values, top) if v > -2.0]
         scored.sort(reverse=True)
         label = self.index.label if self.index is not None else (lambda l, f: "")
         return [{"layer": l, "feature": f, "cosine": v, "label": label(l, f)}

@@ -8,6 +8,7 @@ import json
 import jsonschema
 import numpy as np
 import pytest
+import torch
 
 from circuits.viewer.feature_pages import FeatureSource, export_feature_pages
 from graphs import GraphError, NodeKind, prune_graph, to_viewer_json, write_viewer_json
@@ -126,7 +127,8 @@ def test_feature_pages_validate_and_export(tiny_bundle, tiny_index, tiny_trace, 
         assert len(page["top_logits"]) == len(page["bottom_logits"]) == 10
         # neighbours: cosine of summed decoders, checked directly for the first one
         nb = page["neighbours"][0]
-        a, b = tc.W_dec[layer][feature].sum(0), tc.W_dec[nb["layer"]][nb["feature"]].sum(0)
+        a = tc.decoder_rows(layer, torch.tensor([feature]))[0].sum(0)
+        b = tc.decoder_rows(nb["layer"], torch.tensor([nb["feature"]]))[0].sum(0)
         assert nb["cosine"] == pytest.approx(float(a @ b / (a.norm() * b.norm())), abs=1e-5)
         if examples and page["histogram_edges"]:
             assert sum(page["histogram"]) > 0
