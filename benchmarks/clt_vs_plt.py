@@ -3,7 +3,7 @@
     python benchmarks/clt_vs_plt.py --model world            # the default CLT config of `world`, and its PLT twin
 
 Trains both (same TrainConfig except `kind`), measures the replacement model on held-out text
-(circuits.fidelity) and prints one row per kind. Not a test; compare the table across versions.
+(circuits.training.fidelity) and prints one row per kind. Not a test; compare the table across versions.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ COLUMNS = ("kind", "features", "tokens", "train_s", "fvu_mean", "l0_total", "dea
 def run(model: str, features: int | None, tokens: int | None, out: Path, seed: int, progress: bool) -> list[dict]:
     import torch
 
-    from circuits.default_transcoders import DEFAULT_TRAIN_CONFIGS
+    from circuits.models.registry import BUILTIN_MODELS
     from circuits.models import load_model
-    from circuits.transcoder_training import train_for_model
+    from circuits.training.train import train_for_model
     from transcoders.train_config import TrainConfig
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     loaded = load_model(model, progress=progress)
-    base = DEFAULT_TRAIN_CONFIGS.get(model, {})
+    base = (getattr(BUILTIN_MODELS.get(model), "transcoder_config", None) or {})
     rows = []
     for kind in ("clt", "plt"):
         given = {k: v for k, v in {"n_features": features, "tokens": tokens}.items() if v}

@@ -80,7 +80,7 @@ def end_to_end(model_name: str, cfg, tokens: int) -> dict:
     import tempfile
 
     from circuits.models import load_model
-    from circuits.transcoder_training import train_for_model
+    from circuits.training.train import train_for_model
 
     loaded = load_model(model_name, progress=False)
     run_cfg = cfg.model_copy(update={"tokens": tokens, "threads": torch.get_num_threads(),
@@ -92,7 +92,7 @@ def end_to_end(model_name: str, cfg, tokens: int) -> dict:
 
 
 def main() -> None:
-    from circuits.default_transcoders import DEFAULT_TRAIN_CONFIGS
+    from circuits.models.registry import BUILTIN_MODELS
     from transcoders.train_config import TrainConfig
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -109,7 +109,7 @@ def main() -> None:
                     help="time the step without the trainer's allocator setting (transcoders/cpu_memory.py)")
     args = ap.parse_args()
     over = {k: v for k, v in {"n_features": args.features, "batch_size": args.batch_size, "kind": args.kind}.items() if v}
-    cfg = TrainConfig(**{**DEFAULT_TRAIN_CONFIGS.get(args.model, {}), **over})
+    cfg = TrainConfig(**{**(getattr(BUILTIN_MODELS.get(args.model), "transcoder_config", None) or {}), **over})
     if cfg.activation != "jumprelu":
         raise SystemExit("the step breakdown times the JumpReLU path; use --kind with the default activation")
     from transcoders.threads import pick_threads

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from circuits.demos.common import load_setup
+from circuits.replacement_model import ReplacementModel
 from circuits.validate import format_validation, validate
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    setup = load_setup(args.model, args.transcoders)
+    setup = ReplacementModel.load(args.model, args.transcoders)
     result = validate(setup, n=args.n, seed=args.seed, top_k=args.top_k, n_swaps=args.swaps, k=args.k,
                       inhibit=args.inhibit, inject_scale=args.inject_scale,
                       progress=lambda row: print(f"  {row.prompt!r}: spearman {row.spearman:.2f}", file=sys.stderr))

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from circuits.errors import CircuitsError
+from circuits.hooks import capture_layers
 from circuits.interventions import encode_inputs
 
 INDEX_NPZ, INDEX_JSON = "feature_index.npz", "feature_index.json"
@@ -120,13 +121,11 @@ def _padded(batch: list[torch.Tensor], device) -> tuple[torch.Tensor, torch.Tens
 @torch.no_grad()
 def batch_activations(model, transcoder, tokens_b_t: torch.Tensor) -> torch.Tensor:
     """Feature activations [B, T, L, F] of a batch of token sequences."""
-    L, hook = model.cfg.n_layers, transcoder.cfg.input_hook
-    names = {f"blocks.{l}.{hook}" for l in range(L)}
-    _, cache = model.run_with_cache(tokens_b_t, names_filter=lambda n: n in names, return_type=None)
-    x_layer_bt_d = torch.stack([cache[f"blocks.{l}.{hook}"].flatten(0, 1) for l in range(L)])
+    x_b_t_layer_d = capture_layers(model, tokens_b_t, transcoder.cfg.input_hook, logits=False).x_b_t_layer_d
+    x_layer_bt_d = x_b_t_layer_d.flatten(0, 1).transpose(0, 1)
     acts_layer_bt_feat = encode_inputs(transcoder, x_layer_bt_d)
     B, T = tokens_b_t.shape
-    return acts_layer_bt_feat.transpose(0, 1).reshape(B, T, L, -1)
+    return acts_layer_bt_feat.transpose(0, 1).reshape(B, T, transcoder.cfg.n_layers, -1)
 
 
 class _RunningTopK:
@@ -290,20 +289,27 @@ def load_feature_index(transcoder_dir: str | Path) -> FeatureIndex | None:
 
 # --- the output view ------------------------------------------------------------------------
 @torch.no_grad()
+def feature_logits(model, transcoder, layer: int, feature: int) -> torch.Tensor:
+    """The feature's direct logit effect [vocab] (float32, CPU): its decoders summed over the layers
+    they write to (sum_l W_dec_{layer->l}) -> final norm (approx.: LayerNorm's centring and the
+    norm's weight, its scale ignored) -> W_U, demeaned over the vocabulary."""
+    write_d = transcoder.decoder_rows(layer, torch.tensor([feature]))[0].float().sum(0)
+    if model.cfg.normalization_type in ("LN", "LNPre"):
+        write_d = write_d - write_d.mean()
+    weight = getattr(getattr(model, "ln_final", None), "w", None)
+    if weight is not None:
+        write_d = write_d * weight.detach().float()
+    logits_vocab = write_d @ model.W_U.detach().float()
+    return (logits_vocab - logits_vocab.mean()).cpu()
+
+
+@torch.no_grad()
 def output_view(model, transcoder, layer: int, feature: int, k: int = 8) -> dict[str, list[tuple[str, float]]]:
-    """Tokens the feature's decoders most promote / suppress: sum_l W_dec_{layer->l} -> final norm
-    (approx.: centring and the norm's weight, scale ignored) -> W_U, demeaned over the vocabulary."""
+    """Tokens the feature's decoders most promote / suppress (`feature_logits`), with their logits."""
     if not (0 <= layer < transcoder.cfg.n_layers and 0 <= feature < transcoder.cfg.n_features):
         raise CircuitsError(f"feature {layer}:{feature} does not exist (layers 0-{transcoder.cfg.n_layers - 1}, "
                             f"features 0-{transcoder.cfg.n_features - 1})")
-    write_d = transcoder.W_dec[layer][feature].sum(0).to(model.W_U.dtype)
-    if model.cfg.normalization_type in ("LN", "LNPre"):
-        write_d = write_d - write_d.mean()
-    weight = getattr(model.ln_final, "w", None)
-    if weight is not None:
-        write_d = write_d * weight
-    logits_vocab = write_d @ model.W_U
-    logits_vocab = (logits_vocab - logits_vocab.mean()).float().cpu()
+    logits_vocab = feature_logits(model, transcoder, layer, feature)
     tok = model.tokenizer
 
     def rows(values, ids):

@@ -23,6 +23,7 @@ from typing import Iterable
 import torch
 
 from circuits.errors import CircuitsError
+from circuits.hooks import block_hook, capture_layers, check_transcoder_fits
 
 Pos = int | tuple[int, int]  # a position (negative: from the end) or an inclusive range (a, b)
 
@@ -98,18 +99,6 @@ class InterventionResult:
 
 
 # --- reading features ------------------------------------------------------------------------
-def _hook(layer: int, name: str) -> str:
-    return f"blocks.{layer}.{name}"
-
-
-def _check_pair(model, transcoder) -> None:
-    cfg, tcfg = model.cfg, transcoder.cfg
-    if tcfg.n_layers != cfg.n_layers or tcfg.d_model != cfg.d_model:
-        raise CircuitsError(
-            f"the transcoder ({tcfg.n_layers} layers, d_model {tcfg.d_model}) does not fit the model "
-            f"({cfg.n_layers} layers, d_model {cfg.d_model})")
-
-
 def encode_inputs(transcoder, x_layer_pos_d: torch.Tensor) -> torch.Tensor:
     """Feature activations [L, pos, F] from the transcoder's inputs [L, pos, d]."""
     x_pos_layer_d = x_layer_pos_d.transpose(0, 1).to(transcoder.W_enc.dtype)
@@ -120,16 +109,15 @@ def encode_inputs(transcoder, x_layer_pos_d: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def clean_run(model, transcoder, tokens: torch.Tensor) -> CleanRun:
     """Run the model on `tokens` [pos] and record logits, features, MLP outputs and attention."""
-    _check_pair(model, transcoder)
+    check_transcoder_fits(model, transcoder)
     L, tcfg = model.cfg.n_layers, transcoder.cfg
-    names = {_hook(l, n) for l in range(L) for n in (tcfg.input_hook, tcfg.output_hook, "attn.hook_pattern")}
-    logits, cache = model.run_with_cache(tokens[None], names_filter=lambda n: n in names)
-    x_layer_pos_d = torch.stack([cache[_hook(l, tcfg.input_hook)][0] for l in range(L)])
+    patterns = [block_hook(l, "attn.hook_pattern") for l in range(L)]
+    cap = capture_layers(model, tokens[None], tcfg.input_hook, tcfg.output_hook, patterns)
     return CleanRun(
-        tokens=tokens, logits_pos_vocab=logits[0].float(),
-        acts_layer_pos_feat=encode_inputs(transcoder, x_layer_pos_d),
-        mlp_out_layer_pos_d=torch.stack([cache[_hook(l, tcfg.output_hook)][0] for l in range(L)]),
-        patterns=[cache[_hook(l, "attn.hook_pattern")][0] for l in range(L)])
+        tokens=tokens, logits_pos_vocab=cap.logits[0].float(),
+        acts_layer_pos_feat=encode_inputs(transcoder, cap.x_b_t_layer_d[0].transpose(0, 1)),
+        mlp_out_layer_pos_d=cap.y_b_t_layer_d[0].transpose(0, 1),
+        patterns=[cap.extra[name][0] for name in patterns])
 
 
 def feature_activations(model, transcoder, tokens: torch.Tensor) -> torch.Tensor:
@@ -245,10 +233,10 @@ def patch_hooks(model, transcoder, clean: CleanRun, deltas_layer_pos_d: torch.Te
         return hook
 
     patched = range(layers[0], layers[1] + 1)
-    hooks = [(_hook(l, out_hook), mlp_hook(l)) for l in patched
+    hooks = [(block_hook(l, out_hook), mlp_hook(l)) for l in patched
              if clamp_mlps or bool(deltas_layer_pos_d[l].any())]
     if freeze_attention:
-        hooks += [(_hook(l, "attn.hook_pattern"), pattern_hook(l)) for l in range(model.cfg.n_layers)]
+        hooks += [(block_hook(l, "attn.hook_pattern"), pattern_hook(l)) for l in range(model.cfg.n_layers)]
     return hooks
 
 
@@ -298,7 +286,7 @@ def intervene(model, transcoder, tokens: torch.Tensor, interventions: Iterable[I
     hooks = patch_hooks(model, transcoder, clean, deltas, span, freeze_attention, clamp_mlps)
     L, in_hook = model.cfg.n_layers, transcoder.cfg.input_hook
     inputs: dict[int, torch.Tensor] = {}
-    reads = [(_hook(l, in_hook), lambda x, hook, l=l: inputs.__setitem__(l, x[0])) for l in range(L)]
+    reads = [(block_hook(l, in_hook), lambda x, hook, l=l: inputs.__setitem__(l, x[0])) for l in range(L)]
     with model.hooks(fwd_hooks=hooks + reads):
         logits_after = model(tokens[None])[0].float()
     acts_after = encode_inputs(transcoder, torch.stack([inputs[l] for l in range(L)]))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from circuits.errors import CircuitsError
+from circuits.hooks import block_hook, capture_layers, check_transcoder_fits, transcoder_hooks
 
 
 @dataclass
@@ -84,7 +85,7 @@ def _frozen_hook(tensor: torch.Tensor):
 def _freeze_hooks(model, rep: LocalReplacement) -> list:
     """Hooks holding every attention pattern and every norm scale (ln1, ln2, ln_final, post-norms,
     q/k norms) at the prompt's values."""
-    hooks = [(f"blocks.{l}.attn.hook_pattern", _frozen_hook(rep.patterns[l][None]))
+    hooks = [(block_hook(l, "attn.hook_pattern"), _frozen_hook(rep.patterns[l][None]))
              for l in range(model.cfg.n_layers)]
     return hooks + [(name, _frozen_hook(scale)) for name, scale in rep.norm_scales.items()]
 
@@ -113,10 +114,6 @@ def soft_cap(logits: torch.Tensor, model) -> torch.Tensor:
     return apply_softcap(logits, getattr(model.cfg, "output_logits_soft_cap", -1.0))
 
 
-def _hook_names(transcoder, layer: int) -> tuple[str, str]:
-    return f"blocks.{layer}.{transcoder.cfg.input_hook}", f"blocks.{layer}.{transcoder.cfg.output_hook}"
-
-
 def _scale_or_ones(cache: dict, name: str, n_pos: int, device) -> torch.Tensor:
     """A norm's frozen scale [P] (ones where the model has no norm there)."""
     if name in cache:
@@ -128,32 +125,28 @@ def _scale_or_ones(cache: dict, name: str, n_pos: int, device) -> torch.Tensor:
 def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> LocalReplacement:
     """Run the model on `tokens_pos` [P] and freeze what the local replacement model needs."""
     check_supported(model)
+    check_transcoder_fits(model, transcoder, "the transcoders")
     L = model.cfg.n_layers
-    if transcoder.cfg.n_layers != L or transcoder.cfg.d_model != model.cfg.d_model:
-        raise CircuitsError(
-            f"transcoders do not fit the model: they have {transcoder.cfg.n_layers} layers of width "
-            f"{transcoder.cfg.d_model}, the model {L} layers of width {model.cfg.d_model}")
     tokens_pos = tokens_pos.to(model.cfg.device)
-    wanted = {"hook_embed", "ln_final.hook_scale", f"blocks.{L - 1}.hook_resid_post"}
+    extra = {"hook_embed", "ln_final.hook_scale", block_hook(L - 1, "hook_resid_post")}
     for l in range(L):
-        wanted |= {f"blocks.{l}.attn.hook_pattern", f"blocks.{l}.ln1.hook_scale",
-                   f"blocks.{l}.ln2.hook_scale", *_hook_names(transcoder, l)}
-    missing = [n for n in wanted if n not in model.hook_dict and "hook_scale" not in n]
+        extra |= {block_hook(l, "attn.hook_pattern"), block_hook(l, "ln1.hook_scale"), block_hook(l, "ln2.hook_scale")}
+    missing = [n for n in sorted(extra) if n not in model.hook_dict and "hook_scale" not in n]
     if missing:
-        raise CircuitsError(f"transcoders do not fit the model: it has no hook {missing[0]}")
+        raise CircuitsError(f"the model has no hook {missing[0]}: its architecture is not supported for tracing")
+    extra |= {n for n in model.hook_dict if _is_norm_scale(n)}
     with logits_before_soft_cap(model):
-        node_logits, cache = model.run_with_cache(
-            tokens_pos[None], names_filter=lambda n: n in wanted or _is_norm_scale(n))
+        cap = capture_layers(model, tokens_pos[None], transcoder.cfg.input_hook, transcoder.cfg.output_hook, extra)
+    cache, node_logits = cap.extra, cap.logits
     logits = soft_cap(node_logits, model)
     P = tokens_pos.shape[0]
     dev = logits.device
-    mlp_in = torch.stack([cache[_hook_names(transcoder, l)[0]][0] for l in range(L)]).float()
-    mlp_out = torch.stack([cache[_hook_names(transcoder, l)[1]][0] for l in range(L)]).float()
-    tc_dtype = transcoder.W_enc.dtype
-    recon = torch.empty_like(mlp_out)
+    mlp_in = cap.x_b_t_layer_d[0].transpose(0, 1).float().contiguous()   # [L, P, d]
+    mlp_out = cap.y_b_t_layer_d[0].transpose(0, 1).float().contiguous()  # [L, P, d]
+    tc_dtype = transcoder.dtype
     acts_by_layer = []
     for l in range(L):
-        acts_pos_feat = transcoder.activate_layer(transcoder.encode_layer(mlp_in[l].to(tc_dtype), l), l)
+        acts_pos_feat = transcoder.layer_features(mlp_in[l].to(tc_dtype), l)
         acts_pos_feat[0] = 0  # BOS carries no features
         acts_by_layer.append(acts_pos_feat)
     recon = transcoder.decode(torch.stack(acts_by_layer, dim=1), mlp_in.transpose(0, 1).to(tc_dtype))
@@ -170,13 +163,13 @@ def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> Loca
     return LocalReplacement(
         tokens=tokens_pos,
         embed_pos_d=cache["hook_embed"][0].float(),
-        patterns=[cache[f"blocks.{l}.attn.hook_pattern"][0].float() for l in range(L)],
-        ln1_scale_layer_pos=torch.stack([_scale_or_ones(cache, f"blocks.{l}.ln1.hook_scale", P, dev)
+        patterns=[cache[block_hook(l, "attn.hook_pattern")][0].float() for l in range(L)],
+        ln1_scale_layer_pos=torch.stack([_scale_or_ones(cache, block_hook(l, "ln1.hook_scale"), P, dev)
                                          for l in range(L)]).float(),
-        ln2_scale_layer_pos=torch.stack([_scale_or_ones(cache, f"blocks.{l}.ln2.hook_scale", P, dev)
+        ln2_scale_layer_pos=torch.stack([_scale_or_ones(cache, block_hook(l, "ln2.hook_scale"), P, dev)
                                          for l in range(L)]).float(),
         lnf_scale_pos=_scale_or_ones(cache, "ln_final.hook_scale", P, dev).float(),
-        ln1_post_scale_layer_pos=torch.stack([cache[f"blocks.{l}.ln1_post.hook_scale"][0, :, 0]
+        ln1_post_scale_layer_pos=torch.stack([cache[block_hook(l, "ln1_post.hook_scale")][0, :, 0]
                                               for l in range(L)]).float()
         if "blocks.0.ln1_post.hook_scale" in cache else None,
         mlp_in_layer_pos_d=mlp_in,
@@ -186,49 +179,46 @@ def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> Loca
         features=features,
         logits_vocab=logits[0, -1].float(),
         node_logits_vocab=node_logits[0, -1].float(),
-        resid_final_d=cache[f"blocks.{L - 1}.hook_resid_post"][0, -1].float(),
+        resid_final_d=cache[block_hook(L - 1, "hook_resid_post")][0, -1].float(),
         norm_scales={name: value for name, value in cache.items() if _is_norm_scale(name)},
     )
 
 
-def replacement_hooks(model, transcoder, rep: LocalReplacement, freeze: bool = True):
-    """Forward hooks that turn the model into the local replacement model of `rep`'s prompt.
+def replacement_hooks(model, transcoder, rep: LocalReplacement | None = None, freeze: bool = True) -> list:
+    """Forward hooks that replace every MLP output by the transcoder's, all layers at once: layer l's
+    output becomes y_hat_l of the features read from the live run's own inputs at layers <= l.
 
-    Every MLP output becomes transcoder(live input) + frozen error (BOS: the frozen true output);
-    with `freeze`, attention patterns and norm scales are also frozen at their clean values.
+    Without `rep` (the global replacement model, scored by fidelity) position 0 keeps its true MLP
+    output. With `rep` (the local replacement model of its prompt) the frozen error term is added
+    and position 0 gets its frozen true output; with `freeze` the attention patterns and norm
+    scales are also held at their clean values. Works on any batch shape [..., P, d].
     """
-    L = model.cfg.n_layers
-    live_inputs: dict[int, torch.Tensor] = {}
+    live_x: dict[int, torch.Tensor] = {}
+    live_acts: dict[int, torch.Tensor] = {}
+    dtype = transcoder.dtype
+
+    def read_input(layer):
+        def hook(x, hook):  # noqa: ARG001 - TransformerLens hook signature
+            live_x[layer] = x.to(dtype)
+            live_acts[layer] = transcoder.layer_features(live_x[layer], layer)
+        return hook
+
+    def write_output(layer):
+        def hook(y, hook):  # noqa: ARG001
+            y_hat = transcoder.decode_layer(live_acts, layer, live_x[layer])
+            if rep is None:
+                y_hat[..., 0, :] = y[..., 0, :]
+            else:
+                y_hat = y_hat + rep.error_layer_pos_d[layer]
+                y_hat[..., 0, :] = rep.mlp_out_layer_pos_d[layer, 0]
+            return y_hat.to(y.dtype)
+        return hook
+
     hooks = []
-
-    def grab_input(layer):
-        def hook(value, hook):
-            live_inputs[layer] = value[0]
-        return hook
-
-    def replace_output(layer):
-        def hook(value, hook):
-            x_pos_d = live_inputs[layer]
-            # recompute every layer's features up to this one from the live inputs (CLT writes
-            # from all earlier layers), then decode this layer's output
-            acts = torch.zeros(x_pos_d.shape[0], L, transcoder.cfg.n_features,
-                               dtype=transcoder.W_enc.dtype, device=x_pos_d.device)
-            x_all = torch.zeros(x_pos_d.shape[0], L, transcoder.cfg.d_model,
-                                dtype=transcoder.W_enc.dtype, device=x_pos_d.device)
-            for l in range(layer + 1):
-                x_all[:, l] = live_inputs[l]
-                acts[:, l] = transcoder.activate_layer(transcoder.encode_layer(live_inputs[l], l), l)
-            acts[0] = 0
-            y_hat = transcoder.decode(acts, x_all)[:, layer]
-            new = y_hat + rep.error_layer_pos_d[layer]
-            new[0] = rep.mlp_out_layer_pos_d[layer, 0]
-            return new[None].to(value.dtype)
-        return hook
-
-    for l in range(L):
-        inp, out = _hook_names(transcoder, l)
-        hooks += [(inp, grab_input(l)), (out, replace_output(l))]
-    return hooks + (_freeze_hooks(model, rep) if freeze else [])
+    for l in range(model.cfg.n_layers):
+        inp, out = transcoder_hooks(transcoder, l)
+        hooks += [(inp, read_input(l)), (out, write_output(l))]
+    return hooks + (_freeze_hooks(model, rep) if rep is not None and freeze else [])
 
 
 @torch.no_grad()
@@ -278,7 +268,7 @@ def frozen_forward(model, transcoder, rep: LocalReplacement, acts_pos_layer_feat
 
     hooks = [("hook_embed", set_embed)]
     for l in range(L):
-        inp, out = _hook_names(transcoder, l)
+        inp, out = transcoder_hooks(transcoder, l)
         hooks += [(inp, read_input(l)), (out, write_output(l))]
     hooks += _freeze_hooks(model, rep)
     with logits_before_soft_cap(model):

@@ -3,6 +3,7 @@
     from circuits.trace import trace
     result = trace("calc: 36+59=")            # built-in `world` model and its default CLT
     result.graph, result.pruned, result.summary
+    ReplacementModel.trace(prompt) is the same for a model loaded once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from circuits.attribution.engine import CustomTarget, attribute
 from circuits.attribution.to_graph import to_graph
 from circuits.errors import CircuitsError
 from circuits.prompts import token_id, tokenize_prompt
+from circuits.replacement_model import ReplacementModel
 from graphs import Graph, PrunedGraph, prune_graph, summarize
 
 
@@ -58,37 +60,27 @@ def custom_targets(model, targets: list[str], contrast: str | None) -> list[Cust
     return out
 
 
-def index_labels(transcoder_dir: Path | None, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
-    """Labels from the feature index beside the transcoders, when there is one."""
-    if transcoder_dir is None:
-        return {}
-    from circuits.feature_index import load_feature_index
-
-    index = load_feature_index(transcoder_dir)
-    if index is None:
-        return {}
-    return {p: index.label(*p) for p in pairs if index.label(*p)}
-
-
-def trace_tokens(model, transcoder, prompt: str, config: TraceConfig | None = None, *,
-                 model_identity: dict | None = None, transcoder_dir: Path | None = None,
+def trace_prompt(rm: ReplacementModel, prompt: str, config: TraceConfig | None = None,
                  progress: bool = False) -> TraceResult:
-    """Attribute, build the graph, prune and summarise one prompt."""
+    """Attribute, build the graph, prune and summarise one prompt (feature labels from rm.index)."""
     config = config or TraceConfig()
+    model, transcoder = rm.model, rm.transcoder
     tokens = tokenize_prompt(model, prompt)
     targets = custom_targets(model, config.targets, config.contrast)
     t0 = time.perf_counter()
-    attr = attribute(model, transcoder, tokens, max_n_logits=config.max_n_logits,
-                     desired_logit_prob=config.desired_logit_prob, custom_targets=targets,
-                     max_feature_nodes=config.max_feature_nodes, batch_size=config.batch_size,
-                     progress=progress)
-    f = attr.rep.features
-    idx = attr.feature_idx.cpu()
-    pairs = sorted({(int(l), int(i)) for l, i in zip(f.layer.cpu()[idx], f.feature.cpu()[idx])})
-    labels = index_labels(transcoder_dir, pairs)
-    graph = to_graph(attr, model, transcoder, prompt, model_identity=model_identity,
-                     transcoder_path=str(transcoder_dir) if transcoder_dir else None,
-                     settings=config.model_dump(), feature_labels=labels)
+    with torch.no_grad():
+        attr = attribute(model, transcoder, tokens, max_n_logits=config.max_n_logits,
+                         desired_logit_prob=config.desired_logit_prob, custom_targets=targets,
+                         max_feature_nodes=config.max_feature_nodes, batch_size=config.batch_size,
+                         progress=progress)
+        f = attr.rep.features
+        idx = attr.feature_idx.cpu()
+        pairs = sorted({(int(l), int(i)) for l, i in zip(f.layer.cpu()[idx], f.feature.cpu()[idx])})
+        index = rm.index
+        labels = {p: index.label(*p) for p in pairs if index.label(*p)} if index is not None else {}
+        graph = to_graph(attr, model, transcoder, prompt, model_identity=rm.identity,
+                         transcoder_path=str(rm.transcoder_dir) if rm.transcoder_dir else None,
+                         settings=config.model_dump(), feature_labels=labels)
     t1 = time.perf_counter()
     pruned = prune_graph(graph, config.node_threshold, config.edge_threshold)
     graph.timing_seconds["prune"] = round(time.perf_counter() - t1, 4)
@@ -96,30 +88,7 @@ def trace_tokens(model, transcoder, prompt: str, config: TraceConfig | None = No
     return TraceResult(graph, pruned, summarize(graph, pruned))
 
 
-def load_model_and_transcoders(model_spec: str = "world", transcoders: str | Path | None = None,
-                               device: str = "cpu", progress: bool = True):
-    """(LoadedModel, Transcoder, transcoder_dir): the default CLT for built-in models if none given."""
-    from circuits.models.registry import load_model, model_summary
-
-    loaded = load_model(model_spec, device=device, progress=progress)
-    if transcoders is None:
-        from circuits.default_transcoders import default_transcoders
-
-        tc, path = default_transcoders(loaded, progress=progress)
-    else:
-        from circuits.transcoder_fit import load_fitting_transcoder
-
-        path = Path(transcoders)
-        tc = load_fitting_transcoder(loaded.model, path, device=device)
-    tc.eval()
-    for p in tc.parameters():
-        p.requires_grad_(False)
-    return loaded, tc, Path(path), model_summary(loaded)
-
-
 def trace(prompt: str, model: str = "world", transcoders: str | Path | None = None,
           config: TraceConfig | None = None, device: str = "cpu", progress: bool = True) -> TraceResult:
-    loaded, tc, path, identity = load_model_and_transcoders(model, transcoders, device, progress)
-    with torch.no_grad():
-        return trace_tokens(loaded.model, tc, prompt, config, model_identity=identity,
-                            transcoder_dir=path, progress=progress)
+    """Load `model` and its transcoders (ReplacementModel.load) and trace one prompt."""
+    return trace_prompt(ReplacementModel.load(model, transcoders, device, progress), prompt, config, progress)

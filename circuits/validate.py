@@ -15,7 +15,7 @@ from the world corpus facts), with the correct answer as the target:
 (c) replacement and completeness scores (METHOD.md section 4), mean / min / max, pruned and
     unpruned, by prompt kind.
 
-    result = validate(load_setup("world"), n=30)
+    result = validate(ReplacementModel.load("world"), n=30)
     print("\\n".join(format_validation(result)))
 """
 
@@ -27,12 +27,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from circuits.demos.common import DemoSetup, Traced, json_safe, ranked_features, trace_answer
+from circuits.demos.common import Traced, json_safe, ranked_features, trace_answer
 from circuits.demos.state_features import DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, two_hop_queries
 from circuits.demos.swap_trials import SwapRow, swap_grid, swap_rows
 from circuits.errors import CircuitsError
 from circuits.interventions import (Intervention, check_layer_range, clean_run, decoder_deltas, patch_hooks,
                                      resolve_changes)
+from circuits.replacement_model import ReplacementModel
 from circuits.trace import TraceConfig
 from graphs import Graph
 
@@ -76,7 +77,7 @@ def linear_effects(graph: Graph, target_node: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def ablation_effects(setup: DemoSetup, traced: Traced, layer: int, pos: int, feature: int) -> tuple[float, float]:
+def ablation_effects(setup: ReplacementModel, traced: Traced, layer: int, pos: int, feature: int) -> tuple[float, float]:
     """Change of the answer's demeaned logit (last position) when the feature is ablated (x0) by
     constrained patching in the real model: (as the model reads it out, with the final norm's
     scale held at its clean value). The second is what the graph's logit node measures (METHOD.md
@@ -147,7 +148,7 @@ def generate_prompts(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     return out
 
 
-def ablation_rows(setup: DemoSetup, traced: Traced, kind: str, top_k: int) -> list[AblationRow]:
+def ablation_rows(setup: ReplacementModel, traced: Traced, kind: str, top_k: int) -> list[AblationRow]:
     predicted_feat = linear_effects(traced.graph, traced.target_node)
     rows = []
     for f in ranked_features(setup, traced, top=top_k):
@@ -219,7 +220,7 @@ def summarise(prompts: list[PromptRow], ablations: list[AblationRow], swaps: lis
     return out
 
 
-def validate(setup: DemoSetup, n: int = 30, seed: int = 0, top_k: int = 10, n_swaps: int = 20,
+def validate(setup: ReplacementModel, n: int = 30, seed: int = 0, top_k: int = 10, n_swaps: int = 20,
              k: int = DEFAULT_K, inhibit: float = DEFAULT_INHIBIT, inject_scale: float = DEFAULT_INJECT,
              grid: bool = True, config: TraceConfig | None = None, progress=None) -> ValidationResult:
     """Run (a), (b) and (c) over `n` generated prompts and `n_swaps` swap pairs; with `grid`, (b)

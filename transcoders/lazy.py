@@ -22,6 +22,7 @@ from transcoders.activations import topk_relu
 from transcoders.config import TranscoderConfig
 from transcoders.formats_read import LayerViews
 from transcoders.tensor_files import head_bytes, release
+from transcoders.transcoder import Transcoder
 
 ENC_CHUNK = 8192  # encoder rows cast to float32 at a time
 
@@ -211,6 +212,11 @@ class LazyTranscoder(nn.Module):
             for l in range(L):
                 y[:, l] += x[:, l].to(self._dtype) @ self.skip_matrix(l)
         return y.reshape(*batch, L, d)
+
+    # the same one-layer forward as Transcoder (it reads only encode_layer, activate_layer,
+    # b_dec, decoder_to_layer and skip_matrix)
+    layer_features = Transcoder.layer_features
+    decode_layer = Transcoder.decode_layer
 
     def forward(self, x_layer_d: torch.Tensor):
         pre = self.encode(x_layer_d)

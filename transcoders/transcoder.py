@@ -12,6 +12,8 @@ The module works on raw (unnormalised) activations; training normalisation is fo
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -76,6 +78,26 @@ class Transcoder(nn.Module):
         if act == "relu":
             return pre_feat.relu()
         return topk_relu(pre_feat, self.cfg.topk)
+
+    def layer_features(self, x_pos_d: torch.Tensor, layer: int) -> torch.Tensor:
+        """a_l [..., F] = act(W_enc_l x_l + b_enc_l): one layer's features from that layer's input."""
+        return self.activate_layer(self.encode_layer(x_pos_d, layer), layer)
+
+    def decode_layer(self, acts_by_layer: Sequence[torch.Tensor], layer: int,
+                     x_pos_d: torch.Tensor | None = None) -> torch.Tensor:
+        """y_hat_l [..., d] = sum_{l' <= l} a_l' W_dec_{l'->l} + b_dec_l (+ x_l W_skip_l), from the
+        activations [..., F] of layers 0..l (`acts_by_layer[l']`) and, with a skip term, x_l [..., d]."""
+        y = self.b_dec[layer].expand(*acts_by_layer[layer].shape[:-1], -1)
+        for src in range(layer + 1):
+            if self.cfg.kind == "plt" and src != layer:
+                continue
+            y = y + acts_by_layer[src] @ self.decoder_to_layer(src, layer)
+        skip_d_d = self.skip_matrix(layer)
+        if skip_d_d is not None:
+            if x_pos_d is None:
+                raise ValueError("a transcoder with a skip term needs its inputs to decode")
+            y = y + x_pos_d @ skip_d_d
+        return y
 
     def decode(self, acts_layer_feat: torch.Tensor, x_layer_d: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstructed MLP outputs y_hat [..., L, d] from activations a [..., L, F]."""

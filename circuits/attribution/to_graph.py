@@ -7,24 +7,16 @@ import numpy as np
 import torch
 
 from circuits.attribution.engine import Attribution, dense_adjacency
+from circuits.feature_index import feature_logits
 from graphs import Graph, make_node_table
 
 
-@torch.no_grad()
-def output_view(model, transcoder, layer_feat_pairs: list[tuple[int, int]], top: int = 3) -> list[list[str]]:
-    """For each feature, the tokens its decoder (summed over the layers it writes to) most promotes
-    through the final norm's weight and the demeaned unembedding: the feature's "output" view."""
-    if not layer_feat_pairs:
-        return []
-    W_U = model.W_U.detach().float()
-    W_U = W_U - W_U.mean(1, keepdim=True)
-    w_f = getattr(getattr(model, "ln_final", None), "w", None)
+def promoted_tokens(model, transcoder, layer_feat_pairs: list[tuple[int, int]], top: int = 3) -> list[list[str]]:
+    """For each feature, the `top` tokens its decoders most promote (feature_index.feature_logits):
+    the feature's "output" view, its label when the feature index has none."""
     out = []
     for layer, feat in layer_feat_pairs:
-        write_d = transcoder.decoder_rows(layer, torch.tensor([feat]))[0].float().sum(0)
-        if w_f is not None:
-            write_d = write_d * w_f.detach().float()
-        ids = (write_d @ W_U).topk(top).indices.tolist()
+        ids = feature_logits(model, transcoder, layer, feat).topk(top).indices.tolist()
         out.append([model.tokenizer.decode([i]).strip() or repr(model.tokenizer.decode([i])) for i in ids])
     return out
 
@@ -57,7 +49,7 @@ def to_graph(attr: Attribution, model, transcoder, prompt: str, *, model_identit
     table = make_node_table(feat_lpf, f.activation.cpu()[idx].numpy(), err_lp,
                             rep.tokens.cpu().numpy(), np.array(attr.logits.token_ids), L)
     pairs = [(int(l), int(i)) for l, _, i in feat_lpf]
-    views = output_view(model, transcoder, sorted(set(pairs)))
+    views = promoted_tokens(model, transcoder, sorted(set(pairs)))
     view_of = dict(zip(sorted(set(pairs)), views))
     token_strs = token_strings(model, rep.tokens)
     labels = {}

@@ -33,9 +33,9 @@ def addition_cmd(
     """Trace "calc: A+B=", show the paths to the sum by position and role, run inhibition experiments."""
     with one_line_errors():
         from circuits.demos.addition import format_addition, run_addition_demo
-        from circuits.demos.common import load_setup
+        from circuits.replacement_model import ReplacementModel
 
-        setup = load_setup(model, transcoders, pick_device(device), progress=not json_out)
+        setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out)
         report = run_addition_demo(setup, a, b, top=top, multiplier=multiplier)
         print_json(report.to_json()) if json_out else _print(format_addition(report))
 
@@ -50,10 +50,10 @@ def two_hop_cmd(
 ) -> None:
     """Kobe Bryant -> California -> Sacramento and Dallas -> Texas -> Austin: find, inhibit and swap state features."""
     with one_line_errors():
-        from circuits.demos.common import load_setup
+        from circuits.replacement_model import ReplacementModel
         from circuits.demos.two_hop import format_two_hop, run_two_hop_demo
 
-        setup = load_setup(model, transcoders, pick_device(device), progress=not json_out)
+        setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out)
         report = run_two_hop_demo(setup, k=k, inhibit=inhibit, inject_scale=inject_scale)
         print_json(report.to_json()) if json_out else _print(format_two_hop(report))
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from circuits.cli.common import DEVICE_OPTION, MODEL_OPTION, TRANSCODERS_OPTION, console, pick_device, print_json
-from circuits.cli.intervene import load_model_and_transcoder, one_line_errors
+from circuits.cli.intervene import one_line_errors
 
 app = typer.Typer(help="Index transcoder features over a corpus and show them.", no_args_is_help=True)
 
@@ -42,15 +42,16 @@ def index_cmd(
         import torch
 
         from circuits.feature_index import build_feature_index, save_feature_index
-        from circuits.transcoder_corpus import corpus_sequences
+        from circuits.replacement_model import ReplacementModel
+        from circuits.training.corpus import corpus_sequences
 
-        loaded, transcoder, folder = load_model_and_transcoder(model, transcoders, pick_device(device))
-        sequences, source = corpus_sequences(loaded, corpus, seq_len=loaded.model.cfg.n_ctx)
+        rm = ReplacementModel.load(model, transcoders, pick_device(device))
+        sequences, source = corpus_sequences(rm.loaded, corpus, seq_len=rm.model.cfg.n_ctx)
         docs = (torch.tensor(seq, dtype=torch.long) for seq in sequences)
-        index = build_feature_index(loaded.model, transcoder, docs, max_tokens=tokens,
+        index = build_feature_index(rm.model, rm.transcoder, docs, max_tokens=tokens,
                                     k=top, before=before, after=after, batch_size=batch_size,
-                                    meta={"model": loaded.name, "corpus": source}, progress=not json_out)
-        path = save_feature_index(index, folder)
+                                    meta={"model": rm.name, "corpus": source}, progress=not json_out)
+        path = save_feature_index(index, rm.transcoder_dir)
         freq = index.frequency_layer_feat
         summary = {"path": str(path), "n_tokens": index.meta["n_tokens"], "n_docs": index.meta["n_docs"],
                    "dead_features": int((freq == 0).sum()), "n_features": int(freq.size),
@@ -75,16 +76,17 @@ def show_cmd(
     """Print a feature's top contexts, firing frequency and output view (tokens its decoders promote)."""
     with one_line_errors():
         from circuits.errors import CircuitsError
-        from circuits.feature_index import load_feature_index, output_view
+        from circuits.feature_index import output_view
+        from circuits.replacement_model import ReplacementModel
 
         layer, feat = _feature_arg(feature)
-        loaded, transcoder, folder = load_model_and_transcoder(model, transcoders, pick_device(device))
-        index = load_feature_index(folder)
+        rm = ReplacementModel.load(model, transcoders, pick_device(device))
+        index, folder = rm.index, rm.transcoder_dir
         if index is None:
             raise CircuitsError(f"no feature index in {folder}: run `circuits features index --model {model}"
                                 f"{f' --transcoders {transcoders}' if transcoders else ''}` first")
         contexts = index.top_contexts(layer, feat)
-        view = output_view(loaded.model, transcoder, layer, feat, k=top)
+        view = output_view(rm.model, rm.transcoder, layer, feat, k=top)
         if json_out:
             print_json({"layer": layer, "feature": feat, "frequency": index.frequency(layer, feat),
                         "mean_activation": index.mean_activation(layer, feat), "n_tokens": index.meta["n_tokens"],

@@ -23,7 +23,7 @@ def fidelity_cmd(
 ) -> None:
     """Compare the replacement model (every MLP replaced by the transcoder) with the original on
     held-out text: FVU and L0 per layer, dead features, top-1 agreement, KL and cross-entropy."""
-    from circuits.fidelity import fidelity_report, plot_fidelity
+    from circuits.training.fidelity import fidelity_report, plot_fidelity
     from circuits.models import load_model
 
     if not transcoders.is_dir():

@@ -24,24 +24,6 @@ def one_line_errors():
         raise typer.Exit(2) from None
 
 
-def load_model_and_transcoder(model_spec: str, transcoders: Optional[Path], device: str):
-    """(LoadedModel, Transcoder, transcoder directory): --transcoders DIR, else the model's default CLT."""
-    from circuits.errors import CircuitsError
-    from circuits.models.registry import load_model
-
-    loaded = load_model(model_spec, device=device)
-    if transcoders is None:
-        from circuits.default_transcoders import default_transcoders
-
-        transcoder, folder = default_transcoders(loaded)
-        return loaded, transcoder, Path(folder)
-    if not Path(transcoders).is_dir():
-        raise CircuitsError(f"transcoder directory {transcoders} does not exist")
-    from circuits.transcoder_fit import load_fitting_transcoder
-
-    return loaded, load_fitting_transcoder(loaded.model, transcoders, device=device), Path(transcoders)
-
-
 def _print_result(result, tokenizer, freeze: bool, clamp: bool) -> None:
     a, b = result.layers
     mode = "MLP outputs clamped" if clamp else "MLPs keep running"
@@ -78,20 +60,19 @@ def intervene_cmd(
 ) -> None:
     """Change features' activations, patch their decoder change into the MLP outputs, compare next tokens."""
     with one_line_errors():
-        from circuits.interventions import intervene, parse_layer_range, parse_set
-        from circuits.prompts import tokenize_prompt
+        from circuits.interventions import parse_layer_range, parse_set
+        from circuits.replacement_model import ReplacementModel
 
         interventions = [parse_set(s) for s in sets]
         span = parse_layer_range(layers) if layers is not None else None
-        loaded, transcoder, _ = load_model_and_transcoder(model, transcoders, pick_device(device))
-        tokens = tokenize_prompt(loaded.model, prompt)
-        result = intervene(loaded.model, transcoder, tokens, interventions, layers=span,
-                           freeze_attention=freeze_attention, clamp_mlps=clamp_mlps, top=top, generate=generate)
+        rm = ReplacementModel.load(model, transcoders, pick_device(device))
+        result = rm.intervene(prompt, interventions, layers=span, freeze_attention=freeze_attention,
+                              clamp_mlps=clamp_mlps, top=top, generate=generate)
         if json_out:
             print_json({"prompt": prompt, "freeze_attention": freeze_attention, "clamp_mlps": clamp_mlps,
-                        **result.to_json(loaded.tokenizer)})
+                        **result.to_json(rm.tokenizer)})
         else:
-            _print_result(result, loaded.tokenizer, freeze_attention, clamp_mlps)
+            _print_result(result, rm.tokenizer, freeze_attention, clamp_mlps)
 
 
 def register(app: typer.Typer) -> None:

@@ -82,16 +82,16 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="cpu, cuda or auto."),
     ) -> None:
         """Trace PROMPT: compute its attribution graph, prune and score it, print a summary, export it."""
-        from circuits.trace import TraceConfig, load_model_and_transcoders, trace_tokens
+        from circuits.replacement_model import ReplacementModel
+        from circuits.trace import TraceConfig, trace_prompt
 
         for path in (out, full, graphml):
             check_writable(path)
         config = TraceConfig(node_threshold=node_threshold, edge_threshold=edge_threshold,
                              max_feature_nodes=max_feature_nodes, max_n_logits=max_n_logits,
                              targets=list(target), contrast=contrast, batch_size=batch_size)
-        loaded, tc, path, identity = load_model_and_transcoders(model, transcoders, pick_device(device), True)
-        result = trace_tokens(loaded.model, tc, prompt, config, model_identity=identity,
-                              transcoder_dir=path, progress=not json_out)
+        rm = ReplacementModel.load(model, transcoders, pick_device(device), progress=True)
+        result = trace_prompt(rm, prompt, config, progress=not json_out)
         write_outputs(result, out, full, graphml)
         if json_out:
             print_json(result.summary)

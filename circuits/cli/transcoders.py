@@ -48,10 +48,51 @@ def _config_parameters() -> list[inspect.Parameter]:
     return params
 
 
+def resolve_config(model: str, out: Path, resume: bool, overrides: dict) -> TrainConfig:
+    """TrainConfig from the model's defaults (fresh) or the checkpoint (resume) plus explicit options."""
+    from pydantic import ValidationError
+
+    from circuits.models.registry import BUILTIN_MODELS
+    from transcoders.checkpoint import CHECKPOINT_FILE, load_checkpoint
+    from transcoders.errors import TranscoderError
+    from transcoders.train_config import describe_validation_error
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        if not resume:
+            builtin = BUILTIN_MODELS.get(model)
+            return TrainConfig(**{**((builtin and builtin.transcoder_config) or {}), **given})
+        ckpt = out / CHECKPOINT_FILE
+        if not ckpt.exists():
+            return TrainConfig(**given)  # prepare_out_dir reports the missing checkpoint
+        saved = TrainConfig(**load_checkpoint(ckpt)[1]["train_config"])
+        wanted = TrainConfig(**{**saved.model_dump(), **given})
+    except ValidationError as exc:
+        raise TranscoderError(describe_validation_error(exc)) from None
+    diff = [k for k in given if getattr(wanted, k) != getattr(saved, k) and k not in TrainConfig.RUNTIME_FIELDS]
+    if diff:
+        shown = ", ".join(f"{_flag(k)} {getattr(wanted, k)} (checkpoint: {getattr(saved, k)})" for k in diff)
+        raise TranscoderError(f"--resume continues the run as it was started; these differ: {shown}")
+    return wanted
+
+
+def run_training(model: str, out: Path, *, resume: bool, overwrite: bool, corpus: str | None,
+                 log: Path | None, device: str, progress: bool, overrides: dict):
+    """What `transcoders train` does, in checking order: settings, output folder, model, corpus,
+    then training. Every user mistake stops with one line before anything is written."""
+    from circuits.models import load_model
+    from circuits.training.train import train_for_model
+    from transcoders.trainer import prepare_outputs
+
+    cfg = resolve_config(model, out, resume, overrides)
+    prepare_outputs(out, cfg, resume=resume, overwrite=overwrite, log_path=log)
+    loaded = load_model(model, device=device, progress=progress)
+    return train_for_model(loaded, cfg, out, corpus, resume=resume, overwrite=overwrite, progress=progress,
+                           log_path=log, device=device)
+
+
 def _train(model: str, out: Path, resume: bool, overwrite: bool, corpus: str | None, log: Path | None,
            device: str, progress: bool, json_out: bool, **options) -> None:
-    from circuits.cli.transcoders_run import run_training
-
     result = run_training(model, out, resume=resume, overwrite=overwrite, corpus=corpus, log=log,
                           device=pick_device(device), progress=progress, overrides=options)
     if json_out:
@@ -95,7 +136,7 @@ def train_cmd(**kwargs) -> None:
     """Train a cross-layer (clt) or per-layer (plt) transcoder for --model; progress shows
     tokens/s, loss, FVU and L0. Runs under torchrun for several GPUs (docs/transcoders.md).
     For built-in models (world, world-tiny) unset options take the model's default CLT
-    configuration (circuits/default_transcoders.py), not the defaults listed below."""
+    configuration (its registry entry, circuits/models/registry.py), not the defaults listed below."""
     _train(**kwargs)
 
 

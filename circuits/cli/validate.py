@@ -29,11 +29,11 @@ def validate_cmd(
 ) -> None:
     """Spearman(graph influence, ablation effect), two-hop swap success rate, score table."""
     with one_line_errors():
-        from circuits.demos.common import load_setup
+        from circuits.replacement_model import ReplacementModel
         from circuits.trace import TraceConfig
         from circuits.validate import format_validation, validate
 
-        setup = load_setup(model, transcoders, pick_device(device), progress=not json_out)
+        setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out)
         config = TraceConfig(max_feature_nodes=max_feature_nodes)
 
         def progress(row):

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from circuits.demos.common import (json_safe, DemoSetup, Experiment, FeatureNode, clean_top, format_experiment,
+from circuits.demos.common import (json_safe, Experiment, FeatureNode, clean_top, format_experiment,
                                    no_candidates, ranked_features, run_experiment, trace_answer)
 from circuits.demos.operand_roles import addition_positions, feature_roles
 from circuits.interventions import Intervention
+from circuits.replacement_model import ReplacementModel
 from circuits.trace import TraceConfig
 
 MAX_GROUP = 10  # features inhibited at once in the group experiments
@@ -77,7 +78,7 @@ def digit_note(answer: str, top_after: list[dict]) -> str:
             f"tens {'kept' if same_tens else 'changed'}")
 
 
-def experiments(setup: DemoSetup, traced, pool: list[FeatureNode], where: dict[str, int],
+def experiments(setup: ReplacementModel, traced, pool: list[FeatureNode], where: dict[str, int],
                 multiplier: float) -> list[Experiment]:
     ans = traced.answer
     ones = [f for f in pool if f.role.startswith("ones digit")]
@@ -103,7 +104,7 @@ def experiments(setup: DemoSetup, traced, pool: list[FeatureNode], where: dict[s
     return out
 
 
-def run_addition_demo(setup: DemoSetup, a: int = 36, b: int = 59, top: int = 15, multiplier: float = -1.0,
+def run_addition_demo(setup: ReplacementModel, a: int = 36, b: int = 59, top: int = 15, multiplier: float = -1.0,
                       config: TraceConfig | None = None) -> AdditionReport:
     prompt, answer = f"calc: {a}+{b}=", str(a + b)
     tokens, where = addition_positions(setup.model, prompt, a, b)

@@ -1,7 +1,7 @@
 """What both case studies share: loading, tracing towards one answer, ranking features by their
 influence on that answer, describing a feature, and running an intervention with a verdict.
 
-    setup = load_setup("world")
+    setup = ReplacementModel.load("world")
     traced = trace_answer(setup, "calc: 36+59=", "95")
     nodes = ranked_features(setup, traced, top=12)        # FeatureNode, most influential first
     exp = run_experiment(setup, traced.tokens, "inhibit _9", [Intervention(...)], answer="95")
@@ -10,8 +10,7 @@ influence on that answer, describing a feature, and running an intervention with
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -19,32 +18,14 @@ import torch
 from circuits.errors import CircuitsError
 from circuits.interventions import Intervention, intervene, top_tokens
 from circuits.prompts import token_id, tokenize_prompt
-from circuits.trace import TraceConfig, TraceResult, load_model_and_transcoders, trace_tokens
+from circuits.replacement_model import ReplacementModel
+from circuits.trace import TraceConfig, TraceResult, trace_prompt
 from graphs import Graph, NodeKind
 from graphs.prune import influence_from, max_path_length, normalized_abs_adjacency
 
 INHIBITION_DROP = 0.5  # an inhibition "worked" when p(answer) falls by more than this share ...
 # ... or when the top token changes.
 SHOW_CHANGES = 8  # interventions listed per experiment (--json has them all)
-
-
-@dataclass
-class DemoSetup:
-    """A model, its transcoder and (when built) the feature index beside the transcoder."""
-
-    model: object            # HookedTransformer
-    transcoder: object       # transcoders.Transcoder
-    transcoder_dir: Path | None = None
-    index: object | None = None   # circuits.feature_index.FeatureIndex
-    identity: dict = field(default_factory=dict)
-
-
-def load_setup(model: str = "world", transcoders: str | Path | None = None, device: str = "cpu",
-               progress: bool = True) -> DemoSetup:
-    from circuits.feature_index import load_feature_index
-
-    loaded, tc, path, identity = load_model_and_transcoders(model, transcoders, device, progress)
-    return DemoSetup(loaded.model, tc, path, load_feature_index(path), identity)
 
 
 @dataclass
@@ -81,7 +62,7 @@ def find_logit_node(graph: Graph, answer: str, answer_id: int) -> int | None:
 
 
 @torch.no_grad()
-def selected_logits(setup: DemoSetup, tokens: torch.Tensor, config: TraceConfig) -> list[int]:
+def selected_logits(setup: ReplacementModel, tokens: torch.Tensor, config: TraceConfig) -> list[int]:
     """The token ids the trace makes logit nodes (as circuits.attribution.targets.select_logits)."""
     logits = setup.model(tokens[None].to(setup.model.cfg.device))[0, -1].float()
     probs, ids = torch.softmax(logits, -1).sort(descending=True)
@@ -89,16 +70,14 @@ def selected_logits(setup: DemoSetup, tokens: torch.Tensor, config: TraceConfig)
     return ids[:max(1, min(n, config.max_n_logits))].tolist()
 
 
-def trace_answer(setup: DemoSetup, prompt: str, answer: str, config: TraceConfig | None = None) -> Traced:
+def trace_answer(setup: ReplacementModel, prompt: str, answer: str, config: TraceConfig | None = None) -> Traced:
     """Trace `prompt`; the answer token is a target node even when it is not among the top logits."""
     config = config or TraceConfig()
     answer_id = token_id(setup.model, answer)
     tokens = tokenize_prompt(setup.model, prompt)
     if answer_id not in selected_logits(setup, tokens, config) and answer not in config.targets:
         config = config.model_copy(update={"targets": [*config.targets, answer]})
-    with torch.no_grad():
-        result = trace_tokens(setup.model, setup.transcoder, prompt, config,
-                              model_identity=setup.identity, transcoder_dir=setup.transcoder_dir)
+    result = trace_prompt(setup, prompt, config)
     node = find_logit_node(result.graph, answer, answer_id)
     if node is None:
         raise CircuitsError(f"the graph of '{prompt}' has no logit node for '{answer}'")
@@ -125,13 +104,13 @@ class FeatureNode:
         return f"{self.layer}:{self.pos}:{self.feature}"
 
 
-def promoted_tokens(setup: DemoSetup, layer: int, feature: int, k: int = 5) -> list[str]:
+def promoted_tokens(setup: ReplacementModel, layer: int, feature: int, k: int = 5) -> list[str]:
     from circuits.feature_index import output_view
 
     return [tok.strip() for tok, _ in output_view(setup.model, setup.transcoder, layer, feature, k)["promoted"]]
 
 
-def feature_node(setup: DemoSetup, traced: Traced, i: int) -> FeatureNode:
+def feature_node(setup: ReplacementModel, traced: Traced, i: int) -> FeatureNode:
     g = traced.graph
     layer, feat = int(g.layer[i]), int(g.feature[i])
     context = setup.index.label(layer, feat, width=60) if setup.index is not None else ""
@@ -140,7 +119,7 @@ def feature_node(setup: DemoSetup, traced: Traced, i: int) -> FeatureNode:
                        promoted_tokens(setup, layer, feat), context)
 
 
-def ranked_features(setup: DemoSetup, traced: Traced, top: int | None = None,
+def ranked_features(setup: ReplacementModel, traced: Traced, top: int | None = None,
                     positions: list[int] | None = None) -> list[FeatureNode]:
     """Feature nodes by influence on the answer, strongest first (optionally at `positions` only)."""
     g = traced.graph
@@ -228,7 +207,7 @@ def no_candidates(name: str, kind: str, answer: str, why: str) -> Experiment:
                       worked=False, reason=why)
 
 
-def run_experiment(setup: DemoSetup, tokens: torch.Tensor, name: str, interventions: list[Intervention],
+def run_experiment(setup: ReplacementModel, tokens: torch.Tensor, name: str, interventions: list[Intervention],
                    answer: str, goal: str | None = None, kind: str = "inhibit", top: int = 5,
                    layers: tuple[int, int | None] | None = None) -> Experiment:
     """Constrained patching (circuits.interventions.intervene) and the verdict from its logits."""
@@ -263,7 +242,7 @@ def format_experiment(exp: Experiment) -> list[str]:
     return lines + [f"  {exp.verdict_line()}"]
 
 
-def clean_top(setup: DemoSetup, tokens: torch.Tensor, k: int = 5) -> list[dict]:
+def clean_top(setup: ReplacementModel, tokens: torch.Tensor, k: int = 5) -> list[dict]:
     with torch.no_grad():
         logits = setup.model(tokens[None].to(setup.model.cfg.device))[0, -1]
     return top_tokens(setup.model, logits, k)

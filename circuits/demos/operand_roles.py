@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from circuits.errors import CircuitsError
+from circuits.hooks import capture_layers
 from circuits.prompts import token_id, tokenize_prompt
 
 OPERANDS = np.arange(10, 100)
@@ -108,20 +109,18 @@ def sweep_activations(model, transcoder, prompt_tokens: torch.Tensor, positions:
     """
     ids = torch.tensor([token_id(model, str(n)) for n in OPERANDS])
     pairs = torch.cartesian_prod(torch.arange(len(OPERANDS)), torch.arange(len(OPERANDS)))  # [8100, 2]
-    hooks = {f"blocks.{l}.{transcoder.cfg.input_hook}" for l, _, _ in features}
     out = np.zeros((len(features), len(OPERANDS) ** 2), dtype=np.float32)
-    device = model.cfg.device
     for start in range(0, len(pairs), batch):
         chunk = pairs[start:start + batch]
         tokens = prompt_tokens.repeat(len(chunk), 1)
         tokens[:, positions["a"]] = ids[chunk[:, 0]]
         tokens[:, positions["b"]] = ids[chunk[:, 1]]
-        _, cache = model.run_with_cache(tokens.to(device), names_filter=lambda n: n in hooks)
+        x_b_t_layer_d = capture_layers(model, tokens, transcoder.cfg.input_hook, logits=False).x_b_t_layer_d
         acts_by_site: dict[tuple[int, int], torch.Tensor] = {}
         for j, (layer, pos, feat) in enumerate(features):
             if (layer, pos) not in acts_by_site:
-                x_n_d = cache[f"blocks.{layer}.{transcoder.cfg.input_hook}"][:, pos].to(transcoder.W_enc.dtype)
-                acts_by_site[layer, pos] = transcoder.activate_layer(transcoder.encode_layer(x_n_d, layer), layer)
+                x_n_d = x_b_t_layer_d[:, pos, layer].to(transcoder.W_enc.dtype)
+                acts_by_site[layer, pos] = transcoder.layer_features(x_n_d, layer)
             out[j, start:start + len(chunk)] = acts_by_site[layer, pos][:, feat].float().cpu().numpy()
     return out.reshape(len(features), len(OPERANDS), len(OPERANDS))
 

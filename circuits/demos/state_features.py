@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from circuits.demos.common import DemoSetup, Experiment, no_candidates, run_experiment
+from circuits.demos.common import Experiment, no_candidates, run_experiment
 from circuits.interventions import Intervention, feature_activations, injections_from
 from circuits.prompts import tokenize_prompt
+from circuits.replacement_model import ReplacementModel
 
 MIN_FIRING = 0.5  # a state feature fires on at least this share of its state's prompts
 # Swap settings, chosen on the pairs of `circuits validate --seed 0` (its swap grid; the success
@@ -55,7 +56,7 @@ class StateFeature:
 class StateFeatureFinder:
     """Last-position activations of the reference prompts, computed once; queried per state."""
 
-    def __init__(self, setup: DemoSetup, queries: list[tuple[str, str, str]] | None = None):
+    def __init__(self, setup: ReplacementModel, queries: list[tuple[str, str, str]] | None = None):
         self.setup = setup
         self.queries = queries if queries is not None else two_hop_queries()
         acts = [self.last_acts(prompt) for prompt, _, _ in self.queries]
@@ -63,7 +64,7 @@ class StateFeatureFinder:
         self.states = np.array([s for _, s, _ in self.queries])
 
     @classmethod
-    def from_activations(cls, setup: DemoSetup | None, queries: list[tuple[str, str, str]],
+    def from_activations(cls, setup: ReplacementModel | None, queries: list[tuple[str, str, str]],
                          acts_n_layer_feat: np.ndarray) -> "StateFeatureFinder":
         """A finder over given last-position activations [n_prompts, L, F] (no model run)."""
         finder = cls.__new__(cls)

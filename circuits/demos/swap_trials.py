@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from circuits.demos.common import DemoSetup
 from circuits.demos.state_features import (DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, StateFeatureFinder,
                                            run_swap)
 from circuits.interventions import Intervention, injections_from, intervene
 from circuits.prompts import next_token_distribution, token_id, tokenize_prompt
+from circuits.replacement_model import ReplacementModel
 
 
 @dataclass
@@ -46,7 +46,7 @@ def swap_pairs(queries: list[tuple[str, str, str]], n_pairs: int, seed: int = 0)
     return pairs
 
 
-def swap_rows(setup: DemoSetup, n_pairs: int, seed: int = 0, k: int = DEFAULT_K, inhibit: float = DEFAULT_INHIBIT,
+def swap_rows(setup: ReplacementModel, n_pairs: int, seed: int = 0, k: int = DEFAULT_K, inhibit: float = DEFAULT_INHIBIT,
               inject_scale: float = DEFAULT_INJECT, finder: StateFeatureFinder | None = None) -> list[SwapRow]:
     """Swap trials over random pairs of two-hop queries with different states, plus a control
     (the same pairs for every setting: the pairs and the control's picks have their own seeds)."""
@@ -67,7 +67,7 @@ def swap_rows(setup: DemoSetup, n_pairs: int, seed: int = 0, k: int = DEFAULT_K,
 SWAP_GRID = [(k, inhibit, scale) for k in (5, 20, 50) for inhibit in (0.0, -1.0) for scale in (1.0, 2.0, 4.0)]
 
 
-def swap_grid(setup: DemoSetup, n_pairs: int, seed: int = 0, grid=SWAP_GRID) -> list[dict]:
+def swap_grid(setup: ReplacementModel, n_pairs: int, seed: int = 0, grid=SWAP_GRID) -> list[dict]:
     """Success and control rates of the swap for each setting of `grid`, on the same pairs."""
     finder = StateFeatureFinder(setup)
     out = []
@@ -81,7 +81,7 @@ def swap_grid(setup: DemoSetup, n_pairs: int, seed: int = 0, grid=SWAP_GRID) -> 
     return out
 
 
-def _clean_correct(setup: DemoSetup, prompt: str, answer: str) -> bool:
+def _clean_correct(setup: ReplacementModel, prompt: str, answer: str) -> bool:
     return next_token_distribution(setup.model, prompt, 1)[0]["token"].strip() == answer
 
 

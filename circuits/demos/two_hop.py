@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from circuits.demos.common import (json_safe, DemoSetup, Experiment, Traced, clean_top, format_experiment, promoted_tokens,
+from circuits.demos.common import (json_safe, Experiment, Traced, clean_top, format_experiment, promoted_tokens,
                                    reaches, trace_answer)
 from circuits.demos.state_features import (DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, StateFeature, StateFeatureFinder, one_hop_probe, run_inhibit,
                                            run_swap)
+from circuits.replacement_model import ReplacementModel
 from circuits.trace import TraceConfig
 from graphs import NodeKind
 
@@ -59,7 +60,7 @@ class TwoHopReport:
                           "experiments": [e.to_json() for e in self.experiments]})
 
 
-def state_check(setup: DemoSetup, traced: Traced, state: str, found: list[StateFeature]) -> StateCheck:
+def state_check(setup: ReplacementModel, traced: Traced, state: str, found: list[StateFeature]) -> StateCheck:
     """Which features promote `state` in their output view, and do they lie on a kept path?"""
     g, pruned = traced.graph, traced.result.pruned
     feats = np.flatnonzero(g.kind == NodeKind.FEATURE)
@@ -129,7 +130,7 @@ def ladder_note(run, ks=LADDER) -> str:
     return "top token with k state features: " + ", ".join(tops)
 
 
-def run_two_hop_demo(setup: DemoSetup, k: int = DEFAULT_K, inhibit: float = DEFAULT_INHIBIT,
+def run_two_hop_demo(setup: ReplacementModel, k: int = DEFAULT_K, inhibit: float = DEFAULT_INHIBIT,
                      inject_scale: float = DEFAULT_INJECT,
                      config: TraceConfig | None = None) -> TwoHopReport:
     finder = StateFeatureFinder(setup)

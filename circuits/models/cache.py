@@ -4,11 +4,13 @@ Layout of $CIRCUITS_HOME/models/<name>/:
   config.json        HookedTransformerConfig fields (json-serialisable subset)
   model.safetensors  state dict in TransformerLens naming
   tokenizer.json     a `tokenizers` tokenizer
-  meta.json          special tokens, corpus / eval metadata, build time (written last)
+  meta.json          special tokens, corpus / eval metadata, build time, the weights' fingerprint
+                     (written last)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -33,6 +35,24 @@ def read_meta(cache: Path) -> dict:
         return json.loads((cache / META_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+def file_fingerprint(path: Path) -> str:
+    """Short sha256 of a weights file: a model's identity in the source ids of its transcoders."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def state_fingerprint(model) -> str:
+    """Short hash of a model's parameters (for models with no weights file of ours)."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
+    return h.hexdigest()[:16]
 
 
 def _jsonable(value: Any) -> bool:
@@ -78,6 +98,8 @@ def build_into_cache(name: str, build: Callable[[Path, bool], dict], progress: b
     start = time.perf_counter()
     meta = build(tmp, progress)
     meta = {**meta, "name": name, "build_seconds": round(time.perf_counter() - start, 2)}
+    if (tmp / WEIGHTS_FILE).is_file():
+        meta["fingerprint"] = file_fingerprint(tmp / WEIGHTS_FILE)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
     old = final.parent / f".{name}.old"
     shutil.rmtree(old, ignore_errors=True)

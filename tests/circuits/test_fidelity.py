@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from circuits.errors import CircuitsError
-from circuits.fidelity import REPORT_KEYS, measure_fidelity, plot_fidelity, replacement_hooks
-from circuits.transcoder_fit import check_transcoder_fits
+from circuits.replacement import replacement_hooks
+from circuits.training.fidelity import REPORT_KEYS, measure_fidelity, plot_fidelity
+from circuits.hooks import check_transcoder_fits
 from tests.transcoders.tiny import exact_transcoder, random_transcoder, tiny_model, token_sequences
 
 
@@ -43,7 +44,7 @@ def test_all_mlps_replaced_at_once_with_cross_layer_writes(relu_model):
     save = lambda a, hook: seen.__setitem__(hook.name, a.clone())  # noqa: E731
     names = [f"blocks.{l}.{h}" for l in range(3) for h in ("ln2.hook_normalized", "hook_mlp_out")]
     _, cache = relu_model.run_with_cache(tokens)
-    with relu_model.hooks(fwd_hooks=replacement_hooks(tc)):
+    with relu_model.hooks(fwd_hooks=replacement_hooks(relu_model, tc)):
         relu_model.run_with_hooks(tokens, fwd_hooks=[(n, save) for n in names])
     x = torch.stack([seen[f"blocks.{l}.ln2.hook_normalized"] for l in range(3)], dim=2)
     y = torch.stack([seen[f"blocks.{l}.hook_mlp_out"] for l in range(3)], dim=2)

@@ -245,11 +245,11 @@ def test_cli_bad_syntax_is_one_line(args, message):
 
 
 def test_cli_json_and_inactive_multiple(pair, tokens, monkeypatch):
-    import circuits.cli.intervene as cli
+    from circuits.replacement_model import ReplacementModel
 
     model, tc = pair
     loaded = type("Loaded", (), {"model": model, "tokenizer": model.tokenizer, "name": "tiny"})()
-    monkeypatch.setattr(cli, "load_model_and_transcoder", lambda *a: (loaded, tc, None))
+    monkeypatch.setattr(ReplacementModel, "load", classmethod(lambda cls, *a: cls(loaded, tc, None)))
     acts = feature_activations(model, tc, tokens)
     f, off = active_feature(acts, 1, -1), inactive_feature(acts, 1, -1)
     prompt = "fact : the capital of the state containing dallas is"

@@ -10,7 +10,7 @@ import pytest
 
 from circuits.cli.main import main
 from circuits.errors import CircuitsError
-from circuits.transcoder_corpus import TextFileSequences, check_text_file
+from circuits.training.corpus import TextFileSequences, check_text_file
 from transcoders.formats import load_transcoder, save_transcoder
 
 FAST = ["--features", "32", "--tokens", "6000", "--batch-size", "256", "--buffer-tokens", "2048",
@@ -121,7 +121,7 @@ def test_train_then_fidelity_on_world_tiny(world_tiny, tmp_path, capsys):
 
 
 def test_resume_refuses_changed_settings(world_tiny, tmp_path, capsys):
-    from circuits.transcoder_training import train_for_model
+    from circuits.training.train import train_for_model
     from transcoders.train_config import TrainConfig
 
     out = tmp_path / "r"

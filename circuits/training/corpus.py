@@ -1,6 +1,6 @@
 """Token sequences to train and evaluate transcoders on, for a loaded model.
 
-- built-in `world` models: their own corpus generator (circuits.models.world.corpus)
+- built-in models with a corpus of their own (`world`): the generator named in their registry entry
 - a local text file: one document per line; documents with index % 10 == 9 are held out for
   fidelity, the rest train
 - a dataset name (Hugging Face `datasets`, streamed): needs the hub; offline it fails with one line
@@ -19,12 +19,12 @@ from circuits.errors import CircuitsError
 HELDOUT_EVERY = 10
 
 
-def _bos(tokenizer) -> list[int]:
+def bos_prefix(tokenizer) -> list[int]:
     bos = getattr(tokenizer, "bos_token_id", None)
     return [int(bos)] if bos is not None else []
 
 
-def _encode(tokenizer, text: str) -> list[int]:
+def encode_text(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -60,12 +60,12 @@ class TextFileSequences:
         self.path, self.tokenizer, self.seq_len, self.heldout = Path(path), tokenizer, seq_len, heldout
 
     def __iter__(self) -> Iterator[list[int]]:
-        prefix = _bos(self.tokenizer)
+        prefix = bos_prefix(self.tokenizer)
         with self.path.open(encoding="utf-8", errors="replace") as f:
             for i, line in enumerate(f):
                 if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) != self.heldout or not line.strip():
                     continue
-                yield from _windows(_encode(self.tokenizer, line.rstrip("\n")), prefix, self.seq_len)
+                yield from _windows(encode_text(self.tokenizer, line.rstrip("\n")), prefix, self.seq_len)
 
 
 class DatasetSequences:
@@ -85,73 +85,23 @@ class DatasetSequences:
                                 "pass a local text file with --corpus FILE") from None
 
     def __iter__(self) -> Iterator[list[int]]:
-        prefix = _bos(self.tokenizer)
+        prefix = bos_prefix(self.tokenizer)
         for i, row in enumerate(self._open()):
             if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) != self.heldout:
                 continue
             text = row.get("text") if isinstance(row, dict) else None
             if text:
-                yield from _windows(_encode(self.tokenizer, text), prefix, self.seq_len)
-
-
-def _world_pool(kind: str) -> str:
-    if kind.startswith("addition"):
-        return "addition"
-    return "facts" if kind.startswith(("one_hop", "two_hop")) else "aux"
-
-
-class WorldSequences:
-    """An endless seeded stream of `world` corpus lines ([BOS] + tokens), pooled into addition /
-    facts / other and mixed like the model's own training batches (batch_* in its meta.json;
-    256 / 64 / 32 if absent). Lines with index % 10 == 9 in each pool are held out, except the
-    case-study prompts, which are always trained on. The training stream weights facts by
-    `fact_boost`: memorised facts need more of the transcoder's capacity than their share of text."""
-
-    def __init__(self, loaded, seq_len: int, heldout: bool = False, seed: int = 0, fact_boost: float = 1.0):
-        from circuits.models.world.corpus import make_corpus
-
-        corpus_meta = loaded.meta.get("corpus", {})
-        corpus = make_corpus(corpus_meta.get("seed", 0))
-        always_train = set(corpus_meta.get("case_study_prompts", []))
-        tok, prefix = loaded.tokenizer, _bos(loaded.tokenizer)
-        by_pool: dict[str, list] = {}
-        for example in corpus.all_examples():
-            by_pool.setdefault(_world_pool(example.kind), []).append(example)
-        tcfg = loaded.meta.get("train_config", {})
-        weights = {"addition": tcfg.get("batch_addition", 256), "facts": tcfg.get("batch_facts", 64) * fact_boost,
-                   "aux": tcfg.get("batch_aux", tcfg.get("batch_count", 32))}
-        self.pools, self.weights = [], []
-        for name, examples in sorted(by_pool.items()):
-            held = [i % HELDOUT_EVERY == HELDOUT_EVERY - 1 and e.prompt not in always_train
-                    for i, e in enumerate(examples)]
-            chosen = [e for e, h in zip(examples, held) if h == heldout]
-            if chosen and weights.get(name, 0) > 0:
-                self.pools.append([(prefix + _encode(tok, e.text))[:seq_len] for e in chosen])
-                self.weights.append(weights[name])
-        self.seed = seed + (1 if heldout else 0)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        import random
-
-        rng = random.Random(self.seed)
-        indices = range(len(self.pools))
-        while True:
-            pool = self.pools[rng.choices(indices, self.weights)[0]]
-            yield pool[rng.randrange(len(pool))]
-
-
-WORLD_FACT_BOOST = 2.0  # the transcoder's training stream; held-out text keeps the model's own mix
-
-
-def _world_sequences(loaded, seq_len: int, heldout: bool) -> Iterable[list[int]]:
-    return WorldSequences(loaded, seq_len, heldout, fact_boost=1.0 if heldout else WORLD_FACT_BOOST)
+                yield from _windows(encode_text(self.tokenizer, text), prefix, self.seq_len)
 
 
 def corpus_sequences(loaded, corpus: str | None, seq_len: int, heldout: bool = False) -> tuple[Iterable[list[int]], str]:
     """(sequences, corpus_id) for `loaded` (a LoadedModel). corpus: file path, dataset name or None."""
     if corpus is None:
-        if loaded.name.startswith("world"):
-            return _world_sequences(loaded, seq_len, heldout), f"{loaded.name}-generator"
+        from circuits.models.registry import BUILTIN_MODELS
+
+        builtin = BUILTIN_MODELS.get(loaded.name)
+        if builtin is not None and builtin.corpus is not None:
+            return builtin.corpus(loaded, seq_len, heldout), f"{loaded.name}-generator"
         raise CircuitsError(f"model '{loaded.name}' has no built-in corpus: pass --corpus FILE "
                             "(one document per line) or a dataset name")
     path = Path(corpus).expanduser()

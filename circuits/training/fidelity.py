@@ -18,58 +18,14 @@ from typing import Iterable, Sequence
 
 import torch
 
+from circuits.errors import CircuitsError
+from circuits.hooks import capture_layers, load_fitting_transcoder
+from circuits.replacement import replacement_hooks
 from transcoders.activation_source import pad_right
 from transcoders.metrics import ReconstructionStats
 
 REPORT_KEYS = ("fvu_per_layer", "fvu_mean", "l0_per_layer", "l0_total", "dead_fraction",
                "top1_agreement", "kl_mean", "ce_original", "ce_replacement")
-
-
-def layer_activations(tc, x_pos_d: torch.Tensor, layer: int) -> torch.Tensor:
-    """a [..., F] of layer `layer`'s features from that layer's input x [..., d]."""
-    pre = x_pos_d @ tc.W_enc[layer].T + tc.b_enc[layer]
-    if tc.cfg.activation == "jumprelu":
-        return pre * (pre > tc.threshold[layer])
-    if tc.cfg.activation == "relu":
-        return pre.relu()
-    from transcoders.activations import topk_relu
-
-    return topk_relu(pre, tc.cfg.topk)
-
-
-def layer_reconstruction(tc, acts_by_layer: Sequence[torch.Tensor], layer: int, x_pos_d: torch.Tensor) -> torch.Tensor:
-    """y_hat_l = sum_{l' <= l} a_l' W_dec_{l'->l} + b_dec_l (+ x_l W_skip_l)."""
-    y = tc.b_dec[layer].expand(*x_pos_d.shape[:-1], -1)
-    for src in range(layer + 1):
-        if tc.cfg.kind == "plt" and src != layer:
-            continue
-        y = y + acts_by_layer[src] @ tc.decoder_to_layer(src, layer)
-    if tc.W_skip is not None:
-        y = y + x_pos_d @ tc.W_skip[layer]
-    return y
-
-
-def replacement_hooks(tc) -> list:
-    """TransformerLens forward hooks that replace every MLP output by the transcoder's (BOS kept)."""
-    L, cfg = tc.n_layers, tc.cfg
-    acts: list = [None] * L
-    inputs: list = [None] * L
-
-    def read(layer):
-        def hook(x, hook):  # noqa: ARG001
-            inputs[layer] = x
-            acts[layer] = layer_activations(tc, x, layer)
-        return hook
-
-    def write(layer):
-        def hook(y, hook):  # noqa: ARG001
-            y_hat = layer_reconstruction(tc, acts, layer, inputs[layer]).to(y.dtype)
-            y_hat[:, 0] = y[:, 0]
-            return y_hat
-        return hook
-
-    return ([(f"blocks.{l}.{cfg.input_hook}", read(l)) for l in range(L)]
-            + [(f"blocks.{l}.{cfg.output_hook}", write(l)) for l in range(L)])
 
 
 def _batches(sequences: Iterable[Sequence[int]], batch_size: int, max_tokens: int, seq_len: int):
@@ -103,26 +59,17 @@ def measure_fidelity(model, tc, sequences: Iterable[Sequence[int]], max_tokens: 
             bar.update(min(sum(len(s) for s in seqs), bar.total - bar.n))
         tokens, mask = pad_right(seqs)
         tokens, mask = tokens.to(dev), mask.to(dev)
-        store: dict[str, torch.Tensor] = {}
-
-        def save(act, hook):
-            store[hook.name] = act
-
-        names = [f"blocks.{l}.{h}" for h in (cfg.input_hook, cfg.output_hook) for l in range(L)]
-        logits_o = model.run_with_hooks(tokens, fwd_hooks=[(n, save) for n in names])
-        x = torch.stack([store[f"blocks.{l}.{cfg.input_hook}"] for l in range(L)], dim=2)
-        y = torch.stack([store[f"blocks.{l}.{cfg.output_hook}"] for l in range(L)], dim=2)
+        cap = capture_layers(model, tokens, cfg.input_hook, cfg.output_hook)
+        logits_o, x, y = cap.logits, cap.x_b_t_layer_d, cap.y_b_t_layer_d
         keep = mask.clone()
         keep[:, 0] = False
         y_hat, acts, _ = tc(x[keep].float())
         stats.update(y[keep].float(), y_hat, acts)
-        logits_r = model.run_with_hooks(tokens, fwd_hooks=replacement_hooks(tc))
+        logits_r = model.run_with_hooks(tokens, fwd_hooks=replacement_hooks(model, tc))
         _score_predictions(logits_o, logits_r, tokens, mask, sums)
     if bar is not None:
         bar.close()
     if sums["n"] == 0:
-        from circuits.errors import CircuitsError
-
         raise CircuitsError("no held-out sequences of 3 or more tokens to measure fidelity on")
     n = sums["n"]
     report = stats.summary()
@@ -154,8 +101,7 @@ def _score_predictions(logits_o, logits_r, tokens, mask, sums: dict) -> None:
 def fidelity_report(loaded, transcoders: str | Path, corpus: str | None = None, max_tokens: int = 32768,
                     seq_len: int = 128, progress: bool = False) -> dict:
     """`circuits fidelity`: load the transcoder directory, check it fits, measure on held-out text."""
-    from circuits.transcoder_corpus import corpus_sequences
-    from circuits.transcoder_fit import load_fitting_transcoder
+    from circuits.training.corpus import corpus_sequences
 
     tc = load_fitting_transcoder(loaded.model, transcoders, device=str(loaded.model.cfg.device))
     seqs, corpus_id = corpus_sequences(loaded, corpus, seq_len, heldout=True)

@@ -1,0 +1,101 @@
+"""Where a transcoder meets a model: TransformerLens hook names, the fit check, and the one capture
+of every layer's transcoder input (x) and MLP output (y).
+
+    block_hook(3, "hook_mlp_out")                      # 'blocks.3.hook_mlp_out'
+    check_transcoder_fits(model, transcoder)           # one-line CircuitsError if it does not
+    cap = capture_layers(model, tokens_b_t, "ln2.hook_normalized", "hook_mlp_out")
+    cap.x_b_t_layer_d, cap.y_b_t_layer_d, cap.logits   # [B, T, L, d], [B, T, L, d], [B, T, vocab]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from circuits.errors import CircuitsError
+
+
+def block_hook(layer: int, name: str) -> str:
+    """The TransformerLens name of hook `name` in block `layer`: 'blocks.{layer}.{name}'."""
+    return f"blocks.{layer}.{name}"
+
+
+def transcoder_hooks(transcoder, layer: int) -> tuple[str, str]:
+    """(input hook, output hook) names of `layer` for a transcoder (or anything with its cfg)."""
+    cfg = transcoder.cfg
+    return block_hook(layer, cfg.input_hook), block_hook(layer, cfg.output_hook)
+
+
+def check_hooks_exist(model, input_hook: str, output_hook: str, source: str = "the transcoder") -> None:
+    """Raise CircuitsError unless the model has both per-block hooks (checked on block 0)."""
+    for role, hook in (("input", input_hook), ("output", output_hook)):
+        name = block_hook(0, hook)
+        if name not in model.hook_dict:
+            raise CircuitsError(f"{source} {role} hook '{hook}' does not exist in the model (no {name})")
+
+
+def check_transcoder_fits(model, transcoder, source: str = "the transcoder") -> None:
+    """Raise CircuitsError unless `transcoder` (a transcoders.Transcoder) fits `model` (a
+    HookedTransformer): same number of layers, same residual width, hooks that exist."""
+    from circuits.published_hooks import check_hooks
+
+    mcfg, tcfg = model.cfg, transcoder.cfg
+    other = "they were made for another model: pass the --model they belong to"
+    if tcfg.n_layers != mcfg.n_layers:
+        raise CircuitsError(f"{source} has {tcfg.n_layers} layers but the model has {mcfg.n_layers}: {other}")
+    if tcfg.d_model != mcfg.d_model:
+        raise CircuitsError(f"{source} has width d_model={tcfg.d_model} but the model has {mcfg.d_model}: {other}")
+    check_hooks(model, transcoder, source)
+
+
+def load_fitting_transcoder(model, path: str | Path, device: str = "cpu"):
+    """Load a transcoder directory (memory-mapped), map published hook names onto the model's
+    (circuits.published_hooks), check it fits `model`, and freeze it (eval, no gradients)."""
+    from circuits.published_hooks import adapt_hooks
+    from transcoders.formats import load_transcoder
+
+    if not Path(path).is_dir():
+        raise CircuitsError(f"transcoder directory {path} does not exist")
+    tc = load_transcoder(path, device=device, lazy=True)
+    source = getattr(tc, "source", "") or f"transcoder directory {path}"
+    if (tc.cfg.n_layers, tc.cfg.d_model) == (model.cfg.n_layers, model.cfg.d_model):
+        adapt_hooks(model, tc, source)
+    check_transcoder_fits(model, tc, source=source)
+    return freeze(tc)
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` in eval mode with no parameter requiring gradients (tracing never trains it)."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+@dataclass
+class LayerCapture:
+    """What one forward pass recorded: per-layer transcoder inputs / MLP outputs and extra hooks."""
+
+    x_b_t_layer_d: torch.Tensor               # [B, T, L, d] input hook of every layer
+    y_b_t_layer_d: torch.Tensor | None        # [B, T, L, d] output hook of every layer (if asked)
+    logits: torch.Tensor | None               # [B, T, vocab] (if asked)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # the `extra` hooks by name
+
+
+@torch.no_grad()
+def capture_layers(model, tokens_b_t: torch.Tensor, input_hook: str, output_hook: str | None = None,
+                   extra: Iterable[str] = (), logits: bool = True) -> LayerCapture:
+    """Run `model` once on tokens [B, T] and keep every layer's `input_hook` (and `output_hook`)
+    activations, plus the hooks named in `extra` (full names, e.g. 'blocks.0.attn.hook_pattern')."""
+    L = model.cfg.n_layers
+    inputs = [block_hook(l, input_hook) for l in range(L)]
+    outputs = [block_hook(l, output_hook) for l in range(L)] if output_hook is not None else []
+    wanted = set(inputs) | set(outputs) | set(extra)
+    out, cache = model.run_with_cache(tokens_b_t.to(model.cfg.device), names_filter=lambda n: n in wanted,
+                                      return_type="logits" if logits else None)
+    x = torch.stack([cache[n] for n in inputs], dim=2)
+    y = torch.stack([cache[n] for n in outputs], dim=2) if outputs else None
+    return LayerCapture(x, y, out if logits else None, {n: cache[n] for n in extra if n in cache})
