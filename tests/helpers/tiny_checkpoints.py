@@ -79,7 +79,11 @@ def _llama_like(config_cls, model_cls, directory: Path, n_layers: int, seed: int
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                   rms_norm_eps=1e-5, hidden_act="silu", initializer_range=0.1,
                   tie_word_embeddings=False, **ids)
-    config = config_cls(**{**fields, **extra})
+    return _random_model(model_cls, config_cls(**{**fields, **extra}), seed, tokenizer, directory)
+
+
+def _random_model(model_cls, config, seed: int, tokenizer, directory: Path) -> Path:
+    """A seeded random model of `config` with perturbed norms and biases, saved with `tokenizer`."""
     torch.manual_seed(seed)
     model = model_cls(config).float().eval()
     _perturb_(model, seed)
@@ -139,10 +143,7 @@ def make_tiny_gpt2(directory: Path, n_layers: int = 2, seed: int = 0) -> Path:
     config = GPT2Config(vocab_size=bpe.get_vocab_size(), n_positions=128, n_embd=64, n_layer=n_layers,
                         n_head=4, activation_function="gelu_new", initializer_range=0.1,
                         bos_token_id=eot, eos_token_id=eot)
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(config).float().eval()
-    _perturb_(model, seed)
-    return _save(model, tokenizer, directory)
+    return _random_model(GPT2LMHeadModel, config, seed, tokenizer, directory)
 
 
 def _gemma_like(config_cls, model_cls, directory: Path, n_layers: int, seed: int, **extra) -> Path:
@@ -155,10 +156,7 @@ def _gemma_like(config_cls, model_cls, directory: Path, n_layers: int, seed: int
         + ["sliding_attention"] * (n_layers % 2), tie_word_embeddings=True, pad_token_id=0,
         **ids, **extra)
     config._attn_implementation = "eager"  # soft-capping needs eager attention in transformers
-    torch.manual_seed(seed)
-    model = model_cls(config).float().eval()
-    _perturb_(model, seed)
-    return _save(model, tokenizer, directory)
+    return _random_model(model_cls, config, seed, tokenizer, directory)
 
 
 def make_tiny_gemma2(directory: Path, n_layers: int = 2, seed: int = 0) -> Path:
