@@ -106,7 +106,7 @@ def serve_cmd(
 ) -> None:
     """Explore graphs with the model loaded: trace new prompts, intervene on features, steer generation."""
     from circuits.errors import CircuitsError
-    from circuits.trace import load_model_and_transcoders
+    from circuits.replacement_model import ReplacementModel
     from circuits.viewer.app import ViewerState
     from circuits.viewer.graphs_held import open_graph_file
     from circuits.viewer.live import LiveModel
@@ -123,7 +123,8 @@ def serve_cmd(
         from circuits.viewer.server import bind
 
         bind(host, port).close()
-    loaded, tc, folder, identity = load_model_and_transcoders(model, transcoders, pick_device(device), True)
+    rm = ReplacementModel.load(model, transcoders, pick_device(device), progress=True)
+    loaded, tc, folder, identity = rm.loaded, rm.transcoder, rm.transcoder_dir, rm.identity
     state.live = LiveModel(loaded, tc, folder, identity)
     state.features = _feature_source(folder, [], loaded=loaded, transcoder=tc)
     state.features.model_lock = state.live.lock

@@ -164,7 +164,7 @@ def _bin(acts: np.ndarray, act_max: float) -> np.ndarray:
 @torch.no_grad()
 def _corpus_histograms(loaded, transcoder, index) -> tuple[np.ndarray | None, str]:
     from circuits.feature_index import _padded, batch_activations
-    from circuits.transcoder_corpus import corpus_sequences, take_sequences
+    from circuits.training.corpus import corpus_sequences, take_sequences
 
     try:
         seqs, source = corpus_sequences(loaded, None, seq_len=loaded.model.cfg.n_ctx)

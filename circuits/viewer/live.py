@@ -32,16 +32,16 @@ class LiveModel:
         """TraceResult of `prompt` (options: TraceConfig fields, e.g. max_feature_nodes)."""
         from pydantic import ValidationError
 
-        from circuits.trace import TraceConfig, trace_tokens
+        from circuits.replacement_model import ReplacementModel
+        from circuits.trace import TraceConfig, trace_prompt
 
         try:
             config = TraceConfig(**options)
         except ValidationError as err:
             first = err.errors()[0]
             raise CircuitsError(f"bad trace setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-        with self.lock, torch.no_grad():
-            return trace_tokens(self.loaded.model, self.transcoder, prompt, config,
-                                model_identity=self.identity, transcoder_dir=self.transcoder_dir)
+        with self.lock:
+            return trace_prompt(ReplacementModel(self.loaded, self.transcoder, self.transcoder_dir), prompt, config)
 
     def intervene(self, prompt: str, changes: list[dict], generate: int = 0, top: int = 10) -> dict:
         """Top next tokens before and after setting features; greedy text before and after."""

@@ -58,9 +58,10 @@ class RunningServer:
 @pytest.fixture(scope="session")
 def tiny_bundle(world_tiny):
     """(LoadedModel, transcoder, transcoder_dir, identity) for world-tiny and its default CLT."""
-    from circuits.trace import load_model_and_transcoders
+    from circuits.replacement_model import ReplacementModel
 
-    return load_model_and_transcoders("world-tiny", None, "cpu", progress=False)
+    rm = ReplacementModel.load("world-tiny", None, "cpu", progress=False)
+    return rm.loaded, rm.transcoder, rm.transcoder_dir, rm.identity
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +70,7 @@ def tiny_index(tiny_bundle):
     import torch
 
     from circuits.feature_index import build_feature_index
-    from circuits.transcoder_corpus import corpus_sequences, take_sequences
+    from circuits.training.corpus import corpus_sequences, take_sequences
 
     loaded, tc, _, _ = tiny_bundle
     seqs, _ = corpus_sequences(loaded, None, seq_len=loaded.model.cfg.n_ctx)
@@ -79,10 +80,10 @@ def tiny_index(tiny_bundle):
 
 @pytest.fixture(scope="session")
 def tiny_trace(tiny_bundle):
-    from circuits.trace import trace_tokens
+    from circuits.replacement_model import ReplacementModel
 
-    loaded, tc, folder, identity = tiny_bundle
-    return trace_tokens(loaded.model, tc, "calc: 36+59=", model_identity=identity, transcoder_dir=folder)
+    loaded, tc, folder, _ = tiny_bundle
+    return ReplacementModel(loaded, tc, folder).trace("calc: 36+59=")
 
 
 @pytest.fixture(scope="session")
