@@ -9,16 +9,26 @@ from circuits.errors import CircuitsError
 
 
 def circuits_home() -> Path:
-    return Path(os.environ.get("CIRCUITS_HOME", Path.home() / ".cache" / "circuits")).expanduser()
+    """$CIRCUITS_HOME, or ~/.cache/circuits when it is unset. Set but empty is refused: it would
+    silently mean the current folder."""
+    value = os.environ.get("CIRCUITS_HOME")
+    if value is None:
+        return Path.home() / ".cache" / "circuits"
+    if not value.strip():
+        raise CircuitsError("CIRCUITS_HOME is set but empty: unset it to use ~/.cache/circuits, "
+                            "or set it to a folder")
+    return Path(value).expanduser()
 
 
 def writable_dir(path: Path) -> Path:
     """Create `path` if needed and check it can be written; raise a one-line error if not."""
+    from safeio import OutputError, check_output_dir
+
     try:
+        check_output_dir(path, "folder")
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-probe"
-        probe.write_text("")
-        probe.unlink()
+    except OutputError as exc:
+        raise CircuitsError(f"{exc} (cache under $CIRCUITS_HOME)") from None
     except OSError as exc:
         raise CircuitsError(f"cannot write to {path}: {exc.strerror or exc}") from None
     return path

@@ -66,7 +66,8 @@ def load_graph(path: str | os.PathLike) -> Graph:
     """Read a graph written by save_graph. Any problem -> GraphError with one line."""
     path = Path(path)
     if not path.is_file():
-        raise GraphError(f"no graph file at {path}")
+        raise GraphError(f"no graph file at {path}" + (" (it is a directory)" if path.is_dir() else ""))
+    _check_is_npz(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in (*_ARRAYS, "metadata") if k not in npz.files]
@@ -103,6 +104,25 @@ def load_graph(path: str | os.PathLike) -> Graph:
         raise GraphError(f"{path} has bad graph metadata ({_one_line(err)})") from None
 
 
+WANTED = "a full graph is the .npz written by `circuits trace --full`"
+
+
+def _check_is_npz(path: Path) -> None:
+    """Refuse, in words, a file that is not an .npz archive (viewer JSON, GraphML, anything)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+    except OSError as err:
+        raise GraphError(f"cannot read {path}: {err.strerror or err}") from None
+    if head.startswith(b"PK\x03\x04"):
+        return
+    text = head.lstrip()
+    kind = ("viewer JSON" if text.startswith(b"{") else "GraphML/XML" if text.startswith(b"<")
+            else "an empty file" if not head else "not a readable graph file")
+    raise GraphError(f"{path} is {kind}" + ("" if kind.startswith("not") else ", not a full graph")
+                     + f": {WANTED}")
+
+
 def _read_adjacency(npz, metadata: dict, n_nodes: int) -> np.ndarray:
     """float32 [n_nodes, n_nodes] from either layout."""
     layout = metadata.get("adjacency_layout")
@@ -118,4 +138,6 @@ def _read_adjacency(npz, metadata: dict, n_nodes: int) -> np.ndarray:
 
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
+    if "pickle" in text:  # numpy's advice to allow pickles must never reach a user: it runs code
+        return "it holds Python objects, which this tool never loads"
     return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__

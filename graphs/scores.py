@@ -29,7 +29,8 @@ from graphs.prune import PrunedGraph, influence_from, max_path_length, node_infl
 
 def compute_scores(graph: Graph, pruned: PrunedGraph | None = None) -> dict[str, float | None]:
     """{replacement, completeness, replacement_pruned, completeness_pruned} (pruned: None if no
-    PrunedGraph is given)."""
+    PrunedGraph is given). A graph with no edges has no scores (None): nothing reaches the logits,
+    so there is nothing to be complete about (an empty graph must not score 1.0)."""
     abs_row_sum, err_row_sum = _abs_row_sums(graph)  # float64 [n_nodes] each
     share_err = _ratio(err_row_sum, abs_row_sum)  # [n_nodes]
     w_node = graph.logit_weight_vector()
@@ -41,6 +42,8 @@ def compute_scores(graph: Graph, pruned: PrunedGraph | None = None) -> dict[str,
         "replacement_pruned": None,
         "completeness_pruned": None,
     }
+    if not abs_row_sum.any():
+        return {key: None for key in scores}
     if pruned is not None:
         scores.update(_pruned_scores(graph, pruned, abs_row_sum, w_node))
     return scores
@@ -79,9 +82,11 @@ def _abs_row_sums(graph: Graph, block: int = 1024) -> tuple[np.ndarray, np.ndarr
     return total, errors
 
 
-def _replacement(graph: Graph, influence: np.ndarray, remainder: float) -> float:
+def _replacement(graph: Graph, influence: np.ndarray, remainder: float) -> float | None:
     tokens = float(influence[graph.embedding_slice].sum())
     unexplained = float(influence[graph.error_slice].sum()) + remainder
+    if tokens + unexplained <= 0:
+        return None  # nothing reaches the logits at all: no score
     if unexplained <= 0:
         return 1.0  # nothing reaches the logits through errors
     return tokens / (tokens + unexplained)

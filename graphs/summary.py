@@ -44,7 +44,16 @@ def summarize(graph: Graph, pruned: PrunedGraph, top_per_position: int = 3) -> d
         "logits": logits,
         "positions": positions,
         "timing_seconds": graph.timing_seconds,
+        "warnings": graph_warnings(graph),
     }
+
+
+def graph_warnings(graph: Graph) -> list[str]:
+    """What makes a graph's numbers meaningless, said in words (empty list when nothing does)."""
+    if graph.n_edges() == 0:
+        return ["the graph is empty: it has no edges, nothing connects the prompt to the logits, "
+                "so it has no scores"]
+    return []
 
 
 def _feature_entry(graph: Graph, pruned: PrunedGraph, i: int) -> dict[str, Any]:
@@ -66,8 +75,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"nodes {c['nodes_before']} -> {c['nodes_after']}, "
                  f"edges {c['edges_before']} -> {c['edges_after']} "
                  f"(features {c['features_before']} -> {c['features_after']})")
-    lines.append(f"replacement {s['replacement']:.3f} (pruned {_fmt(s['replacement_pruned'])}), "
-                 f"completeness {s['completeness']:.3f} (pruned {_fmt(s['completeness_pruned'])})")
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
+    lines.append(f"replacement {_fmt(s['replacement'])} (pruned {_fmt(s['replacement_pruned'])}), "
+                 f"completeness {_fmt(s['completeness'])} (pruned {_fmt(s['completeness_pruned'])})")
     lines.append("most influential features per position:")
     for entry in summary["positions"]:
         feats = ", ".join(f"{f['node_id']} {f['label']!r}" if f["label"] else f["node_id"]

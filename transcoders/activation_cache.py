@@ -74,6 +74,50 @@ def cache_matches(cache_dir: Path, source_id: str, input_hook: str, output_hook:
         and meta.get("output_hook") == output_hook and meta.get("n_tokens", 0) >= n_tokens
 
 
+def check_room(n_rows: int, n_layers: int, d_model: int, bytes_per_value: int, cache_dir: Path | None) -> None:
+    """Before collecting: refuse, in one line, activations that cannot fit (in memory when
+    cache_dir is None, else on the cache's disk), instead of running for hours and failing."""
+    import shutil
+
+    need = 2 * n_rows * n_layers * d_model * bytes_per_value  # x and y
+    if cache_dir is None:
+        have, where, hint = _available_memory(), "memory", "lower --activation-tokens or use --cache-dir"
+    else:
+        ancestor = Path(cache_dir).absolute()
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        have, where, hint = shutil.disk_usage(ancestor).free, f"free disk at {ancestor}", "lower --activation-tokens or --tokens"
+    if have is not None and need > have:
+        raise TranscoderError(f"{n_rows} activation rows need {need / 2**30:.1f} GiB but only "
+                              f"{have / 2**30:.1f} GiB of {where} is available; {hint}")
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def collect_progress(enabled: bool, total: int):
+    """A progress callback (rows done, rows wanted) drawing a bar on stderr, or None."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="tok", unit_scale=True, desc="collect activations", dynamic_ncols=True)
+
+    def update(done: int, wanted: int) -> None:
+        bar.update(done - bar.n)
+        if done >= wanted:
+            bar.close()
+
+    return update
+
+
 def build_activation_cache(source, n_tokens: int, cache_dir: Path, source_id: str,
                            dtype: str = "float32", progress=None) -> Path:
     """Write `n_tokens` rows from `source` (a ModelActivationSource) into `cache_dir`."""
@@ -129,14 +173,18 @@ class CachedActivationSource:
         self.model_seconds = 0.0
 
     @classmethod
-    def in_memory(cls, source, n_tokens: int, group_tokens: int, dtype=np.float16) -> "CachedActivationSource":
-        """Run `source` (a ModelActivationSource) for `n_tokens` rows once and keep them in memory."""
+    def in_memory(cls, source, n_tokens: int, group_tokens: int, dtype=np.float16,
+                  progress=None) -> "CachedActivationSource":
+        """Run `source` (a ModelActivationSource) for `n_tokens` rows once and keep them in memory;
+        progress(rows done, n_tokens) is called after each group."""
         xs, ys, start, n = [], [], source.start_position(), 0
         while n < n_tokens:
             x, y, start = source.read_group(start)
             xs.append(x.numpy().astype(dtype))
             ys.append(y.numpy().astype(dtype))
             n += x.shape[0]
+            if progress is not None:
+                progress(min(n, n_tokens), n_tokens)
         arrays = (np.concatenate(xs)[:n_tokens], np.concatenate(ys)[:n_tokens])
         out = cls(None, group_tokens, arrays, (source.input_hook, source.output_hook))
         out.model_seconds = source.model_seconds

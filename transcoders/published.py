@@ -156,11 +156,18 @@ def _read_saelens_dir(d: Path) -> Published:
 
 def read_published(spec: str | Path) -> Published:
     """Resolve `spec` (see the module doc) and read its layout."""
+    from transcoders.weights_check import check_dtypes
+
     where, ref = _locate(spec)
     if where.is_file():
-        return _read_config_yaml(where, ref)
-    if (where / CONFIG_YAML).is_file():
-        return _read_config_yaml(where / CONFIG_YAML, ref)
-    if (where / "cfg.json").is_file() or any((p / "cfg.json").is_file() for p in where.iterdir() if p.is_dir()):
-        return _read_saelens_dir(where)
+        pub = _read_config_yaml(where, ref)
+    elif (where / CONFIG_YAML).is_file():
+        pub = _read_config_yaml(where / CONFIG_YAML, ref)
+    elif (where / "cfg.json").is_file() or any((p / "cfg.json").is_file() for p in where.iterdir() if p.is_dir()):
+        pub = _read_saelens_dir(where)
+    else:
+        pub = None
+    if pub is not None:
+        check_dtypes(pub.layers)  # integer weights would be cast silently: refuse them here
+        return pub
     raise TranscoderError(f"{where} has no {CONFIG_YAML}: not a transcoder directory, or its write was interrupted")

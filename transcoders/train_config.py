@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transcoders.config import TranscoderConfig
 
 
+MAX_TOKENS = 10**12  # a trillion tokens: beyond any transcoder run; larger values are typing mistakes
+
+
 class TrainConfig(BaseModel):
     """How to train a transcoder (architecture + optimisation + data)."""
 
@@ -31,12 +34,12 @@ class TrainConfig(BaseModel):
     output_hook: str = Field("hook_mlp_out", description="hook the transcoder reconstructs, per block")
 
     # --- data ---------------------------------------------------------------------------------
-    tokens: int = Field(3_000_000, gt=0, description="training tokens (positions, summed over steps)")
+    tokens: int = Field(3_000_000, gt=0, le=MAX_TOKENS, description="training tokens (positions, summed over steps)")
     batch_size: int = Field(1024, gt=0, description="tokens per optimiser step (global, over all ranks)")
     seq_len: int = Field(128, gt=1, description="longest sequence fed to the model (longer ones are cut)")
     model_batch: int = Field(64, gt=0, description="sequences per model forward pass")
     buffer_tokens: int = Field(65536, gt=0, description="token-level shuffle buffer size")
-    activation_tokens: int | None = Field(None, gt=0, description="distinct tokens to run the model on "
+    activation_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS, description="distinct tokens to run the model on "
                                           "(default: --tokens); training cycles over them (kept in memory, "
                                           "or in --cache-dir)")
 

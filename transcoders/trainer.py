@@ -70,7 +70,7 @@ def _train(model, sequences, cfg: TrainConfig, out: Path, *, model_name, source_
     mode = prepare_outputs(out, cfg, resume=resume, overwrite=overwrite, log_path=log_path)
     info = init_distributed(device)
     device = rank_device(device, info)
-    source = _make_source(model, sequences, cfg, source_id or model_name, info)
+    source = _make_source(model, sequences, cfg, source_id or model_name, info, progress)
     buffer = ShuffleBuffer(source, cfg.batch_size, cfg.seed, info.rank, info.world_size)
     state = TrainState(cfg, model.cfg.n_layers, model.cfg.d_model, device, info,
                        model_name=model_name, source_id=source_id or model_name)
@@ -116,8 +116,9 @@ def _first_group(buffer: ShuffleBuffer, out: Path):
         raise TranscoderError(f"{exc} at step 0; nothing was written to {out}") from None
 
 
-def _make_source(model, sequences, cfg: TrainConfig, source_id: str, info: DistInfo):
-    from transcoders.activation_cache import CachedActivationSource, build_activation_cache, cache_matches
+def _make_source(model, sequences, cfg: TrainConfig, source_id: str, info: DistInfo, progress: bool = False):
+    from transcoders.activation_cache import (CachedActivationSource, build_activation_cache, cache_matches,
+                                              check_room, collect_progress)
 
     live = ModelActivationSource(model, sequences, cfg.input_hook, cfg.output_hook,
                                  cfg.seq_len, cfg.model_batch, cfg.buffer_tokens)
@@ -125,13 +126,16 @@ def _make_source(model, sequences, cfg: TrainConfig, source_id: str, info: DistI
     if not cfg.cache_dir:
         if n_rows >= cfg.tokens:
             return live
+        check_room(n_rows, model.cfg.n_layers, model.cfg.d_model, 2, None)
         try:
-            return CachedActivationSource.in_memory(live, n_rows, cfg.buffer_tokens)
+            return CachedActivationSource.in_memory(live, n_rows, cfg.buffer_tokens,
+                                                    progress=collect_progress(progress and info.is_main, n_rows))
         except NonFiniteActivations as exc:
             raise TranscoderError(f"{exc} while collecting activations (before step 0)") from None
     cache = Path(cfg.cache_dir)
     if info.is_main and not cache_matches(cache, source_id, cfg.input_hook, cfg.output_hook, n_rows):
-        build_activation_cache(live, n_rows, cache, source_id)
+        check_room(n_rows, model.cfg.n_layers, model.cfg.d_model, 4, cache)
+        build_activation_cache(live, n_rows, cache, source_id, progress=collect_progress(progress, n_rows))
     barrier(info)
     return CachedActivationSource(cache, cfg.buffer_tokens)
 

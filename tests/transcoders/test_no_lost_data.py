@@ -140,3 +140,12 @@ def test_bad_log_path_is_refused_before_any_work(model, seqs, tmp_path, bad, mes
     with pytest.raises(TranscoderError, match=message):
         _train(model, seqs, tmp_path / "tc", log_path=tmp_path / bad)
     assert not (tmp_path / "tc").exists()
+
+
+def test_absurd_token_counts_are_refused_before_any_work(model, seqs, tmp_path):
+    with pytest.raises(ValueError, match="less than or equal"):
+        TrainConfig(tokens=10**15)
+    # in-memory activations that cannot fit: refused in one line, before the model runs
+    with pytest.raises(TranscoderError, match="GiB of memory"):
+        _train(model, seqs, tmp_path / "tc", tokens=10**12, activation_tokens=10**12 - 1)
+    assert not (tmp_path / "tc").exists()
