@@ -105,14 +105,16 @@ def viewer_doc_to_graph(doc: Any) -> tuple[Graph, dict[str, Any]]:
 
 
 def _parse_node(n: dict) -> dict[str, Any]:
-    kind_name = str(n["feature_type"])
-    if kind_name not in _KINDS:
-        raise ValueError(f"unknown feature_type {kind_name!r} of node {n.get('node_id')!r}")
-    kind = _KINDS[kind_name]
-    node_id, pos = str(n["node_id"]), int(n["ctx_idx"])
+    kind_name, node_id, pos = str(n["feature_type"]), str(n["node_id"]), int(n["ctx_idx"])
+    parts = node_id.split("_")
+    if kind_name in _KINDS:
+        kind = _KINDS[kind_name]
+    elif len(parts) == 3 and all(p.lstrip("-").isdigit() for p in parts):
+        kind = NodeKind.FEATURE  # another feature family ("{layer}_{index}_{pos}"), e.g. attention features
+    else:
+        raise ValueError(f"unknown feature_type {kind_name!r} of node {node_id!r}")
     out: dict[str, Any] = dict(id=node_id, kind=kind, pos=pos, feature=-1, token=-1, activation=0.0,
                                prob=0.0, label=str(n.get("clerp") or ""))
-    parts = node_id.split("_")
     if kind is NodeKind.FEATURE:
         out.update(layer=int(n["layer"]), feature=int(parts[1]), activation=float(n.get("activation") or 0.0))
     elif kind is NodeKind.ERROR:

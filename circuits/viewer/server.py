@@ -64,7 +64,10 @@ def run(app, sock: socket.socket, url: str, open_browser: bool = False,
     server = uvicorn.Server(config)
     echo(f"viewer at {url}  (Ctrl-C to stop)")
     if open_browser:
-        threading.Timer(0.5, lambda: webbrowser.open(url)).start()
+        def open_page() -> None:
+            if not webbrowser.open(url):
+                echo(f"no browser found here: open {url} yourself")
+        threading.Timer(0.5, open_page).start()
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the Ctrl-C
@@ -72,3 +75,27 @@ def run(app, sock: socket.socket, url: str, open_browser: bool = False,
     finally:
         sock.close()
     echo("viewer stopped")
+
+
+class ServerThread:
+    """The app served by uvicorn in a background thread on a free loopback port (tests, benchmarks)."""
+
+    def __init__(self, app, host: str = "127.0.0.1"):
+        import time
+
+        import uvicorn
+
+        sock = bind(host, 0)
+        self.url = url_of(sock, host)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 10
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.02)
+        if not self.server.started:
+            raise RuntimeError("the viewer server did not start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

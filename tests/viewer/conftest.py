@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from circuits.errors import CircuitsError
 from circuits.viewer.app import ViewerState, create_app
+from circuits.viewer.headless import headless_chromium
+from circuits.viewer.server import ServerThread
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
-CHROMEDRIVER = ("/usr/bin/chromedriver",)
 
 
 def schema(name: str) -> dict:
@@ -31,28 +29,12 @@ def schema(name: str) -> dict:
     pytest.fail(f"shared/formats/{name} not found beside the repository")
 
 
-class RunningServer:
-    """The viewer app served by uvicorn in a thread, on a free loopback port."""
+class RunningServer(ServerThread):
+    """The viewer serving `state` in a thread."""
 
     def __init__(self, state: ViewerState):
-        import uvicorn
-
-        from circuits.viewer.server import bind, url_of
-
         self.state = state
-        sock = bind("127.0.0.1", 0)
-        self.url = url_of(sock, "127.0.0.1")
-        self.server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 10
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.02)
-        assert self.server.started, "the viewer server did not start"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        super().__init__(create_app(state))
 
 
 @pytest.fixture(scope="session")
@@ -97,34 +79,13 @@ def graph_files(tiny_trace, tmp_path_factory):
     return folder / "calc.json", folder / "calc.npz"
 
 
-def _chromium_paths() -> tuple[str, str]:
-    browser = next((p for p in CHROMIUM if Path(p).exists()), shutil.which("chromium"))
-    driver = next((p for p in CHROMEDRIVER if Path(p).exists()), shutil.which("chromedriver"))
-    if not browser or not driver:
-        pytest.fail("browser tests need Debian's chromium and chromium-driver "
-                    "(apt-get install -y chromium chromium-driver; the README's test command does it)")
-    return browser, driver
-
-
 @pytest.fixture(scope="session")
 def browser():
     """Headless Chromium driven by selenium: fresh profile, no background networking."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver_path = _chromium_paths()
-    profile = tempfile.mkdtemp(prefix="circuits-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--no-default-browser-check", "--disable-extensions",
-                "--disable-default-apps", "--metrics-recording-only", "--window-size=1400,900",
-                f"--user-data-dir={profile}"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    driver.set_page_load_timeout(30)
+    try:
+        driver, profile = headless_chromium()
+    except CircuitsError as err:
+        pytest.fail(str(err))
     yield driver
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)

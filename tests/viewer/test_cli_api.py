@@ -32,7 +32,7 @@ def hand_files(tmp_path_factory):
     return folder / "hand.json", folder / "hand.npz"
 
 
-def circuits(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def circuits(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "circuits", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
@@ -87,7 +87,7 @@ def test_view_serves_until_ctrl_c(hand_files):
             info = json.load(response)
         assert [g["name"] for g in info["graphs"]] == ["hand.json", "hand.npz"]
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -132,3 +132,33 @@ def test_feature_pages_validate_and_export(tiny_bundle, tiny_index, tiny_trace, 
         assert nb["cosine"] == pytest.approx(float(a @ b / (a.norm() * b.norm())), abs=1e-5)
         if examples and page["histogram_edges"]:
             assert sum(page["histogram"]) > 0
+
+
+def test_reads_a_neuronpedia_style_download():
+    """Integer layers, layer-offset feature ids, attention-feature nodes, extra fields, no model."""
+    doc = {
+        "metadata": {"slug": "x", "scan": "gemma-2-2b", "prompt_tokens": ["<bos>", "Hi"], "prompt": "Hi"},
+        "qParams": {"pinnedIds": ["1_77_1"], "supernodes": [["s", "1_77_1"]], "linkType": "both"},
+        "nodes": [
+            {"node_id": "E_9_1", "feature": 1, "layer": "E", "ctx_idx": 1, "feature_type": "embedding",
+             "jsNodeId": "E_9-1", "clerp": ""},
+            {"node_id": "0_5_1", "feature": 5, "layer": 0, "ctx_idx": 1, "feature_type": "lorsa",
+             "jsNodeId": "0_5-0", "clerp": "attn", "activation": 2.0, "qk_tracing_results": {}},
+            {"node_id": "1_77_1", "feature": 1077, "layer": 1, "ctx_idx": 1,
+             "feature_type": "cross layer transcoder", "jsNodeId": "1_77-0", "clerp": "hello", "activation": 1.5},
+            {"node_id": "0_1_1", "feature": -1, "layer": "1", "ctx_idx": 1,
+             "feature_type": "mlp reconstruction error", "jsNodeId": "1_1-0", "clerp": ""},
+            {"node_id": "27_42_1", "feature": 42, "layer": "27", "ctx_idx": 1, "feature_type": "logit",
+             "jsNodeId": "L_42-1", "clerp": 'Output " there" (p=0.500)', "token_prob": 0.5},
+        ],
+        "links": [{"source": "E_9_1", "target": "0_5_1", "weight": 1.0},
+                  {"source": "0_5_1", "target": "1_77_1", "weight": 0.5},
+                  {"source": "0_1_1", "target": "27_42_1", "weight": -0.25},
+                  {"source": "1_77_1", "target": "27_42_1", "weight": 2.0}],
+    }
+    graph, qparams = viewer_doc_to_graph(doc)
+    ids = [graph.node_id(i) for i in range(graph.n_nodes)]
+    assert ids == ["0_5_1", "1_77_1", "1_-1_1", "E_9_1", "27_42_1"]
+    assert graph.n_layers == 26 and graph.logit_labels == [" there"] and graph.token_ids == [-1, 9]
+    assert graph.adjacency[4, 1] == 2.0 and graph.adjacency[4, 2] == -0.25 and graph.adjacency[1, 0] == 0.5
+    assert graph.feature_labels == {0: "attn", 1: "hello"} and qparams["pinnedIds"] == ["1_77_1"]

@@ -3,7 +3,7 @@
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
-const ROW_H = 46, NODE_GAP = 16, MIN_COL_W = 70, LEFT = 44, TOP = 34, BOTTOM = 56;
+const ROW_H = 46, NODE_GAP = 16, LOGIT_GAP = 40, MIN_COL_W = 70, LEFT = 44, TOP = 34, BOTTOM = 56;
 
 const S = {
   info: null, gid: null, doc: null, nodes: new Map(), inEdges: new Map(), outEdges: new Map(),
@@ -152,21 +152,26 @@ function layout(nodes) {
   }
   const nPos = Math.max(tokens.length, ...nodes.map((n) => n.ctx_idx + 1));
   const colW = new Array(nPos).fill(MIN_COL_W);
+  const gapOf = (row) => (row === nLayers + 1 ? LOGIT_GAP : NODE_GAP);  // logits carry their token labels
   for (const [key, list] of cells) {
-    const pos = Number(key.split("|")[0]);
-    colW[pos] = Math.max(colW[pos], list.length * NODE_GAP + 20);
+    const [pos, row] = key.split("|").map(Number);
+    colW[pos] = Math.max(colW[pos], list.length * gapOf(row) + 20);
   }
   const colX = [];
   let x = LEFT;
   for (const w of colW) { colX.push(x); x += w; }
-  const rowY = (r) => TOP + (nLayers + 1 - r) * ROW_H;
+  // rows fill the view's height when the graph is wide (the fit then scales both ways alike)
+  const box = $("graph").getBoundingClientRect();
+  const rowH = Math.max(ROW_H, ((x + 20) * (box.height / Math.max(box.width, 1)) - TOP - BOTTOM) / (nLayers + 1));
+  const rowY = (r) => TOP + (nLayers + 1 - r) * Math.min(rowH, 4 * ROW_H);
   S.pos = new Map();
   for (const [key, list] of cells) {
     const [pos, row] = key.split("|").map(Number);
     // most influential first, in the middle of the cell
     list.sort((a, b) => (a.influence ?? 0) - (b.influence ?? 0) || (b.token_prob - a.token_prob));
-    const start = colX[pos] + colW[pos] / 2 - ((list.length - 1) * NODE_GAP) / 2;
-    list.forEach((n, i) => S.pos.set(n.node_id, { x: start + i * NODE_GAP, y: rowY(row) }));
+    const gap = gapOf(row);
+    const start = colX[pos] + colW[pos] / 2 - ((list.length - 1) * gap) / 2;
+    list.forEach((n, i) => S.pos.set(n.node_id, { x: start + i * gap, y: rowY(row) }));
   }
   return { nLayers, colX, colW, width: x + 20, height: rowY(0) + BOTTOM, rowY, tokens };
 }
@@ -234,7 +239,7 @@ function drawNode(n) {
   const g = svgEl("g");
   const label = svgEl("text", { x: p.x, y: p.y - 10, class: "logit-label", "text-anchor": "middle" });
   const token = (n.clerp.match(/^Output "(.*)" \(p=/s) || [null, n.clerp])[1];
-  label.textContent = token;
+  label.textContent = token.length > 7 ? token.slice(0, 6) + "…" : token;
   g.append(shape, label);
   return g;
 }
@@ -622,5 +627,5 @@ function bindControls() {
   renderInterventions();
 }
 
-window.circuitsViewer = { state: S, exportDoc, selectNode, loadGraph };
+window.circuitsViewer = { state: S, exportDoc, selectNode, loadGraph, render };
 init();
