@@ -44,7 +44,7 @@ def _feature_source(transcoders: Optional[Path], graphs: list, loaded=None, tran
     if transcoder is None:
         from transcoders.formats import load_transcoder
 
-        transcoder = load_transcoder(folder)
+        transcoder = load_transcoder(folder, lazy=True)  # memory-mapped: only the rows a page reads
     return FeatureSource(index=load_feature_index(folder), transcoder=transcoder, loaded=loaded,
                          transcoder_id=str(folder))
 
