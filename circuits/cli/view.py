@@ -27,7 +27,7 @@ def _start(state, host: str, port: int, open_browser: bool) -> None:
         echo=lambda text: console.print(text, markup=False, highlight=False))
 
 
-def _feature_source(transcoders: Optional[Path], graphs: list, loaded=None, transcoder=None):
+def _feature_source(transcoders: Optional[Path], graphs: list):
     """Feature data from --transcoders, else from the transcoder folder the graphs name (if present)."""
     from circuits.errors import CircuitsError
     from circuits.feature_index import load_feature_index
@@ -38,15 +38,13 @@ def _feature_source(transcoders: Optional[Path], graphs: list, loaded=None, tran
         named = [Path(g.transcoders["path"]) for g in graphs if g.transcoders.get("path")]
         folder = next((p for p in named if p.is_dir()), None)
     if folder is None:
-        return FeatureSource(loaded=loaded, transcoder=transcoder)
+        return FeatureSource()
     if not Path(folder).is_dir():
         raise CircuitsError(f"transcoder directory {folder} does not exist")
-    if transcoder is None:
-        from transcoders.formats import load_transcoder
+    from transcoders.formats import load_transcoder
 
-        transcoder = load_transcoder(folder, lazy=True)  # memory-mapped: only the rows a page reads
-    return FeatureSource(index=load_feature_index(folder), transcoder=transcoder, loaded=loaded,
-                         transcoder_id=str(folder))
+    transcoder = load_transcoder(folder, lazy=True)  # memory-mapped: only the rows a page reads
+    return FeatureSource(index=load_feature_index(folder), transcoder=transcoder, transcoder_id=str(folder))
 
 
 def _graph_features(graph) -> list[tuple[int, int]]:
@@ -108,6 +106,7 @@ def serve_cmd(
     from circuits.errors import CircuitsError
     from circuits.replacement_model import ReplacementModel
     from circuits.viewer.app import ViewerState
+    from circuits.viewer.feature_pages import FeatureSource
     from circuits.viewer.graphs_held import open_graph_file
     from circuits.viewer.live import LiveModel
 
@@ -124,10 +123,9 @@ def serve_cmd(
 
         bind(host, port).close()
     rm = ReplacementModel.load(model, transcoders, pick_device(device), progress=True)
-    loaded, tc, folder, identity = rm.loaded, rm.transcoder, rm.transcoder_dir, rm.identity
-    state.live = LiveModel(loaded, tc, folder, identity)
-    state.features = _feature_source(folder, [], loaded=loaded, transcoder=tc)
-    state.features.model_lock = state.live.lock
+    state.live = LiveModel(rm)
+    state.features = FeatureSource(index=rm.index, transcoder=rm.transcoder, loaded=rm.loaded,
+                                   transcoder_id=str(rm.transcoder_dir or ""), model_lock=state.live.lock)
     if prompt:
         result = state.live.trace(prompt, {})
         state.shelf.add(prompt, result.graph, {}, "traced")

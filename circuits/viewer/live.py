@@ -22,17 +22,17 @@ MAX_GENERATE = 32
 
 @dataclass
 class LiveModel:
-    loaded: Any            # LoadedModel
-    transcoder: Any        # Transcoder
-    transcoder_dir: Any    # Path
-    identity: dict
+    rm: Any  # circuits.replacement_model.ReplacementModel
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def identity(self) -> dict:
+        return self.rm.identity
 
     def trace(self, prompt: str, options: dict[str, Any]):
         """TraceResult of `prompt` (options: TraceConfig fields, e.g. max_feature_nodes)."""
         from pydantic import ValidationError
 
-        from circuits.replacement_model import ReplacementModel
         from circuits.trace import TraceConfig, trace_prompt
 
         try:
@@ -40,13 +40,12 @@ class LiveModel:
         except ValidationError as err:
             first = err.errors()[0]
             raise CircuitsError(f"bad trace setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-        with self.lock:
-            return trace_prompt(ReplacementModel(self.loaded, self.transcoder, self.transcoder_dir), prompt, config)
+        with self.lock, torch.no_grad():
+            return trace_prompt(self.rm, prompt, config)
 
     def intervene(self, prompt: str, changes: list[dict], generate: int = 0, top: int = 10) -> dict:
         """Top next tokens before and after setting features; greedy text before and after."""
         from circuits.interventions import intervene
-        from circuits.prompts import tokenize_prompt
 
         if not isinstance(changes, list) or not changes:
             raise CircuitsError("choose at least one feature to intervene on")
@@ -54,10 +53,10 @@ class LiveModel:
             raise CircuitsError(f"generate between 0 and {MAX_GENERATE} tokens")
         interventions = [_intervention(c) for c in changes]
         with self.lock:
-            tokens = tokenize_prompt(self.loaded.model, prompt).to(self.loaded.model.cfg.device)
-            result = intervene(self.loaded.model, self.transcoder, tokens, interventions,
+            tokens = self.rm.tokens(prompt).to(self.rm.model.cfg.device)
+            result = intervene(self.rm.model, self.rm.transcoder, tokens, interventions,
                                top=int(top), generate=int(generate))
-        out = result.to_json(self.loaded.tokenizer)
+        out = result.to_json(self.rm.tokenizer)
         out["prompt"] = prompt
         return out
 

@@ -38,34 +38,29 @@ class RunningServer(ServerThread):
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(world_tiny):
-    """(LoadedModel, transcoder, transcoder_dir, identity) for world-tiny and its default CLT."""
+def tiny_rm(world_tiny):
+    """world-tiny and its default CLT, as a ReplacementModel."""
     from circuits.replacement_model import ReplacementModel
 
-    rm = ReplacementModel.load("world-tiny", None, "cpu", progress=False)
-    return rm.loaded, rm.transcoder, rm.transcoder_dir, rm.identity
+    return ReplacementModel.load("world-tiny", progress=False)
 
 
 @pytest.fixture(scope="session")
-def tiny_index(tiny_bundle):
+def tiny_index(tiny_rm):
     """A small feature index of world-tiny's default CLT (kept in memory, not saved)."""
     import torch
 
     from circuits.feature_index import build_feature_index
     from circuits.training.corpus import corpus_sequences, take_sequences
 
-    loaded, tc, _, _ = tiny_bundle
-    seqs, _ = corpus_sequences(loaded, None, seq_len=loaded.model.cfg.n_ctx)
+    seqs, _ = corpus_sequences(tiny_rm.loaded, None, seq_len=tiny_rm.model.cfg.n_ctx)
     docs = [torch.tensor(s, dtype=torch.long) for s in take_sequences(seqs, 3000)]
-    return build_feature_index(loaded.model, tc, docs, max_tokens=3000, k=5)
+    return build_feature_index(tiny_rm.model, tiny_rm.transcoder, docs, max_tokens=3000, k=5)
 
 
 @pytest.fixture(scope="session")
-def tiny_trace(tiny_bundle):
-    from circuits.replacement_model import ReplacementModel
-
-    loaded, tc, folder, _ = tiny_bundle
-    return ReplacementModel(loaded, tc, folder).trace("calc: 36+59=")
+def tiny_trace(tiny_rm):
+    return tiny_rm.trace("calc: 36+59=")
 
 
 @pytest.fixture(scope="session")

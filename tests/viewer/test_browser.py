@@ -50,9 +50,9 @@ def set_slider(driver, element_id: str, value: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def view_server(graph_files, tiny_bundle, tiny_index):
-    _, tc, folder, _ = tiny_bundle
-    state = ViewerState(features=FeatureSource(index=tiny_index, transcoder=tc, transcoder_id=str(folder)))
+def view_server(graph_files, tiny_rm, tiny_index):
+    state = ViewerState(features=FeatureSource(index=tiny_index, transcoder=tiny_rm.transcoder,
+                                               transcoder_id=str(tiny_rm.transcoder_dir)))
     for path in graph_files[::-1]:  # the .npz first: the page opens it
         graph, qparams, source = open_graph_file(path)
         state.shelf.add(path.name, graph, qparams, source)
@@ -158,11 +158,10 @@ def test_unknown_node_id_is_a_clear_message(browser, view_server):
 
 
 @pytest.fixture(scope="module")
-def live_server(tiny_bundle, tiny_index):
-    loaded, tc, folder, identity = tiny_bundle
-    live = LiveModel(loaded, tc, folder, identity)
-    state = ViewerState(live=live, features=FeatureSource(index=tiny_index, transcoder=tc, loaded=loaded,
-                                                          model_lock=live.lock))
+def live_server(tiny_rm, tiny_index):
+    live = LiveModel(tiny_rm)
+    state = ViewerState(live=live, features=FeatureSource(index=tiny_index, transcoder=tiny_rm.transcoder,
+                                                          loaded=tiny_rm.loaded, model_lock=live.lock))
     server = RunningServer(state)
     yield server
     server.stop()

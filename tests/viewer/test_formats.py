@@ -109,9 +109,10 @@ def test_link_to_unknown_node_is_refused(tmp_path):
         viewer_doc_to_graph(doc)
 
 
-def test_feature_pages_validate_and_export(tiny_bundle, tiny_index, tiny_trace, tmp_path):
-    loaded, tc, folder, _ = tiny_bundle
-    source = FeatureSource(index=tiny_index, transcoder=tc, loaded=loaded, transcoder_id=str(folder))
+def test_feature_pages_validate_and_export(tiny_rm, tiny_index, tiny_trace, tmp_path):
+    tc = tiny_rm.transcoder
+    source = FeatureSource(index=tiny_index, transcoder=tc, loaded=tiny_rm.loaded,
+                           transcoder_id=str(tiny_rm.transcoder_dir))
     g = tiny_trace.graph
     feats = sorted({(int(l), int(f)) for l, f, k in zip(g.layer, g.feature, g.kind) if k == NodeKind.FEATURE})[:4]
     paths = export_feature_pages(source, feats, tmp_path / "features")

@@ -24,17 +24,18 @@ PROMPTS = {"calc": "calc: 36+59=", "kobe": KOBE[0]}
 
 @pytest.mark.slow
 def test_case_study_screenshots(browser, tmp_path, monkeypatch):
-    from circuits.trace import load_model_and_transcoders, trace_tokens
+    from circuits.replacement_model import ReplacementModel
 
     model = os.environ.get("CIRCUITS_SCREENSHOT_MODEL", "world")
     if os.environ.get("CIRCUITS_WORLD_HOME"):
         monkeypatch.setenv("CIRCUITS_HOME", os.environ["CIRCUITS_WORLD_HOME"])
     out_dir = REPO / "docs" if model == "world" else tmp_path
-    loaded, tc, folder, identity = load_model_and_transcoders(model, None, "cpu", progress=False)
-    live = LiveModel(loaded, tc, folder, identity)
-    state = ViewerState(live=live, features=FeatureSource(transcoder=tc, loaded=loaded, model_lock=live.lock))
+    rm = ReplacementModel.load(model, progress=False)
+    live = LiveModel(rm)
+    state = ViewerState(live=live, features=FeatureSource(index=rm.index, transcoder=rm.transcoder,
+                                                          loaded=rm.loaded, model_lock=live.lock))
     for prompt in PROMPTS.values():
-        result = trace_tokens(loaded.model, tc, prompt, model_identity=identity, transcoder_dir=folder)
+        result = rm.trace(prompt)
         state.shelf.add(prompt, result.graph, {}, "traced")
     server = RunningServer(state)
     browser.set_window_size(1600, 1000)
