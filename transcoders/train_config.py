@@ -20,50 +20,51 @@ MAX_TOKENS = 10**12  # a trillion tokens: beyond any transcoder run; larger valu
 class TrainConfig(BaseModel):
     """How to train a transcoder (architecture + optimisation + data)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     RUNTIME_FIELDS: typing.ClassVar[frozenset[str]] = frozenset({"threads", "checkpoint_seconds"})
     """Fields that do not change what is trained; --resume may change them."""
 
     # --- architecture -------------------------------------------------------------------------
     kind: Literal["clt", "plt"] = Field("clt", description="clt: features write to every later layer; plt: own layer only")
-    n_features: int = Field(1024, gt=0, description="features per layer")
+    n_features: int = Field(1024, gt=0, le=1 << 20, description="features per layer",
+                            json_schema_extra={"flag": "--features"})
     activation: Literal["jumprelu", "relu", "topk"] = Field("jumprelu", description="feature nonlinearity")
-    topk: int | None = Field(None, gt=0, description="k per layer and token (activation topk)")
+    topk: int | None = Field(None, gt=0, le=1 << 20, description="k per layer and token (activation topk)")
     skip: bool = Field(False, description="add a linear skip term W_skip x")
     input_hook: str = Field("ln2.hook_normalized", description="hook the features read, per block")
     output_hook: str = Field("hook_mlp_out", description="hook the transcoder reconstructs, per block")
 
     # --- data ---------------------------------------------------------------------------------
     tokens: int = Field(3_000_000, gt=0, le=MAX_TOKENS, description="training tokens (positions, summed over steps)")
-    batch_size: int = Field(1024, gt=0, description="tokens per optimiser step (global, over all ranks)")
-    seq_len: int = Field(128, gt=1, description="longest sequence fed to the model (longer ones are cut)")
-    model_batch: int = Field(64, gt=0, description="sequences per model forward pass")
-    buffer_tokens: int = Field(65536, gt=0, description="token-level shuffle buffer size")
+    batch_size: int = Field(1024, gt=0, le=1 << 24, description="tokens per optimiser step (global, over all ranks)")
+    seq_len: int = Field(128, gt=1, le=1 << 20, description="longest sequence fed to the model (longer ones are cut)")
+    model_batch: int = Field(64, gt=0, le=1 << 20, description="sequences per model forward pass")
+    buffer_tokens: int = Field(65536, gt=0, le=1 << 32, description="token-level shuffle buffer size")
     activation_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS, description="distinct tokens to run the model on "
                                           "(default: --tokens); training cycles over them (kept in memory, "
                                           "or in --cache-dir)")
 
     # --- optimisation -------------------------------------------------------------------------
-    lr: float = Field(2e-3, gt=0, description="Adam learning rate")
-    lr_warmup_steps: int = Field(50, ge=0, description="linear LR warm-up steps")
+    lr: float = Field(2e-3, gt=0, le=1e3, description="Adam learning rate")
+    lr_warmup_steps: int = Field(50, ge=0, le=10**12, description="linear LR warm-up steps")
     lr_decay_frac: float = Field(0.2, ge=0, le=1, description="fraction of training at the end with linear LR decay to 0")
-    grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
-    sparsity_coef: float = Field(0.1, ge=0, description="lambda of the tanh sparsity penalty")
-    sparsity_c: float = Field(1.0, gt=0, description="c in tanh(c * ||W_dec_i|| * a_i)")
+    grad_clip: float = Field(1.0, gt=0, le=1e12, description="gradient norm clip")
+    sparsity_coef: float = Field(0.1, ge=0, le=1e12, description="lambda of the tanh sparsity penalty")
+    sparsity_c: float = Field(1.0, gt=0, le=1e12, description="c in tanh(c * ||W_dec_i|| * a_i)")
     sparsity_warmup_frac: float = Field(0.5, ge=0, le=1, description="fraction of training over which lambda ramps up from 0")
-    preact_coef: float = Field(3e-6, ge=0, description="pre-activation loss coefficient (keeps features alive)")
-    revive_after_tokens: int | None = Field(None, ge=0, description="apply the pre-activation loss only to "
+    preact_coef: float = Field(3e-6, ge=0, le=1e12, description="pre-activation loss coefficient (keeps features alive)")
+    revive_after_tokens: int | None = Field(None, ge=0, le=10**13, description="apply the pre-activation loss only to "
                                             "features silent for this many tokens (unset or 0: to every feature)")
-    threshold_init: float = Field(0.5, ge=0, description="initial JumpReLU threshold (normalised units)")
-    jumprelu_bandwidth: float = Field(0.5, gt=0, description="STE rectangle width for the threshold gradient")
-    dead_after_tokens: int = Field(1_000_000, gt=0, description="a feature silent this many tokens counts as dead")
-    seed: int = Field(0, description="random seed (init, shuffling)")
+    threshold_init: float = Field(0.5, ge=0, le=1e12, description="initial JumpReLU threshold (normalised units)")
+    jumprelu_bandwidth: float = Field(0.5, gt=0, le=1e12, description="STE rectangle width for the threshold gradient")
+    dead_after_tokens: int = Field(1_000_000, gt=0, le=10**13, description="a feature silent this many tokens counts as dead")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="random seed (init, shuffling)")
 
     # --- bookkeeping --------------------------------------------------------------------------
-    checkpoint_seconds: float = Field(60.0, ge=0, description="write a resumable checkpoint at most this often (0: every log step)")
-    log_every: int = Field(25, gt=0, description="steps between progress / JSONL log lines")
+    checkpoint_seconds: float = Field(60.0, ge=0, le=1e9, description="write a resumable checkpoint at most this often (0: every log step)")
+    log_every: int = Field(25, gt=0, le=10**12, description="steps between progress / JSONL log lines")
     cache_dir: str | None = Field(None, description="memory-mapped activation cache folder (reused across runs)")
-    threads: int | None = Field(None, ge=1, description="CPU threads for training (default: measure 1 vs torch's "
+    threads: int | None = Field(None, ge=1, le=4096, description="CPU threads for training (default: measure 1 vs torch's "
                                 "default on this machine and keep the faster; a busy machine often favours 1)")
 
     @model_validator(mode="after")
@@ -88,17 +89,3 @@ class TrainConfig(BaseModel):
             activation=self.activation, topk=self.topk, skip=self.skip,
             jumprelu_bandwidth=self.jumprelu_bandwidth,
             input_hook=self.input_hook, output_hook=self.output_hook)
-
-
-def describe_validation_error(exc) -> str:
-    """One line from a pydantic ValidationError, naming the CLI flag."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err.get("loc", ()))
-        flag = "--" + loc.replace("_", "-") if loc else ""
-        if loc == "n_features":
-            flag = "--features"
-        msg = err.get("msg", "invalid").replace("Value error, ", "")
-        given = err.get("input")
-        parts.append(f"{flag} {msg} (got {given!r})" if flag else msg)
-    return "; ".join(parts)

@@ -13,7 +13,7 @@ from rich.console import Console
 MODEL_OPTION = typer.Option("world", "--model", help="Model: built-in name, checkpoint dir or hub id.")
 TRANSCODERS_OPTION = typer.Option(None, "--transcoders",
                                   help="Transcoder directory (default: the model's default CLT).")
-DEVICE_OPTION = typer.Option("auto", help="cpu, cuda or auto.")
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -25,8 +25,23 @@ def print_json(obj: Any) -> None:
 
 
 def pick_device(device: str | None) -> str:
+    """The torch device for --device: auto (cuda if there is one, else cpu), cpu, cuda or cuda:N;
+    anything else, or a CUDA device this machine does not have, is one line."""
+    import re
+
     import torch
+
+    from circuits.errors import CircuitsError
 
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    m = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if m is None:
+        raise CircuitsError(f"--device must be auto, cpu, cuda or cuda:N (got {device!r})")
+    if not torch.cuda.is_available():
+        raise CircuitsError(f"--device {device}: no CUDA device is available on this machine (use --device cpu)")
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise CircuitsError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device

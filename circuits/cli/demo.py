@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from circuits.cli.common import DEVICE_OPTION, MODEL_OPTION, TRANSCODERS_OPTION, console, pick_device, print_json
-from circuits.cli.intervene import one_line_errors
+from circuits.cli.options import number_option
 
 app = typer.Typer(help="Case studies: trace, explain and intervene, ending in a verdict per experiment.",
                   no_args_is_help=True)
@@ -23,39 +23,37 @@ def _print(lines: list[str]) -> None:
 
 @app.command("addition")
 def addition_cmd(
-    a: int = typer.Option(36, "--a", min=10, max=99, help="First operand."),
-    b: int = typer.Option(59, "--b", min=10, max=99, help="Second operand."),
-    multiplier: float = typer.Option(-1.0, "--multiplier", help="Inhibition: scale the chosen features by this."),
-    top: int = typer.Option(15, "--top", min=1, help="Feature nodes to show and classify."),
+    a: int = number_option(36, "--a", min=10, max=99, help="First operand."),
+    b: int = number_option(59, "--b", min=10, max=99, help="Second operand."),
+    multiplier: float = number_option(-1.0, "--multiplier", kind=float, min=-1e6, max=1e6, help="Inhibition: scale the chosen features by this."),
+    top: int = number_option(15, "--top", min=1, max=10_000, help="Feature nodes to show and classify."),
     model: str = MODEL_OPTION, transcoders: Optional[Path] = TRANSCODERS_OPTION, json_out: bool = JSON,
     device: str = DEVICE_OPTION,
 ) -> None:
     """Trace "calc: A+B=", show the paths to the sum by position and role, run inhibition experiments."""
-    with one_line_errors():
-        from circuits.demos.addition import format_addition, run_addition_demo
-        from circuits.replacement_model import ReplacementModel
+    from circuits.demos.addition import format_addition, run_addition_demo
+    from circuits.replacement_model import ReplacementModel
 
-        setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out)
-        report = run_addition_demo(setup, a, b, top=top, multiplier=multiplier)
-        print_json(report.to_json()) if json_out else _print(format_addition(report))
+    setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out)
+    report = run_addition_demo(setup, a, b, top=top, multiplier=multiplier)
+    print_json(report.to_json()) if json_out else _print(format_addition(report))
 
 
 @app.command("two-hop")
 def two_hop_cmd(
-    k: int = typer.Option(20, "--k", min=1, help="State features removed / injected per swap side."),
-    inhibit: float = typer.Option(-1.0, "--inhibit", help="Multiplier for the removed state features (0: ablate)."),
-    inject_scale: float = typer.Option(4.0, "--inject-scale", help="Scale of the injected activations."),
+    k: int = number_option(20, "--k", min=1, max=1_000_000, help="State features removed / injected per swap side."),
+    inhibit: float = number_option(-1.0, "--inhibit", kind=float, min=-1e6, max=1e6, help="Multiplier for the removed state features (0: ablate)."),
+    inject_scale: float = number_option(4.0, "--inject-scale", kind=float, min=-1e6, max=1e6, help="Scale of the injected activations."),
     model: str = MODEL_OPTION, transcoders: Optional[Path] = TRANSCODERS_OPTION, json_out: bool = JSON,
     device: str = DEVICE_OPTION,
 ) -> None:
     """Kobe Bryant -> California -> Sacramento and Dallas -> Texas -> Austin: find, inhibit and swap state features."""
-    with one_line_errors():
-        from circuits.replacement_model import ReplacementModel
-        from circuits.demos.two_hop import format_two_hop, run_two_hop_demo
+    from circuits.replacement_model import ReplacementModel
+    from circuits.demos.two_hop import format_two_hop, run_two_hop_demo
 
-        setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out)
-        report = run_two_hop_demo(setup, k=k, inhibit=inhibit, inject_scale=inject_scale)
-        print_json(report.to_json()) if json_out else _print(format_two_hop(report))
+    setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out)
+    report = run_two_hop_demo(setup, k=k, inhibit=inhibit, inject_scale=inject_scale)
+    print_json(report.to_json()) if json_out else _print(format_two_hop(report))
 
 
 def register(root: typer.Typer) -> None:

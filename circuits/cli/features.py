@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from circuits.cli.common import DEVICE_OPTION, MODEL_OPTION, TRANSCODERS_OPTION, console, pick_device, print_json
-from circuits.cli.intervene import one_line_errors
+from circuits.cli.options import number_option
 
 app = typer.Typer(help="Index transcoder features over a corpus and show them.", no_args_is_help=True)
 
@@ -27,41 +27,40 @@ def _feature_arg(text: str) -> tuple[int, int]:
 def index_cmd(
     model: str = MODEL_OPTION,
     transcoders: Optional[Path] = TRANSCODERS_OPTION,
-    tokens: int = typer.Option(100_000, "--tokens", min=1, help="Corpus tokens to read (BOS not counted)."),
+    tokens: int = number_option(100_000, "--tokens", min=1, max=10**10, help="Corpus tokens to read (BOS not counted)."),
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Text file (one document per line) or dataset "
                                          "name (default: the built-in model's own corpus)."),
-    top: int = typer.Option(10, "--top", min=1, help="Contexts kept per feature."),
-    before: int = typer.Option(8, "--before", min=0, help="Context tokens before the activating token."),
-    after: int = typer.Option(2, "--after", min=0, help="Context tokens after it."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Documents per forward pass."),
+    top: int = number_option(10, "--top", min=1, max=1000, help="Contexts kept per feature."),
+    before: int = number_option(8, "--before", min=0, max=1024, help="Context tokens before the activating token."),
+    after: int = number_option(2, "--after", min=0, max=1024, help="Context tokens after it."),
+    batch_size: int = number_option(16, "--batch-size", min=1, max=65_536, help="Documents per forward pass."),
     json_out: bool = typer.Option(False, "--json", help="Print path and counts as JSON."),
     device: str = DEVICE_OPTION,
 ) -> None:
     """Run the corpus once; store each feature's top contexts and firing frequency beside the transcoders."""
-    with one_line_errors():
-        import torch
+    import torch
 
-        from circuits.feature_index import build_feature_index, save_feature_index
-        from circuits.replacement_model import ReplacementModel
-        from circuits.training.corpus import corpus_sequences
+    from circuits.feature_index import build_feature_index, save_feature_index
+    from circuits.replacement_model import ReplacementModel
+    from circuits.training.corpus import corpus_sequences
 
-        rm = ReplacementModel.load(model, transcoders, pick_device(device))
-        sequences, source = corpus_sequences(rm.loaded, corpus, seq_len=rm.model.cfg.n_ctx)
-        docs = (torch.tensor(seq, dtype=torch.long) for seq in sequences)
-        index = build_feature_index(rm.model, rm.transcoder, docs, max_tokens=tokens,
-                                    k=top, before=before, after=after, batch_size=batch_size,
-                                    meta={"model": rm.name, "corpus": source}, progress=not json_out)
-        path = save_feature_index(index, rm.transcoder_dir)
-        freq = index.frequency_layer_feat
-        summary = {"path": str(path), "n_tokens": index.meta["n_tokens"], "n_docs": index.meta["n_docs"],
-                   "dead_features": int((freq == 0).sum()), "n_features": int(freq.size),
-                   "mean_l0_per_layer": float(freq.sum(1).mean())}
-        if json_out:
-            print_json(summary)
-        else:
-            console.print(f"indexed {summary['n_tokens']} tokens ({summary['n_docs']} documents) -> {path}")
-            console.print(f"dead features: {summary['dead_features']} of {summary['n_features']}; "
-                          f"mean active features per token per layer: {summary['mean_l0_per_layer']:.1f}")
+    rm = ReplacementModel.load(model, transcoders, pick_device(device))
+    sequences, source = corpus_sequences(rm.loaded, corpus, seq_len=rm.model.cfg.n_ctx)
+    docs = (torch.tensor(seq, dtype=torch.long) for seq in sequences)
+    index = build_feature_index(rm.model, rm.transcoder, docs, max_tokens=tokens,
+                                k=top, before=before, after=after, batch_size=batch_size,
+                                meta={"model": rm.name, "corpus": source}, progress=not json_out)
+    path = save_feature_index(index, rm.transcoder_dir)
+    freq = index.frequency_layer_feat
+    summary = {"path": str(path), "n_tokens": index.meta["n_tokens"], "n_docs": index.meta["n_docs"],
+               "dead_features": int((freq == 0).sum()), "n_features": int(freq.size),
+               "mean_l0_per_layer": float(freq.sum(1).mean())}
+    if json_out:
+        print_json(summary)
+    else:
+        console.print(f"indexed {summary['n_tokens']} tokens ({summary['n_docs']} documents) -> {path}")
+        console.print(f"dead features: {summary['dead_features']} of {summary['n_features']}; "
+                      f"mean active features per token per layer: {summary['mean_l0_per_layer']:.1f}")
 
 
 @app.command("show")
@@ -69,39 +68,38 @@ def show_cmd(
     feature: str = typer.Argument(..., help="LAYER:FEATURE (a trace id LAYER:POS:FEATURE also works)."),
     model: str = MODEL_OPTION,
     transcoders: Optional[Path] = TRANSCODERS_OPTION,
-    top: int = typer.Option(8, "--top", min=1, help="Output-view tokens to list each way."),
+    top: int = number_option(8, "--top", min=1, max=10_000, help="Output-view tokens to list each way."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
     device: str = DEVICE_OPTION,
 ) -> None:
     """Print a feature's top contexts, firing frequency and output view (tokens its decoders promote)."""
-    with one_line_errors():
-        from circuits.errors import CircuitsError
-        from circuits.feature_index import output_view
-        from circuits.replacement_model import ReplacementModel
+    from circuits.errors import CircuitsError
+    from circuits.feature_index import output_view
+    from circuits.replacement_model import ReplacementModel
 
-        layer, feat = _feature_arg(feature)
-        rm = ReplacementModel.load(model, transcoders, pick_device(device))
-        index, folder = rm.index, rm.transcoder_dir
-        if index is None:
-            raise CircuitsError(f"no feature index in {folder}: run `circuits features index --model {model}"
-                                f"{f' --transcoders {transcoders}' if transcoders else ''}` first")
-        contexts = index.top_contexts(layer, feat)
-        view = output_view(rm.model, rm.transcoder, layer, feat, k=top)
-        if json_out:
-            print_json({"layer": layer, "feature": feat, "frequency": index.frequency(layer, feat),
-                        "mean_activation": index.mean_activation(layer, feat), "n_tokens": index.meta["n_tokens"],
-                        "contexts": [vars(c) for c in contexts], **view})
-            return
-        console.print(f"feature {layer}:{feat}: fires on {100 * index.frequency(layer, feat):.3f}% of "
-                      f"{index.meta['n_tokens']} tokens, mean activation when active "
-                      f"{index.mean_activation(layer, feat):.3f}", markup=False)
-        console.print("top contexts:" if contexts else "top contexts: none (never active on the corpus)")
-        for c in contexts:
-            console.print(f"  {c.activation:8.3f}  {c.text('[[{}]]')!r}", markup=False, highlight=False)
-        console.print("output view (decoders -> final norm (approx.) -> unembedding):")
-        for label, rows in (("promotes", view["promoted"]), ("suppresses", view["suppressed"])):
-            console.print(f"  {label}: " + ", ".join(f"{t!r} ({v:+.2f})" for t, v in rows), markup=False,
-                          highlight=False)
+    layer, feat = _feature_arg(feature)
+    rm = ReplacementModel.load(model, transcoders, pick_device(device))
+    index, folder = rm.index, rm.transcoder_dir
+    if index is None:
+        raise CircuitsError(f"no feature index in {folder}: run `circuits features index --model {model}"
+                            f"{f' --transcoders {transcoders}' if transcoders else ''}` first")
+    contexts = index.top_contexts(layer, feat)
+    view = output_view(rm.model, rm.transcoder, layer, feat, k=top)
+    if json_out:
+        print_json({"layer": layer, "feature": feat, "frequency": index.frequency(layer, feat),
+                    "mean_activation": index.mean_activation(layer, feat), "n_tokens": index.meta["n_tokens"],
+                    "contexts": [vars(c) for c in contexts], **view})
+        return
+    console.print(f"feature {layer}:{feat}: fires on {100 * index.frequency(layer, feat):.3f}% of "
+                  f"{index.meta['n_tokens']} tokens, mean activation when active "
+                  f"{index.mean_activation(layer, feat):.3f}", markup=False)
+    console.print("top contexts:" if contexts else "top contexts: none (never active on the corpus)")
+    for c in contexts:
+        console.print(f"  {c.activation:8.3f}  {c.text('[[{}]]')!r}", markup=False, highlight=False)
+    console.print("output view (decoders -> final norm (approx.) -> unembedding):")
+    for label, rows in (("promotes", view["promoted"]), ("suppresses", view["suppressed"])):
+        console.print(f"  {label}: " + ", ".join(f"{t!r} ({v:+.2f})" for t, v in rows), markup=False,
+                      highlight=False)
 
 
 def register(main_app: typer.Typer) -> None:

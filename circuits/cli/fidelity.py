@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, console, pick_device, print_json
+from circuits.cli.options import number_option
 
 
 def fidelity_cmd(
@@ -17,8 +18,8 @@ def fidelity_cmd(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of FVU and L0 by layer."),
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Held-out text: file or dataset name "
                                          "(default: the built-in model's own corpus)."),
-    tokens: int = typer.Option(32768, "--tokens", min=64, help="Evaluation tokens."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    tokens: int = number_option(32768, "--tokens", min=64, max=10**10, help="Evaluation tokens."),
+    device: str = DEVICE_OPTION,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (stderr)."),
 ) -> None:
     """Compare the replacement model (every MLP replaced by the transcoder) with the original on

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from circuits.cli.common import DEVICE_OPTION, MODEL_OPTION, TRANSCODERS_OPTION, console, pick_device, print_json
-
-
-@contextmanager
-def one_line_errors():
-    """User errors as one line and exit code 2, also when the app is run without `main()`."""
-    from circuits.errors import CircuitsError
-    from transcoders.errors import TranscoderError
-
-    try:
-        yield
-    except (CircuitsError, TranscoderError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+from circuits.cli.options import number_option
 
 
 def _print_result(result, tokenizer, freeze: bool, clamp: bool) -> None:
@@ -53,26 +40,25 @@ def intervene_cmd(
                                     help="Hold the patched layers' MLP outputs at clean + decoder change."),
     model: str = MODEL_OPTION,
     transcoders: Optional[Path] = TRANSCODERS_OPTION,
-    generate: int = typer.Option(0, "--generate", min=0, help="Greedy tokens to generate before and after."),
-    top: int = typer.Option(10, "--top", min=1, help="Next tokens to list."),
+    generate: int = number_option(0, "--generate", min=0, max=4096, help="Greedy tokens to generate before and after."),
+    top: int = number_option(10, "--top", min=1, max=10_000, help="Next tokens to list."),
     json_out: bool = typer.Option(False, "--json", help="Print top lists, KL and the changes as JSON."),
     device: str = DEVICE_OPTION,
 ) -> None:
     """Change features' activations, patch their decoder change into the MLP outputs, compare next tokens."""
-    with one_line_errors():
-        from circuits.interventions import parse_layer_range, parse_set
-        from circuits.replacement_model import ReplacementModel
+    from circuits.interventions import parse_layer_range, parse_set
+    from circuits.replacement_model import ReplacementModel
 
-        interventions = [parse_set(s) for s in sets]
-        span = parse_layer_range(layers) if layers is not None else None
-        rm = ReplacementModel.load(model, transcoders, pick_device(device))
-        result = rm.intervene(prompt, interventions, layers=span, freeze_attention=freeze_attention,
-                              clamp_mlps=clamp_mlps, top=top, generate=generate)
-        if json_out:
-            print_json({"prompt": prompt, "freeze_attention": freeze_attention, "clamp_mlps": clamp_mlps,
-                        **result.to_json(rm.tokenizer)})
-        else:
-            _print_result(result, rm.tokenizer, freeze_attention, clamp_mlps)
+    interventions = [parse_set(s) for s in sets]
+    span = parse_layer_range(layers) if layers is not None else None
+    rm = ReplacementModel.load(model, transcoders, pick_device(device))
+    result = rm.intervene(prompt, interventions, layers=span, freeze_attention=freeze_attention,
+                          clamp_mlps=clamp_mlps, top=top, generate=generate)
+    if json_out:
+        print_json({"prompt": prompt, "freeze_attention": freeze_attention, "clamp_mlps": clamp_mlps,
+                    **result.to_json(rm.tokenizer)})
+    else:
+        _print_result(result, rm.tokenizer, freeze_attention, clamp_mlps)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,14 +13,44 @@ from circuits.cli import models as models_cli
 
 
 class _UserErrorsAsOneLine(TyperGroup):
-    """Every command's user errors (bad input, missing files) end as one line and exit 2."""
+    """THE error boundary: every command's user errors (bad input, bad numbers, missing or corrupt
+    files, not enough memory for what was asked) end as one line `error: ...` and exit status 2."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except _user_errors() as exc:
-            click.echo(f"error: {exc}", err=True)
+        except (click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - anything not a user error is re-raised below
+            line = user_error_line(exc)
+            if line is None:
+                raise
+            click.echo(f"error: {line}", err=True)
             ctx.exit(2)
+
+
+def user_error_line(exc: BaseException) -> str | None:
+    """The one line to show for a user error, or None if `exc` is a bug (keep its traceback)."""
+    from pydantic import ValidationError
+
+    from circuits.errors import CircuitsError
+    from graphs.errors import GraphError
+    from safeio.errors import OutputError
+    from transcoders.errors import TranscoderError
+
+    if isinstance(exc, (CircuitsError, TranscoderError, GraphError, OutputError)):
+        return str(exc)
+    if isinstance(exc, click.ClickException):  # a bad option value, raised while parsing a subcommand
+        return exc.format_message()
+    if isinstance(exc, ValidationError):  # a config object built outside circuits.cli.options
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err.get("loc", ()))
+        return f"{where}: {err.get('msg', 'invalid')} (got {err.get('input')!r})"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+            isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)):
+        return ("not enough memory for the sizes asked for (" + str(exc).splitlines()[0][:120] +
+                "); use smaller counts or batch sizes")
+    return None
 
 
 app = typer.Typer(
@@ -30,32 +60,15 @@ app = typer.Typer(
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(models_cli.app, name="models")
 
+# Each module registers its commands; a new command group is one more name here.
 for _module in ("transcoders", "fidelity", "trace", "prune", "intervene", "features", "demo", "view"):
-    try:
-        _mod = __import__(f"circuits.cli.{_module}", fromlist=["register"])
-    except ModuleNotFoundError as exc:  # command group not written yet
-        if exc.name != f"circuits.cli.{_module}":
-            raise
-        continue
-    _mod.register(app)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from circuits.errors import CircuitsError
-    from graphs.errors import GraphError
-    from safeio.errors import OutputError
-    from transcoders.errors import TranscoderError
-
-    return (CircuitsError, TranscoderError, GraphError, OutputError)
+    __import__(f"circuits.cli.{_module}", fromlist=["register"]).register(app)
 
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app()
-    except _user_errors() as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

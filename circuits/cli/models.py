@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from circuits.cli.common import console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, console, pick_device, print_json
+from circuits.cli.options import number_option
 
 app = typer.Typer(help="Build, list, evaluate and query models.", no_args_is_help=True)
 
@@ -50,7 +51,7 @@ def build_cmd(
 def eval_cmd(
     name: str = typer.Argument(..., help="Built-in model name."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
-    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Evaluate a built-in model on its held-out sets."""
     from circuits.models.registry import evaluate_model, load_model
@@ -69,9 +70,9 @@ def eval_cmd(
 def predict_cmd(
     name: str = typer.Argument(..., help="Model: built-in name, local checkpoint dir or hub id."),
     prompt: str = typer.Argument(..., help="Prompt text."),
-    top: int = typer.Option(5, "--top", min=1, help="How many tokens to show."),
+    top: int = number_option(5, "--top", min=1, max=10_000, help="How many tokens to show."),
     json_out: bool = typer.Option(False, "--json", help="Print a list of {token, id, prob}."),
-    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Print the most likely next tokens after PROMPT."""
     from circuits.models.registry import load_model

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from circuits.cli.common import print_json
+from circuits.cli.options import number_option
 
 
 def register(app: typer.Typer) -> None:
@@ -15,8 +16,8 @@ def register(app: typer.Typer) -> None:
         graph_file: Path = typer.Argument(..., help="Full graph saved by `circuits trace --full`."),
         out: Path = typer.Option(None, "-o", "--out", help="Write the pruned graph as viewer JSON here."),
         graphml: Path = typer.Option(None, "--graphml", help="Also write GraphML."),
-        node_threshold: float = typer.Option(0.8, help="Share of influence the kept nodes hold."),
-        edge_threshold: float = typer.Option(0.98, help="Share of edge score the kept edges hold."),
+        node_threshold: float = number_option(0.8, "--node-threshold", kind=float, min=0, max=1, min_open=True, help="Share of influence the kept nodes hold."),
+        edge_threshold: float = number_option(0.98, "--edge-threshold", kind=float, min=0, max=1, min_open=True, help="Share of edge score the kept edges hold."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Prune a saved full graph with new thresholds; print its summary and export it."""

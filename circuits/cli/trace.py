@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-from circuits.cli.common import console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, console, pick_device, print_json
+from circuits.cli.options import build_config, given, with_config_options
+from circuits.trace import TraceConfig
 
 
 def check_writable(path: Path | None) -> None:
@@ -62,41 +64,36 @@ def print_summary(summary: dict) -> None:
         console.print("[dim]timing " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()) + "[/dim]")
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("trace")
-    def trace_cmd(
-        prompt: str = typer.Argument(..., help="Prompt to trace."),
-        model: str = typer.Option("world", "--model", "-m", help="Built-in name, local checkpoint dir or hub id."),
-        transcoders: Path = typer.Option(None, "--transcoders", "-t", help="Transcoder directory (default: the built-in model's default CLT, trained on first use)."),
-        out: Path = typer.Option(None, "-o", "--out", help="Write the pruned graph as viewer JSON here."),
-        full: Path = typer.Option(None, "--full", help="Save the full unpruned graph (.npz) here, to re-prune later."),
-        graphml: Path = typer.Option(None, "--graphml", help="Also write the pruned graph as GraphML."),
-        node_threshold: float = typer.Option(0.8, help="Share of influence the kept nodes hold."),
-        edge_threshold: float = typer.Option(0.98, help="Share of edge score the kept edges hold."),
-        max_feature_nodes: int = typer.Option(None, help="Attribute at most this many features (chosen by influence)."),
-        max_n_logits: int = typer.Option(10, help="At most this many logit targets."),
-        target: list[str] = typer.Option([], "--target", help="Extra target token (repeatable)."),
-        contrast: str = typer.Option(None, "--contrast", help="With one --target: trace logit(target) - logit(contrast)."),
-        batch_size: int = typer.Option(64, help="Target rows per backward sweep."),
-        json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-        device: str = typer.Option("auto", help="cpu, cuda or auto."),
-    ) -> None:
-        """Trace PROMPT: compute its attribution graph, prune and score it, print a summary, export it."""
-        from circuits.replacement_model import ReplacementModel
-        from circuits.trace import TraceConfig, trace_prompt
+@with_config_options(TraceConfig)
+def trace_cmd(
+    prompt: str = typer.Argument(..., help="Prompt to trace."),
+    model: str = typer.Option("world", "--model", "-m", help="Built-in name, local checkpoint dir or hub id."),
+    transcoders: Path = typer.Option(None, "--transcoders", "-t", help="Transcoder directory (default: the built-in model's default CLT, trained on first use)."),
+    out: Path = typer.Option(None, "-o", "--out", help="Write the pruned graph as viewer JSON here."),
+    full: Path = typer.Option(None, "--full", help="Save the full unpruned graph (.npz) here, to re-prune later."),
+    graphml: Path = typer.Option(None, "--graphml", help="Also write the pruned graph as GraphML."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    device: str = DEVICE_OPTION,
+    **settings,
+) -> None:
+    """Trace PROMPT: compute its attribution graph, prune and score it, print a summary, export it."""
+    from circuits.replacement_model import ReplacementModel
+    from circuits.trace import trace_prompt
 
-        for path in (out, full, graphml):
-            check_writable(path)
-        config = TraceConfig(node_threshold=node_threshold, edge_threshold=edge_threshold,
-                             max_feature_nodes=max_feature_nodes, max_n_logits=max_n_logits,
-                             targets=list(target), contrast=contrast, batch_size=batch_size)
-        rm = ReplacementModel.load(model, transcoders, pick_device(device), progress=True)
-        result = trace_prompt(rm, prompt, config, progress=not json_out)
-        write_outputs(result, out, full, graphml)
-        if json_out:
-            print_json(result.summary)
-        else:
-            print_summary(result.summary)
-            for label, p in (("viewer JSON", out), ("full graph", full), ("GraphML", graphml)):
-                if p is not None:
-                    console.print(f"wrote {label}: {p}")
+    for path in (out, full, graphml):
+        check_writable(path)
+    config = build_config(TraceConfig, given(TraceConfig, settings))
+    rm = ReplacementModel.load(model, transcoders, pick_device(device), progress=True)
+    result = trace_prompt(rm, prompt, config, progress=not json_out)
+    write_outputs(result, out, full, graphml)
+    if json_out:
+        print_json(result.summary)
+    else:
+        print_summary(result.summary)
+        for label, p in (("viewer JSON", out), ("full graph", full), ("GraphML", graphml)):
+            if p is not None:
+                console.print(f"wrote {label}: {p}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("trace")(trace_cmd)

@@ -7,71 +7,36 @@ TrainConfig's defaults. With --resume, unset options come from the checkpoint.
 
 from __future__ import annotations
 
-import inspect
-import typing
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from circuits.cli.common import console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, console, pick_device, print_json
+from circuits.cli.options import build_config, flag, given, with_config_options
 from transcoders.train_config import TrainConfig
 
 app = typer.Typer(help="Train and inspect transcoders (CLT / PLT).", no_args_is_help=True)
 
-_FLAG_NAMES = {"n_features": "--features"}
-
-
-def _flag(name: str) -> str:
-    return _FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
-
-
-def _option_type(annotation) -> tuple[type, str]:
-    """(click-friendly type, extra help) of a TrainConfig field annotation."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is typing.Literal:
-        return str, " [" + "|".join(map(str, typing.get_args(annotation))) + "]"
-    if args and typing.get_origin(annotation) is not typing.Literal:
-        return _option_type(args[0])
-    return annotation, ""
-
-
-def _config_parameters() -> list[inspect.Parameter]:
-    params = []
-    for name, field in TrainConfig.model_fields.items():
-        typ, extra = _option_type(field.annotation)
-        default = field.default
-        help_text = f"{field.description}{extra} (default: {default})"
-        decls = [f"{_flag(name)}/--no-{name.replace('_', '-')}"] if typ is bool else [_flag(name)]
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
-                                        default=typer.Option(None, *decls, help=help_text, show_default=False),
-                                        annotation=typing.Optional[typ]))
-    return params
-
-
 def resolve_config(model: str, out: Path, resume: bool, overrides: dict) -> TrainConfig:
     """TrainConfig from the model's defaults (fresh) or the checkpoint (resume) plus explicit options."""
-    from pydantic import ValidationError
-
     from circuits.models.registry import BUILTIN_MODELS
     from transcoders.checkpoint import CHECKPOINT_FILE, load_checkpoint
     from transcoders.errors import TranscoderError
-    from transcoders.train_config import describe_validation_error
 
-    given = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        if not resume:
-            builtin = BUILTIN_MODELS.get(model)
-            return TrainConfig(**{**((builtin and builtin.transcoder_config) or {}), **given})
-        ckpt = out / CHECKPOINT_FILE
-        if not ckpt.exists():
-            return TrainConfig(**given)  # prepare_out_dir reports the missing checkpoint
-        saved = TrainConfig(**load_checkpoint(ckpt)[1]["train_config"])
-        wanted = TrainConfig(**{**saved.model_dump(), **given})
-    except ValidationError as exc:
-        raise TranscoderError(describe_validation_error(exc)) from None
-    diff = [k for k in given if getattr(wanted, k) != getattr(saved, k) and k not in TrainConfig.RUNTIME_FIELDS]
+    options = given(TrainConfig, overrides)
+    if not resume:
+        builtin = BUILTIN_MODELS.get(model)
+        return build_config(TrainConfig, {**((builtin and builtin.transcoder_config) or {}), **options})
+    ckpt = out / CHECKPOINT_FILE
+    if not ckpt.exists():
+        return build_config(TrainConfig, options)  # prepare_outputs reports the missing checkpoint
+    saved = TrainConfig(**load_checkpoint(ckpt)[1]["train_config"])
+    wanted = build_config(TrainConfig, {**saved.model_dump(), **options})
+    diff = [k for k in options if getattr(wanted, k) != getattr(saved, k) and k not in TrainConfig.RUNTIME_FIELDS]
     if diff:
-        shown = ", ".join(f"{_flag(k)} {getattr(wanted, k)} (checkpoint: {getattr(saved, k)})" for k in diff)
+        shown = ", ".join(f"{flag(TrainConfig, k)} {getattr(wanted, k)} (checkpoint: {getattr(saved, k)})"
+                          for k in diff)
         raise TranscoderError(f"--resume continues the run as it was started; these differ: {shown}")
     return wanted
 
@@ -91,8 +56,24 @@ def run_training(model: str, out: Path, *, resume: bool, overwrite: bool, corpus
                            log_path=log, device=device)
 
 
-def _train(model: str, out: Path, resume: bool, overwrite: bool, corpus: str | None, log: Path | None,
-           device: str, progress: bool, json_out: bool, **options) -> None:
+@with_config_options(TrainConfig)
+def train_cmd(
+    model: str = typer.Option(..., "--model", help="Model: built-in name, checkpoint dir or hub id."),
+    out: Path = typer.Option(..., "--out", help="Output directory (circuit-tracer format)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="Text file (one document per line) or dataset "
+                                         "name; default: the built-in model's own corpus."),
+    log: Optional[Path] = typer.Option(None, "--log", help="Append one JSON line of metrics per log step here."),
+    device: str = DEVICE_OPTION,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    json_out: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
+    **options,
+) -> None:
+    """Train a cross-layer (clt) or per-layer (plt) transcoder for --model; progress shows
+    tokens/s, loss, FVU and L0. Runs under torchrun for several GPUs (docs/transcoders.md).
+    For built-in models (world, world-tiny) unset options take the model's default CLT
+    configuration (its registry entry, circuits/models/registry.py), not the defaults listed below."""
     result = run_training(model, out, resume=resume, overwrite=overwrite, corpus=corpus, log=log,
                           device=pick_device(device), progress=progress, overrides=options)
     if json_out:
@@ -107,40 +88,6 @@ def _train(model: str, out: Path, resume: bool, overwrite: bool, corpus: str | N
             console.print(f"  {key}: {fid[key]}")
 
 
-def _train_signature() -> inspect.Signature:
-    K = inspect.Parameter.KEYWORD_ONLY
-    fixed = [
-        inspect.Parameter("model", K, annotation=str,
-                          default=typer.Option(..., "--model", help="Model: built-in name, checkpoint dir or hub id.")),
-        inspect.Parameter("out", K, annotation=Path,
-                          default=typer.Option(..., "--out", help="Output directory (circuit-tracer format).")),
-        inspect.Parameter("resume", K, annotation=bool,
-                          default=typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint.")),
-        inspect.Parameter("overwrite", K, annotation=bool,
-                          default=typer.Option(False, "--overwrite", help="Replace an existing --out directory.")),
-        inspect.Parameter("corpus", K, annotation=typing.Optional[str],
-                          default=typer.Option(None, "--corpus", help="Text file (one document per line) or dataset name; "
-                                               "default: the built-in model's own corpus.")),
-        inspect.Parameter("log", K, annotation=typing.Optional[Path],
-                          default=typer.Option(None, "--log", help="Append one JSON line of metrics per log step here.")),
-        inspect.Parameter("device", K, annotation=str, default=typer.Option("auto", "--device", help="cpu, cuda or auto.")),
-        inspect.Parameter("progress", K, annotation=bool,
-                          default=typer.Option(True, "--progress/--no-progress", help="Show the progress bar.")),
-        inspect.Parameter("json_out", K, annotation=bool,
-                          default=typer.Option(False, "--json", help="Print the final metrics as JSON.")),
-    ]
-    return inspect.Signature(fixed + _config_parameters())
-
-
-def train_cmd(**kwargs) -> None:
-    """Train a cross-layer (clt) or per-layer (plt) transcoder for --model; progress shows
-    tokens/s, loss, FVU and L0. Runs under torchrun for several GPUs (docs/transcoders.md).
-    For built-in models (world, world-tiny) unset options take the model's default CLT
-    configuration (its registry entry, circuits/models/registry.py), not the defaults listed below."""
-    _train(**kwargs)
-
-
-train_cmd.__signature__ = _train_signature()
 app.command("train")(train_cmd)
 
 

@@ -8,19 +8,19 @@ from typing import Optional
 import typer
 
 from circuits.cli.common import DEVICE_OPTION, MODEL_OPTION, TRANSCODERS_OPTION, console, err_console, pick_device, print_json
-from circuits.cli.intervene import one_line_errors
+from circuits.cli.options import number_option
 
 
 def validate_cmd(
-    n: int = typer.Option(30, "--n", min=2, help="Prompts (half addition, half two-hop)."),
-    top_k: int = typer.Option(10, "--top-k", min=2, help="Feature nodes ablated per prompt (by influence)."),
-    swaps: int = typer.Option(20, "--swaps", min=0, help="Two-hop swap pairs."),
-    k: int = typer.Option(20, "--k", min=1, help="State features removed / injected per swap side."),
-    inhibit: float = typer.Option(-1.0, "--inhibit", help="Multiplier for the removed state features (0: ablate)."),
-    inject_scale: float = typer.Option(4.0, "--inject-scale", help="Scale of the injected activations."),
+    n: int = number_option(30, "--n", min=2, max=10_000, help="Prompts (half addition, half two-hop)."),
+    top_k: int = number_option(10, "--top-k", min=2, max=10_000, help="Feature nodes ablated per prompt (by influence)."),
+    swaps: int = number_option(20, "--swaps", min=0, max=10_000, help="Two-hop swap pairs."),
+    k: int = number_option(20, "--k", min=1, max=1_000_000, help="State features removed / injected per swap side."),
+    inhibit: float = number_option(-1.0, "--inhibit", kind=float, min=-1e6, max=1e6, help="Multiplier for the removed state features (0: ablate)."),
+    inject_scale: float = number_option(4.0, "--inject-scale", kind=float, min=-1e6, max=1e6, help="Scale of the injected activations."),
     grid: bool = typer.Option(True, "--grid/--no-grid", help="Also run the swap for a grid of settings."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the generated prompts and pairs."),
-    max_feature_nodes: Optional[int] = typer.Option(None, "--max-feature-nodes", min=1,
+    seed: int = number_option(0, "--seed", min=0, max=2**63 - 1, help="Seed for the generated prompts and pairs."),
+    max_feature_nodes: Optional[int] = number_option(None, "--max-feature-nodes", min=1, max=10_000_000,
                                                     help="Attribute at most this many features per prompt."),
     model: str = MODEL_OPTION,
     transcoders: Optional[Path] = TRANSCODERS_OPTION,
@@ -28,26 +28,25 @@ def validate_cmd(
     device: str = DEVICE_OPTION,
 ) -> None:
     """Spearman(graph influence, ablation effect), two-hop swap success rate, score table."""
-    with one_line_errors():
-        from circuits.replacement_model import ReplacementModel
-        from circuits.trace import TraceConfig
-        from circuits.validate import format_validation, validate
+    from circuits.replacement_model import ReplacementModel
+    from circuits.trace import TraceConfig
+    from circuits.validate import format_validation, validate
 
-        setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out)
-        config = TraceConfig(max_feature_nodes=max_feature_nodes)
+    setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out)
+    config = TraceConfig(max_feature_nodes=max_feature_nodes)
 
-        def progress(row):
-            if not json_out:
-                err_console.print(f"  traced {row.prompt!r}: spearman {row.spearman:.2f}", markup=False, highlight=False)
+    def progress(row):
+        if not json_out:
+            err_console.print(f"  traced {row.prompt!r}: spearman {row.spearman:.2f}", markup=False, highlight=False)
 
-        result = validate(setup, n=n, seed=seed, top_k=top_k, n_swaps=swaps, k=k, inhibit=inhibit,
-                          inject_scale=inject_scale, grid=grid, config=config,
-                          progress=progress)
-        if json_out:
-            print_json(result.to_json())
-        else:
-            for line in format_validation(result):
-                typer.echo(line)
+    result = validate(setup, n=n, seed=seed, top_k=top_k, n_swaps=swaps, k=k, inhibit=inhibit,
+                      inject_scale=inject_scale, grid=grid, config=config,
+                      progress=progress)
+    if json_out:
+        print_json(result.to_json())
+    else:
+        for line in format_validation(result):
+            typer.echo(line)
 
 
 def register(app: typer.Typer) -> None:
