@@ -53,11 +53,11 @@ class TrainConfig(BaseModel):
     sparsity_c: float = Field(1.0, gt=0, le=1e12, description="c in tanh(c * ||W_dec_i|| * a_i)")
     sparsity_warmup_frac: float = Field(0.5, ge=0, le=1, description="fraction of training over which lambda ramps up from 0")
     preact_coef: float = Field(3e-6, ge=0, le=1e12, description="pre-activation loss coefficient (keeps features alive)")
-    revive_after_tokens: int | None = Field(None, ge=0, le=10**13, description="apply the pre-activation loss only to "
+    revive_after_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS, description="apply the pre-activation loss only to "
                                             "features silent for this many tokens (unset or 0: to every feature)")
     threshold_init: float = Field(0.5, ge=0, le=1e12, description="initial JumpReLU threshold (normalised units)")
     jumprelu_bandwidth: float = Field(0.5, gt=0, le=1e12, description="STE rectangle width for the threshold gradient")
-    dead_after_tokens: int = Field(1_000_000, gt=0, le=10**13, description="a feature silent this many tokens counts as dead")
+    dead_after_tokens: int = Field(1_000_000, gt=0, le=MAX_TOKENS, description="a feature silent this many tokens counts as dead")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="random seed (init, shuffling)")
 
     # --- bookkeeping --------------------------------------------------------------------------
