@@ -16,6 +16,7 @@ gives the reasoning and the exact semantics.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -41,6 +42,9 @@ class Intervention:
     def __post_init__(self):
         if (self.value is None) == (self.multiplier is None):
             raise CircuitsError(f"intervention on {self.feature_id}: give exactly one of value / multiplier")
+        number = self.value if self.value is not None else self.multiplier
+        if not math.isfinite(number):
+            raise CircuitsError(f"intervention on {self.feature_id}: {number} is not a finite number")
 
     @property
     def feature_id(self) -> str:
@@ -176,6 +180,9 @@ def resolve_changes(interventions: Iterable[Intervention], acts_layer_pos_feat: 
                     f"feature {iv.layer}:{pos}:{iv.feature} is not active at position {pos}, so a multiple of "
                     f"it changes nothing; set a value instead (e.g. {iv.layer}:{pos}:{iv.feature}=2.0)")
             after = before * iv.multiplier if iv.multiplier is not None else float(iv.value)
+            if not math.isfinite(after):
+                raise CircuitsError(f"feature {iv.layer}:{pos}:{iv.feature}: {before} x {iv.multiplier} is not a "
+                                    "finite number; use a smaller multiplier")
             changes[key] = AppliedChange(iv.layer, pos, iv.feature, before, after)
     if not changes:
         raise CircuitsError("no interventions given")
@@ -289,6 +296,9 @@ def intervene(model, transcoder, tokens: torch.Tensor, interventions: Iterable[I
     reads = [(block_hook(l, in_hook), lambda x, hook, l=l: inputs.__setitem__(l, x[0])) for l in range(L)]
     with model.hooks(fwd_hooks=hooks + reads):
         logits_after = model(tokens[None])[0].float()
+    if not torch.isfinite(logits_after).all():
+        raise CircuitsError("the intervention drove the model's logits to NaN or infinity: the values are "
+                            "too large for the model's numbers; use smaller values or multipliers")
     acts_after = encode_inputs(transcoder, torch.stack([inputs[l] for l in range(L)]))
     before, after = clean.logits_pos_vocab, logits_after
     return InterventionResult(
@@ -333,6 +343,8 @@ def parse_set(text: str) -> Intervention:
         raise CircuitsError(f"malformed --set '{text}': '{rhs}' is not a number or xMULT; {_SET_HELP}")
     layer, pos, feature = parse_feature_id(lhs)
     number = float(m.group(2))
+    if not math.isfinite(number):
+        raise CircuitsError(f"--set '{text}': {m.group(2)} is not a finite number (too large for a float)")
     if m.group(1):
         return Intervention(layer, pos, feature, multiplier=number)
     return Intervention(layer, pos, feature, value=number)

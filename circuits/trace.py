@@ -59,6 +59,9 @@ def custom_targets(model, targets: list[str], contrast: str | None) -> list[Cust
         t = token_id(model, text)
         if contrast is not None:
             c = token_id(model, contrast)
+            if c == t:
+                raise CircuitsError(f"--target {text!r} and --contrast {contrast!r} are the same token: their "
+                                    "logit difference is zero by definition; give two different tokens")
             out.append(CustomTarget(f"{text.strip()} - {contrast.strip()}", W_U[:, t] - W_U[:, c]))
         else:
             out.append(CustomTarget(f"{text.strip()} (target)", W_U[:, t] - W_U.mean(1)))

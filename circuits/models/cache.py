@@ -120,6 +120,38 @@ def load_tokenizer(path: Path, special: dict):
     return tok
 
 
+def cache_problem(cache: Path) -> str | None:
+    """What is wrong with a cached model folder, in a few words, or None if it looks whole: meta
+    and config readable, every tensor of the weights file present with the shape its config
+    implies (read from the safetensors header against a model built on the meta device: no weights
+    are loaded, so `models list` can afford it)."""
+    import warnings
+
+    from safetensors import safe_open
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    if not read_meta(cache):
+        return "meta.json unreadable"
+    try:
+        cfg = HookedTransformerConfig(**{**json.loads((cache / CONFIG_FILE).read_text()), "device": "meta"})
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            wanted = {k: tuple(v.shape) for k, v in
+                      HookedTransformer(cfg, tokenizer=None, move_to_device=False).state_dict().items()}
+        with safe_open(str(cache / WEIGHTS_FILE), framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - any failure to read the files means the cache is damaged
+        return f"unreadable files ({type(exc).__name__})"
+    for key, shape in wanted.items():
+        if key.endswith(("IGNORE", "mask")):
+            continue
+        if key not in stored:
+            return f"weights file lacks {key}"
+        if stored[key] != shape:
+            return f"{key} has shape {list(stored[key])}, its config implies {list(shape)}"
+    return None
+
+
 def load_cached_model(cache: Path, name: str, device: str | torch.device = "cpu"):
     """Load a cached model directory into a HookedTransformer; corrupted files give one clear line."""
     from safetensors import SafetensorError
@@ -127,9 +159,10 @@ def load_cached_model(cache: Path, name: str, device: str | torch.device = "cpu"
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     rebuild = f"rebuild with: circuits models build {name} --force"
+    problem = cache_problem(cache)
+    if problem:
+        raise CircuitsError(f"cached model '{name}' at {cache} is corrupted ({problem}); {rebuild}")
     meta = read_meta(cache)
-    if not meta:
-        raise CircuitsError(f"cached model '{name}' at {cache} is corrupted (meta.json unreadable); {rebuild}")
     try:
         cfg_dict = json.loads((cache / CONFIG_FILE).read_text())
         cfg = HookedTransformerConfig(**{**cfg_dict, "device": str(device)})
@@ -143,7 +176,10 @@ def load_cached_model(cache: Path, name: str, device: str | torch.device = "cpu"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError:  # shapes: cache_problem checks them, this is the last guard
+        missing, unexpected = ["shapes"], []
     missing = [k for k in missing if not k.endswith(("IGNORE", "mask"))]
     if missing or unexpected:
         raise CircuitsError(

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import torch
 
 from circuits.errors import CircuitsError
-from circuits.models.cache import (WEIGHTS_FILE, file_fingerprint, load_cached_model, model_cache_dir, read_meta,
-                                   state_fingerprint)
+from circuits.models.cache import (WEIGHTS_FILE, cache_problem, file_fingerprint, load_cached_model,
+                                   model_cache_dir, read_meta, state_fingerprint)
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -132,12 +132,15 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 
 
 def list_models() -> list[dict]:
-    """Built-in models with their cache state."""
+    """Built-in models with their cache state: "cached" (whole), "corrupt" (`problem` says why;
+    `models build NAME --force` rebuilds it) or "not built". `cached` is True only when whole."""
     rows = []
     for name, spec in BUILTIN_MODELS.items():
         cache = model_cache_dir(name)
-        rows.append({"name": name, "description": spec.description,
-                     "cached": (cache / "meta.json").exists(), "path": str(cache)})
+        problem = cache_problem(cache) if cache.exists() else None
+        state = "not built" if not cache.exists() else "corrupt" if problem else "cached"
+        rows.append({"name": name, "description": spec.description, "cached": state == "cached",
+                     "state": state, "problem": problem, "path": str(cache)})
     return rows
 
 

@@ -1,0 +1,48 @@
+"""A cached model whose files were damaged is called corrupt (with the command that rebuilds it)
+by `models list` and by every load, never "cached" and never a traceback."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from circuits.errors import CircuitsError
+from circuits.models.cache import WEIGHTS_FILE, load_cached_model
+from circuits.models.registry import list_models
+
+
+@pytest.fixture
+def home_with_copy(world_tiny, tmp_path, monkeypatch):
+    """A private CIRCUITS_HOME holding a copy of the built world-tiny cache."""
+    home = tmp_path / "home"
+    shutil.copytree(world_tiny.path, home / "models" / "world-tiny")
+    monkeypatch.setenv("CIRCUITS_HOME", str(home))
+    return home / "models" / "world-tiny"
+
+
+def _row():
+    return next(r for r in list_models() if r["name"] == "world-tiny")
+
+
+def test_wrong_tensor_shape_is_corrupt_in_list_and_load(home_with_copy):
+    assert _row()["state"] == "cached" and _row()["cached"]
+    weights = home_with_copy / WEIGHTS_FILE
+    state = load_file(str(weights))
+    key = next(k for k in state if k.endswith("W_in"))
+    state[key] = torch.zeros(*state[key].shape[:-1], state[key].shape[-1] + 1)
+    save_file(state, str(weights))
+    row = _row()
+    assert row["state"] == "corrupt" and not row["cached"] and key in row["problem"]
+    with pytest.raises(CircuitsError, match=r"corrupted .*rebuild with: circuits models build world-tiny --force"):
+        load_cached_model(home_with_copy, "world-tiny")
+
+
+def test_truncated_weights_file_is_corrupt(home_with_copy):
+    weights = home_with_copy / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert _row()["state"] == "corrupt"
+    with pytest.raises(CircuitsError, match="is corrupted"):
+        load_cached_model(home_with_copy, "world-tiny")
