@@ -102,8 +102,10 @@ def fidelity_report(loaded, transcoders: str | Path, corpus: str | None = None, 
                     seq_len: int = 128, progress: bool = False) -> dict:
     """`circuits fidelity`: load the transcoder directory, check it fits, measure on held-out text."""
     from circuits.training.corpus import corpus_sequences
+    from transcoders.weights_check import check_transcoder_weights
 
     tc = load_fitting_transcoder(loaded.model, transcoders, device=str(loaded.model.cfg.device))
+    check_transcoder_weights(transcoders)  # NaN / inf weights would give NaN metrics: refuse them
     seqs, corpus_id = corpus_sequences(loaded, corpus, seq_len, heldout=True)
     report = measure_fidelity(loaded.model, tc, seqs, max_tokens=max_tokens, seq_len=seq_len, progress=progress)
     return {**report, "model": loaded.name, "transcoders": str(transcoders), "corpus": corpus_id,
@@ -111,8 +113,12 @@ def fidelity_report(loaded, transcoders: str | Path, corpus: str | None = None, 
 
 
 def plot_fidelity(report: dict, path: str | Path) -> Path:
-    """FVU and L0 by layer, side by side (matplotlib, Agg backend)."""
+    """FVU and L0 by layer, side by side (matplotlib, Agg backend), written as PNG to `path`."""
+    import io
+
     import matplotlib
+
+    from safeio import write_bytes
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -127,7 +133,8 @@ def plot_fidelity(report: dict, path: str | Path) -> Path:
         ax.set_xticks(layers)
     fig.suptitle(f"top-1 agreement {report['top1_agreement']:.3f}, KL {report['kl_mean']:.3f}")
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=120)
+    out, png = Path(path), io.BytesIO()
+    fig.savefig(png, dpi=120, format="png")
     plt.close(fig)
+    write_bytes(out, png.getvalue(), "plot")  # atomic, or through a special file / symlink
     return out

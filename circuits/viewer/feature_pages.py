@@ -196,10 +196,13 @@ def export_feature_pages(source: FeatureSource, features: list[tuple[int, int]],
     from pathlib import Path
 
     from graphs.atomic import atomic_write_text
+    from safeio import OutputError, check_output_dir
 
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise CircuitsError(f"cannot export feature pages to {out}: it is a file")
+    try:  # a file, a parent that is a file, an unwritable place: one line, before any page is made
+        check_output_dir(out, "feature pages folder")
+    except OutputError as err:
+        raise CircuitsError(str(err)) from None
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for layer, feature in sorted(set(features)):
