@@ -43,9 +43,30 @@ class TraceConfig(BaseModel):
 
 @dataclass
 class TraceResult:
+    """A traced prompt: the full graph, its pruned view and the summary `circuits trace` prints."""
+
     graph: Graph
     pruned: PrunedGraph
     summary: dict
+
+    def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> TraceResult:
+        """The same graph pruned at other thresholds (no recomputation)."""
+        pruned = prune_graph(self.graph, node_threshold, edge_threshold)
+        return TraceResult(self.graph, pruned, summarize(self.graph, pruned))
+
+    def write_json(self, path: str | Path) -> Path:
+        """The pruned graph as viewer JSON (what `circuits trace -o` writes; `circuits view` opens it)."""
+        from graphs import write_viewer_json
+
+        write_viewer_json(self.graph, self.pruned, path)
+        return Path(path)
+
+    def save(self, path: str | Path) -> Path:
+        """The full graph as .npz (what `circuits trace --full` writes; `circuits prune` re-prunes it)."""
+        from graphs import save_graph
+
+        save_graph(self.graph, path)
+        return Path(path)
 
 
 def custom_targets(model, targets: list[str], contrast: str | None) -> list[CustomTarget]:
