@@ -286,7 +286,7 @@ function hover(n, e) {
   const sn = supernodeOf(n.node_id);
   tip.replaceChildren(
     el("div", {}, nodeLabel(n)),
-    el("div", { class: "kv" }, `${n.node_id} · layer ${n.layer} · position ${n.ctx_idx}` + (sn ? ` · supernode ${sn[0]}` : "")),
+    el("div", { class: "kv" }, `${n.node_id} · ${where(n)}` + (sn ? ` · supernode ${sn[0]}` : "")),
     el("div", { class: "kv" }, `activation ${fmt(n.activation)} · influence ${fmt(n.influence_raw)}` +
       (n.influence !== null && n.influence !== undefined ? ` (cumulative ${fmt(n.influence)})` : "")),
   );
@@ -297,8 +297,16 @@ function hover(n, e) {
 
 function moveTooltip(e) {
   const tip = $("tooltip");
-  tip.style.left = `${e.clientX + 14}px`;
+  const right = $("graph").getBoundingClientRect().right;  // keep it off the side panel
+  const left = e.clientX + 14 + tip.offsetWidth > right ? e.clientX - 14 - tip.offsetWidth : e.clientX + 14;
+  tip.style.left = `${Math.max(0, left)}px`;
   tip.style.top = `${e.clientY + 12}px`;
+}
+
+function where(n) {
+  const kind = kindOf(n);
+  const row = kind === "logit" ? "output" : kind === "embedding" ? "embedding" : `layer ${n.layer}`;
+  return `${row} · position ${n.ctx_idx}`;
 }
 
 function unhover() {
@@ -328,7 +336,7 @@ function renderPanel(n) {
   const kind = kindOf(n);
   const head = el("div", { id: "node-panel", "data-node-id": n.node_id });
   head.append(el("h3", { id: "panel-title" }, nodeLabel(n)));
-  head.append(el("div", { class: "kv" }, `${kind} · ${n.node_id} · layer ${n.layer} · position ${n.ctx_idx} ` +
+  head.append(el("div", { class: "kv" }, `${kind} · ${n.node_id} · ${where(n)} ` +
     `(${JSON.stringify(S.doc.metadata.prompt_tokens[n.ctx_idx] ?? "")})`));
   head.append(el("div", { class: "kv" }, `activation ${fmt(n.activation)} · influence ${fmt(n.influence_raw)}` +
     (kind === "logit" ? ` · probability ${fmt(n.token_prob)}` : "")));
