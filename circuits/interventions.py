@@ -29,6 +29,9 @@ from circuits.hooks import block_hook, capture_layers, check_transcoder_fits
 Pos = int | tuple[int, int]  # a position (negative: from the end) or an inclusive range (a, b)
 
 
+FINAL_SCALE = "ln_final.hook_scale"
+
+
 @dataclass(frozen=True)
 class Intervention:
     """Set feature `feature` of layer `layer` at `pos` to `value`, or scale it by `multiplier`."""
@@ -76,6 +79,7 @@ class CleanRun:
     acts_layer_pos_feat: torch.Tensor   # [L, pos, F]  transcoder activations
     mlp_out_layer_pos_d: torch.Tensor   # [L, pos, d]  true MLP outputs
     patterns: list[torch.Tensor]        # per layer [head, q, k]
+    final_scale_pos: torch.Tensor | None = None  # [pos] the final norm's scale (None: the model has none)
 
 
 @dataclass
@@ -116,12 +120,14 @@ def clean_run(model, transcoder, tokens: torch.Tensor) -> CleanRun:
     check_transcoder_fits(model, transcoder)
     L, tcfg = model.cfg.n_layers, transcoder.cfg
     patterns = [block_hook(l, "attn.hook_pattern") for l in range(L)]
-    cap = capture_layers(model, tokens[None], tcfg.input_hook, tcfg.output_hook, patterns)
+    cap = capture_layers(model, tokens[None], tcfg.input_hook, tcfg.output_hook, [*patterns, FINAL_SCALE])
+    final_scale = cap.extra.get(FINAL_SCALE)
     return CleanRun(
         tokens=tokens, logits_pos_vocab=cap.logits[0].float(),
         acts_layer_pos_feat=encode_inputs(transcoder, cap.x_b_t_layer_d[0].transpose(0, 1)),
         mlp_out_layer_pos_d=cap.y_b_t_layer_d[0].transpose(0, 1),
-        patterns=[cap.extra[name][0] for name in patterns])
+        patterns=[cap.extra[name][0] for name in patterns],
+        final_scale_pos=final_scale[0, :, 0] if final_scale is not None else None)
 
 
 def feature_activations(model, transcoder, tokens: torch.Tensor) -> torch.Tensor:
@@ -218,8 +224,10 @@ def decoder_deltas(transcoder, changes: list[AppliedChange], layers: tuple[int, 
 
 
 def patch_hooks(model, transcoder, clean: CleanRun, deltas_layer_pos_d: torch.Tensor, layers: tuple[int, int],
-                freeze_attention: bool = True, clamp_mlps: bool = False) -> list:
-    """TransformerLens forward hooks for the patched run (prompt positions only; longer inputs allowed)."""
+                freeze_attention: bool = True, clamp_mlps: bool = False, freeze_final_norm: bool = False) -> list:
+    """TransformerLens forward hooks for the patched run (prompt positions only; longer inputs allowed).
+    With `freeze_final_norm` the final norm's scale is held at its clean value (the read-out of a
+    graph's logit node, METHOD.md section 3)."""
     n_pos = clean.tokens.shape[0]
     out_hook = transcoder.cfg.output_hook
 
@@ -244,6 +252,12 @@ def patch_hooks(model, transcoder, clean: CleanRun, deltas_layer_pos_d: torch.Te
              if clamp_mlps or bool(deltas_layer_pos_d[l].any())]
     if freeze_attention:
         hooks += [(block_hook(l, "attn.hook_pattern"), pattern_hook(l)) for l in range(model.cfg.n_layers)]
+    if freeze_final_norm and clean.final_scale_pos is not None:
+        def final_scale_hook(scale, hook):  # noqa: ARG001
+            scale = scale.clone()
+            scale[:, :n_pos, 0] = clean.final_scale_pos.to(scale.dtype)
+            return scale
+        hooks.append((FINAL_SCALE, final_scale_hook))
     return hooks
 
 
@@ -284,13 +298,14 @@ def greedy_generate(model, tokens: torch.Tensor, n_new: int, hooks: list | None 
 @torch.no_grad()
 def intervene(model, transcoder, tokens: torch.Tensor, interventions: Iterable[Intervention],
               layers: tuple[int, int | None] | None = None, freeze_attention: bool = True,
-              clamp_mlps: bool = False, top: int = 10, generate: int = 0) -> InterventionResult:
+              clamp_mlps: bool = False, top: int = 10, generate: int = 0,
+              freeze_final_norm: bool = False) -> InterventionResult:
     """Constrained patching of `interventions` on the prompt `tokens` [pos]; see the module docstring."""
     clean = clean_run(model, transcoder, tokens)
     changes = resolve_changes(interventions, clean.acts_layer_pos_feat)
     span = check_layer_range(layers, changes, transcoder)
     deltas = decoder_deltas(transcoder, changes, span, tokens.shape[0])
-    hooks = patch_hooks(model, transcoder, clean, deltas, span, freeze_attention, clamp_mlps)
+    hooks = patch_hooks(model, transcoder, clean, deltas, span, freeze_attention, clamp_mlps, freeze_final_norm)
     L, in_hook = model.cfg.n_layers, transcoder.cfg.input_hook
     inputs: dict[int, torch.Tensor] = {}
     reads = [(block_hook(l, in_hook), lambda x, hook, l=l: inputs.__setitem__(l, x[0])) for l in range(L)]

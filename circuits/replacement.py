@@ -223,7 +223,8 @@ def replacement_hooks(model, transcoder, rep: LocalReplacement | None = None, fr
 
 @torch.no_grad()
 def replacement_logits(model, transcoder, rep: LocalReplacement, freeze: bool = True) -> torch.Tensor:
-    """Logits [P, vocab] of the local replacement model on its own prompt (equal to the original's)."""
+    """Logits [P, vocab] of the local replacement model on its own prompt (equal to the original's).
+    A test oracle (tests/circuits/test_attribution.py): the engine itself never runs it."""
     hooks = replacement_hooks(model, transcoder, rep, freeze)
     return model.run_with_hooks(rep.tokens[None], fwd_hooks=hooks)[0]
 
@@ -237,7 +238,7 @@ def frozen_forward(model, transcoder, rep: LocalReplacement, acts_pos_layer_feat
     Returns (feature pre-activations [L, P, F] read at each layer's input hook, logits [P, vocab]
     before any final soft-capping: what logit nodes read). This is the linear model whose direct
     effects the adjacency holds: scaling one source here changes every target exactly by that
-    source's column of A.
+    source's column of A. A test oracle: the edge-exactness tests compare every edge with it.
     """
     L, P = model.cfg.n_layers, rep.n_pos
     if acts_pos_layer_feat is None:

@@ -27,12 +27,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from circuits.demos.common import Traced, json_safe, ranked_features, trace_answer
 from circuits.demos.state_features import DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, two_hop_queries
 from circuits.demos.swap_trials import SwapRow, swap_grid, swap_rows
 from circuits.errors import CircuitsError
-from circuits.interventions import (Intervention, check_layer_range, clean_run, decoder_deltas, patch_hooks,
-                                     resolve_changes)
+from circuits.experiments import Traced, answer_logit_change, json_safe, ranked_features, trace_answer
+from circuits.interventions import Intervention
 from circuits.replacement_model import ReplacementModel
 from circuits.trace import TraceConfig
 from graphs import Graph
@@ -76,32 +75,15 @@ def linear_effects(graph: Graph, target_node: int) -> np.ndarray:
     return -act_feat * g_feat
 
 
-@torch.no_grad()
 def ablation_effects(setup: ReplacementModel, traced: Traced, layer: int, pos: int, feature: int) -> tuple[float, float]:
     """Change of the answer's demeaned logit (last position) when the feature is ablated (x0) by
     constrained patching in the real model: (as the model reads it out, with the final norm's
     scale held at its clean value). The second is what the graph's logit node measures (METHOD.md
     section 3): for a confident answer, the first also carries the final norm's rescaling of the
     whole (large) logit, which no single edge describes."""
-    model, tc, tokens = setup.model, setup.transcoder, traced.tokens
-    clean = clean_run(model, tc, tokens)
-    changes = resolve_changes([Intervention(layer, pos, feature, multiplier=0.0)], clean.acts_layer_pos_feat)
-    span = check_layer_range(None, changes, tc)
-    hooks = patch_hooks(model, tc, clean, decoder_deltas(tc, changes, span, tokens.shape[0]), span)
-    name = "ln_final.hook_scale"
-    frozen_hooks = hooks
-    if name in model.hook_dict:
-        _, cache = model.run_with_cache(tokens[None], names_filter=name)
-        scale = cache[name]
-        frozen_hooks = hooks + [(name, lambda x, hook: scale)]
-    before = clean.logits_pos_vocab[-1].double()
-    t = traced.answer_id
-    out = []
-    for fwd in (hooks, frozen_hooks):
-        with model.hooks(fwd_hooks=fwd):
-            after = model(tokens[None])[0, -1].double()
-        out.append(float((after[t] - after.mean()) - (before[t] - before.mean())))
-    return out[0], out[1]
+    ablate = [Intervention(layer, pos, feature, multiplier=0.0)]
+    return (answer_logit_change(setup, traced, ablate),
+            answer_logit_change(setup, traced, ablate, freeze_final_norm=True))
 
 
 @dataclass

@@ -18,7 +18,6 @@ import hashlib
 import torch
 from torch import nn
 
-from transcoders.activations import topk_relu
 from transcoders.config import TranscoderConfig
 from transcoders.formats_read import LayerViews
 from transcoders.tensor_files import head_bytes, release
@@ -177,13 +176,7 @@ class LazyTranscoder(nn.Module):
                 release(p)
         return out + self.b_enc[layer]
 
-    def activate_layer(self, pre_feat: torch.Tensor, layer: int) -> torch.Tensor:
-        act = self.cfg.activation
-        if act == "jumprelu":
-            return pre_feat * (pre_feat > self.threshold[layer])
-        if act == "relu":
-            return pre_feat.relu()
-        return topk_relu(pre_feat, self.cfg.topk)
+    activate_layer = Transcoder.activate_layer  # the same rule (reads cfg and the threshold buffer)
 
     def encode(self, x_layer_d: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.encode_layer(x_layer_d[..., l, :], l) for l in range(self.cfg.n_layers)], dim=-2)
@@ -213,8 +206,8 @@ class LazyTranscoder(nn.Module):
                 y[:, l] += x[:, l].to(self._dtype) @ self.skip_matrix(l)
         return y.reshape(*batch, L, d)
 
-    # the same one-layer forward as Transcoder (it reads only encode_layer, activate_layer,
-    # b_dec, decoder_to_layer and skip_matrix)
+    # the same one-layer forward as Transcoder (it reads only encode_layer, activate_layer, b_dec,
+    # decoder_to_layer and skip_matrix)
     layer_features = Transcoder.layer_features
     decode_layer = Transcoder.decode_layer
 

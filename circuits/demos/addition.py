@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from circuits.demos.common import (json_safe, Experiment, FeatureNode, clean_top, format_experiment,
+from circuits.experiments import (json_safe, Experiment, FeatureNode, clean_top, format_experiment,
                                    no_candidates, ranked_features, run_experiment, trace_answer)
 from circuits.demos.operand_roles import addition_positions, feature_roles
 from circuits.interventions import Intervention

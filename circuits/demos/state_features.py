@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from circuits.demos.common import Experiment, no_candidates, run_experiment
+from circuits.experiments import Experiment, no_candidates, run_experiment
 from circuits.interventions import Intervention, feature_activations, injections_from
 from circuits.prompts import tokenize_prompt
 from circuits.replacement_model import ReplacementModel

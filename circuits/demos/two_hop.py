@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from circuits.demos.common import (json_safe, Experiment, Traced, clean_top, format_experiment, promoted_tokens,
+from circuits.experiments import (json_safe, Experiment, Traced, clean_top, format_experiment, promoted_tokens,
                                    reaches, trace_answer)
 from circuits.demos.state_features import (DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, StateFeature, StateFeatureFinder, one_hop_probe, run_inhibit,
                                            run_swap)

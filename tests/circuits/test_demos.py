@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from circuits.demos.common import decide, run_experiment, trace_answer
+from circuits.experiments import decide, run_experiment, trace_answer
 from circuits.demos.operand_roles import OPERANDS, classify, eta_squared
 from circuits.demos.state_features import StateFeatureFinder, two_hop_queries
 from circuits.demos.swap_trials import SwapRow, swap_grid, swap_pairs

@@ -1,5 +1,6 @@
-"""What both case studies share: loading, tracing towards one answer, ranking features by their
-influence on that answer, describing a feature, and running an intervention with a verdict.
+"""Experiments on a ReplacementModel, shared by the case studies (circuits/demos) and validation:
+tracing towards one answer (and reading its logit node), ranking features by their influence on
+that answer, describing a feature, and running an intervention with a verdict.
 
     setup = ReplacementModel.load("world")
     traced = trace_answer(setup, "calc: 36+59=", "95")
@@ -146,6 +147,18 @@ def reaches(graph: Graph, edge_mask, source: int, target: int) -> bool:
                 seen.add(nxt)
                 stack.append(nxt)
     return False
+
+
+def answer_logit_change(setup: ReplacementModel, traced: Traced, interventions: list[Intervention],
+                        freeze_final_norm: bool = False) -> float:
+    """Change of the answer's demeaned logit at the last position under constrained patching
+    (circuits.interventions.intervene). With `freeze_final_norm` the final norm's scale is held at
+    its clean value: the read-out of the graph's logit node (METHOD.md section 3)."""
+    result = intervene(setup.model, setup.transcoder, traced.tokens, interventions,
+                       freeze_final_norm=freeze_final_norm)
+    t = traced.answer_id
+    before, after = result.logits_before[-1].double(), result.logits_after[-1].double()
+    return float((after[t] - after.mean()) - (before[t] - before.mean()))
 
 
 # --- experiments -------------------------------------------------------------------------------
