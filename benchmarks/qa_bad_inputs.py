@@ -278,6 +278,9 @@ def cases(work: Path, has_cuda: bool) -> list[Case]:
     bad("models predict on a corrupt cache", "models", "predict", "world-tiny", "x", env={"CIRCUITS_HOME": "{W}/home2"},
         check=contains("models build world-tiny --force", "stderr"))
     bad("control characters are escaped", "models", "predict", "bogus\x1b[2J\x07", "x")
+    bad("unknown command", "trac", PROMPT)
+    bad("unknown subcommand", "models", "lst")
+    bad("prune -o onto its own input", "prune", "{W}/g.npz", "-o", "{W}/g.npz")
 
     # transcoders info
     ok("transcoders info --json", "transcoders", "info", "{W}/tc", "--json", json=True)

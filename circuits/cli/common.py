@@ -1,13 +1,21 @@
-"""Shared CLI helpers: printing JSON, the console, device choice, the options every command shares."""
+"""Shared CLI helpers: printing JSON, the console, device choice, output checks, terminal-safe text,
+the options every command shares."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
+
+# Every Typer app: plain click help. Typer's rich help prints `<bool>` after every flag and cuts option
+# syntax (`--freeze-attention/--no-fre…`) to fit 80 columns; click's wraps help text instead.
+HELP = dict(rich_markup_mode=None)
 
 # Options shared by the commands that take a built-in model and, optionally, its transcoders.
 MODEL_OPTION = typer.Option("world", "--model", help="Model: built-in name, checkpoint dir or hub id.")
@@ -17,6 +25,35 @@ DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
+
+
+# Text that must not reach a terminal raw: C0/C1 controls (escape sequences, bell, newlines that
+# would split the one error line) and the bidirectional overrides that reorder what is shown.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def one_line(text: str) -> str:
+    """`text` with every control character shown as an escape (\\x1b, \\n, ...): safe to print."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def check_outputs(*outputs: Path | None, inputs: tuple[Path | None, ...] = ()) -> None:
+    """Before any work: every output path can be written (safeio.check_output: not a directory,
+    parent exists and is a folder, writable) and none is an input or another output."""
+    from circuits.errors import CircuitsError
+    from safeio import check_output
+
+    given = [p for p in outputs if p is not None]
+    for path in given:
+        check_output(path)
+    real = [os.path.realpath(p) for p in given]
+    for path, target in zip(given, real):
+        if real.count(target) > 1:
+            raise CircuitsError(f"{path} is given as two outputs; give each output its own file")
+        for source in (q for q in inputs if q is not None):
+            if os.path.exists(source) and os.path.realpath(source) == target:
+                raise CircuitsError(f"output {path} is also the input {source}: it would be overwritten; "
+                                    "write to another file")
 
 
 def print_json(obj: Any) -> None:

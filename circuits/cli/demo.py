@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import DEVICE_OPTION, MODEL_OPTION, TRANSCODERS_OPTION, console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, HELP, MODEL_OPTION, TRANSCODERS_OPTION, console, pick_device, print_json
 from circuits.cli.options import number_option
 
-app = typer.Typer(help="Case studies: trace, explain and intervene, ending in a verdict per experiment.",
+app = typer.Typer(**HELP, help="Case studies: trace, explain and intervene, ending in a verdict per experiment.",
                   no_args_is_help=True)
 
 JSON = typer.Option(False, "--json", help="Print the report as JSON.")

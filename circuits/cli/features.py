@@ -7,10 +7,11 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import DEVICE_OPTION, MODEL_OPTION, TRANSCODERS_OPTION, console, pick_device, print_json
+from circuits.cli.common import (DEVICE_OPTION, HELP, MODEL_OPTION, TRANSCODERS_OPTION, check_outputs, console,
+                                 pick_device, print_json)
 from circuits.cli.options import number_option
 
-app = typer.Typer(help="Index transcoder features over a corpus and show them.", no_args_is_help=True)
+app = typer.Typer(**HELP, help="Index transcoder features over a corpus and show them.", no_args_is_help=True)
 
 
 def _feature_arg(text: str) -> tuple[int, int]:
@@ -40,11 +41,12 @@ def index_cmd(
     """Run the corpus once; store each feature's top contexts and firing frequency beside the transcoders."""
     import torch
 
-    from circuits.feature_index import build_feature_index, save_feature_index
+    from circuits.feature_index import INDEX_JSON, INDEX_NPZ, build_feature_index, save_feature_index
     from circuits.replacement_model import ReplacementModel
     from circuits.training.corpus import corpus_sequences
 
     rm = ReplacementModel.load(model, transcoders, pick_device(device))
+    check_outputs(*(Path(rm.transcoder_dir) / name for name in (INDEX_NPZ, INDEX_JSON)))  # before the pass
     sequences, source = corpus_sequences(rm.loaded, corpus, seq_len=rm.model.cfg.n_ctx)
     docs = (torch.tensor(seq, dtype=torch.long) for seq in sequences)
     index = build_feature_index(rm.model, rm.transcoder, docs, max_tokens=tokens,

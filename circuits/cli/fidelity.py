@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import DEVICE_OPTION, console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, check_outputs, console, pick_device, print_json
 from circuits.cli.options import number_option
 
 
@@ -31,6 +31,7 @@ def fidelity_cmd(
         from circuits.errors import CircuitsError
 
         raise CircuitsError(f"transcoder directory {transcoders} does not exist")
+    check_outputs(plot)
     loaded = load_model(model, device=pick_device(device))
     report = fidelity_report(loaded, transcoders, corpus=corpus, max_tokens=tokens, progress=progress)
     if plot is not None:

@@ -10,6 +10,27 @@ import typer
 from typer.core import TyperGroup
 
 from circuits.cli import models as models_cli
+from circuits.cli.common import HELP, one_line
+
+
+def _with_typer_copy(real: type[BaseException], typer_module: str, name: str) -> tuple[type[BaseException], ...]:
+    """`real` (a click class) and typer's own copy of it, where typer vendors click (typer >= 0.20)."""
+    import importlib
+
+    try:
+        copy = getattr(importlib.import_module(typer_module), name)
+    except (ImportError, AttributeError):
+        return (real,)
+    return (real,) if copy is real else (real, copy)
+
+
+_CLICK_ERRORS = _with_typer_copy(click.ClickException, "typer._click.exceptions", "ClickException")
+_CLICK_ABORTS = _with_typer_copy(click.exceptions.Abort, "typer.exceptions", "Abort")
+
+
+def _is_help_request(exc: BaseException) -> bool:
+    """click's "no arguments: show the help" signal, which is an exception but not an error."""
+    return type(exc).__name__ == "NoArgsIsHelpError"
 
 
 class _UserErrorsAsOneLine(TyperGroup):
@@ -25,8 +46,26 @@ class _UserErrorsAsOneLine(TyperGroup):
             line = user_error_line(exc)
             if line is None:
                 raise
-            click.echo(f"error: {line}", err=True)
+            click.echo(f"error: {one_line(line)}", err=True)
             ctx.exit(2)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Errors click meets before any command runs (an unknown command, a bad root option) end
+        in one line too; everything else behaves as click's standalone mode."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _CLICK_ERRORS as exc:
+            if _is_help_request(exc):
+                exc.show()
+                sys.exit(exc.exit_code)
+            click.echo(f"error: {one_line(exc.format_message())}", err=True)
+            sys.exit(2)
+        except _CLICK_ABORTS:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def user_error_line(exc: BaseException) -> str | None:
@@ -40,7 +79,9 @@ def user_error_line(exc: BaseException) -> str | None:
 
     if isinstance(exc, (CircuitsError, TranscoderError, GraphError, OutputError)):
         return str(exc)
-    if isinstance(exc, click.ClickException):  # a bad option value, raised while parsing a subcommand
+    if isinstance(exc, _CLICK_ERRORS) and _is_help_request(exc):
+        return None  # a group called without a command: click shows its help
+    if isinstance(exc, _CLICK_ERRORS):  # a bad option value, raised while parsing a subcommand
         return exc.format_message()
     if isinstance(exc, ValidationError):  # a config object built outside circuits.cli.options
         err = exc.errors()[0]
@@ -57,7 +98,7 @@ app = typer.Typer(
     cls=_UserErrorsAsOneLine,
     help="Circuit tracing for transformer language models: build models, train transcoders, "
     "trace attribution graphs, prune and export them, and intervene on features.",
-    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, **HELP)
 app.add_typer(models_cli.app, name="models")
 
 # Each module registers its commands; a new command group is one more name here.

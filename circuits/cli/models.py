@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from circuits.cli.common import DEVICE_OPTION, console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, HELP, console, pick_device, print_json
 from circuits.cli.options import number_option
 
-app = typer.Typer(help="Build, list, evaluate and query models.", no_args_is_help=True)
+app = typer.Typer(**HELP, help="Build, list, evaluate and query models.", no_args_is_help=True)
 
 
 @app.command("list")
@@ -20,8 +20,10 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON."))
         print_json(rows)
         return
     for row in rows:
-        state = "cached" if row["cached"] else "not built"
-        console.print(f"[bold]{row['name']:<14}[/bold] {state:<10} {row['description']}")
+        console.print(f"[bold]{row['name']:<14}[/bold] {row['state']:<10} {row['description']}")
+        if row["problem"]:
+            console.print(f"{'':<15}{row['problem']}; rebuild: circuits models build {row['name']} --force",
+                          markup=False, highlight=False)
 
 
 @app.command("build")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from circuits.cli.common import print_json
+from circuits.cli.common import check_outputs, print_json
 from circuits.cli.options import number_option
 
 
@@ -21,15 +21,14 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Prune a saved full graph with new thresholds; print its summary and export it."""
-        from circuits.cli.trace import check_writable, print_summary, write_outputs
+        from circuits.cli.trace import print_summary, write_outputs
         from circuits.errors import CircuitsError
         from circuits.trace import TraceResult
         from graphs import load_graph, prune_graph, summarize
 
         if not (0 < node_threshold <= 1 and 0 < edge_threshold <= 1):
             raise CircuitsError("thresholds must be in (0, 1]")
-        for path in (out, graphml):
-            check_writable(path)
+        check_outputs(out, graphml, inputs=(graph_file,))
         graph = load_graph(graph_file)
         pruned = prune_graph(graph, node_threshold, edge_threshold)
         result = TraceResult(graph, pruned, summarize(graph, pruned))

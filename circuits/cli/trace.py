@@ -6,26 +6,9 @@ from pathlib import Path
 
 import typer
 
-from circuits.cli.common import DEVICE_OPTION, console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, check_outputs, console, pick_device, print_json
 from circuits.cli.options import build_config, given, with_config_options
 from circuits.trace import TraceConfig
-
-
-def check_writable(path: Path | None) -> None:
-    """Refuse an output path whose folder is missing or not writable, before any work is done."""
-    import os
-
-    from circuits.errors import CircuitsError
-
-    if path is None:
-        return
-    folder = path.expanduser().resolve().parent
-    if not folder.is_dir():
-        raise CircuitsError(f"cannot write {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise CircuitsError(f"cannot write {path}: folder {folder} is not writable")
-    if path.is_dir():
-        raise CircuitsError(f"cannot write {path}: it is a directory")
 
 
 def write_outputs(result, out_json: Path | None, full: Path | None, graphml: Path | None) -> None:
@@ -48,6 +31,8 @@ def print_summary(summary: dict) -> None:
     console.print(f"[bold]graph[/bold] nodes {c['nodes_before']} -> {c['nodes_after']}, "
                   f"edges {c['edges_before']} -> {c['edges_after']}, "
                   f"features {c['features_before']} -> {c['features_after']}")
+    for warning in summary.get("warnings", []):
+        console.print(f"[bold red]warning[/bold red] {warning}")
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     console.print(f"[bold]scores[/bold] replacement {fmt(s['replacement'])} (pruned {fmt(s['replacement_pruned'])}), "
                   f"completeness {fmt(s['completeness'])} (pruned {fmt(s['completeness_pruned'])})")
@@ -80,8 +65,7 @@ def trace_cmd(
     from circuits.replacement_model import ReplacementModel
     from circuits.trace import trace_prompt
 
-    for path in (out, full, graphml):
-        check_writable(path)
+    check_outputs(out, full, graphml)
     config = build_config(TraceConfig, given(TraceConfig, settings))
     rm = ReplacementModel.load(model, transcoders, pick_device(device), progress=True)
     result = trace_prompt(rm, prompt, config, progress=not json_out)

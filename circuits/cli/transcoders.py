@@ -12,11 +12,11 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import DEVICE_OPTION, console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, HELP, console, pick_device, print_json
 from circuits.cli.options import build_config, flag, given, with_config_options
 from transcoders.train_config import TrainConfig
 
-app = typer.Typer(help="Train and inspect transcoders (CLT / PLT).", no_args_is_help=True)
+app = typer.Typer(**HELP, help="Train and inspect transcoders (CLT / PLT).", no_args_is_help=True)
 
 def resolve_config(model: str, out: Path, resume: bool, overrides: dict) -> TrainConfig:
     """TrainConfig from the model's defaults (fresh) or the checkpoint (resume) plus explicit options."""
@@ -96,8 +96,10 @@ def info_cmd(path: Path = typer.Argument(..., help="Transcoder directory."),
              json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show a transcoder directory's architecture, training config and metrics."""
     from transcoders.formats import load_transcoder, read_training_files
+    from transcoders.weights_check import check_transcoder_weights
 
     tc = load_transcoder(path)
+    check_transcoder_weights(path)  # NaN / inf weights: say the transcoder is corrupt, do not describe it
     out = {"path": str(path), "transcoder": tc.cfg.model_dump(), **read_training_files(path)}
     if json_out:
         print_json(out)

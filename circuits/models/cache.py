@@ -86,12 +86,28 @@ def save_model_files(out_dir: Path, model, tokenizer_json: str, meta: dict) -> N
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
 
 
+_CACHE_FILES = {CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, META_FILE, "GEMMA_TERMS.txt"}
+
+
+def _made_here(folder: Path) -> bool:
+    """A cache folder this tool wrote (it has meta.json, or nothing but cache files): --force may
+    replace it. Anything else under the cache's name is the user's and is left alone."""
+    if not folder.is_dir():
+        return False
+    if (folder / META_FILE).is_file():
+        return True
+    return all(p.is_file() and p.name in _CACHE_FILES for p in folder.iterdir())
+
+
 def build_into_cache(name: str, build: Callable[[Path, bool], dict], progress: bool = True,
                      force: bool = False) -> Path:
     """Run `build(tmp_dir, progress)` and move the result into the cache atomically."""
     final = model_cache_dir(name)
     if (final / META_FILE).exists() and not force:
         return final
+    if final.exists() and not _made_here(final):
+        raise CircuitsError(f"{final} holds files this tool did not write, so it will not replace them; "
+                            "move them away or point CIRCUITS_HOME elsewhere")
     writable_dir(final.parent)
     tmp = final.parent / f".{name}.building"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -46,3 +46,15 @@ def test_truncated_weights_file_is_corrupt(home_with_copy):
     assert _row()["state"] == "corrupt"
     with pytest.raises(CircuitsError, match="is corrupted"):
         load_cached_model(home_with_copy, "world-tiny")
+
+
+def test_a_folder_of_user_files_under_the_cache_name_is_never_replaced(tmp_path, monkeypatch):
+    from circuits.models.registry import build_model
+
+    monkeypatch.setenv("CIRCUITS_HOME", str(tmp_path))
+    mine = tmp_path / "models" / "world-tiny"
+    mine.mkdir(parents=True)
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(CircuitsError, match="did not write"):
+        build_model("world-tiny", progress=False, force=True)
+    assert (mine / "thesis.tex").read_text() == "years of work"
