@@ -129,6 +129,10 @@ def _parse_node(n: dict) -> dict[str, Any]:
 
 
 def _sort_key(n: dict) -> tuple:
+    """Graph order: features, errors, embeddings by (layer, position, feature); logits keep the
+    file's order (the first is the target logit, then by probability)."""
+    if n["kind"] is NodeKind.LOGIT:
+        return (int(n["kind"]),)
     return (int(n["kind"]), n["layer"], n["pos"], n["feature"], n["token"])
 
 

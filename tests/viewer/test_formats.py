@@ -54,6 +54,9 @@ def test_graph_json_round_trip(graph_files):
     assert {(l["source"], l["target"]): l["weight"] for l in again["links"]}.items() <= links.items()
     assert graph.token_strs == doc["metadata"]["prompt_tokens"]
     assert qparams["pinnedIds"] == []
+    logits = [n for n in doc["nodes"] if n["feature_type"] == "logit"]
+    assert [n["node_id"] for n in again["nodes"] if n["feature_type"] == "logit"] == [n["node_id"] for n in logits]
+    assert again["nodes"][-len(logits)]["is_target_logit"]
 
 
 def old_style(doc: dict) -> dict:

@@ -55,3 +55,35 @@ def test_case_study_screenshots(browser, tmp_path, monkeypatch):
     finally:
         server.stop()
         browser.set_window_size(1400, 900)
+    if model == "world":
+        done_when(browser, rm, tmp_path)
+
+
+def done_when(browser, rm, tmp_path) -> None:
+    """The issue's newcomer: trace calc to g.json, view it, click the "95" logit, walk back to the
+    operand tokens through the panel."""
+    from circuits.viewer.graphs_held import open_graph_file
+
+    rm.trace(PROMPTS["calc"]).write_json(tmp_path / "g.json")
+    state = ViewerState()
+    graph, qparams, source = open_graph_file(tmp_path / "g.json")
+    state.shelf.add("g.json", graph, qparams, source)
+    server = RunningServer(state)
+    try:
+        browser.get("about:blank")
+        requested_urls(browser), console_errors(browser)
+        browser.get(server.url)
+        wait(browser, lambda d: int(text(d, "node-count")) > 0)
+        nodes = browser.execute_script("return window.circuitsViewer.state.doc.nodes")
+        top = next(n for n in nodes if n["is_target_logit"])
+        assert top["clerp"].startswith('Output "95"')
+        browser.find_element(By.CSS_SELECTOR, f'[data-node-id="{top["node_id"]}"]').click()
+        wait(browser, lambda d: d.find_elements(By.ID, "inputs-table"))
+        inputs = text(browser, "inputs-table")
+        assert 'token "36"' in inputs and 'token "59"' in inputs
+        row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#inputs-table tr") if 'token "36"' in r.text)
+        row.click()
+        wait(browser, lambda d: text(d, "panel-title") == 'token "36"')
+        assert_clean(browser, server)
+    finally:
+        server.stop()
