@@ -12,11 +12,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from circuits.attribution.engine import CustomTarget, attribute
-from circuits.attribution.to_graph import to_graph
+from circuits.attribution.to_graph import add_output_view_labels, to_graph
 from circuits.errors import CircuitsError
 from circuits.prompts import token_id, tokenize_prompt
 from circuits.replacement_model import ReplacementModel
@@ -32,7 +33,10 @@ class TraceConfig(BaseModel):
     node_threshold: float = Field(0.8, gt=0, le=1, description="keep feature/error nodes holding this share of influence")
     edge_threshold: float = Field(0.98, gt=0, le=1, description="keep edges holding this share of edge score")
     max_feature_nodes: int | None = Field(None, gt=0, le=10_000_000,
-                                          description="attribute at most this many features (by influence)")
+                                          description="attribute at most this many features, chosen by influence "
+                                          "(default: all, up to 7500 and the memory budget)")
+    memory_gb: float | None = Field(4.0, gt=0, le=1_000_000, description="memory budget (GB) of the trace's large "
+                                    "arrays: a default cap shrinks to fit it; an explicit cap that does not fit is refused")
     max_n_logits: int = Field(10, gt=0, le=100_000, description="at most this many logit targets")
     desired_logit_prob: float = Field(0.95, gt=0, le=1, description="logit targets until this cumulative probability")
     batch_size: int = Field(64, gt=0, le=65_536, description="target rows per backward sweep")
@@ -101,7 +105,7 @@ def trace_prompt(rm: ReplacementModel, prompt: str, config: TraceConfig | None =
         attr = attribute(model, transcoder, tokens, max_n_logits=config.max_n_logits,
                          desired_logit_prob=config.desired_logit_prob, custom_targets=targets,
                          max_feature_nodes=config.max_feature_nodes, batch_size=config.batch_size,
-                         progress=progress)
+                         progress=progress, memory_gb=config.memory_gb)
         f = attr.rep.features
         idx = attr.feature_idx.cpu()
         pairs = sorted({(int(l), int(i)) for l, i in zip(f.layer.cpu()[idx], f.feature.cpu()[idx])})
@@ -109,10 +113,12 @@ def trace_prompt(rm: ReplacementModel, prompt: str, config: TraceConfig | None =
         labels = {p: index.label(*p) for p in pairs if index.label(*p)} if index is not None else {}
         graph = to_graph(attr, model, transcoder, prompt, model_identity=rm.identity,
                          transcoder_path=str(rm.transcoder_dir) if rm.transcoder_dir else None,
-                         settings=config.model_dump(), feature_labels=labels)
+                         settings=config.model_dump(), feature_labels=labels, output_views=False)
     t1 = time.perf_counter()
     pruned = prune_graph(graph, config.node_threshold, config.edge_threshold)
     graph.timing_seconds["prune"] = round(time.perf_counter() - t1, 4)
+    with torch.no_grad():
+        add_output_view_labels(graph, model, transcoder, np.flatnonzero(pruned.node_mask))
     graph.timing_seconds["total"] = round(time.perf_counter() - t0, 4)
     return TraceResult(graph, pruned, summarize(graph, pruned))
 

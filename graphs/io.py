@@ -2,10 +2,17 @@
 
 Layout (np.savez, uncompressed: float32 weights hardly compress and zlib on a 10k-node graph
 takes tens of seconds): the node table, logit probabilities and weights, token ids; the adjacency
-either dense (`adjacency`) or, when that is under a quarter of the size, as CSR (`adjacency_data` float32,
-`adjacency_indices` int32, `adjacency_indptr` int64, row = target); and `metadata`, a 0-d unicode
-array holding one JSON document with the rest (format tag, adjacency layout, prompt, token
-strings, logit labels, n_layers, model, transcoders, settings, timing, feature labels).
+in the smallest of three layouts (`auto`):
+- `causal`: only the targets x sources block the causal order allows, `adjacency_causal` float32
+  [n_allowed]: for each feature or logit row in node order, the entries of the sources with a lower
+  layer and a position not after the target's, in column order. Every other entry of a valid Graph
+  is zero, so no index is needed and the round trip is exact; about a quarter of the dense square.
+- `csr` (`adjacency_data` float32, `adjacency_indices` int32, `adjacency_indptr` int64, row =
+  target): when most allowed edges are zero;
+- `dense` (`adjacency`), the square; files written before the other layouts existed use it.
+and `metadata`, a 0-d unicode array holding one JSON document with the rest (format tag, adjacency
+layout, prompt, token strings, logit labels, n_layers, model, transcoders, settings, timing,
+feature labels).
 np.load(..., allow_pickle=False) reads it back; the round trip is exact.
 """
 
@@ -20,33 +27,72 @@ from scipy import sparse
 
 from graphs.atomic import atomic_open
 from graphs.errors import GraphError
-from graphs.graph import NODE_TABLE_DTYPES, Graph
+from graphs.graph import _ROW_BLOCK, NODE_TABLE_DTYPES, Graph
 
 FORMAT = "circuits-graph/1"
 _ARRAYS = (*NODE_TABLE_DTYPES, "logit_probabilities", "logit_weights", "token_ids")
 _CSR = ("adjacency_data", "adjacency_indices", "adjacency_indptr")
+LAYOUTS = ("auto", "dense", "csr", "causal")
+
+
+def _allowed_blocks(graph: Graph):
+    """(row slice, bool mask [rows, n_nodes]) over the feature and logit rows, in row blocks: the
+    entries the causal order allows (source layer below the target's, position not after it)."""
+    targets = np.concatenate([np.arange(graph.feature_slice.start, graph.feature_slice.stop),
+                              np.arange(graph.logit_slice.start, graph.logit_slice.stop)])
+    for start in range(0, len(targets), _ROW_BLOCK):
+        rows = targets[start:start + _ROW_BLOCK]
+        mask = (graph.layer[None, :] < graph.layer[rows, None]) & (graph.position[None, :] <= graph.position[rows, None])
+        yield rows, mask
+
+
+def _pack_causal(graph: Graph) -> np.ndarray:
+    return np.concatenate([graph.adjacency[rows][mask] for rows, mask in _allowed_blocks(graph)] or
+                          [np.zeros(0, np.float32)]).astype(np.float32, copy=False)
+
+
+def _n_allowed(graph: Graph) -> int:
+    return sum(int(mask.sum()) for _, mask in _allowed_blocks(graph))
+
+
+def _unpack_causal(graph_like: Graph, values: np.ndarray) -> np.ndarray:
+    if values.dtype != np.float32 or values.ndim != 1 or values.shape[0] != _n_allowed(graph_like):
+        raise GraphError(f"causal adjacency has {values.shape} {values.dtype} values, expected "
+                         f"({_n_allowed(graph_like)},) float32")
+    adjacency = np.zeros((graph_like.n_nodes, graph_like.n_nodes), dtype=np.float32)
+    offset = 0
+    for rows, mask in _allowed_blocks(graph_like):
+        block = np.zeros(mask.shape, dtype=np.float32)
+        count = int(mask.sum())
+        block[mask] = values[offset:offset + count]
+        adjacency[rows] = block
+        offset += count
+    return adjacency
 
 
 def save_graph(graph: Graph, path: str | os.PathLike, layout: str = "auto") -> None:
-    """Write `graph` to `path` (.npz), atomically. layout: "auto" (CSR when under a quarter of
-    the dense size), "dense" or "csr"."""
-    if layout not in ("auto", "dense", "csr"):
-        raise GraphError(f"unknown adjacency layout {layout!r} (auto, dense or csr)")
+    """Write `graph` to `path` (.npz), atomically. layout: "auto" (the smallest file), "dense",
+    "csr" or "causal" (see the module docstring)."""
+    if layout not in LAYOUTS:
+        raise GraphError(f"unknown adjacency layout {layout!r} ({', '.join(LAYOUTS)})")
     arrays = {name: getattr(graph, name) for name in _ARRAYS if name != "token_ids"}
     arrays["token_ids"] = np.asarray(graph.token_ids, dtype=np.int64)
-    csr_bytes = graph.n_edges() * 8 + graph.n_nodes * 8
-    # CSR only when it is much smaller: converting costs more CPU than writing the dense bytes
-    sparse_layout = layout == "csr" or (layout == "auto" and 4 * csr_bytes < graph.adjacency.nbytes)
-    if sparse_layout:
+    if layout == "auto":
+        sizes = {"csr": graph.n_edges() * 8 + graph.n_nodes * 8, "causal": _n_allowed(graph) * 4,
+                 "dense": graph.adjacency.nbytes}
+        layout = min(sizes, key=sizes.get)
+    if layout == "csr":
         csr = sparse.csr_array(graph.adjacency)
         arrays["adjacency_data"] = csr.data.astype(np.float32)
         arrays["adjacency_indices"] = csr.indices.astype(np.int32)
         arrays["adjacency_indptr"] = csr.indptr.astype(np.int64)
+    elif layout == "causal":
+        arrays["adjacency_causal"] = _pack_causal(graph)
     else:
         arrays["adjacency"] = graph.adjacency
     metadata = {
         "format": FORMAT,
-        "adjacency_layout": "csr" if sparse_layout else "dense",
+        "adjacency_layout": layout,
         "prompt": graph.prompt,
         "token_strs": graph.token_strs,
         "logit_labels": graph.logit_labels,
@@ -78,7 +124,7 @@ def load_graph(path: str | os.PathLike) -> Graph:
                 found = metadata.get("format") if isinstance(metadata, dict) else None
                 raise GraphError(f"{path} is not a graph file of format {FORMAT} (found {found!r})")
             arrays = {k: npz[k] for k in _ARRAYS}
-            arrays["adjacency"] = _read_adjacency(npz, metadata, n_nodes=arrays["kind"].shape[0])
+            arrays["adjacency"] = _read_adjacency(npz, metadata, arrays)
     except GraphError:
         raise
     except Exception as err:  # a corrupted file fails in many ways (zip, zlib, npy header, JSON)
@@ -123,9 +169,10 @@ def _check_is_npz(path: Path) -> None:
                      + f": {WANTED}")
 
 
-def _read_adjacency(npz, metadata: dict, n_nodes: int) -> np.ndarray:
-    """float32 [n_nodes, n_nodes] from either layout."""
+def _read_adjacency(npz, metadata: dict, arrays: dict) -> np.ndarray:
+    """float32 [n_nodes, n_nodes] from any layout."""
     layout = metadata.get("adjacency_layout")
+    n_nodes = arrays["kind"].shape[0]
     if layout == "dense":
         return npz["adjacency"]
     if layout == "csr":
@@ -133,7 +180,20 @@ def _read_adjacency(npz, metadata: dict, n_nodes: int) -> np.ndarray:
         csr = sparse.csr_array((data, indices, indptr), shape=(n_nodes, n_nodes))
         csr.check_format(full_check=True)  # index ranges, before anything reads through them
         return csr.toarray()
+    if layout == "causal":
+        return _unpack_causal(_NodeTable(arrays), npz["adjacency_causal"])
     raise GraphError(f"unknown adjacency layout {layout!r}")
+
+
+class _NodeTable:
+    """What _allowed_blocks reads of a graph, from the raw arrays of a file (before validation)."""
+
+    def __init__(self, arrays: dict):
+        self.kind, self.layer, self.position = arrays["kind"], arrays["layer"], arrays["position"]
+        self.n_nodes = int(self.kind.shape[0])
+        kinds = np.searchsorted(self.kind, [0, 1, 3, 4])
+        self.feature_slice = slice(int(kinds[0]), int(kinds[1]))
+        self.logit_slice = slice(int(kinds[2]), int(kinds[3]))
 
 
 def _one_line(err: BaseException) -> str:

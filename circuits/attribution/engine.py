@@ -17,10 +17,12 @@ import numpy as np
 import torch
 
 from circuits.attribution.frozen_backward import FrozenBlocks
+from circuits.attribution.memory import TraceShape, choose_feature_cap
 from circuits.attribution.rows import SourceLayout, compute_rows
 from circuits.attribution.targets import (LogitTargets, TargetSeeds, add_custom_target, feature_seeds,
                                           logit_seeds, select_logits)
 from circuits.replacement import LocalReplacement, build_local_replacement
+from transcoders.threads import free_core_threads
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Attribution:
     feature_rows: torch.Tensor  # [n_chosen, n_sources]
     layout: SourceLayout
     timing_seconds: dict = field(default_factory=dict)
+    threads: list[int] = field(default_factory=list)  # torch threads used, in order of change
 
 
 def _batches(n: int, batch_size: int):
@@ -60,35 +63,41 @@ def bounded_batch_size(batch_size: int, n_pos: int, n_layers: int, d_model: int)
 
 
 def _rows_in_batches(rep, blocks, transcoder, layout, seeds: TargetSeeds, batch_size: int,
-                     progress=None) -> torch.Tensor:
+                     progress) -> torch.Tensor:
     batch_size = bounded_batch_size(batch_size, rep.n_pos, blocks.n_layers, rep.embed_pos_d.shape[1])
     out = torch.empty(len(seeds), layout.n_sources, device=seeds.vec_d.device)
     order = torch.argsort(seeds.layer * (rep.n_pos + 1) + seeds.position)  # group causal cones
     for sl in _batches(len(seeds), batch_size):
         idx = order[sl]
         out[idx] = compute_rows(rep, blocks, transcoder, layout, seeds.select(idx))
-        if progress is not None:
-            progress(sl.stop - sl.start)
+        progress(sl.stop - sl.start)
+    return out
+
+
+INFLUENCE_CHUNK_ROWS = 1024  # rows normalised at a time: no full-size copies of the feature rows
+
+
+def _normalised_flow(flow_r: torch.Tensor, rows_r_s: torch.Tensor, n_features: int) -> torch.Tensor:
+    """flow @ A_hat[:, :n_features], A_hat = |rows| with each row scaled to sum 1, in row chunks."""
+    out = torch.zeros(n_features, dtype=rows_r_s.dtype, device=rows_r_s.device)
+    for start in range(0, rows_r_s.shape[0], INFLUENCE_CHUNK_ROWS):
+        a = rows_r_s[start:start + INFLUENCE_CHUNK_ROWS].abs()
+        scale = flow_r[start:start + INFLUENCE_CHUNK_ROWS] / a.sum(1).clamp_min(1e-30)
+        out += scale @ a[:, :n_features]
     return out
 
 
 def _feature_influence(logit_rows: torch.Tensor, logit_weights: torch.Tensor, feature_rows: torch.Tensor,
                        visited: torch.Tensor, n_features: int, max_depth: int) -> torch.Tensor:
     """Influence w^T (A_hat + A_hat^2 + ...) on every active feature, from the rows known so far
-    (unvisited features have no rows yet, so paths through them are not counted)."""
-
-    def normalise(rows):
-        a = rows.abs()
-        return a / a.sum(1, keepdim=True).clamp_min(1e-30)
-
-    logit_hat = normalise(logit_rows)[:, :n_features]
-    feat_hat = normalise(feature_rows)[:, :n_features] if len(visited) else None
-    flow = logit_weights @ logit_hat  # [n_features]
+    (unvisited features have no rows yet, so paths through them are not counted). feature_rows
+    [len(visited), n_sources] holds the visited features' rows, in `visited` order."""
+    flow = _normalised_flow(logit_weights, logit_rows, n_features)  # [n_features]
     influence = flow.clone()
     for _ in range(max_depth):
-        if feat_hat is None:
+        if not len(visited):
             break
-        flow = flow[visited] @ feat_hat
+        flow = _normalised_flow(flow[visited], feature_rows, n_features)
         influence += flow
         if float(flow.abs().max()) < 1e-12:
             break
@@ -99,12 +108,33 @@ def _feature_influence(logit_rows: torch.Tensor, logit_weights: torch.Tensor, fe
 def attribute(model, transcoder, tokens_pos: torch.Tensor, *, max_n_logits: int = 10,
               desired_logit_prob: float = 0.95, custom_targets: list[CustomTarget] | None = None,
               max_feature_nodes: int | None = None, batch_size: int = 64,
-              progress: bool = False) -> Attribution:
-    """Compute adjacency rows for the logit targets and the active features of one prompt."""
+              progress: bool = False, threads: int | None = None,
+              memory_gb: float | None = None) -> Attribution:
+    """Compute adjacency rows for the logit targets and the active features of one prompt.
+
+    max_feature_nodes None: every active feature; with a `memory_gb` budget it means the default
+    cap instead (circuits.attribution.memory), and an explicit cap that does not fit is refused.
+
+    Runs on the CPU cores free now (at most torch's thread count; `threads` fixes it), re-checked
+    between batches: see transcoders.threads for why a busy core must not get a thread."""
+    with free_core_threads(threads) as adaptive:
+        attr = _attribute(model, transcoder, tokens_pos, max_n_logits, desired_logit_prob, custom_targets,
+                          max_feature_nodes, batch_size, progress, adaptive.recheck, memory_gb)
+        attr.threads = adaptive.history
+    return attr
+
+
+def _attribute(model, transcoder, tokens_pos, max_n_logits, desired_logit_prob, custom_targets,
+               max_feature_nodes, batch_size, progress, recheck_threads, memory_gb) -> Attribution:
     timing = {}
     t0 = time.perf_counter()
     rep = build_local_replacement(model, transcoder, tokens_pos)
     blocks = FrozenBlocks(model)
+    n_active = len(rep.features)
+    if memory_gb is not None:
+        n_logits = max_n_logits + len(custom_targets or [])
+        shape = _trace_shape(rep, transcoder, blocks.n_layers, n_logits, batch_size)
+        max_feature_nodes = choose_feature_cap(shape, max_feature_nodes, memory_gb)
     layout = SourceLayout(rep, transcoder)
     logits = select_logits(rep, blocks.W_U_d_vocab, max_n_logits, desired_logit_prob)
     x_final = _final_norm_output(model, rep)
@@ -114,9 +144,8 @@ def attribute(model, transcoder, tokens_pos: torch.Tensor, *, max_n_logits: int 
     timing["forward"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    n_active = len(rep.features)
     n_chosen = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
-    bar = _progress_bar(progress, len(logits.labels) + n_chosen)
+    bar = _progress_bar(progress, len(logits.labels) + n_chosen, recheck_threads)
     logit_rows = _rows_in_batches(rep, blocks, transcoder, layout, logit_seeds(rep, blocks, logits),
                                   batch_size, bar)
     if n_chosen == n_active:
@@ -126,27 +155,38 @@ def attribute(model, transcoder, tokens_pos: torch.Tensor, *, max_n_logits: int 
     else:
         chosen, feature_rows = _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows,
                                                     n_chosen, batch_size, bar)
-    if bar is not None:
-        bar.close()
+    bar.close()
     timing["attribution"] = time.perf_counter() - t1
     return Attribution(rep, logits, chosen, logit_rows, feature_rows, layout, timing)
+
+
+def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int) -> TraceShape:
+    f, d = rep.features, rep.embed_pos_d.shape[1]
+    per_layer = torch.bincount(f.layer.cpu(), minlength=n_layers).tolist()
+    n_out = [transcoder.W_dec[l].shape[1] for l in range(n_layers)]  # [F, n_out, d]
+    batch = bounded_batch_size(batch_size, rep.n_pos, n_layers, d)
+    return TraceShape(n_active=len(f), n_errors=n_layers * (rep.n_pos - 1), n_pos=rep.n_pos, n_logits=n_logits,
+                      decoder_floats=sum(c * o * d for c, o in zip(per_layer, n_out)),
+                      gradient_bytes=4 * batch * rep.n_pos * (n_layers + 1) * d)
 
 
 def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_chosen, batch_size, bar):
     n_active = len(rep.features)
     device = logit_rows.device
-    visited = torch.zeros(0, dtype=torch.long, device=device)
-    feature_rows = torch.zeros(0, layout.n_sources, device=device)
+    visited = torch.empty(n_chosen, dtype=torch.long, device=device)
+    feature_rows = torch.empty(n_chosen, layout.n_sources, device=device)  # filled in visiting order
     weights = logits.weights.to(device).float()
-    while len(visited) < n_chosen:
-        influence = _feature_influence(logit_rows, weights, feature_rows, visited, n_active, rep.error_layer_pos_d.shape[0] + 1)
-        influence[visited] = -1.0
-        k = min(batch_size, n_chosen - len(visited))
+    n_done = 0
+    while n_done < n_chosen:
+        influence = _feature_influence(logit_rows, weights, feature_rows[:n_done], visited[:n_done], n_active,
+                                       rep.error_layer_pos_d.shape[0] + 1)
+        influence[visited[:n_done]] = -1.0
+        k = min(batch_size, n_chosen - n_done)
         new = influence.topk(k).indices
-        rows = _rows_in_batches(rep, blocks, transcoder, layout, feature_seeds(rep, blocks, transcoder, new),
-                                batch_size, bar)
-        visited = torch.cat([visited, new])
-        feature_rows = torch.cat([feature_rows, rows])
+        feature_rows[n_done:n_done + k] = _rows_in_batches(
+            rep, blocks, transcoder, layout, feature_seeds(rep, blocks, transcoder, new), batch_size, bar)
+        visited[n_done:n_done + k] = new
+        n_done += k
     order = torch.argsort(visited)  # node order follows rep.features (layer, position, feature)
     return visited[order], feature_rows[order]
 
@@ -165,17 +205,20 @@ def _final_norm_output(model, rep: LocalReplacement) -> torch.Tensor:
     return x + b if b is not None else x
 
 
-def _progress_bar(enabled: bool, total: int):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+def _progress_bar(enabled: bool, total: int, on_batch):
+    """A callable run after each batch of rows: calls on_batch(), advances a tqdm bar if enabled."""
+    bar = None
+    if enabled:
+        from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc="attribution rows", unit="row", leave=False)
+        bar = tqdm(total=total, desc="attribution rows", unit="row", leave=False)
 
     def update(n):
-        bar.update(n)
+        on_batch()
+        if bar is not None:
+            bar.update(n)
 
-    update.close = bar.close  # type: ignore[attr-defined]
+    update.close = bar.close if bar is not None else (lambda: None)  # type: ignore[attr-defined]
     return update
 
 

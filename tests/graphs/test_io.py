@@ -14,7 +14,7 @@ from tests.graphs.hand_graph import hand_graph
 from tests.graphs.random_graph import random_graph
 
 
-@pytest.mark.parametrize("layout", ["auto", "dense", "csr"])
+@pytest.mark.parametrize("layout", ["auto", "dense", "csr", "causal"])
 def test_round_trip_is_exact(tmp_path, layout):
     graph = random_graph(3)
     graph.feature_labels = {0: "café ⏎ \"quoted\"", 1: ""}
@@ -48,6 +48,32 @@ def test_auto_layout_picks_csr_for_sparse_adjacency(tmp_path):
     with np.load(tmp_path / "g.npz") as npz:
         assert "adjacency_data" in npz.files and "adjacency" not in npz.files
     assert load_graph(tmp_path / "g.npz") == graph
+
+
+def test_causal_layout_is_exact_and_smaller_than_the_square(tmp_path):
+    """A dense-ish graph (most allowed edges nonzero) is stored as the causal block only: every
+    edge bit-exact, the file well under the dense square (here under half of it)."""
+    graph = random_graph(5, n_layers=6, n_pos=10, features_per_site=6, density=0.9)
+    save_graph(graph, tmp_path / "auto.npz")
+    save_graph(graph, tmp_path / "dense.npz", layout="dense")
+    with np.load(tmp_path / "auto.npz") as npz:
+        assert "adjacency_causal" in npz.files and "adjacency" not in npz.files
+        assert npz["adjacency_causal"].shape[0] < graph.n_nodes ** 2 / 2
+    loaded = load_graph(tmp_path / "auto.npz")
+    np.testing.assert_array_equal(loaded.adjacency, graph.adjacency)
+    assert loaded == graph
+    assert os.path.getsize(tmp_path / "auto.npz") < os.path.getsize(tmp_path / "dense.npz") / 2
+
+
+def test_causal_values_of_the_wrong_length_are_rejected(tmp_path):
+    graph = random_graph(2)
+    save_graph(graph, tmp_path / "g.npz", layout="causal")
+    with np.load(tmp_path / "g.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["adjacency_causal"] = arrays["adjacency_causal"][:-1]
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(GraphError, match="causal adjacency"):
+        load_graph(tmp_path / "bad.npz")
 
 
 def test_metadata_survives(tmp_path):
