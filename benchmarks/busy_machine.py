@@ -41,16 +41,17 @@ def main() -> None:
     args = ap.parse_args()
 
     from circuits.prompts import tokenize_prompt
-    from circuits.trace import load_model_and_transcoders
+    from circuits.replacement_model import ReplacementModel
 
-    loaded, tc, _, _ = load_model_and_transcoders(args.model, args.transcoders, progress=False)
-    tokens = tokenize_prompt(loaded.model, args.prompt)
+    rm = ReplacementModel.load(args.model, args.transcoders, "cpu", False)
+    model, tc = rm.model, rm.transcoder
+    tokens = tokenize_prompt(model, args.prompt)
     default_threads = torch.get_num_threads()
     modes = args.modes.split(",")
     times: dict[tuple[str, str], list[float]] = {}
     print(f"prompt {args.prompt!r} ({len(tokens)} tokens), torch default threads {default_threads}, "
           f"load average before {os.getloadavg()}", flush=True)
-    _attribute_seconds(loaded.model, tc, tokens, None)  # warm-up
+    _attribute_seconds(model, tc, tokens, None)  # warm-up
     for rep in range(args.repeat):
         for mode in modes:
             threads = None if mode == "adaptive" else default_threads
@@ -60,7 +61,7 @@ def main() -> None:
                     hog = subprocess.Popen([sys.executable, "-c", "while 1: pass"])
                     time.sleep(0.5)
                 try:
-                    seconds, used = _attribute_seconds(loaded.model, tc, tokens, threads)
+                    seconds, used = _attribute_seconds(model, tc, tokens, threads)
                 finally:
                     if hog is not None:
                         hog.kill()
