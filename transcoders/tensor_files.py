@@ -78,8 +78,10 @@ def _safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _npy_header(fh) -> tuple[np.dtype, tuple[int, ...], bool, int]:
-    version = np.lib.format.read_magic(fh)
-    shape, fortran, dtype = np.lib.format._read_array_header(fh, version)  # noqa: SLF001 (public format, private reader)
+    fmt = np.lib.format
+    version = fmt.read_magic(fh)
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, fortran, dtype = read(fh)
     return np.dtype(dtype), tuple(shape), fortran, fh.tell()
 
 
