@@ -107,7 +107,7 @@ def test_mlp_hook_in_bias_is_folded_on_layernorm_models(world_tiny, tmp_path):
     model = world_tiny.model
     ref = reference_transcoder("gemmascope2-clt", model.cfg.n_layers, model.cfg.d_model, n_features=16, seed=5)
     tc = load_fitting_transcoder(model, write_layout("gemmascope2-clt", ref, tmp_path / "gs2clt"))
-    tokens = torch.tensor(model.to_tokens("the capital of")[0])
+    tokens = model.to_tokens("the capital of")[0]
     mlp_in = {}
     handles = [b.mlp.register_forward_pre_hook(lambda m, args, l=l: mlp_in.__setitem__(l, args[0][0]))
                for l, b in enumerate(model.blocks)]
