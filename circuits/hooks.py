@@ -52,13 +52,11 @@ def check_transcoder_fits(model, transcoder, source: str = "the transcoder") -> 
 
 
 def load_fitting_transcoder(model, path: str | Path, device: str = "cpu"):
-    """Load a transcoder directory (memory-mapped), map published hook names onto the model's
+    """Load transcoders (a directory, config.yaml or hub repo id; memory-mapped), map published hook names onto the model's
     (circuits.published_hooks), check it fits `model`, and freeze it (eval, no gradients)."""
     from circuits.published_hooks import adapt_hooks
     from transcoders.formats import load_transcoder
 
-    if not Path(path).is_dir():
-        raise CircuitsError(f"transcoder directory {path} does not exist")
     tc = load_transcoder(path, device=device, lazy=True)
     source = getattr(tc, "source", "") or f"transcoder directory {path}"
     if (tc.cfg.n_layers, tc.cfg.d_model) == (model.cfg.n_layers, model.cfg.d_model):

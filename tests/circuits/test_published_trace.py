@@ -14,7 +14,7 @@ import torch
 
 from circuits.attribution.engine import attribute
 from circuits.replacement import build_local_replacement, replacement_logits
-from circuits.transcoder_fit import load_fitting_transcoder
+from circuits.hooks import load_fitting_transcoder
 from tests.circuits.attribution_checks import edge_errors
 from tests.helpers.published_transcoders import LAYOUTS, layout_files, make_hub_repo, reference_transcoder, write_layout
 
