@@ -202,6 +202,7 @@ def setup(work: Path, log: Callable[[str], None]) -> None:
     damaged("tc_int", lambda d: poison(d, "W_enc_0.safetensors", lambda t: t.round().to(torch.int32)))
     damaged("tc_missing_mid", lambda d: (d / "W_enc_0.safetensors").unlink())
     damaged("tc_missing_last", lambda d: (d / f"W_dec_{n_layers - 1}.safetensors").unlink())
+    damaged("tc_missing_last_enc", lambda d: (d / f"W_enc_{n_layers - 1}.safetensors").unlink())
     shutil.copytree(work / "tc_idx", work / "tc_idx_trunc")
     npz = work / "tc_idx_trunc" / "feature_index.npz"
     npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
@@ -225,6 +226,7 @@ def setup(work: Path, log: Callable[[str], None]) -> None:
     (user / "real.json").write_text("{}\n")
     (user / "link.json").symlink_to(user / "real.json")
     (user / "afile").write_text("a file, not a folder\n")
+    (user / ".real.json.4194305.k1ll3d.circuits-tmp").write_text("half a graph from a killed run")  # pid > pid_max
     shutil.copytree(work / "tc", work / "tc_over")
     (work / "tc_over" / "README.txt").write_text("the user's note inside the output folder\n")
 
@@ -287,7 +289,8 @@ def cases(work: Path, has_cuda: bool) -> list[Case]:
     for name, path in (("missing", "{W}/nope"), ("a file", "{W}/user/notes.txt"), ("no config", "{W}/user/data"),
                        ("NaN weights", "{W}/tc_nan"), ("integer weights", "{W}/tc_int"),
                        ("missing first layer file", "{W}/tc_missing_mid"),
-                       ("missing last layer file", "{W}/tc_missing_last"), ("viewer JSON", "{W}/g.json")):
+                       ("missing last layer file", "{W}/tc_missing_last"),
+                       ("missing last encoder file", "{W}/tc_missing_last_enc"), ("viewer JSON", "{W}/g.json")):
         bad(f"transcoders info: {name}", "transcoders", "info", path)
 
     # transcoders train
@@ -348,8 +351,10 @@ def cases(work: Path, has_cuda: bool) -> list[Case]:
                         ("--batch-size", "0"), ("--batch-size", "1e999")):
         bad(f"trace {flag} {value}", *TR, flag, value)
     for name, path in (("missing", "{W}/nope"), ("a file", "{W}/user/notes.txt"), ("NaN weights", "{W}/tc_nan"),
-                       ("integer weights", "{W}/tc_int"), ("missing layer file", "{W}/tc_missing_mid")):
-        bad(f"trace -t {name}", "trace", PROMPT, *M, "-t", path)
+                       ("integer weights", "{W}/tc_int"), ("missing layer file", "{W}/tc_missing_mid"),
+                       ("missing last encoder file", "{W}/tc_missing_last_enc")):
+        bad(f"trace -t {name}", "trace", PROMPT, *M, "-t", path,
+            check=contains(".safetensors", "stderr") if "file" in name else None)
     bad("trace --model unknown", "trace", PROMPT, "-m", "bogus")
     bad("trace --device bogus", *TR, "--device", "bogus")
     bad("trace --target with control characters", *TR, "--target", "\x1b[31mzz\x07")
@@ -358,6 +363,10 @@ def cases(work: Path, has_cuda: bool) -> list[Case]:
     ok("trace -o through a symlink", *TR, "-o", "{W}/user/link.json", writes=("user/real.json",),
        check=lambda o: None if (work / "user" / "link.json").is_symlink() and
        "nodes" in json.loads((work / "user" / "real.json").read_text()) else "the symlink was replaced or its target not written")
+    ok("trace -o sweeps a killed writer's temporary file", *TR, "-o", "{W}/user/real.json",
+       writes=("user/real.json", "user/.real.json.4194305.k1ll3d.circuits-tmp"),
+       check=lambda o: None if not (work / "user" / ".real.json.4194305.k1ll3d.circuits-tmp").exists()
+       else "the stale temporary file is still there")
     ok("trace -o /dev/null", *TR, "-o", "/dev/null",
        check=lambda o: None if stat.S_ISCHR(os.stat("/dev/null").st_mode) else "/dev/null was replaced")
     ok("trace -o /dev/stdout (subprocess)", *TR, "-o", "/dev/stdout", subprocess=True, check=contains('"nodes"'))

@@ -43,3 +43,10 @@ def test_non_finite_weights_are_found_and_the_file_named(tc_dir, bad):
     _edit(tc_dir / "W_dec_0.safetensors", "W_dec_0", poison)
     with pytest.raises(TranscoderError, match=r"W_dec_0.safetensors.*'dec' of layer 0 has NaN or infinite"):
         check_transcoder_weights(tc_dir)
+
+
+@pytest.mark.parametrize("missing", ["W_enc_1.safetensors", "W_dec_1.safetensors", "W_enc_0.safetensors"])
+def test_a_missing_layer_file_is_named(tc_dir, missing):
+    (tc_dir / missing).unlink()
+    with pytest.raises(TranscoderError, match=f"lacks {missing}"):
+        load_transcoder(tc_dir)
