@@ -145,9 +145,25 @@ def test_pins_and_supernodes_saved_in_qparams(browser, view_server, tmp_path):
     saved.write_text(json.dumps(doc))
     _, qparams, _ = open_graph_file(saved)  # reopening the file gives the same state back
     assert qparams["pinnedIds"] == ids and qparams["supernodes"] == [["my group", *ids]]
+    # "show pinned only": the supernode is one node; its edge to a fourth pinned node sums its members'
+    links = browser.execute_script("return window.circuitsViewer.state.doc.links")
+    fourth = next(l["target"] for l in links if l["source"] in ids and l["target"] not in ids)
+    browser.find_element(By.CSS_SELECTOR, f'[data-node-id="{fourth}"]').click()
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'#node-panel[data-node-id="{fourth}"]'))
+    browser.find_element(By.ID, "pin-btn").click()
+    browser.find_element(By.ID, "pinned-only").click()
+    wait(browser, lambda d: text(d, "node-count") == "2")
+    assert text(browser, "edge-count") == "1"
+    browser.find_element(By.CSS_SELECTOR, '[data-node-id="supernode:0"]').click()
+    wait(browser, lambda d: d.find_elements(By.ID, "supernode-members"))
+    assert {c.get_attribute("data-node-id") for c in browser.find_elements(By.CSS_SELECTOR, "#supernode-members span")} == set(ids)
+    summed = sum(l["weight"] for l in links if l["source"] in ids and l["target"] == fourth)
+    shown = browser.find_element(By.CSS_SELECTOR, "#outputs-table tr td.w").text
+    assert float(shown) == pytest.approx(summed, abs=1e-3)
+    browser.find_element(By.ID, "pinned-only").click()
     browser.find_element(By.ID, "save-btn").click()
     wait(browser, lambda d: "saved" in text(d, "message"))
-    assert view_server.state.shelf.get("g0").qparams["pinnedIds"] == ids
+    assert view_server.state.shelf.get("g0").qparams["pinnedIds"] == [*ids, fourth]
     assert_clean(browser, view_server)
 
 

@@ -43,13 +43,14 @@ function svgEl(tag, attrs) {
 }
 
 const fmt = (v, d = 3) => (v === null || v === undefined ? "-" : Number(v).toFixed(d));
-const kindOf = (n) => ({ "mlp reconstruction error": "error", embedding: "embedding", logit: "logit" }[n.feature_type] || "feature");
+const kindOf = (n) => ({ "mlp reconstruction error": "error", embedding: "embedding", logit: "logit", supernode: "supernode" }[n.feature_type] || "feature");
 
 function nodeLabel(n) {
   const kind = kindOf(n);
   if (kind === "embedding") return `token ${JSON.stringify(S.doc.metadata.prompt_tokens[n.ctx_idx] ?? "")}`;
   if (kind === "error") return `error L${n.layer} @${n.ctx_idx}`;
   if (kind === "logit") return n.clerp;
+  if (kind === "supernode") return `supernode ${n.clerp} (${n.members.length} nodes)`;
   return n.clerp || `feature ${n.layer}:${featureIndex(n)}`;
 }
 
@@ -129,12 +130,45 @@ function indexGraph() {
 }
 
 // ---- layout and drawing -------------------------------------------------------------------
-function visibleNodes() {
-  if (!$("pinned-only").checked || S.pinned.size === 0) return S.doc.nodes;
-  return S.doc.nodes.filter((n) => S.pinned.has(n.node_id));
+// The drawn graph: everything, or ("show pinned only") the pinned nodes with each supernode drawn
+// as one node whose edges are the summed edges of its members.
+function visibleGraph() {
+  S.synthetic = new Map();
+  if (!$("pinned-only").checked || S.pinned.size === 0) return { nodes: S.doc.nodes, links: S.doc.links };
+  const rep = new Map();
+  const nodes = [];
+  S.supernodes.forEach((sn, i) => {
+    const members = sn.slice(1).map((id) => S.nodes.get(id)).filter(Boolean);
+    if (!members.length) return;
+    const id = `supernode:${i}`;
+    const rows = members.map((m) => rowOf(m, nLayersOf()));
+    const node = { node_id: id, feature_type: "supernode", clerp: sn[0], members: members.map((m) => m.node_id),
+      layer: "S", ctx_idx: Math.max(...members.map((m) => m.ctx_idx)), _row: Math.round(rows.reduce((a, b) => a + b, 0) / rows.length),
+      activation: null, influence: Math.min(...members.map((m) => m.influence ?? 1)),
+      influence_raw: members.reduce((a, m) => a + (m.influence_raw || 0), 0), token_prob: 0 };
+    for (const m of members) rep.set(m.node_id, id);
+    S.synthetic.set(id, node);
+    nodes.push(node);
+  });
+  for (const n of S.doc.nodes) if (S.pinned.has(n.node_id) && !rep.has(n.node_id)) { rep.set(n.node_id, n.node_id); nodes.push(n); }
+  const summed = new Map();
+  for (const l of S.doc.links) {
+    const a = rep.get(l.source), b = rep.get(l.target);
+    if (!a || !b || a === b) continue;
+    const key = `${a}\u0000${b}`;
+    if (!summed.has(key)) summed.set(key, { source: a, target: b, weight: 0 });
+    summed.get(key).weight += l.weight;
+  }
+  return { nodes, links: [...summed.values()] };
+}
+
+function nLayersOf() {
+  const logit = S.doc.nodes.find((n) => kindOf(n) === "logit");
+  return logit ? Number(logit.layer) - 1 : 0;
 }
 
 function rowOf(n, nLayers) {
+  if (n._row !== undefined) return n._row;
   if (n.layer === "E") return 0;
   const kind = kindOf(n);
   return kind === "logit" ? nLayers + 1 : Number(n.layer) + 1;
@@ -142,8 +176,7 @@ function rowOf(n, nLayers) {
 
 function layout(nodes) {
   const tokens = S.doc.metadata.prompt_tokens;
-  const logit = S.doc.nodes.find((n) => kindOf(n) === "logit");
-  const nLayers = logit ? Number(logit.layer) - 1 : 0;
+  const nLayers = nLayersOf();
   const cells = new Map();
   for (const n of nodes) {
     const key = `${n.ctx_idx}|${rowOf(n, nLayers)}`;
@@ -177,9 +210,15 @@ function layout(nodes) {
 }
 
 function render(fit) {
-  const nodes = visibleNodes();
-  const shown = new Set(nodes.map((n) => n.node_id));
-  const links = S.doc.links.filter((l) => shown.has(l.source) && shown.has(l.target));
+  const { nodes, links } = visibleGraph();
+  S.viewIn = new Map(); S.viewOut = new Map();
+  for (const l of links) {
+    if (!S.viewIn.has(l.target)) S.viewIn.set(l.target, []);
+    if (!S.viewOut.has(l.source)) S.viewOut.set(l.source, []);
+    S.viewIn.get(l.target).push(l); S.viewOut.get(l.source).push(l);
+  }
+  const byWeight = (a, b) => Math.abs(b.weight) - Math.abs(a.weight);
+  for (const list of [...S.viewIn.values(), ...S.viewOut.values()]) list.sort(byWeight);
   const L = layout(nodes);
   S.size = { w: L.width, h: L.height };
   const vp = $("viewport");
@@ -226,7 +265,8 @@ function drawNode(n) {
   if (supernodeOf(n.node_id)) classes.push("in-supernode");
   if (n.node_id === S.clicked) classes.push("selected");
   let shape;
-  if (kind === "feature") shape = svgEl("circle", { cx: p.x, cy: p.y, r: 6 });
+  if (kind === "supernode") shape = svgEl("rect", { x: p.x - 9, y: p.y - 7, width: 18, height: 14, rx: 7 });
+  else if (kind === "feature") shape = svgEl("circle", { cx: p.x, cy: p.y, r: 6 });
   else if (kind === "error") shape = svgEl("rect", { x: p.x - 5, y: p.y - 5, width: 10, height: 10 });
   else shape = svgEl("rect", { x: p.x - 7, y: p.y - 6, width: 14, height: 12, rx: 3 });
   shape.setAttribute("class", classes.join(" "));
@@ -235,10 +275,10 @@ function drawNode(n) {
   shape.addEventListener("mousemove", moveTooltip);
   shape.addEventListener("mouseleave", unhover);
   shape.addEventListener("click", (e) => { e.stopPropagation(); selectNode(n.node_id, true); });
-  if (kind !== "logit") return shape;
+  if (kind !== "logit" && kind !== "supernode") return shape;
   const g = svgEl("g");
-  const label = svgEl("text", { x: p.x, y: p.y - 10, class: "logit-label", "text-anchor": "middle" });
-  const token = (n.clerp.match(/^Output "(.*)" \(p=/s) || [null, n.clerp])[1];
+  const label = svgEl("text", { x: p.x, y: p.y - 10, class: `${kind}-label`, "text-anchor": "middle" });
+  const token = kind === "supernode" ? n.clerp : (n.clerp.match(/^Output "(.*)" \(p=/s) || [null, n.clerp])[1];
   label.textContent = token.length > 7 ? token.slice(0, 6) + "…" : token;
   g.append(shape, label);
   return g;
@@ -279,7 +319,7 @@ function bindPanZoom() {
 
 // ---- hover --------------------------------------------------------------------------------
 function hover(n, e) {
-  const strongest = [...(S.inEdges.get(n.node_id) || []).slice(0, 5), ...(S.outEdges.get(n.node_id) || []).slice(0, 5)];
+  const strongest = [...(S.viewIn.get(n.node_id) || []).slice(0, 5), ...(S.viewOut.get(n.node_id) || []).slice(0, 5)];
   for (const link of strongest) if (link._el) link._el.classList.add("hl");
   $("graph").classList.add("focus");
   const tip = $("tooltip");
@@ -305,7 +345,7 @@ function moveTooltip(e) {
 
 function where(n) {
   const kind = kindOf(n);
-  const row = kind === "logit" ? "output" : kind === "embedding" ? "embedding" : `layer ${n.layer}`;
+  const row = { logit: "output", embedding: "embedding", supernode: "supernode" }[kind] || `layer ${n.layer}`;
   return `${row} · position ${n.ctx_idx}`;
 }
 
@@ -317,7 +357,7 @@ function unhover() {
 
 // ---- the side panel -----------------------------------------------------------------------
 function selectNode(id, userClick) {
-  const n = S.nodes.get(id);
+  const n = S.nodes.get(id) || (S.synthetic && S.synthetic.get(id));
   if (!n) {
     showMessage(`unknown node id ${id}: it is not in this graph at these thresholds`);
     S.clicked = "";
@@ -349,9 +389,21 @@ function renderPanel(n) {
     add.addEventListener("click", () => addIntervention(n));
     buttons.append(add);
   }
+  if (kind === "supernode") {
+    const chips = el("div", { class: "chips", id: "supernode-members" });
+    for (const id of n.members) {
+      const chip = el("span", { "data-node-id": id }, nodeLabel(S.nodes.get(id)) || id);
+      chip.addEventListener("click", () => selectNode(id, true));
+      chips.append(chip);
+    }
+    head.append(chips);
+    buttons.replaceChildren();
+  }
   head.append(buttons);
-  head.append(edgeTable("Inputs (strongest first)", S.inEdges.get(n.node_id) || [], "source", "inputs"));
-  head.append(edgeTable("Outputs (strongest first)", S.outEdges.get(n.node_id) || [], "target", "outputs"));
+  const synthetic = kind === "supernode";
+  head.append(edgeTable("Inputs (strongest first)", (synthetic ? S.viewIn : S.inEdges).get(n.node_id) || [], "source", "inputs"));
+  head.append(edgeTable("Outputs (strongest first)", (synthetic ? S.viewOut : S.outEdges).get(n.node_id) || [], "target", "outputs"));
+  if (synthetic) { panel.replaceChildren(head); return; }
   const full = el("div", { id: "full-graph-edges" });
   head.append(full);
   const page = el("div", { id: "feature-page" });
@@ -366,7 +418,7 @@ function edgeTable(title, links, end, id) {
   box.append(el("h3", {}, `${title}: ${links.length}`));
   const table = el("table", { class: "edges", id: `${id}-table` });
   for (const link of links.slice(0, 40)) {
-    const other = S.nodes.get(link[end]);
+    const other = S.nodes.get(link[end]) || S.synthetic.get(link[end]);
     const row = el("tr", { class: "link", "data-node-id": link[end] });
     row.append(el("td", {}, nodeLabel(other)), el("td", { class: "kv" }, `@${other.ctx_idx}`),
       el("td", { class: `w ${link.weight >= 0 ? "pos" : "neg"}` }, fmt(link.weight)));
