@@ -95,8 +95,8 @@ def _export(features, graphs: list, out_dir: Path) -> None:
 def serve_cmd(
     graph_files: list[Path] = typer.Argument(None, help="Graph files to open besides the traces made here."),
     model: str = MODEL_OPTION,
-    transcoders: Optional[Path] = typer.Option(None, "--transcoders",
-                                               help="Transcoder directory (default: the model's default CLT)."),
+    transcoders: Optional[str] = typer.Option(None, "--transcoders", help="Transcoder directory or hub repo id "
+                                              "(default: the model's default CLT)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Trace this prompt before serving."),
     export_features: Optional[Path] = typer.Option(None, "--export-features", help="Write the feature pages "
                                                    "(with output views) of the graphs' features here, then exit."),
@@ -104,15 +104,12 @@ def serve_cmd(
     device: str = DEVICE_OPTION,
 ) -> None:
     """Explore graphs with the model loaded: trace new prompts, intervene on features, steer generation."""
-    from circuits.errors import CircuitsError
     from circuits.replacement_model import ReplacementModel
     from circuits.viewer.app import ViewerState
     from circuits.viewer.feature_pages import FeatureSource
     from circuits.viewer.graphs_held import open_graph_file
     from circuits.viewer.live import LiveModel
 
-    if transcoders is not None and not transcoders.is_dir():
-        raise CircuitsError(f"transcoder directory {transcoders} does not exist")
     state = ViewerState()
     opened = []
     for path in graph_files or []:
