@@ -123,11 +123,9 @@ def read_clt_dir(d: Path) -> list[LayerViews]:
     """circuit-tracer CLT: W_enc_{i}.safetensors + W_dec_{i}.safetensors."""
     enc_files = numbered_files(d, "W_enc_{i}.safetensors")
     L = len(enc_files)
-    n_dec = len(numbered_files(d, "W_dec_{i}.safetensors"))
-    if n_dec != L:  # a missing last file leaves the other numbering gap-free: name it
-        kind = "W_enc" if n_dec > L else "W_dec"
-        raise TranscoderError(f"{d} lacks {kind}_{min(L, n_dec)}.safetensors ({L} encoder files, {n_dec} decoder "
-                              "files: one per layer each); download the missing file")
+    if (d / f"W_dec_{L}.safetensors").exists():  # the last encoder file is missing, not a layer
+        raise TranscoderError(f"{d} lacks W_enc_{L}.safetensors (W_dec_{L}.safetensors is there): "
+                              "download the missing file")
     layers = []
     for i, pe in enumerate(enc_files):
         t = map_tensors(pe)
