@@ -23,7 +23,7 @@ from circuits.errors import CircuitsError
 
 __all__ = ["ReplacementModel", "TraceConfig", "TraceResult", "Graph", "CircuitsError"]
 
-_LAZY = {"ReplacementModel": "circuits.replacement_model", "TraceConfig": "circuits.trace",
+_LAZY = {"ReplacementModel": "circuits.replacement_model", "TraceConfig": "circuits.trace_config",
          "TraceResult": "circuits.trace", "Graph": "graphs"}
 
 

@@ -14,35 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from circuits.attribution.engine import CustomTarget, attribute
 from circuits.attribution.to_graph import add_output_view_labels, to_graph
 from circuits.errors import CircuitsError
 from circuits.prompts import token_id, tokenize_prompt
 from circuits.replacement_model import ReplacementModel
+from circuits.trace_config import TraceConfig
 from graphs import Graph, PrunedGraph, prune_graph, summarize
-
-
-class TraceConfig(BaseModel):
-    """Settings of one trace (saved in the graph, so a result can be reproduced). Its fields are
-    also the options of `circuits trace` (circuits/cli/options.py derives them)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    node_threshold: float = Field(0.8, gt=0, le=1, description="keep feature/error nodes holding this share of influence")
-    edge_threshold: float = Field(0.98, gt=0, le=1, description="keep edges holding this share of edge score")
-    max_feature_nodes: int | None = Field(None, gt=0, le=10_000_000,
-                                          description="attribute at most this many features, chosen by influence "
-                                          "(default: all, up to 7500 and the memory budget)")
-    memory_gb: float | None = Field(4.0, gt=0, le=1_000_000, description="memory budget (GB) of the trace's large "
-                                    "arrays: a default cap shrinks to fit it; an explicit cap that does not fit is refused")
-    max_n_logits: int = Field(10, gt=0, le=100_000, description="at most this many logit targets")
-    desired_logit_prob: float = Field(0.95, gt=0, le=1, description="logit targets until this cumulative probability")
-    batch_size: int = Field(64, gt=0, le=65_536, description="target rows per backward sweep")
-    targets: list[str] = Field(default_factory=list, description="extra target token",
-                               json_schema_extra={"flag": "--target"})
-    contrast: str | None = Field(None, description="with one --target: trace logit(target) - logit(contrast)")
 
 
 @dataclass

@@ -8,7 +8,7 @@ import typer
 
 from circuits.cli.common import DEVICE_OPTION, check_outputs, console, pick_device, print_json
 from circuits.cli.options import build_config, given, with_config_options
-from circuits.trace import TraceConfig
+from circuits.trace_config import TraceConfig
 
 
 def write_outputs(result, out_json: Path | None, full: Path | None, graphml: Path | None) -> None:

@@ -175,18 +175,22 @@ def load_cached_model(cache: Path, name: str, device: str | torch.device = "cpu"
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     rebuild = f"rebuild with: circuits models build {name} --force"
-    problem = cache_problem(cache)
-    if problem:
-        raise CircuitsError(f"cached model '{name}' at {cache} is corrupted ({problem}); {rebuild}")
+
+    def corrupted(why: str) -> CircuitsError:
+        # the detailed diagnosis (which tensor, which shape) is only worked out once loading failed
+        return CircuitsError(f"cached model '{name}' at {cache} is corrupted ({cache_problem(cache) or why}); {rebuild}")
+
     meta = read_meta(cache)
+    if not meta:
+        raise corrupted("meta.json unreadable")
     try:
         cfg_dict = json.loads((cache / CONFIG_FILE).read_text())
-        cfg = HookedTransformerConfig(**{**cfg_dict, "device": str(device)})
+        # init_weights=False: the weights come from the file, so skip drawing random ones first
+        cfg = HookedTransformerConfig(**{**cfg_dict, "device": str(device), "init_weights": False})
         state = load_file(str(cache / WEIGHTS_FILE))
         tokenizer = load_tokenizer(cache / TOKENIZER_FILE, meta.get("special_tokens", {}))
     except (OSError, json.JSONDecodeError, SafetensorError, TypeError, ValueError, Exception) as exc:
-        raise CircuitsError(
-            f"cached model '{name}' at {cache} is corrupted ({type(exc).__name__}); {rebuild}") from None
+        raise corrupted(type(exc).__name__) from None
     import warnings
 
     with warnings.catch_warnings():
@@ -198,8 +202,7 @@ def load_cached_model(cache: Path, name: str, device: str | torch.device = "cpu"
         missing, unexpected = ["shapes"], []
     missing = [k for k in missing if not k.endswith(("IGNORE", "mask"))]
     if missing or unexpected:
-        raise CircuitsError(
-            f"cached model '{name}' at {cache} is corrupted (weights do not match its config); {rebuild}")
+        raise corrupted("weights do not match its config")
     model.to(device, print_details=False)  # TransformerLens would print the move to stdout
     model.eval()
     for p in model.parameters():
