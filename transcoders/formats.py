@@ -108,6 +108,8 @@ def read_config_file(cfg_path: Path) -> dict:
         config = yaml.safe_load(cfg_path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
         raise TranscoderError(f"{cfg_path} is not valid YAML ({type(exc).__name__})") from None
+    if isinstance(config, dict) and "model_kind" not in config and config.get("transcoders"):
+        config["model_kind"] = "transcoder_set"  # circuit-tracer's first configs listed per-layer files only
     if not isinstance(config, dict) or config.get("model_kind") not in _KINDS.values():
         raise TranscoderError(f"{cfg_path}: model_kind must be cross_layer_transcoder or transcoder_set")
     return config

@@ -206,10 +206,29 @@ class LazyTranscoder(nn.Module):
                 y[:, l] += x[:, l].to(self._dtype) @ self.skip_matrix(l)
         return y.reshape(*batch, L, d)
 
-    # the same one-layer forward as Transcoder (it reads only encode_layer, activate_layer, b_dec,
-    # decoder_to_layer and skip_matrix)
+    # the same one-layer encoder as Transcoder (it reads only encode_layer and activate_layer)
     layer_features = Transcoder.layer_features
-    decode_layer = Transcoder.decode_layer
+
+    @torch.no_grad()
+    def decode_layer(self, acts_by_layer, layer: int, x_pos_d: torch.Tensor | None = None) -> torch.Tensor:
+        """y_hat_l [..., d] from the activations of layers 0..l (Transcoder.decode_layer's rule),
+        reading only the decoder rows (to layer l) of features active somewhere in the batch."""
+        y = self.b_dec[layer].expand(*acts_by_layer[layer].shape[:-1], -1).clone()
+        for src in range(layer + 1):
+            dec = self._views[src].dec
+            if layer - src >= dec.shape[1]:
+                continue
+            a = acts_by_layer[src].to(self._dtype)
+            active = a.reshape(-1, a.shape[-1]).ne(0).any(0).nonzero(as_tuple=True)[0]
+            if len(active):
+                W_n_d = dec[active.cpu(), layer - src].to(self._device, self._dtype)
+                y = y + a[..., active] @ W_n_d
+        skip_d_d = self.skip_matrix(layer)
+        if skip_d_d is not None:
+            if x_pos_d is None:
+                raise ValueError("a transcoder with a skip term needs its inputs to decode")
+            y = y + x_pos_d.to(self._device, self._dtype) @ skip_d_d
+        return y
 
     def forward(self, x_layer_d: torch.Tensor):
         pre = self.encode(x_layer_d)

@@ -70,8 +70,14 @@ def _activation(config: dict, cfg_path: Path, layers: list[LayerViews], scan: st
 
 
 def _listed_files(config: dict, base: Path, ref: HubRef | None) -> list[Path]:
+    entries = config["transcoders"]
+    if all(isinstance(e, dict) for e in entries):  # circuit-tracer's first form: {id, layer, filepath}
+        try:
+            entries = [e["filepath"] for e in sorted(entries, key=lambda e: int(e.get("layer", 0)))]
+        except (KeyError, TypeError, ValueError):
+            raise TranscoderError(f"{base / CONFIG_YAML}: each `transcoders:` entry needs a filepath and a layer") from None
     paths = []
-    for entry in config["transcoders"]:
+    for entry in entries:
         entry = str(entry)
         if entry.startswith("hf://"):
             paths.append(download_file(parse_hf_uri(entry)))

@@ -57,6 +57,11 @@ def test_each_layout_loads_the_reference_weights(layout, tmp_path, hub_cache):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
     assert lazy.weight_digest() == eager.weight_digest()
+    # the one-layer forward used by interventions: lazy reads only active decoder rows, same result
+    acts = [eager.layer_features(x[:, l], l) for l in range(L)]
+    for l in range(L):
+        torch.testing.assert_close(lazy.decode_layer(acts, l, x[:, l]), eager.decode_layer(acts, l, x[:, l]),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_weights_stay_in_their_dtype_and_are_not_copied(tmp_path):
@@ -134,6 +139,21 @@ def test_hub_repo_id_and_revision_resolve_offline(tmp_path, hub_cache):
     torch.testing.assert_close(tc.encoder_rows(1, torch.tensor([2])), ref_plt.W_enc[1, [2]], rtol=0, atol=0)
     with pytest.raises(TranscoderError, match=r"mntss/not-cached/config.yaml.*not in the local Hugging Face cache"):
         load_transcoder("mntss/not-cached", lazy=True)
+
+
+def test_circuit_tracers_first_config_form_loads(tmp_path, hub_cache):
+    """Its first configs (e.g. configs/gemmascope-l0-0.yaml) had no model_kind and listed
+    {id, layer, filepath} entries."""
+    ref = reference_transcoder("gemmascope-npz", L, D, F)
+    path = write_layout("gemmascope-npz", ref, tmp_path / "gs", hub_cache)
+    cfg = yaml.safe_load((path / "config.yaml").read_text())
+    del cfg["model_kind"]
+    cfg["transcoders"] = [{"id": f"gemma-{i}", "layer": i, "filepath": f} for i, f in reversed(list(enumerate(cfg["transcoders"])))]
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    tc = load_transcoder(path, lazy=True)
+    assert tc.cfg.kind == "plt"
+    for l in range(L):
+        torch.testing.assert_close(tc.encoder_rows(l, torch.tensor([1])), ref.W_enc[l, [1]], rtol=0, atol=0)
 
 
 def test_a_listed_hf_file_missing_from_the_cache_is_named(tmp_path, hub_cache):
