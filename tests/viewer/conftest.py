@@ -21,12 +21,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def schema(name: str) -> dict:
-    """A Neuronpedia schema from shared/formats (beside the repository, or above a worktree)."""
-    for folder in [REPO, *REPO.parents]:
-        path = folder / "shared" / "formats" / name
-        if path.is_file():
-            return json.loads(path.read_text())
-    pytest.fail(f"shared/formats/{name} not found beside the repository")
+    """A Neuronpedia schema, from the copies in tests/viewer/schemas (see its README)."""
+    path = Path(__file__).parent / "schemas" / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing")
+    return json.loads(path.read_text())
 
 
 class RunningServer(ServerThread):
