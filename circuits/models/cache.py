@@ -116,6 +116,10 @@ def build_into_cache(name: str, build: Callable[[Path, bool], dict], progress: b
     meta = {**meta, "name": name, "build_seconds": round(time.perf_counter() - start, 2)}
     if (tmp / WEIGHTS_FILE).is_file():
         meta["fingerprint"] = file_fingerprint(tmp / WEIGHTS_FILE)
+        # the shapes its config implies, for cache_problem to check without building a model later
+        config_bytes = (tmp / CONFIG_FILE).read_bytes()
+        meta["shapes"] = {k: list(v) for k, v in _config_shapes(json.loads(config_bytes)).items()}
+        meta["config_sha256"] = hashlib.sha256(config_bytes).hexdigest()
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
     old = final.parent / f".{name}.old"
     shutil.rmtree(old, ignore_errors=True)
@@ -139,23 +143,19 @@ def load_tokenizer(path: Path, special: dict):
 def cache_problem(cache: Path) -> str | None:
     """What is wrong with a cached model folder, in a few words, or None if it looks whole: meta
     and config readable, every tensor of the weights file present with the shape its config
-    implies (read from the safetensors header against a model built on the meta device: no weights
-    are loaded, so `models list` can afford it)."""
-    import warnings
-
-    from safetensors import safe_open
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    if not read_meta(cache):
+    implies (read from the safetensors header; compared with the shapes meta.json recorded at build
+    time while config.json is unchanged, else with a model built on the meta device)."""
+    meta = read_meta(cache)
+    if not meta:
         return "meta.json unreadable"
     try:
-        cfg = HookedTransformerConfig(**{**json.loads((cache / CONFIG_FILE).read_text()), "device": "meta"})
-        with warnings.catch_warnings(), torch.device("meta"):
-            warnings.simplefilter("ignore")
-            wanted = {k: tuple(v.shape) for k, v in
-                      HookedTransformer(cfg, tokenizer=None, move_to_device=False).state_dict().items()}
-        with safe_open(str(cache / WEIGHTS_FILE), framework="pt") as f:
-            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        config_bytes = (cache / CONFIG_FILE).read_bytes()
+        cfg_dict = json.loads(config_bytes)
+        stored = _stored_shapes(cache / WEIGHTS_FILE)
+        if meta.get("shapes") and meta.get("config_sha256") == hashlib.sha256(config_bytes).hexdigest():
+            wanted = {k: tuple(v) for k, v in meta["shapes"].items()}  # recorded at build time
+        else:
+            wanted = _config_shapes(cfg_dict)
     except Exception as exc:  # noqa: BLE001 - any failure to read the files means the cache is damaged
         return f"unreadable files ({type(exc).__name__})"
     for key, shape in wanted.items():
@@ -166,6 +166,28 @@ def cache_problem(cache: Path) -> str | None:
         if stored[key] != shape:
             return f"{key} has shape {list(stored[key])}, its config implies {list(shape)}"
     return None
+
+
+def _stored_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors header (no tensor is read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def _config_shapes(cfg_dict: dict) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes a HookedTransformer config implies (built on the meta device: no
+    weights are made, but transformer_lens is imported: seconds)."""
+    import warnings
+
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(**{**cfg_dict, "device": "meta"})
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def load_cached_model(cache: Path, name: str, device: str | torch.device = "cpu"):

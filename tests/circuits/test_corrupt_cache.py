@@ -58,3 +58,32 @@ def test_a_folder_of_user_files_under_the_cache_name_is_never_replaced(tmp_path,
     with pytest.raises(CircuitsError, match="did not write"):
         build_model("world-tiny", progress=False, force=True)
     assert (mine / "thesis.tex").read_text() == "years of work"
+
+
+def test_list_checks_shapes_recorded_at_build_without_transformer_lens(home_with_copy):
+    """`models list` compares the weights header with the shapes meta.json recorded at build time
+    (no model is built, transformer_lens is not imported) while config.json is unchanged."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    meta = json.loads((home_with_copy / "meta.json").read_text())
+    assert meta["shapes"] and meta["config_sha256"]
+    code = ("import sys; from circuits.models.registry import list_models; "
+            "row = next(r for r in list_models() if r['name'] == 'world-tiny'); "
+            "print(row['state'], 'transformer_lens' in sys.modules)")
+    env = {**os.environ, "CIRCUITS_HOME": str(home_with_copy.parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["cached", "False"]
+
+
+def test_an_edited_config_is_checked_against_the_weights(home_with_copy):
+    """With config.json changed since the build, the shapes it implies are worked out again."""
+    import json
+
+    config = json.loads((home_with_copy / "config.json").read_text())
+    config["d_mlp"] += 4
+    (home_with_copy / "config.json").write_text(json.dumps(config))
+    row = _row()
+    assert row["state"] == "corrupt" and "its config implies" in row["problem"]
