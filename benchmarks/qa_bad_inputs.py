@@ -226,7 +226,7 @@ def setup(work: Path, log: Callable[[str], None]) -> None:
     (user / "real.json").write_text("{}\n")
     (user / "link.json").symlink_to(user / "real.json")
     (user / "afile").write_text("a file, not a folder\n")
-    (user / ".real.json.4194305.k1ll3d.circuits-tmp").write_text("half a graph from a killed run")  # pid > pid_max
+    (user / ".swept.json.4194305.k1ll3d.circuits-tmp").write_text("half a graph from a killed run")  # pid > pid_max
     shutil.copytree(work / "tc", work / "tc_over")
     (work / "tc_over" / "README.txt").write_text("the user's note inside the output folder\n")
 
@@ -354,7 +354,7 @@ def cases(work: Path, has_cuda: bool) -> list[Case]:
                        ("integer weights", "{W}/tc_int"), ("missing layer file", "{W}/tc_missing_mid"),
                        ("missing last encoder file", "{W}/tc_missing_last_enc")):
         bad(f"trace -t {name}", "trace", PROMPT, *M, "-t", path,
-            check=contains(".safetensors", "stderr") if "file" in name else None)
+            check=contains(".safetensors", "stderr") if name.endswith("layer file") or "encoder" in name else None)
     bad("trace --model unknown", "trace", PROMPT, "-m", "bogus")
     bad("trace --device bogus", *TR, "--device", "bogus")
     bad("trace --target with control characters", *TR, "--target", "\x1b[31mzz\x07")
@@ -363,9 +363,9 @@ def cases(work: Path, has_cuda: bool) -> list[Case]:
     ok("trace -o through a symlink", *TR, "-o", "{W}/user/link.json", writes=("user/real.json",),
        check=lambda o: None if (work / "user" / "link.json").is_symlink() and
        "nodes" in json.loads((work / "user" / "real.json").read_text()) else "the symlink was replaced or its target not written")
-    ok("trace -o sweeps a killed writer's temporary file", *TR, "-o", "{W}/user/real.json",
-       writes=("user/real.json", "user/.real.json.4194305.k1ll3d.circuits-tmp"),
-       check=lambda o: None if not (work / "user" / ".real.json.4194305.k1ll3d.circuits-tmp").exists()
+    ok("trace -o sweeps a killed writer's temporary file", *TR, "-o", "{W}/user/swept.json",
+       writes=("user/swept.json", "user/.swept.json.4194305.k1ll3d.circuits-tmp"),
+       check=lambda o: None if not (work / "user" / ".swept.json.4194305.k1ll3d.circuits-tmp").exists()
        else "the stale temporary file is still there")
     ok("trace -o /dev/null", *TR, "-o", "/dev/null",
        check=lambda o: None if stat.S_ISCHR(os.stat("/dev/null").st_mode) else "/dev/null was replaced")
