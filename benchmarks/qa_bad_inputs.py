@@ -419,6 +419,9 @@ def cases(work: Path, has_cuda: bool) -> list[Case]:
     bad("view a missing graph", "view", "{W}/nope.json")
     bad("view a text file", "view", "{W}/user/notes.txt")
     bad("view --export-features under a file", "view", "{W}/g.json", "--export-features", "{W}/user/afile/f")
+    bad("view --port 99999", "view", "{W}/g.json", "--port", "99999")
+    bad("serve --port -1", "serve", *M, "--port", "-1")
+    bad("serve --host unresolvable", "serve", *M, "--host", "999.1.1.1", "--port", "0")
 
     # help
     for command in (["trace"], ["intervene"], ["transcoders", "train"], ["fidelity"], ["features", "index"],
