@@ -180,3 +180,14 @@ def test_soft_capped_logit_nodes_read_the_logits_before_the_cap(request):
     torch.testing.assert_close(attr.logits.probabilities, capped.softmax(-1)[ids], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(attr.logits.values, uncapped[ids] - uncapped.mean(), atol=2e-3, rtol=1e-4)
     assert (attr.rep.node_logits_vocab - attr.rep.logits_vocab).abs().max() > 0.1  # the cap matters
+
+
+def test_thread_count_does_not_change_the_edges(ln_model):
+    """attribute() picks its thread count from the free cores; the edges must not depend on it."""
+    tc = random_transcoder(4, 32, "clt", seed=6)
+    tokens = _prompts(ln_model, 1, 8, seed=2)[0]
+    one = attribute(ln_model, tc, tokens, threads=1)
+    two = attribute(ln_model, tc, tokens, threads=2)
+    assert one.threads == [1] and two.threads == [2]
+    torch.testing.assert_close(one.feature_rows, two.feature_rows, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(one.logit_rows, two.logit_rows, rtol=1e-5, atol=1e-6)
