@@ -15,12 +15,13 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from circuits.errors import CircuitsError
 from circuits.paths import models_dir, writable_dir
+
+if TYPE_CHECKING:  # torch is imported where a model is built or loaded: `models list` does without it
+    import torch
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, META_FILE = (
     "config.json", "model.safetensors", "tokenizer.json", "meta.json")
@@ -80,6 +81,8 @@ def save_model_files(out_dir: Path, model, tokenizer_json: str, meta: dict) -> N
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CONFIG_FILE).write_text(json.dumps(config_to_dict(model.cfg), indent=2))
+    import torch
+
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out_dir / WEIGHTS_FILE))
     (out_dir / TOKENIZER_FILE).write_text(tokenizer_json)
@@ -172,7 +175,7 @@ def _stored_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
     """Tensor shapes from a safetensors header (no tensor is read)."""
     from safetensors import safe_open
 
-    with safe_open(str(weights), framework="pt") as f:
+    with safe_open(str(weights), framework="numpy") as f:  # the header only: no torch needed
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
@@ -181,6 +184,7 @@ def _config_shapes(cfg_dict: dict) -> dict[str, tuple[int, ...]]:
     weights are made, but transformer_lens is imported: seconds)."""
     import warnings
 
+    import torch
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(**{**cfg_dict, "device": "meta"})

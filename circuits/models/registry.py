@@ -16,13 +16,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
-import torch
-
 from circuits.errors import CircuitsError
 from circuits.models.cache import (WEIGHTS_FILE, cache_problem, file_fingerprint, load_cached_model,
                                    model_cache_dir, read_meta, state_fingerprint)
 
 if TYPE_CHECKING:
+    import torch
     from transformer_lens import HookedTransformer
 
 
