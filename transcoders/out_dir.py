@@ -27,6 +27,9 @@ STAGING = ".new-transcoder"
 MANIFEST = "manifest.json"  # in STAGING: the new transcoder's file names, written before the move
 _LAYER_GLOBS = ("W_enc_*.safetensors", "W_dec_*.safetensors", "layer_*.safetensors")
 _SIDE_FILES = (TRAINING_CONFIG_JSON, METRICS_JSON)
+# written beside a transcoder by `circuits features index`; they describe the transcoder being
+# replaced, so they go with it (a stale index would show another transcoder's contexts)
+_DERIVED = ("feature_index.npz", "feature_index.json")
 
 
 def prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> str:
@@ -76,7 +79,7 @@ def commit_staged(out: Path) -> bool:
     new_names = set(json.loads(manifest.read_text()))
     if (staged / CONFIG_YAML).exists():
         (out / CONFIG_YAML).unlink(missing_ok=True)  # first: a half-replaced folder must not load
-    old = [p for pattern in _LAYER_GLOBS for p in out.glob(pattern)] + [out / n for n in _SIDE_FILES]
+    old = [p for pattern in _LAYER_GLOBS for p in out.glob(pattern)] + [out / n for n in _SIDE_FILES + _DERIVED]
     for path in old:
         if path.name not in new_names:
             path.unlink(missing_ok=True)

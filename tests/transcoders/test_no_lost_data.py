@@ -46,11 +46,13 @@ def test_overwrite_keeps_the_old_transcoder_until_the_new_one_is_complete(model,
     _train(model, seqs, out)
     old = load_transcoder(out)
     (out / "notes.txt").write_text("mine")
+    (out / "feature_index.json").write_text("{}")  # an index of the old transcoder
     _train(model, seqs, out, seed=3, overwrite=True, stop_at_step=6)  # "killed" mid-training
     assert _same(load_transcoder(out), old)
     done = _train(model, seqs, out, seed=3, resume=True)
     assert _same(load_transcoder(out), done.transcoder) and not _same(done.transcoder, old)
     assert (out / "notes.txt").read_text() == "mine" and not (out / STAGING).exists()
+    assert not (out / "feature_index.json").exists()  # it described the replaced transcoder
 
 
 @pytest.mark.parametrize("moves_before_kill", [0, 1, 3, 5])
