@@ -3,7 +3,8 @@
 1. Freeze the local replacement model of the prompt (circuits.replacement).
 2. Targets: the top logits (and custom directions), then the active features - all of them, or
    the `max_feature_nodes` with the largest estimated influence on the logits, chosen in rounds
-   from the rows computed so far (as the reference implementation does).
+   from the rows computed so far (as the reference implementation does; a round adds a quarter of
+   the rows known, at least one batch).
 3. Rows come from batched frozen backward sweeps (circuits.attribution.rows), batches sorted by
    (layer, position) so each sweep only covers its causal cone.
 """
@@ -74,6 +75,7 @@ def _rows_in_batches(rep, blocks, transcoder, layout, seeds: TargetSeeds, batch_
     return out
 
 
+INFLUENCE_UPDATE_DIVISOR = 4
 INFLUENCE_CHUNK_ROWS = 1024  # rows normalised at a time: no full-size copies of the feature rows
 
 
@@ -181,7 +183,9 @@ def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_
         influence = _feature_influence(logit_rows, weights, feature_rows[:n_done], visited[:n_done], n_active,
                                        rep.error_layer_pos_d.shape[0] + 1)
         influence[visited[:n_done]] = -1.0
-        k = min(batch_size, n_chosen - n_done)
+        # influence is re-estimated after every quarter of growth (at least one batch): the cost of
+        # re-estimating grows with the rows known, so per-batch updates made long prompts quadratic
+        k = min(max(batch_size, n_done // INFLUENCE_UPDATE_DIVISOR), n_chosen - n_done)
         new = influence.topk(k).indices
         feature_rows[n_done:n_done + k] = _rows_in_batches(
             rep, blocks, transcoder, layout, feature_seeds(rep, blocks, transcoder, new), batch_size, bar)
