@@ -142,12 +142,12 @@ def load_transcoder(path: str | Path, device: str | torch.device = "cpu", lazy: 
 
 def materialise(cfg: TranscoderConfig, layers, dtype: torch.dtype = torch.float32) -> Transcoder:
     """An in-memory Transcoder from per-layer views (reads every tensor)."""
-    def stack(key):
+    def stack(key):  # torch.stack copies: the Transcoder never aliases a file mapping
         return torch.stack([getattr(lv, key).to(dtype) for lv in layers])
 
     tc = Transcoder(cfg, dtype=dtype, device="meta")
     state = {"W_enc": stack("enc"), "b_enc": stack("b_enc"), "b_dec": stack("b_dec")}
-    state.update({f"W_dec.{i}": lv.dec.to(dtype).contiguous() for i, lv in enumerate(layers)})
+    state.update({f"W_dec.{i}": lv.dec.to(dtype, copy=True).contiguous() for i, lv in enumerate(layers)})
     if cfg.activation == "jumprelu":
         state["threshold"] = stack("threshold")
     if cfg.skip:

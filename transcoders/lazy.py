@@ -146,8 +146,17 @@ class LazyTranscoder(nn.Module):
         return rows if self.input_scale is None else rows * self.input_scale[layer]
 
     def decoder_rows(self, layer: int, features: torch.Tensor) -> torch.Tensor:
-        """Decoder rows [n, n_out, d] of `features` read at `layer` (to layers layer .. layer+n_out-1)."""
-        return self.W_dec[layer][features]
+        """Decoder rows [n, n_out, d] of `features` read at `layer` (to layers layer .. layer+n_out-1);
+        the pages read are dropped from RSS afterwards (the rows returned are a copy)."""
+        rows = self.W_dec[layer][features]
+        self._release(layer)
+        return rows
+
+    def _release(self, layer: int) -> None:
+        """Drop the layer's mapped pages from RSS: safe, the mappings are never written (a later read
+        faults the pages back in from the page cache)."""
+        for p in self._views[layer].files:
+            release(p)
 
     def skip_matrix(self, layer: int) -> torch.Tensor | None:
         """W_skip of `layer` [d, d] (y += x @ W_skip), input scale folded in; None without skip."""
@@ -171,9 +180,7 @@ class LazyTranscoder(nn.Module):
         for f0 in range(0, F, ENC_CHUNK):
             W = enc[f0:f0 + ENC_CHUNK].to(self._device, self._dtype)
             out[..., f0:f0 + ENC_CHUNK] = x @ W.T
-        if self._device.type == "cpu":
-            for p in self._views[layer].files:
-                release(p)
+        self._release(layer)
         return out + self.b_enc[layer]
 
     activate_layer = Transcoder.activate_layer  # the same rule (reads cfg and the threshold buffer)
