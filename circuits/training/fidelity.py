@@ -24,6 +24,8 @@ from circuits.replacement import replacement_hooks
 from transcoders.activation_source import pad_right
 from transcoders.metrics import ReconstructionStats
 
+LOGITS_BUDGET_FLOATS = 1 << 25  # one batch's logits [B, T, vocab] stay below 128 MB (several copies live)
+
 REPORT_KEYS = ("fvu_per_layer", "fvu_mean", "l0_per_layer", "l0_total", "dead_fraction",
                "top1_agreement", "kl_mean", "ce_original", "ce_replacement")
 
@@ -50,6 +52,8 @@ def measure_fidelity(model, tc, sequences: Iterable[Sequence[int]], max_tokens: 
                      batch_size: int = 32, seq_len: int = 128, progress: bool = False) -> dict:
     """The fidelity report (keys REPORT_KEYS + n_tokens, n_predictions) of `tc` on `model`."""
     cfg, L, dev = tc.cfg, tc.n_layers, model.cfg.device
+    # large vocabularies (Gemma: 262144) would need GBs of logits per batch: fewer sequences per batch
+    batch_size = max(1, min(batch_size, LOGITS_BUDGET_FLOATS // (seq_len * model.cfg.d_vocab)))
     tc = tc.to(dev)
     stats = ReconstructionStats(L, tc.n_features)
     sums = {"agree": 0.0, "kl": 0.0, "ce_o": 0.0, "ce_r": 0.0, "n": 0}

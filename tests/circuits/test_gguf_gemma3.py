@@ -148,3 +148,26 @@ def test_gemma3_270m_builds_offline_and_knows_paris():
     assert " Paris" in [row["token"] for row in top], json.dumps(top)
     cfg = loaded.model.cfg
     assert (cfg.n_layers, cfg.d_model, cfg.use_qk_norm, cfg.use_normalization_before_and_after) == (18, 640, True, True)
+
+
+@pytest.mark.slow
+def test_gemma3_270m_edges_are_exact():
+    """The real Gemma-3-270M (18 layers, q/k norms, post-norms, 512-token windows) with a random PLT:
+    the replacement model reproduces its logits and sampled edges equal ablations (~3 min on CPU)."""
+    from circuits.attribution.engine import attribute
+    from circuits.models import load_model
+    from circuits.replacement import build_local_replacement, replacement_logits
+    from tests.circuits.attribution_checks import edge_errors, random_transcoder
+
+    model = load_model("gemma3-270m").model
+    tc = random_transcoder(model.cfg.n_layers, model.cfg.d_model, "plt", n_features=32, seed=1, threshold=1.0)
+    tokens = model.to_tokens("The capital of France is")[0]
+    rep = build_local_replacement(model, tc, tokens)
+    with torch.no_grad():
+        gap = (replacement_logits(model, tc, rep) - model(tokens[None])[0]).abs().max().item()
+    print(f"max |logit gap| {gap:.2e}")
+    assert gap <= 1e-4
+    attr = attribute(model, tc, tokens, max_n_logits=3, max_feature_nodes=64)
+    worst, scale = edge_errors(model, tc, attr, n_per_kind=4)
+    print(f"edges: worst |ablation - edge| {worst:.2e}, max |A| {scale:.2e}, {len(rep.features)} active features")
+    assert scale > 0.01 and worst <= 5e-4 * max(1.0, scale), (worst, scale)
