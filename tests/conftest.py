@@ -40,3 +40,16 @@ def world_tiny(circuits_home):
     from circuits.models import load_model
 
     return load_model("world-tiny", progress=False)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An offline huggingface_hub cache (HF_HUB_OFFLINE=1, HF_HUB_CACHE=<tmp>) for the loader tests."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache

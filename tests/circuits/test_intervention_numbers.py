@@ -7,19 +7,7 @@ import pytest
 
 from circuits.errors import CircuitsError
 from circuits.interventions import Intervention, feature_activations, intervene, parse_set
-from tests.circuits.test_interventions import active_feature, make_tiny_pair
-
-
-@pytest.fixture(scope="module")
-def pair(one_thread):
-    return make_tiny_pair()
-
-
-@pytest.fixture(scope="module")
-def tokens(pair):
-    from circuits.prompts import tokenize_prompt
-
-    return tokenize_prompt(pair[0], "fact : the capital of the state containing dallas is")
+from tests.circuits.test_interventions import active_feature
 
 
 @pytest.mark.parametrize("text", ["1:2:3=1e999", "1:2:3=x1e999", "1:2:3=-1e400"])

@@ -51,18 +51,6 @@ def make_tiny_pair(seed: int = 0):
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: ~10x faster on one thread of 2 shared cores
 
 
-@pytest.fixture(scope="module")
-def pair(one_thread):
-    return make_tiny_pair()
-
-
-@pytest.fixture(scope="module")
-def tokens(pair):
-    from circuits.prompts import tokenize_prompt
-
-    return tokenize_prompt(pair[0], "fact : the capital of the state containing dallas is")
-
-
 def active_feature(acts_layer_pos_feat, layer, pos):
     """The most active feature at (layer, pos)."""
     feature = int(acts_layer_pos_feat[layer, pos].argmax())

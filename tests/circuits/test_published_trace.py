@@ -27,17 +27,6 @@ def llama(tmp_path_factory):
     return load_hf_checkpoint(make_tiny_llama(tmp_path_factory.mktemp("llama"), n_layers=3), "cpu")
 
 
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
 def _tokens(model, n=8, seed=0):
     return torch.randint(1, model.cfg.d_vocab, (n,), generator=torch.Generator().manual_seed(seed))
 

@@ -19,19 +19,6 @@ HOOKS = {"gemmascope2-plt": ("mlp.hook_in", "mlp.hook_out"), "gemmascope2-clt": 
          "plt": ("hook_resid_mid", "hook_mlp_out")}
 
 
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    """An offline huggingface_hub cache (HF_HUB_OFFLINE=1, HF_HUB_CACHE=<tmp>)."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
-
-
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_each_layout_loads_the_reference_weights(layout, tmp_path, hub_cache):
     ref = reference_transcoder(layout, L, D, F)
