@@ -28,15 +28,15 @@ def run(model: str, features: int | None, tokens: int | None, out: Path, seed: i
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     loaded = load_model(model, progress=progress)
-    base = (getattr(BUILTIN_MODELS.get(model), "transcoder_config", None) or {})
+    base = getattr(BUILTIN_MODELS.get(model), "transcoder_config", None) or TrainConfig()
     rows = []
     for kind in ("clt", "plt"):
         given = {k: v for k, v in {"n_features": features, "tokens": tokens}.items() if v}
-        cfg = TrainConfig(**{**base, **given, "kind": kind, "seed": seed})
+        cfg = base.updated({**given, "kind": kind, "seed": seed})
         t0 = time.perf_counter()
         result = train_for_model(loaded, cfg, out / kind, overwrite=True, progress=progress)
         fid = result.metrics["fidelity"]
-        rows.append({"kind": kind, "features": cfg.n_features, "tokens": result.metrics["training"]["tokens"],
+        rows.append({"kind": kind, "features": cfg.transcoder.n_features, "tokens": result.metrics["training"]["tokens"],
                      "train_s": round(time.perf_counter() - t0, 1),
                      **{k: fid[k] for k in COLUMNS[4:]}})
     return rows

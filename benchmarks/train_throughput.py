@@ -48,7 +48,7 @@ def time_step_parts(L: int, d: int, cfg, steps: int) -> dict:
     from transcoders.transcoder import Transcoder
 
     torch.manual_seed(0)
-    tc = Transcoder(cfg.transcoder_config(L, d))
+    tc = Transcoder(cfg.transcoder.fitted(L, d))
     if tc.threshold is not None:
         with torch.no_grad():
             tc.threshold.fill_(1.5)  # a trained transcoder's sparsity (~5% active), not the init's
@@ -61,7 +61,7 @@ def time_step_parts(L: int, d: int, cfg, steps: int) -> dict:
         pre = encode_layer_major(tc, x.transpose(0, 1).contiguous()); t.append(time.perf_counter())
         norms = tc.decoder_norms()[:, None, :]
         acts, s_sum, p_sum = _JumpReLUWithPenalties.apply(pre, tc.threshold[:, None, :], norms, norms, cfg.sparsity_c,
-                                                          cfg.jumprelu_bandwidth); t.append(time.perf_counter())
+                                                          cfg.transcoder.jumprelu_bandwidth); t.append(time.perf_counter())
         y_hat = layer_major_forward(tc, x, acts)[0]
         loss = torch.nn.functional.mse_loss(y_hat, y, reduction="sum") + cfg.sparsity_coef * s_sum + cfg.preact_coef * p_sum
         t.append(time.perf_counter())
@@ -109,8 +109,8 @@ def main() -> None:
                     help="time the step without the trainer's allocator setting (transcoders/cpu_memory.py)")
     args = ap.parse_args()
     over = {k: v for k, v in {"n_features": args.features, "batch_size": args.batch_size, "kind": args.kind}.items() if v}
-    cfg = TrainConfig(**{**(getattr(BUILTIN_MODELS.get(args.model), "transcoder_config", None) or {}), **over})
-    if cfg.activation != "jumprelu":
+    cfg = (getattr(BUILTIN_MODELS.get(args.model), "transcoder_config", None) or TrainConfig()).updated(over)
+    if cfg.transcoder.activation != "jumprelu":
         raise SystemExit("the step breakdown times the JumpReLU path; use --kind with the default activation")
     from transcoders.threads import pick_threads
 
@@ -124,19 +124,19 @@ def main() -> None:
 
         mcfg = load_model(args.model, progress=False).model.cfg
         L, d = mcfg.n_layers, mcfg.d_model
-    F = cfg.n_features
+    F = cfg.transcoder.n_features
     peak, peak_n = dense_matmul_flops()
     from transcoders.cpu_memory import reuse_freed_memory
 
     with reuse_freed_memory("cpu" if args.reuse_memory else "none"):  # as the trainer does
         parts = time_step_parts(L, d, cfg, args.steps)
     step_s = sum(parts.values())
-    fwd, bwd = flops_per_token(L, F, d, cfg.kind, cfg.skip)
+    fwd, bwd = flops_per_token(L, F, d, cfg.transcoder.kind, cfg.transcoder.skip)
     step_tok_s = cfg.batch_size / step_s
     achieved = (fwd + bwd) * step_tok_s
     print(f"machine: torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"dense fp32 matmul {peak / 1e9:.1f} GFLOP/s (best at {peak_n}^3)")
-    print(f"transcoder: {cfg.kind}, L={L} d={d} F={F}, batch {cfg.batch_size} tokens; "
+    print(f"transcoder: {cfg.transcoder.kind}, L={L} d={d} F={F}, batch {cfg.batch_size} tokens; "
           f"{(fwd + bwd) / 1e6:.2f} MFLOP/token (fwd {fwd / 1e6:.2f}, bwd {bwd / 1e6:.2f})")
     print(f"optimisation step: {step_s * 1e3:.1f} ms, {step_tok_s:,.0f} tokens/s, "
           f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.2f} of dense matmul")

@@ -1,31 +1,50 @@
-"""The transcoder's architecture as one typed object (saved beside every transcoder)."""
+"""The transcoder's architecture as typed objects.
+
+- `TranscoderArchitecture`: what a transcoder is, independent of the model it is fitted to (kind,
+  features per layer, nonlinearity, skip term, the hooks it reads and writes). A training run holds
+  one (`TrainConfig.transcoder`; the nesting follows sparsify's `TrainConfig.sae`).
+- `TranscoderConfig`: that architecture fitted to a model (adds n_layers and d_model); every
+  Transcoder carries one, and it is saved beside every transcoder.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class TranscoderConfig(BaseModel):
+class TranscoderArchitecture(BaseModel):
     """Architecture of a transcoder: cross-layer (CLT) or per-layer (PLT), and its activation."""
 
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     kind: Literal["clt", "plt"] = Field("clt", description="clt: features write to every later layer; plt: own layer only")
-    n_layers: int = Field(..., gt=0, description="number of transformer layers (MLPs replaced)")
-    d_model: int = Field(..., gt=0, description="residual stream width")
-    n_features: int = Field(..., gt=0, description="features per layer")
+    n_features: int = Field(1024, gt=0, le=1 << 20, description="features per layer",
+                            json_schema_extra={"flag": "--features"})
     activation: Literal["jumprelu", "relu", "topk"] = Field("jumprelu", description="feature nonlinearity")
-    topk: int | None = Field(None, gt=0, description="k for the topk activation (per layer, per token)")
+    topk: int | None = Field(None, gt=0, le=1 << 20, description="k per layer and token (activation topk)")
     skip: bool = Field(False, description="add a linear skip term W_skip x")
-    jumprelu_bandwidth: float = Field(0.1, gt=0, description="STE rectangle width eps for the threshold gradient")
-    input_hook: str = Field("ln2.hook_normalized", description="TransformerLens hook the features read (per block)")
-    output_hook: str = Field("hook_mlp_out", description="TransformerLens hook the transcoder reconstructs (per block)")
+    jumprelu_bandwidth: float = Field(0.5, gt=0, le=1e12, description="STE rectangle width for the threshold gradient")
+    input_hook: str = Field("ln2.hook_normalized", description="hook the features read, per block")
+    output_hook: str = Field("hook_mlp_out", description="hook the transcoder reconstructs, per block")
 
     @model_validator(mode="after")
-    def _topk_needs_k(self) -> "TranscoderConfig":
+    def _topk_needs_k(self):
         if self.activation == "topk" and self.topk is None:
-            raise ValueError("activation 'topk' needs topk=k")
+            raise ValueError("activation 'topk' needs --topk K")
         return self
+
+    def fitted(self, n_layers: int, d_model: int) -> "TranscoderConfig":
+        """This architecture for a model with `n_layers` layers of width `d_model`."""
+        return TranscoderConfig(**self.model_dump(), n_layers=n_layers, d_model=d_model)
+
+
+class TranscoderConfig(TranscoderArchitecture):
+    """A transcoder's architecture fitted to a model."""
+
+    n_layers: int = Field(..., gt=0, description="number of transformer layers (MLPs replaced)")
+    d_model: int = Field(..., gt=0, description="residual stream width")
 
     def n_outputs(self, source_layer: int) -> int:
         """How many layers a feature read at `source_layer` writes to."""

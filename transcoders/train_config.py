@@ -7,32 +7,24 @@ It is also the CLI's help (`circuits transcoders train --help` lists these field
 from __future__ import annotations
 
 import typing
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from transcoders.config import TranscoderConfig
+from transcoders.config import TranscoderArchitecture
 
 
 MAX_TOKENS = 10**12  # a trillion tokens: beyond any transcoder run; larger values are typing mistakes
 
 
 class TrainConfig(BaseModel):
-    """How to train a transcoder (architecture + optimisation + data)."""
+    """How to train a transcoder: its architecture (`transcoder`), the data and the optimisation."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     RUNTIME_FIELDS: typing.ClassVar[frozenset[str]] = frozenset({"threads", "checkpoint_seconds"})
     """Fields that do not change what is trained; --resume may change them."""
 
-    # --- architecture -------------------------------------------------------------------------
-    kind: Literal["clt", "plt"] = Field("clt", description="clt: features write to every later layer; plt: own layer only")
-    n_features: int = Field(1024, gt=0, le=1 << 20, description="features per layer",
-                            json_schema_extra={"flag": "--features"})
-    activation: Literal["jumprelu", "relu", "topk"] = Field("jumprelu", description="feature nonlinearity")
-    topk: int | None = Field(None, gt=0, le=1 << 20, description="k per layer and token (activation topk)")
-    skip: bool = Field(False, description="add a linear skip term W_skip x")
-    input_hook: str = Field("ln2.hook_normalized", description="hook the features read, per block")
-    output_hook: str = Field("hook_mlp_out", description="hook the transcoder reconstructs, per block")
+    transcoder: TranscoderArchitecture = Field(default_factory=TranscoderArchitecture,
+                                               description="the transcoder's architecture")
 
     # --- data ---------------------------------------------------------------------------------
     tokens: int = Field(3_000_000, gt=0, le=MAX_TOKENS, description="training tokens (positions, summed over steps)")
@@ -56,7 +48,6 @@ class TrainConfig(BaseModel):
     revive_after_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS, description="apply the pre-activation loss only to "
                                             "features silent for this many tokens (unset or 0: to every feature)")
     threshold_init: float = Field(0.5, ge=0, le=1e12, description="initial JumpReLU threshold (normalised units)")
-    jumprelu_bandwidth: float = Field(0.5, gt=0, le=1e12, description="STE rectangle width for the threshold gradient")
     dead_after_tokens: int = Field(1_000_000, gt=0, le=MAX_TOKENS, description="a feature silent this many tokens counts as dead")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="random seed (init, shuffling)")
 
@@ -69,23 +60,33 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
-        if self.activation == "topk" and self.topk is None:
-            raise ValueError("activation 'topk' needs --topk K")
         if self.buffer_tokens < self.batch_size:
             raise ValueError(f"buffer_tokens ({self.buffer_tokens}) must be >= batch_size ({self.batch_size})")
         return self
 
     def training_fields(self) -> dict:
-        """The settings a resumed run must keep (everything but RUNTIME_FIELDS)."""
-        return self.model_dump(exclude=set(self.RUNTIME_FIELDS))
+        """The settings a resumed run must keep (everything but RUNTIME_FIELDS), flat."""
+        return {k: v for k, v in self.flat().items() if k not in self.RUNTIME_FIELDS}
+
+    def flat(self) -> dict:
+        """Every setting by its own name, the architecture's beside the run's (the CLI's shape)."""
+        return {**self.transcoder.model_dump(), **self.model_dump(exclude={"transcoder"})}
+
+    @classmethod
+    def from_flat(cls, values: dict) -> "TrainConfig":
+        """The config from settings by name: architecture fields may be given flat (as CLI options
+        are, and as training_config.json / checkpoints written before the nesting hold them) or in
+        a nested `transcoder` dict; flat ones win."""
+        values = dict(values)
+        nested = values.pop("transcoder", None) or {}
+        arch = dict(nested.model_dump() if isinstance(nested, BaseModel) else nested)
+        arch.update({k: values.pop(k) for k in list(values) if k in TranscoderArchitecture.model_fields})
+        return cls(**values, transcoder=arch)
+
+    def updated(self, values: dict) -> "TrainConfig":
+        """A copy with `values` (flat names) changed, validated."""
+        return self.from_flat({**self.flat(), **values})
 
     @property
     def n_steps(self) -> int:
         return max(1, self.tokens // self.batch_size)
-
-    def transcoder_config(self, n_layers: int, d_model: int) -> TranscoderConfig:
-        return TranscoderConfig(
-            kind=self.kind, n_layers=n_layers, d_model=d_model, n_features=self.n_features,
-            activation=self.activation, topk=self.topk, skip=self.skip,
-            jumprelu_bandwidth=self.jumprelu_bandwidth,
-            input_hook=self.input_hook, output_hook=self.output_hook)

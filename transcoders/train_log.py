@@ -28,7 +28,7 @@ class TrainLogger:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=cfg.n_steps * cfg.batch_size, initial=start_step * cfg.batch_size,
-                            unit="tok", unit_scale=True, desc=f"train {cfg.kind}", dynamic_ncols=True)
+                            unit="tok", unit_scale=True, desc=f"train {cfg.transcoder.kind}", dynamic_ncols=True)
         self._reset()
 
     def _reset(self) -> None:

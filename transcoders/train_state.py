@@ -22,13 +22,13 @@ class TrainState:
     def __init__(self, cfg: TrainConfig, n_layers: int, d_model: int, device: str, info: DistInfo,
                  model_name: str, source_id: str):
         self.cfg, self.info, self.device = cfg, info, device
-        self.tcfg = cfg.transcoder_config(n_layers, d_model)
+        self.tcfg = cfg.transcoder.fitted(n_layers, d_model)
         self.model_name, self.source_id = model_name, source_id
         self.step, self.tokens_seen, self.elapsed_before = 0, 0, 0.0
         self.resumed_from: int | None = None
         self.run_id = uuid.uuid4().hex[:12]  # tags this run's log lines; kept across resumes
         self._t_start = time.monotonic()
-        L, F = n_layers, cfg.n_features
+        L, F = n_layers, cfg.transcoder.n_features
         self.s_in = torch.ones(L)
         self.s_out = torch.ones(L)
         self.silent_tokens_layer_feat = torch.zeros(L, F, dtype=torch.long)
@@ -123,9 +123,10 @@ class TrainState:
 
     def load(self, path: Path, buffer) -> None:
         tensors, meta = load_checkpoint(path)
-        saved = TrainConfig(**meta["train_config"])
+        saved = TrainConfig.from_flat(meta["train_config"])  # flat in checkpoints before the nesting
         if saved.training_fields() != self.cfg.training_fields():
-            diff = [k for k in saved.training_fields() if getattr(saved, k) != getattr(self.cfg, k)]
+            ours = self.cfg.training_fields()
+            diff = [k for k, v in saved.training_fields().items() if ours.get(k) != v]
             raise TranscoderError(f"--resume: the settings differ from the checkpoint in {path.parent} "
                                   f"({', '.join(diff)}); resume with the original settings")
         if meta.get("source_id") != self.source_id:

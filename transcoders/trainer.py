@@ -120,7 +120,8 @@ def _make_source(model, sequences, cfg: TrainConfig, source_id: str, info: DistI
     from transcoders.activation_cache import (CachedActivationSource, build_activation_cache, cache_matches,
                                               check_room, collect_progress)
 
-    live = ModelActivationSource(model, sequences, cfg.input_hook, cfg.output_hook,
+    arch = cfg.transcoder
+    live = ModelActivationSource(model, sequences, arch.input_hook, arch.output_hook,
                                  cfg.seq_len, cfg.model_batch, cfg.buffer_tokens)
     n_rows = min(cfg.activation_tokens or cfg.tokens, cfg.tokens)
     if not cfg.cache_dir:
@@ -133,7 +134,7 @@ def _make_source(model, sequences, cfg: TrainConfig, source_id: str, info: DistI
         except NonFiniteActivations as exc:
             raise TranscoderError(f"{exc} while collecting activations (before step 0)") from None
     cache = Path(cfg.cache_dir)
-    if info.is_main and not cache_matches(cache, source_id, cfg.input_hook, cfg.output_hook, n_rows):
+    if info.is_main and not cache_matches(cache, source_id, arch.input_hook, arch.output_hook, n_rows):
         check_room(n_rows, model.cfg.n_layers, model.cfg.d_model, 4, cache)
         build_activation_cache(live, n_rows, cache, source_id, progress=collect_progress(progress, n_rows))
     barrier(info)

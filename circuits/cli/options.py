@@ -80,9 +80,40 @@ def number_option(default, *decls: str, kind: type = int, min: float | None = No
 
 
 # --- options from a config object ----------------------------------------------------------------
+# A config may nest another (TrainConfig.transcoder is a TranscoderArchitecture): the CLI shows the
+# nested fields as options of their own, one level, so every option is a leaf field by its name.
+def _nested_config(field) -> type[BaseModel] | None:
+    annotation = field.annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def option_fields(config: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    """Every option of `config` (its fields and its nested configs' fields) -> the config that owns it."""
+    out: dict[str, type[BaseModel]] = {}
+    for name, field in config.model_fields.items():
+        inner = _nested_config(field)
+        for leaf, owner in (option_fields(inner).items() if inner else [(name, config)]):
+            if leaf in out:
+                raise TypeError(f"{config.__name__}: option '{leaf}' is defined twice")
+            out[leaf] = owner
+    return out
+
+
+def nest(config: type[BaseModel], values: dict) -> dict:
+    """Option values by leaf name -> the dict `config` validates (nested configs' fields grouped)."""
+    out = dict(values)
+    for name, field in config.model_fields.items():
+        inner = _nested_config(field)
+        if inner is not None:
+            group = {k: out.pop(k) for k in list(out) if k in option_fields(inner)}
+            if group:
+                out[name] = nest(inner, group)
+    return out
+
+
 def flag(config: type[BaseModel], name: str) -> str:
-    """The CLI flag of a config field: `--field-name`, or the field's json_schema_extra['flag']."""
-    extra = config.model_fields[name].json_schema_extra or {}
+    """The CLI flag of a config option: `--field-name`, or the field's json_schema_extra['flag']."""
+    extra = option_fields(config)[name].model_fields[name].json_schema_extra or {}
     return extra.get("flag") or "--" + name.replace("_", "-")
 
 
@@ -97,8 +128,8 @@ def _bounds(field) -> dict:
 
 
 def _field_option(config: type[BaseModel], name: str):
-    """(annotation, typer.Option) of one config field; unset (None) means "the config's default"."""
-    field = config.model_fields[name]
+    """(annotation, typer.Option) of one config option; unset (None) means "the config's default"."""
+    field = option_fields(config)[name].model_fields[name]
     annotation = field.annotation
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) is not Literal and args and typing.get_origin(annotation) is not list:
@@ -130,9 +161,9 @@ def _choice(flag_name: str, choices: list[str]) -> Callable[[str], str]:
 
 
 def config_parameters(config: type[BaseModel], exclude: typing.Iterable[str] = ()) -> list[inspect.Parameter]:
-    """Keyword parameters (for a command's signature) for every field of `config` but `exclude`."""
+    """Keyword parameters (for a command's signature) for every option of `config` but `exclude`."""
     params = []
-    for name in config.model_fields:
+    for name in option_fields(config):
         if name in exclude:
             continue
         annotation, option = _field_option(config, name)
@@ -152,25 +183,28 @@ def with_config_options(config: type[BaseModel], exclude: typing.Iterable[str] =
 
 
 def given(config: type[BaseModel], options: dict) -> dict:
-    """The config fields the user set (unset options are None, repeatable ones empty)."""
-    return {k: v for k, v in options.items() if k in config.model_fields and v not in (None, [], ())}
+    """The config options the user set, by name (unset options are None, repeatable ones empty)."""
+    fields = option_fields(config)
+    return {k: v for k, v in options.items() if k in fields and v not in (None, [], ())}
 
 
 def describe_validation_error(config: type[BaseModel], exc: ValidationError) -> str:
     """One line from a pydantic ValidationError, naming each field by its CLI flag."""
-    parts = []
+    parts, fields = [], option_fields(config)
     for err in exc.errors():
         loc = [str(x) for x in err.get("loc", ())]
-        name = loc[0] if loc else ""
-        shown = flag(config, name) if name in config.model_fields else ".".join(loc)
+        named = [x for x in loc if x in fields]
+        nested_only = loc and all(x in config.model_fields or x in fields for x in loc)
+        shown = flag(config, named[-1]) if named else "" if nested_only else ".".join(loc)
         msg = err.get("msg", "invalid").replace("Value error, ", "")
         parts.append(f"{shown} {msg} (got {err.get('input')!r})" if shown else msg)
     return "; ".join(parts)
 
 
 def build_config(config: type[BaseModel], values: dict):
-    """`config(**values)`, with a validation error as one CircuitsError line naming the flags."""
+    """`config` from option values by name (see `nest`), with a validation error as one
+    CircuitsError line naming the flags."""
     try:
-        return config(**values)
+        return config.model_validate(nest(config, values))
     except ValidationError as exc:
         raise CircuitsError(describe_validation_error(config, exc)) from None

@@ -1,7 +1,7 @@
 """`circuits transcoders train|info`: train a transcoder for a model; show a trained one.
 
-Every field of transcoders.train_config.TrainConfig is an option of `train` (its description is
-the help text); unset options take the model's default configuration (built-in models) or
+Every field of transcoders.train_config.TrainConfig, and of the architecture it nests
+(TrainConfig.transcoder), is an option of `train` (its description is the help text); unset options take the model's default configuration (built-in models) or
 TrainConfig's defaults. With --resume, unset options come from the checkpoint.
 """
 
@@ -27,16 +27,17 @@ def resolve_config(model: str, out: Path, resume: bool, overrides: dict) -> Trai
     options = given(TrainConfig, overrides)
     if not resume:
         builtin = BUILTIN_MODELS.get(model)
-        return build_config(TrainConfig, {**((builtin and builtin.transcoder_config) or {}), **options})
+        defaults = builtin.transcoder_config if builtin and builtin.transcoder_config else TrainConfig()
+        return build_config(TrainConfig, {**defaults.flat(), **options})
     ckpt = out / CHECKPOINT_FILE
     if not ckpt.exists():
         return build_config(TrainConfig, options)  # prepare_outputs reports the missing checkpoint
-    saved = TrainConfig(**load_checkpoint(ckpt)[1]["train_config"])
-    wanted = build_config(TrainConfig, {**saved.model_dump(), **options})
-    diff = [k for k in options if getattr(wanted, k) != getattr(saved, k) and k not in TrainConfig.RUNTIME_FIELDS]
+    saved = TrainConfig.from_flat(load_checkpoint(ckpt)[1]["train_config"])  # flat before the nesting
+    wanted = build_config(TrainConfig, {**saved.flat(), **options})
+    before, after = saved.flat(), wanted.flat()
+    diff = [k for k in options if after[k] != before[k] and k not in TrainConfig.RUNTIME_FIELDS]
     if diff:
-        shown = ", ".join(f"{flag(TrainConfig, k)} {getattr(wanted, k)} (checkpoint: {getattr(saved, k)})"
-                          for k in diff)
+        shown = ", ".join(f"{flag(TrainConfig, k)} {after[k]} (checkpoint: {before[k]})" for k in diff)
         raise TranscoderError(f"--resume continues the run as it was started; these differ: {shown}")
     return wanted
 

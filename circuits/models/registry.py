@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Callable, Iterable
 from circuits.errors import CircuitsError
 from circuits.models.cache import (WEIGHTS_FILE, cache_problem, file_fingerprint, load_cached_model,
                                    model_cache_dir, read_meta, state_fingerprint)
+from transcoders.config import TranscoderArchitecture
+from transcoders.train_config import TrainConfig
 
 if TYPE_CHECKING:
     import torch
@@ -61,8 +63,8 @@ class BuiltinModel:
     evaluate: Callable[[LoadedModel], dict] | None = None
     # (loaded, seq_len, heldout) -> re-iterable token sequences: the default transcoder corpus
     corpus: Callable[[LoadedModel, int, bool], Iterable[list[int]]] | None = None
-    # TrainConfig fields of the default transcoder (circuits.training.defaults trains it on first use)
-    transcoder_config: dict | None = None
+    # the default transcoder's training config (circuits.training.defaults trains it on first use)
+    transcoder_config: TrainConfig | None = None
     # prompt -> expected answer, for demos and examples
     demo_prompts: dict[str, str] = field(default_factory=dict)
 
@@ -93,12 +95,12 @@ def _world_sequences(loaded: LoadedModel, seq_len: int, heldout: bool):
 # features stop carrying them (docs/case_studies.md). `world`'s middle MLPs do little work, so
 # features there go dead unless revived: the pre-activation loss applies to the features silent for
 # revive_after_tokens (a strong push on the dead ones; a weak one on all features raises L0 instead).
-WORLD_CLT = dict(kind="clt", n_features=256, tokens=1_000_000, activation_tokens=200_000,
-                 batch_size=1024, seq_len=32, buffer_tokens=32768, model_batch=1024, lr=6e-3,
-                 sparsity_coef=0.1, preact_coef=1e-2, revive_after_tokens=5000, threshold_init=0.5,
-                 jumprelu_bandwidth=0.5)
-WORLD_TINY_CLT = {**WORLD_CLT, "n_features": 128, "tokens": 100_000, "activation_tokens": 50_000,
-                  "batch_size": 512, "buffer_tokens": 16384, "model_batch": 512}
+WORLD_CLT = TrainConfig(
+    transcoder=TranscoderArchitecture(kind="clt", n_features=256),
+    tokens=1_000_000, activation_tokens=200_000, batch_size=1024, seq_len=32, buffer_tokens=32768,
+    model_batch=1024, lr=6e-3, sparsity_coef=0.1, preact_coef=1e-2, revive_after_tokens=5000, threshold_init=0.5)
+WORLD_TINY_CLT = WORLD_CLT.updated(dict(n_features=128, tokens=100_000, activation_tokens=50_000, batch_size=512,
+                                        buffer_tokens=16384, model_batch=512))
 WORLD_PROMPTS = {"calc: 36+59=": "95"}
 # SmolLM2-135M (30 layers, d 576): a PLT small enough to train on 2 CPU cores within the hour and to
 # keep training memory bounded. Memory is driven by activation_tokens (kept in memory as float16
@@ -106,8 +108,8 @@ WORLD_PROMPTS = {"calc: 36+59=": "95"}
 # collecting) and buffer_tokens (float32 groups: 4096 x 30 x 576 x 8 bytes, about 0.6 GB, a few
 # copies during shuffling); the model and optimiser add about 1 GB. Measured in docs/transcoders.md.
 # The CLT of the same size: `--kind clt` (decoders to every later layer, about 15x the decoder work).
-SMOLLM2_PLT = dict(kind="plt", n_features=512, tokens=150_000, activation_tokens=12_000, seq_len=64,
-                   model_batch=16, batch_size=512, buffer_tokens=4096)
+SMOLLM2_PLT = TrainConfig(transcoder=TranscoderArchitecture(kind="plt", n_features=512), tokens=150_000,
+                          activation_tokens=12_000, seq_len=64, model_batch=16, batch_size=512, buffer_tokens=4096)
 
 
 def _docstring_sequences(loaded: LoadedModel, seq_len: int, heldout: bool) -> Iterable[list[int]]:

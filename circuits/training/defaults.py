@@ -26,7 +26,7 @@ def default_train_config(model_name: str) -> TrainConfig:
         known = ", ".join(n for n, m in BUILTIN_MODELS.items() if m.transcoder_config is not None)
         raise CircuitsError(f"no default transcoder for model '{model_name}' (built-in defaults: {known}); "
                             "train one with `circuits transcoders train` and pass its directory")
-    return TrainConfig(**builtin.transcoder_config)
+    return builtin.transcoder_config.model_copy(deep=True)
 
 
 def default_transcoder_dir(model_name: str) -> Path:
@@ -52,7 +52,7 @@ def default_transcoders(loaded_model, progress: bool = True):
     if (path / CHECKPOINT_FILE).exists() and not (path / CONFIG_YAML).exists():
         try:
             _, meta = load_checkpoint(path / CHECKPOINT_FILE)
-            saved = TrainConfig(**meta["train_config"])
+            saved = TrainConfig.from_flat(meta["train_config"])
             resume = _same_model(meta.get("source_id"), fingerprint) and saved.training_fields() == cfg.training_fields()
         except Exception:  # noqa: BLE001 - an unusable checkpoint just means a fresh start
             resume = False

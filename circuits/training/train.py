@@ -1,7 +1,7 @@
 """Train a transcoder for a loaded model: picks the corpus, identifies the data source, runs the
 trainer (transcoders.trainer) and scores the result on held-out text (circuits.training.fidelity).
 
-    result = train_for_model(load_model("world"), TrainConfig(n_features=512), "out/")
+    result = train_for_model(load_model("world"), TrainConfig(transcoder=TranscoderArchitecture(n_features=512)), "out/")
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def train_for_model(loaded, cfg: TrainConfig, out_dir: str | Path, corpus: str |
     from transcoders.trainer import train_transcoder
 
     model = loaded.model
-    check_hooks_exist(model, cfg.input_hook, cfg.output_hook, source="the training config's")
+    check_hooks_exist(model, cfg.transcoder.input_hook, cfg.transcoder.output_hook, source="the training config's")
     sequences, corpus_id = corpus_sequences(loaded, corpus, cfg.seq_len)
 
     def final_eval(tc) -> dict:

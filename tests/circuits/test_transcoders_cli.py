@@ -125,8 +125,8 @@ def test_resume_refuses_changed_settings(world_tiny, tmp_path, capsys):
     from transcoders.train_config import TrainConfig
 
     out = tmp_path / "r"
-    train_for_model(world_tiny, TrainConfig(n_features=16, tokens=4000, batch_size=256, buffer_tokens=2048,
-                                            log_every=4, checkpoint_seconds=0), out, progress=False,
+    train_for_model(world_tiny, TrainConfig.from_flat(dict(n_features=16, tokens=4000, batch_size=256,
+                                                           buffer_tokens=2048, log_every=4, checkpoint_seconds=0)), out, progress=False,
                     stop_at_step=8)
     code, _, err = run(["transcoders", "train", "--model", "world-tiny", "--out", str(out), "--resume",
                         "--features", "64", "--no-progress"], capsys)

@@ -34,7 +34,7 @@ def _rank_main(rank: int, world: int, port: int, cache: str, out: str) -> None:
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     try:
-        train_transcoder(_shape_only_model(2, 32), [], TrainConfig(**CFG, cache_dir=cache), out,
+        train_transcoder(_shape_only_model(2, 32), [], TrainConfig.from_flat({**CFG, "cache_dir": cache}), out,
                          model_name="tiny", source_id="tiny-cache", progress=False)
     finally:
         import torch.distributed as dist
@@ -52,13 +52,13 @@ def _free_port() -> int:
 def test_two_gloo_ranks_match_single_process(tmp_path):
     torch.set_num_threads(1)
     model = tiny_model()
-    cfg = TrainConfig(**CFG)
-    live = ModelActivationSource(model, token_sequences(800), cfg.input_hook, cfg.output_hook,
+    cfg = TrainConfig.from_flat(CFG)
+    live = ModelActivationSource(model, token_sequences(800), cfg.transcoder.input_hook, cfg.transcoder.output_hook,
                                  cfg.seq_len, cfg.model_batch, cfg.buffer_tokens)
     cache = tmp_path / "cache"
     build_activation_cache(live, cfg.tokens, cache, "tiny-cache")
 
-    single = train_transcoder(_shape_only_model(2, 32), [], TrainConfig(**CFG, cache_dir=str(cache)),
+    single = train_transcoder(_shape_only_model(2, 32), [], TrainConfig.from_flat({**CFG, "cache_dir": str(cache)}),
                               tmp_path / "single", model_name="tiny", source_id="tiny-cache", progress=False)
     mp.spawn(_rank_main, args=(2, _free_port(), str(cache), str(tmp_path / "ddp")), nprocs=2, join=True)
 

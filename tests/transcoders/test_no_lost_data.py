@@ -113,7 +113,7 @@ def test_log_is_appended_and_resume_keeps_foreign_lines(model, seqs, tmp_path):
     lines = log.read_text().splitlines()
     assert lines[:3] == foreign and "another foreign line" in lines
     steps = [json.loads(x)["step"] for x in lines if x.startswith('{"run": "' + ours[0]["run"])]
-    assert steps == sorted(steps) and len(steps) == len(set(steps)) and steps[-1] == TrainConfig(**SMALL).n_steps
+    assert steps == sorted(steps) and len(steps) == len(set(steps)) and steps[-1] == TrainConfig.from_flat(SMALL).n_steps
 
 
 def test_cache_dir_with_user_files_is_refused_and_left_alone(model, seqs, tmp_path):

@@ -51,7 +51,7 @@ def test_training_learns_and_saved_metrics_match_reloaded_transcoder(model, seqs
     assert float(heldout.mean()) == pytest.approx(res.metrics["training"]["fvu_mean"], abs=0.08)
     assert not (tmp_path / "a" / CHECKPOINT_FILE).exists()
     record = json.loads((tmp_path / "a" / "training_config.json").read_text())
-    assert record["train_config"]["n_features"] == 64 and record["model_name"] == "tiny"
+    assert record["train_config"]["transcoder"]["n_features"] == 64 and record["model_name"] == "tiny"
 
 
 def test_resume_reproduces_uninterrupted_run(model, seqs, tmp_path):
@@ -107,9 +107,9 @@ def test_empty_corpus_fails_before_writing(model, tmp_path):
 
 def test_bad_settings_are_rejected():
     with pytest.raises(ValueError, match="greater than 0"):
-        TrainConfig(n_features=0)
+        TrainConfig.from_flat({"n_features": 0})
     with pytest.raises(ValueError, match="needs --topk"):
-        TrainConfig(activation="topk")
+        TrainConfig.from_flat({"activation": "topk"})
 
 
 def test_plt_topk_and_activation_cache(model, seqs, tmp_path):

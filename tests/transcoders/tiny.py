@@ -75,9 +75,11 @@ def random_transcoder(kind: str = "clt", n_layers: int = 3, d_model: int = 8, n_
 def train_tiny(model, seqs, out, base: dict, **kw):
     """train_transcoder on `seqs` with TrainConfig(**base) updated by the TrainConfig fields in kw
     (the other kw go to train_transcoder)."""
+    from transcoders.config import TranscoderArchitecture
     from transcoders.train_config import TrainConfig
     from transcoders.trainer import train_transcoder
 
-    opts = {k: kw.pop(k) for k in list(kw) if k in TrainConfig.model_fields}
-    return train_transcoder(model, seqs, TrainConfig(**{**base, **opts}), out, model_name="tiny",
+    names = {**TrainConfig.model_fields, **TranscoderArchitecture.model_fields}
+    opts = {k: kw.pop(k) for k in list(kw) if k in names}
+    return train_transcoder(model, seqs, TrainConfig.from_flat({**base, **opts}), out, model_name="tiny",
                             progress=False, **kw)
