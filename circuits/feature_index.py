@@ -292,8 +292,15 @@ def load_feature_index(transcoder_dir: str | Path) -> FeatureIndex | None:
 def feature_logits(model, transcoder, layer: int, feature: int) -> torch.Tensor:
     """The feature's direct logit effect [vocab] (float32, CPU): its decoders summed over the layers
     they write to (sum_l W_dec_{layer->l}) -> final norm (approx.: LayerNorm's centring and the
-    norm's weight, its scale ignored) -> W_U, demeaned over the vocabulary."""
-    write_d = transcoder.decoder_rows(layer, torch.tensor([feature]))[0].float().sum(0)
+    norm's weight, its scale ignored) -> W_U, demeaned over the vocabulary. A transcoder writing
+    before a post-MLP norm (mlp.hook_out on Gemma) goes through that norm's weight first."""
+    from circuits.published_hooks import has_post_mlp_norm
+
+    rows_k_d = transcoder.decoder_rows(layer, torch.tensor([feature]))[0].float()
+    if transcoder.cfg.output_hook == "mlp.hook_out" and has_post_mlp_norm(model):
+        post_w = torch.stack([model.blocks[layer + k].ln2_post.w.detach().float() for k in range(rows_k_d.shape[0])])
+        rows_k_d = rows_k_d * post_w.to(rows_k_d.device)
+    write_d = rows_k_d.sum(0)
     if model.cfg.normalization_type in ("LN", "LNPre"):
         write_d = write_d - write_d.mean()
     weight = getattr(getattr(model, "ln_final", None), "w", None)

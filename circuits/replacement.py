@@ -43,8 +43,10 @@ class LocalReplacement:
     ln2_scale_layer_pos: torch.Tensor  # [L, P] frozen scale of each block's MLP-input norm
     lnf_scale_pos: torch.Tensor  # [P] frozen scale of the final norm
     ln1_post_scale_layer_pos: torch.Tensor | None  # [L, P] post-attention norm (Gemma), else None
+    # [L, P] post-MLP norm (Gemma) when the transcoder writes before it (mlp.hook_out), else None
+    ln2_post_scale_layer_pos: torch.Tensor | None
     mlp_in_layer_pos_d: torch.Tensor  # [L, P, d] transcoder inputs (the input hook)
-    mlp_out_layer_pos_d: torch.Tensor  # [L, P, d] true MLP outputs
+    mlp_out_layer_pos_d: torch.Tensor  # [L, P, d] true MLP outputs (at the output hook)
     recon_layer_pos_d: torch.Tensor  # [L, P, d] transcoder reconstruction (BOS: the true output)
     error_layer_pos_d: torch.Tensor  # [L, P, d] mlp_out - recon (zero at BOS)
     features: ActiveFeatures
@@ -114,6 +116,20 @@ def soft_cap(logits: torch.Tensor, model) -> torch.Tensor:
     return apply_softcap(logits, getattr(model.cfg, "output_logits_soft_cap", -1.0))
 
 
+def _layer_scales(cache: dict, name: str, n_layers: int) -> torch.Tensor | None:
+    """A per-block norm's frozen scales [L, P] (None if the model has no such norm)."""
+    if block_hook(0, name) not in cache:
+        return None
+    return torch.stack([cache[block_hook(l, name)][0, :, 0] for l in range(n_layers)]).float()
+
+
+def writes_before_post_mlp_norm(model, transcoder) -> bool:
+    """Whether the transcoder's output passes the model's post-MLP norm (mlp.hook_out on Gemma)."""
+    from circuits.published_hooks import has_post_mlp_norm
+
+    return transcoder.cfg.output_hook == "mlp.hook_out" and has_post_mlp_norm(model)
+
+
 def _scale_or_ones(cache: dict, name: str, n_pos: int, device) -> torch.Tensor:
     """A norm's frozen scale [P] (ones where the model has no norm there)."""
     if name in cache:
@@ -169,9 +185,9 @@ def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> Loca
         ln2_scale_layer_pos=torch.stack([_scale_or_ones(cache, block_hook(l, "ln2.hook_scale"), P, dev)
                                          for l in range(L)]).float(),
         lnf_scale_pos=_scale_or_ones(cache, "ln_final.hook_scale", P, dev).float(),
-        ln1_post_scale_layer_pos=torch.stack([cache[block_hook(l, "ln1_post.hook_scale")][0, :, 0]
-                                              for l in range(L)]).float()
-        if "blocks.0.ln1_post.hook_scale" in cache else None,
+        ln1_post_scale_layer_pos=_layer_scales(cache, "ln1_post.hook_scale", L),
+        ln2_post_scale_layer_pos=_layer_scales(cache, "ln2_post.hook_scale", L)
+        if writes_before_post_mlp_norm(model, transcoder) else None,
         mlp_in_layer_pos_d=mlp_in,
         mlp_out_layer_pos_d=mlp_out,
         recon_layer_pos_d=recon,

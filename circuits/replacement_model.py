@@ -42,13 +42,15 @@ class ReplacementModel:
 
     @classmethod
     def load(cls, model: str = "world", transcoders: str | Path | None = None, device: str = "cpu",
-             progress: bool = True) -> ReplacementModel:
+             progress: bool = True, dtype: str | torch.dtype | None = None) -> ReplacementModel:
         """Load `model` (built-in name, checkpoint directory or hub id) and its transcoders: the
-        directory `transcoders`, or the built-in model's default CLT (trained on first use)."""
+        directory `transcoders`, or the built-in model's default CLT (trained on first use).
+        `dtype`: the model's weights and forward (float32 default, bfloat16, float16); attribution
+        stays float32 (docs/attribution.md, "Precision")."""
         from circuits.hooks import load_fitting_transcoder
         from circuits.models.registry import load_model
 
-        loaded = load_model(model, device=device, progress=progress)
+        loaded = load_model(model, device=device, progress=progress, dtype=dtype)
         if transcoders is None:
             from circuits.training.defaults import default_transcoders
 

@@ -42,6 +42,7 @@ class FrozenBlocks:
         # Gemma-2/3: a norm on the attention output before it joins the residual stream
         self.has_ln1_post = bool(getattr(cfg, "use_normalization_before_and_after", False))
         self.ln1_post_w = [self._weight(getattr(b, "ln1_post", None)) for b in model.blocks]
+        self.ln2_post_w = [self._weight(getattr(b, "ln2_post", None)) for b in model.blocks]
         self.lnf_w = self._weight(getattr(model, "ln_final", None))
         self.W_U_d_vocab = model.W_U.detach().float()
 
@@ -66,6 +67,15 @@ class FrozenBlocks:
         if not self.has_norm:
             return g_ln_b_k_d
         return norm_backward(g_ln_b_k_d, ln1_scale_pos, self.ln1_w[layer], self.centered)
+
+    def output_hook_backward(self, layer: int, grad_pos_d: torch.Tensor,
+                             ln2_post_scale_pos: torch.Tensor | None) -> torch.Tensor:
+        """Gradient at the transcoder's output hook from the gradient at the residual stream where
+        MLP `layer` writes [..., P, d]: identity for hook_mlp_out; for mlp.hook_out on a model with a
+        post-MLP norm (Gemma), the transpose of that norm with its frozen scale [P]."""
+        if ln2_post_scale_pos is None:
+            return grad_pos_d
+        return norm_backward(grad_pos_d, ln2_post_scale_pos, self.ln2_post_w[layer], self.centered)
 
     def input_hook_backward(self, layer: int, vec_pos_d: torch.Tensor, ln2_scale_pos: torch.Tensor,
                             input_hook: str) -> torch.Tensor:

@@ -3,8 +3,8 @@
   A[t, s] = a_s * sum_{l_s <= l < l_t} W_dec_{s, l_s->l} . g_t(l, c_s)      (feature source)
   A[t, err(l, c)] = e_{l,c} . g_t(l, c)                                     (error source)
   A[t, emb(c)]    = x_emb_c . g_t(-1, c)                                    (token embedding)
-where g_t(l, c) is the gradient of target t at the residual stream after block l (where MLP l
-writes), position c. A batch seeded no deeper than layer l_top and no later than position c_top
+where g_t(l, c) is the gradient of target t at MLP l's output hook, position c: the residual stream
+after block l, or (mlp.hook_out on Gemma) that gradient through the frozen post-MLP norm. A batch seeded no deeper than layer l_top and no later than position c_top
 only needs blocks below l_top and positions up to c_top (its causal cone): the rest is zero.
 
 Source columns: all active features (in rep.features order), then error nodes (layer-major,
@@ -73,11 +73,13 @@ def compute_rows(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layout
     if l_top in rows_at and l_top == blocks.n_layers:  # logit-side targets read the final residual
         r = rows_at[l_top]
         grad_b_p_d[r, seeds.position[r]] += seeds.vec_d[r]
+    post_mlp = rep.ln2_post_scale_layer_pos  # the transcoder writes before a post-MLP norm (or None)
     for l in range(min(l_top, blocks.n_layers - 1), -1, -1):
-        if l < l_top:  # gradient after block l, where MLP l writes (zero for l >= l_top)
-            grad_p_b_l_d[:, :, l] = grad_b_p_d.transpose(0, 1)
+        if l < l_top:  # gradient at MLP l's output hook (zero for l >= l_top)
+            g_out = blocks.output_hook_backward(l, grad_b_p_d, None if post_mlp is None else post_mlp[l, :P])
+            grad_p_b_l_d[:, :, l] = g_out.transpose(0, 1)
         if has_skip and l < l_top:  # linear skip path resid_mid -> mlp_out (not at BOS)
-            g_x = grad_b_p_d @ transcoder.skip_matrix(l).float().to(device).T
+            g_x = g_out @ transcoder.skip_matrix(l).float().to(device).T
             g_x[:, 0] = 0
             grad_b_p_d = grad_b_p_d + blocks.input_hook_backward(
                 l, g_x, rep.ln2_scale_layer_pos[l, :P], transcoder.cfg.input_hook)

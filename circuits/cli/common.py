@@ -23,6 +23,24 @@ TRANSCODERS_OPTION = typer.Option(None, "--transcoders",
                                   help="Transcoder directory (default: the model's default CLT).")
 DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 
+
+def _dtype(value: str | None) -> str | None:
+    """--dtype: float32, bfloat16 or float16 (fp32 / bf16 / fp16 too); anything else is one line."""
+    import click
+
+    from circuits.errors import CircuitsError
+    from circuits.models.dtype import dtype_name
+
+    try:
+        return dtype_name(value)
+    except CircuitsError:
+        raise click.BadParameter(f"{value!r} is not one of float32, bfloat16, float16 (or fp32, bf16, fp16)",
+                                 param_hint="'--dtype'") from None
+
+
+DTYPE_OPTION = typer.Option("float32", "--dtype", parser=_dtype, metavar="[float32|bfloat16|float16]",
+                            help="The model's weights and forward pass; attribution stays float32.")
+
 console = Console(stderr=False)
 err_console = Console(stderr=True)
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import DEVICE_OPTION, HELP, MODEL_OPTION, TRANSCODERS_OPTION, console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, HELP, MODEL_OPTION, TRANSCODERS_OPTION, console, pick_device, print_json
 from circuits.cli.options import number_option
 
 app = typer.Typer(**HELP, help="Case studies: trace, explain and intervene, ending in a verdict per experiment.",
@@ -28,13 +28,13 @@ def addition_cmd(
     multiplier: float = number_option(-1.0, "--multiplier", kind=float, min=-1e6, max=1e6, help="Inhibition: scale the chosen features by this."),
     top: int = number_option(15, "--top", min=1, max=10_000, help="Feature nodes to show and classify."),
     model: str = MODEL_OPTION, transcoders: Optional[Path] = TRANSCODERS_OPTION, json_out: bool = JSON,
-    device: str = DEVICE_OPTION,
+    device: str = DEVICE_OPTION, dtype: str = DTYPE_OPTION,
 ) -> None:
     """Trace "calc: A+B=", show the paths to the sum by position and role, run inhibition experiments."""
     from circuits.demos.addition import format_addition, run_addition_demo
     from circuits.replacement_model import ReplacementModel
 
-    setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out)
+    setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out, dtype=dtype)
     report = run_addition_demo(setup, a, b, top=top, multiplier=multiplier)
     print_json(report.to_json()) if json_out else _print(format_addition(report))
 
@@ -45,13 +45,13 @@ def two_hop_cmd(
     inhibit: float = number_option(-1.0, "--inhibit", kind=float, min=-1e6, max=1e6, help="Multiplier for the removed state features (0: ablate)."),
     inject_scale: float = number_option(4.0, "--inject-scale", kind=float, min=-1e6, max=1e6, help="Scale of the injected activations."),
     model: str = MODEL_OPTION, transcoders: Optional[Path] = TRANSCODERS_OPTION, json_out: bool = JSON,
-    device: str = DEVICE_OPTION,
+    device: str = DEVICE_OPTION, dtype: str = DTYPE_OPTION,
 ) -> None:
     """Kobe Bryant -> California -> Sacramento and Dallas -> Texas -> Austin: find, inhibit and swap state features."""
     from circuits.replacement_model import ReplacementModel
     from circuits.demos.two_hop import format_two_hop, run_two_hop_demo
 
-    setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out)
+    setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out, dtype=dtype)
     report = run_two_hop_demo(setup, k=k, inhibit=inhibit, inject_scale=inject_scale)
     print_json(report.to_json()) if json_out else _print(format_two_hop(report))
 

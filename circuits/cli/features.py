@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import (DEVICE_OPTION, HELP, MODEL_OPTION, TRANSCODERS_OPTION, check_outputs, console,
+from circuits.cli.common import (DEVICE_OPTION, DTYPE_OPTION, HELP, MODEL_OPTION, TRANSCODERS_OPTION, check_outputs, console,
                                  pick_device, print_json)
 from circuits.cli.options import number_option
 
@@ -37,6 +37,7 @@ def index_cmd(
     batch_size: int = number_option(16, "--batch-size", min=1, max=65_536, help="Documents per forward pass."),
     json_out: bool = typer.Option(False, "--json", help="Print path and counts as JSON."),
     device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
 ) -> None:
     """Run the corpus once; store each feature's top contexts and firing frequency beside the transcoders."""
     import torch
@@ -45,7 +46,7 @@ def index_cmd(
     from circuits.replacement_model import ReplacementModel
     from circuits.training.corpus import corpus_sequences
 
-    rm = ReplacementModel.load(model, transcoders, pick_device(device))
+    rm = ReplacementModel.load(model, transcoders, pick_device(device), dtype=dtype)
     check_outputs(*(Path(rm.transcoder_dir) / name for name in (INDEX_NPZ, INDEX_JSON)))  # before the pass
     sequences, source = corpus_sequences(rm.loaded, corpus, seq_len=rm.model.cfg.n_ctx)
     docs = (torch.tensor(seq, dtype=torch.long) for seq in sequences)
@@ -73,6 +74,7 @@ def show_cmd(
     top: int = number_option(8, "--top", min=1, max=10_000, help="Output-view tokens to list each way."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
     device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
 ) -> None:
     """Print a feature's top contexts, firing frequency and output view (tokens its decoders promote)."""
     from circuits.errors import CircuitsError
@@ -80,7 +82,7 @@ def show_cmd(
     from circuits.replacement_model import ReplacementModel
 
     layer, feat = _feature_arg(feature)
-    rm = ReplacementModel.load(model, transcoders, pick_device(device))
+    rm = ReplacementModel.load(model, transcoders, pick_device(device), dtype=dtype)
     index, folder = rm.index, rm.transcoder_dir
     if index is None:
         raise CircuitsError(f"no feature index in {folder}: run `circuits features index --model {model}"

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import DEVICE_OPTION, check_outputs, console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, check_outputs, console, pick_device, print_json
 from circuits.cli.options import number_option
 
 
@@ -20,6 +20,7 @@ def fidelity_cmd(
                                          "(default: the built-in model's own corpus)."),
     tokens: int = number_option(32768, "--tokens", min=64, max=10**10, help="Evaluation tokens."),
     device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (stderr)."),
 ) -> None:
     """Compare the replacement model (every MLP replaced by the transcoder) with the original on
@@ -32,7 +33,7 @@ def fidelity_cmd(
 
         raise CircuitsError(f"transcoder directory {transcoders} does not exist")
     check_outputs(plot)
-    loaded = load_model(model, device=pick_device(device))
+    loaded = load_model(model, device=pick_device(device), dtype=dtype)
     report = fidelity_report(loaded, transcoders, corpus=corpus, max_tokens=tokens, progress=progress)
     if plot is not None:
         report["plot"] = str(plot_fidelity(report, plot))

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import DEVICE_OPTION, MODEL_OPTION, TRANSCODERS_OPTION, console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, TRANSCODERS_OPTION, console, pick_device, print_json
 from circuits.cli.options import number_option
 
 
@@ -44,6 +44,7 @@ def intervene_cmd(
     top: int = number_option(10, "--top", min=1, max=10_000, help="Next tokens to list."),
     json_out: bool = typer.Option(False, "--json", help="Print top lists, KL and the changes as JSON."),
     device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
 ) -> None:
     """Change features' activations, patch their decoder change into the MLP outputs, compare next tokens."""
     from circuits.interventions import parse_layer_range, parse_set
@@ -51,7 +52,7 @@ def intervene_cmd(
 
     interventions = [parse_set(s) for s in sets]
     span = parse_layer_range(layers) if layers is not None else None
-    rm = ReplacementModel.load(model, transcoders, pick_device(device))
+    rm = ReplacementModel.load(model, transcoders, pick_device(device), dtype=dtype)
     result = rm.intervene(prompt, interventions, layers=span, freeze_attention=freeze_attention,
                           clamp_mlps=clamp_mlps, top=top, generate=generate)
     if json_out:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from circuits.cli.common import DEVICE_OPTION, HELP, console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, HELP, console, pick_device, print_json
 from circuits.cli.options import number_option
 
 app = typer.Typer(**HELP, help="Build, list, evaluate and query models.", no_args_is_help=True)
@@ -75,12 +75,13 @@ def predict_cmd(
     top: int = number_option(5, "--top", min=1, max=10_000, help="How many tokens to show."),
     json_out: bool = typer.Option(False, "--json", help="Print a list of {token, id, prob}."),
     device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
 ) -> None:
     """Print the most likely next tokens after PROMPT."""
     from circuits.models.registry import load_model
     from circuits.prompts import next_token_distribution
 
-    loaded = load_model(name, device=pick_device(device))
+    loaded = load_model(name, device=pick_device(device), dtype=dtype)
     rows = next_token_distribution(loaded.model, prompt, top)
     if json_out:
         print_json(rows)

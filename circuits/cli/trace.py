@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from circuits.cli.common import DEVICE_OPTION, check_outputs, console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, check_outputs, console, pick_device, print_json
 from circuits.cli.options import build_config, given, with_config_options
 from circuits.trace_config import TraceConfig
 
@@ -59,6 +59,7 @@ def trace_cmd(
     graphml: Path = typer.Option(None, "--graphml", help="Also write the pruned graph as GraphML."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     **settings,
 ) -> None:
     """Trace PROMPT: compute its attribution graph, prune and score it, print a summary, export it."""
@@ -67,7 +68,7 @@ def trace_cmd(
 
     check_outputs(out, full, graphml)
     config = build_config(TraceConfig, given(TraceConfig, settings))
-    rm = ReplacementModel.load(model, transcoders, pick_device(device), progress=True)
+    rm = ReplacementModel.load(model, transcoders, pick_device(device), progress=True, dtype=dtype)
     result = trace_prompt(rm, prompt, config, progress=not json_out)
     write_outputs(result, out, full, graphml)
     if json_out:

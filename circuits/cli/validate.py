@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import DEVICE_OPTION, MODEL_OPTION, TRANSCODERS_OPTION, console, err_console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, TRANSCODERS_OPTION, console, err_console, pick_device, print_json
 from circuits.cli.options import number_option
 
 
@@ -26,13 +26,14 @@ def validate_cmd(
     transcoders: Optional[Path] = TRANSCODERS_OPTION,
     json_out: bool = typer.Option(False, "--json", help="Print the tables (and every row) as JSON."),
     device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
 ) -> None:
     """Spearman(graph influence, ablation effect), two-hop swap success rate, score table."""
     from circuits.replacement_model import ReplacementModel
     from circuits.trace import TraceConfig
     from circuits.validate import format_validation, validate
 
-    setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out)
+    setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out, dtype=dtype)
     config = TraceConfig(max_feature_nodes=max_feature_nodes)
 
     def progress(row):

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import DEVICE_OPTION, MODEL_OPTION, console, err_console, pick_device
+from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, console, err_console, pick_device
 from circuits.cli.options import number_option
 
 HOST_OPTION = typer.Option("127.0.0.1", "--host", help="Address to listen on (anything but loopback "
@@ -102,6 +102,7 @@ def serve_cmd(
                                                    "(with output views) of the graphs' features here, then exit."),
     host: str = HOST_OPTION, port: int = PORT_OPTION, open_browser: bool = OPEN_OPTION,
     device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
 ) -> None:
     """Explore graphs with the model loaded: trace new prompts, intervene on features, steer generation."""
     from circuits.replacement_model import ReplacementModel
@@ -120,7 +121,7 @@ def serve_cmd(
         from circuits.viewer.server import bind
 
         bind(host, port).close()
-    rm = ReplacementModel.load(model, transcoders, pick_device(device), progress=True)
+    rm = ReplacementModel.load(model, transcoders, pick_device(device), progress=True, dtype=dtype)
     state.live = LiveModel(rm)
     state.features = FeatureSource(index=rm.index, transcoder=rm.transcoder, loaded=rm.loaded,
                                    transcoder_id=str(rm.transcoder_dir or ""), model_lock=state.live.lock)

@@ -194,8 +194,10 @@ def _config_shapes(cfg_dict: dict) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def load_cached_model(cache: Path, name: str, device: str | torch.device = "cpu"):
-    """Load a cached model directory into a HookedTransformer; corrupted files give one clear line."""
+def load_cached_model(cache: Path, name: str, device: str | torch.device = "cpu",
+                      dtype: torch.dtype | None = None):
+    """Load a cached model directory (float32 files) into a HookedTransformer whose weights are in
+    `dtype` (default float32); corrupted files give one clear line."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -212,7 +214,8 @@ def load_cached_model(cache: Path, name: str, device: str | torch.device = "cpu"
     try:
         cfg_dict = json.loads((cache / CONFIG_FILE).read_text())
         # init_weights=False: the weights come from the file, so skip drawing random ones first
-        cfg = HookedTransformerConfig(**{**cfg_dict, "device": str(device), "init_weights": False})
+        cfg = HookedTransformerConfig(**{**cfg_dict, "device": str(device), "init_weights": False,
+                                         **({"dtype": dtype} if dtype is not None else {})})
         state = load_file(str(cache / WEIGHTS_FILE))
         tokenizer = load_tokenizer(cache / TOKENIZER_FILE, meta.get("special_tokens", {}))
     except (OSError, json.JSONDecodeError, SafetensorError, TypeError, ValueError, Exception) as exc:

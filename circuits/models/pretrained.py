@@ -8,7 +8,8 @@ architectures is downloaded into the local Hugging Face cache and then takes exa
 
 Processing (the same for every model the engine loads, see docs/models.md): none. No LayerNorm
 folding, no centring of writing weights or of the unembedding, no value-bias folding: the weights
-are the checkpoint's own, in fp32. For every layer l these hooks exist:
+are the checkpoint's own, in float32 (or the `dtype` asked for: `--dtype bfloat16`). For every
+layer l these hooks exist:
 `blocks.{l}.ln1.hook_scale`, `blocks.{l}.ln2.hook_scale`, `ln_final.hook_scale` (the norm
 denominators), `blocks.{l}.ln2.hook_normalized` (x / scale, *before* the norm's weight: the MLP's
 input is hook_normalized * ln2.w [+ ln2.b]), `blocks.{l}.hook_mlp_out` (the MLP's output, equal to
@@ -213,19 +214,22 @@ def finish_model(model, device):
     return model
 
 
-def convert_hf_model(hf_model, tokenizer, device: str | torch.device = "cpu"):
-    """A HookedTransformer with the weights of a loaded Hugging Face causal LM (fp32, unprocessed)."""
+def convert_hf_model(hf_model, tokenizer, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """A HookedTransformer with the weights of a loaded Hugging Face causal LM (unprocessed), in
+    `dtype`. For float32 the conversion runs in float32; otherwise in the dtype the HF model was
+    loaded in; each converted tensor is then cast once to `dtype`."""
     import warnings
 
     from transformer_lens import HookedTransformer
     from transformer_lens.loading_from_pretrained import fill_missing_keys
     from transformer_lens.pretrained import weight_conversions
 
-    cfg = hooked_config(hf_model.config, type(hf_model).__name__, device)
+    cfg = hooked_config(hf_model.config, type(hf_model).__name__, device, dtype)
     convert = getattr(weight_conversions, ARCHITECTURES[cfg.original_architecture].converter)
-    hf_model = hf_model.to("cpu", torch.float32)
+    # float32 asked: convert in float32 (e.g. Gemma's 1 + w); otherwise in the dtype the HF model has
+    hf_model = hf_model.to("cpu", torch.float32) if dtype == torch.float32 else hf_model.to("cpu")
     with torch.no_grad():
-        state = {k: v.detach().to(torch.float32).clone() for k, v in convert(hf_model, cfg).items()}
+        state = {k: v.detach().to(dtype).clone() for k, v in convert(hf_model, cfg).items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # HookedTransformer's deprecation notice (TransformerLens 4)
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
@@ -283,8 +287,9 @@ def _read_hf_config(path: Path) -> dict:
         raise CircuitsError(f"cannot read {config_file}: {exc}") from None
 
 
-def load_hf_checkpoint(path: Path, device: str | torch.device = "cpu"):
-    """Load a local Hugging Face checkpoint directory (config.json, weights, tokenizer files)."""
+def load_hf_checkpoint(path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Load a local Hugging Face checkpoint directory (config.json, weights, tokenizer files), its
+    weights in `dtype` (transformers reads them in that dtype: no float32 copy of a bf16 model)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path).expanduser()
@@ -300,13 +305,12 @@ def load_hf_checkpoint(path: Path, device: str | torch.device = "cpu"):
         except Exception as exc:  # noqa: BLE001 - any failure here means: no usable tokenizer
             raise CircuitsError(f"{path} has no usable tokenizer files ({type(exc).__name__})") from None
         try:
-            hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                            local_files_only=True)
+            hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
         except Exception as exc:  # noqa: BLE001 - corrupted or incomplete files
             first_line = (str(exc).splitlines() or [""])[0][:200]
             raise CircuitsError(f"cannot load the checkpoint in {path} "
                                 f"({type(exc).__name__}: {first_line})") from None
-        model = convert_hf_model(hf_model, tokenizer, device)
+        model = convert_hf_model(hf_model, tokenizer, device, dtype)
     model.cfg.model_name = path.name
     return model
 
@@ -315,7 +319,7 @@ HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "to
              "vocab.json", "merges.txt", "special_tokens_map.json", "generation_config.json"]
 
 
-def load_hub_model(hf_id: str, device: str | torch.device = "cpu"):
+def load_hub_model(hf_id: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """A Hugging Face hub model (needs the hub, or its files already in the local HF cache).
 
     Architectures in ARCHITECTURES are downloaded (safetensors only) and loaded exactly like a
@@ -342,8 +346,8 @@ def load_hub_model(hf_id: str, device: str | torch.device = "cpu"):
             raise CircuitsError(f"cannot fetch '{hf_id}' from the Hugging Face hub "
                                 f"({type(exc).__name__})") from None
     if local is not None:
-        return load_hf_checkpoint(Path(local), device)
-    return _transformer_lens_from_pretrained(hf_id, arch, device)
+        return load_hf_checkpoint(Path(local), device, dtype)
+    return _transformer_lens_from_pretrained(hf_id, arch, device, dtype)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -366,7 +370,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _transformer_lens_from_pretrained(hf_id: str, arch: str | None, device):
+def _transformer_lens_from_pretrained(hf_id: str, arch: str | None, device, dtype: torch.dtype = torch.float32):
     import contextlib
     import sys
     import warnings
@@ -382,6 +386,6 @@ def _transformer_lens_from_pretrained(hf_id: str, arch: str | None, device):
     # from_pretrained prints "Loaded pretrained model ..." to stdout: keep stdout clean for --json
     with warnings.catch_warnings(), quiet_transformers(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
-        model = HookedTransformer.from_pretrained(hf_id, device=str(device), dtype=torch.float32,
+        model = HookedTransformer.from_pretrained(hf_id, device=str(device), dtype=dtype,
                                                   **PROCESSING)
     return finish_model(model, device)

@@ -184,27 +184,31 @@ def build_model(name: str, progress: bool = True, force: bool = False) -> Path:
 
 
 def load_model(spec: str, device: str | torch.device = "cpu", build: bool = True,
-               progress: bool = True) -> LoadedModel:
-    """Load a model by built-in name, local checkpoint directory or hub id."""
+               progress: bool = True, dtype: str | torch.dtype | None = None) -> LoadedModel:
+    """Load a model by built-in name, local checkpoint directory or hub id, its weights in `dtype`
+    (float32 by default; bfloat16 / float16: circuits.models.dtype)."""
+    from circuits.models.dtype import model_dtype
+
+    dtype = model_dtype(dtype)
     if spec in BUILTIN_MODELS:
         cache = model_cache_dir(spec)
         if not (cache / "meta.json").exists():
             if not build:
                 raise CircuitsError(f"model '{spec}' is not built yet: run `circuits models build {spec}`")
             build_model(spec, progress=progress)
-        model = load_cached_model(cache, spec, device)
+        model = load_cached_model(cache, spec, device, dtype)
         return LoadedModel(spec, model, cache, read_meta(cache))
     path = Path(spec).expanduser()
     if path.is_dir():
         from circuits.models.pretrained import load_hf_checkpoint
 
-        return LoadedModel(path.name, load_hf_checkpoint(path, device), path, {"source": "local-hf"})
+        return LoadedModel(path.name, load_hf_checkpoint(path, device, dtype), path, {"source": "local-hf"})
     if path.exists() or spec.startswith((".", "/", "~")):
         raise CircuitsError(f"model path '{spec}' is not a checkpoint directory")
     if "/" in spec:
         from circuits.models.pretrained import load_hub_model
 
-        return LoadedModel(spec, load_hub_model(spec, device), None, {"source": "hub"})
+        return LoadedModel(spec, load_hub_model(spec, device, dtype), None, {"source": "hub"})
     raise _unknown(spec)
 
 
@@ -219,6 +223,6 @@ def model_summary(loaded: LoadedModel) -> dict:
     cfg = loaded.model.cfg
     return {"name": loaded.name, "path": str(loaded.path) if loaded.path else None,
             "n_layers": cfg.n_layers, "d_model": cfg.d_model, "n_heads": cfg.n_heads,
-            "d_vocab": cfg.d_vocab, "n_ctx": cfg.n_ctx,
+            "d_vocab": cfg.d_vocab, "n_ctx": cfg.n_ctx, "dtype": str(cfg.dtype).removeprefix("torch."),
             "n_params": sum(p.numel() for p in loaded.model.parameters())}
 

@@ -3,7 +3,8 @@
 - the local replacement model reproduces the original logits (LayerNorm model, a Llama-style
   checkpoint with RMSNorm, rotary, gated MLP and grouped-query attention, and tiny random checkpoints
   of every supported architecture: GPT-2, Llama-3 rope scaling, Mistral and Gemma sliding windows,
-  Qwen2, Qwen3 q/k norms, Gemma-2/3 post-norms and soft caps);
+  Qwen2, Qwen3 q/k norms, Gemma-2/3 post-norms and soft caps; on Gemma-2/3 also with the
+  transcoder writing at mlp.hook_out, before the post-MLP norm, as GemmaScope-2's do);
 - every edge equals the effect of ablating its source in the frozen model (PLT, CLT, CLT + skip),
   for each of those models;
 - speed tricks (causal-cone batches, batch size, influence-ordered feature choice) change no edge.
@@ -23,7 +24,10 @@ from tests.helpers import tiny_checkpoints as tiny
 ARCHITECTURES = {"gpt2": tiny.make_tiny_gpt2, "llama3": tiny.make_tiny_llama3, "mistral": tiny.make_tiny_mistral,
                  "qwen2": tiny.make_tiny_qwen2, "qwen3": tiny.make_tiny_qwen3, "gemma2": tiny.make_tiny_gemma2,
                  "gemma3": tiny.make_tiny_gemma3}
-MODELS = ["ln_model", "llama_model", *ARCHITECTURES]
+# the same tiny Gemma checkpoints, with the transcoder writing at circuit-tracer's mlp.hook_out (the MLP
+# module's output, before the post-MLP norm) instead of hook_mlp_out (after it)
+HOOK_OUT = {"gemma2@mlp.hook_out": "gemma2", "gemma3@mlp.hook_out": "gemma3"}
+MODELS = ["ln_model", "llama_model", *ARCHITECTURES, *HOOK_OUT]
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +65,22 @@ def tiny_models(tmp_path_factory) -> dict:
 
 
 def _model(name: str, request):
+    name = HOOK_OUT.get(name, name)
     if name in ARCHITECTURES:
         return request.getfixturevalue("tiny_models")(name)
     return request.getfixturevalue(name)
+
+
+def _transcoder(model_name: str, model, kind: str, **settings):
+    """A random transcoder for `model`; for the HOOK_OUT variants it writes at mlp.hook_out."""
+    from circuits.published_hooks import adapt_hooks
+
+    tc = random_transcoder(model.cfg.n_layers, model.cfg.d_model, kind, **settings)
+    if model_name in HOOK_OUT:
+        tc.cfg.output_hook = "mlp.hook_out"
+        adapt_hooks(model, tc, "the fixture transcoder")
+        assert tc.cfg.output_hook == "mlp.hook_out"
+    return tc
 
 
 def _prompts(model, n: int, length: int, seed: int = 0) -> list[torch.Tensor]:
@@ -74,7 +91,7 @@ def _prompts(model, n: int, length: int, seed: int = 0) -> list[torch.Tensor]:
 @pytest.mark.parametrize("model_name", MODELS)
 def test_replacement_model_reproduces_logits(model_name, request):
     model = _model(model_name, request)
-    tc = random_transcoder(model.cfg.n_layers, model.cfg.d_model, "clt", skip=True)
+    tc = _transcoder(model_name, model, "clt", skip=True)
     for tokens in _prompts(model, 3, 9):
         rep = build_local_replacement(model, tc, tokens)
         assert len(rep.features) > 0
@@ -90,7 +107,7 @@ def test_replacement_model_reproduces_logits(model_name, request):
 @pytest.mark.parametrize("kind,skip", [("plt", False), ("clt", False), ("clt", True)])
 def test_edges_equal_ablation_effects(model_name, kind, skip, request):
     model = _model(model_name, request)
-    tc = random_transcoder(model.cfg.n_layers, model.cfg.d_model, kind, skip=skip, seed=3)
+    tc = _transcoder(model_name, model, kind, skip=skip, seed=3)
     for i, tokens in enumerate(_prompts(model, 2, 8, seed=5)):
         attr = attribute(model, tc, tokens, batch_size=16)
         worst, scale = edge_errors(model, tc, attr, n_per_kind=8, seed=i)
@@ -132,7 +149,7 @@ def test_max_feature_nodes_keeps_the_same_rows(ln_model):
     assert direct[some.feature_idx].mean() > direct.mean()
 
 
-@pytest.mark.parametrize("model_name", ["ln_model", "gemma2"])
+@pytest.mark.parametrize("model_name", ["ln_model", "gemma2", "gemma3@mlp.hook_out"])
 def test_every_target_row_sums_with_its_bias_to_its_value(model_name, request):
     """Invariant: a target's pre-activation = sum of incoming edges + terms no source changes.
     Scaling all sources by 0 leaves the bias part; so value - sum(edges) equals that part.
@@ -141,7 +158,7 @@ def test_every_target_row_sums_with_its_bias_to_its_value(model_name, request):
     from tests.circuits.attribution_checks import target_values
 
     ln_model = _model(model_name, request)
-    tc = random_transcoder(ln_model.cfg.n_layers, ln_model.cfg.d_model, "clt", seed=8)
+    tc = _transcoder(model_name, ln_model, "clt", seed=8)
     tokens = _prompts(ln_model, 1, 9, seed=4)[0]
     attr = attribute(ln_model, tc, tokens)
     rep = attr.rep

@@ -107,3 +107,23 @@ def test_a_config_validation_error_is_one_line_naming_the_flag():
         build_config(TrainConfig, {"n_features": 0})
     with pytest.raises(CircuitsError, match="--lr Input should be a finite number"):
         build_config(TrainConfig, {"lr": float("nan")})
+
+
+DTYPE_COMMANDS = [path for path, cmd in COMMANDS if any("--dtype" in p.opts for p in cmd.params)]
+
+
+def test_every_command_that_loads_a_model_takes_dtype():
+    have = {" ".join(path) for path in DTYPE_COMMANDS}
+    assert {"trace", "intervene", "serve", "fidelity", "features index", "features show", "models predict",
+            "validate", "demo addition", "demo two-hop"} <= have
+
+
+@pytest.mark.parametrize("path", DTYPE_COMMANDS, ids=[" ".join(p) for p in DTYPE_COMMANDS])
+def test_bad_dtype_is_one_line(path):
+    cmd = dict(COMMANDS)[path]
+    for value in ("float8", "int8", "float64", ""):
+        result = CliRunner().invoke(app, [*path, *_required_args(cmd), "--dtype", value])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2, (value, result.output)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "--dtype" in lines[0], (value, lines)
+        assert "Traceback" not in result.output

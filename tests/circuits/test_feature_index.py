@@ -106,7 +106,7 @@ def test_cli_index_and_show(tmp_path, pair, monkeypatch):
 
     model, tc = pair
     loaded = type("Loaded", (), {"model": model, "tokenizer": model.tokenizer, "name": "tiny"})()
-    monkeypatch.setattr(ReplacementModel, "load", classmethod(lambda cls, *a: cls(loaded, tc, tmp_path)))
+    monkeypatch.setattr(ReplacementModel, "load", classmethod(lambda cls, *a, **kw: cls(loaded, tc, tmp_path)))
     runner = CliRunner()
     missing = runner.invoke(app, ["features", "show", "1:3"])
     assert missing.exit_code == 2 and missing.output.startswith("error: no feature index in")

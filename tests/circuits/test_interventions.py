@@ -237,7 +237,7 @@ def test_cli_json_and_inactive_multiple(pair, tokens, monkeypatch):
 
     model, tc = pair
     loaded = type("Loaded", (), {"model": model, "tokenizer": model.tokenizer, "name": "tiny"})()
-    monkeypatch.setattr(ReplacementModel, "load", classmethod(lambda cls, *a: cls(loaded, tc, None)))
+    monkeypatch.setattr(ReplacementModel, "load", classmethod(lambda cls, *a, **kw: cls(loaded, tc, None)))
     acts = feature_activations(model, tc, tokens)
     f, off = active_feature(acts, 1, -1), inactive_feature(acts, 1, -1)
     prompt = "fact : the capital of the state containing dallas is"

@@ -128,3 +128,51 @@ def test_trace_cli_with_a_hub_repo_id_offline(world_tiny, tmp_path):
                           "--transcoders", "mntss/not-there"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "error:" in bad.stderr and "mntss/not-there" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def gemmas(tmp_path_factory):
+    """Tiny Gemma-2 and Gemma-3 checkpoints: (HookedTransformer, transformers model) by name."""
+    from transformers import AutoModelForCausalLM
+
+    from circuits.models.pretrained import load_hf_checkpoint
+    from tests.helpers.tiny_checkpoints import make_tiny_gemma2, make_tiny_gemma3
+
+    out = {}
+    for name, make in (("gemma2", make_tiny_gemma2), ("gemma3", make_tiny_gemma3)):
+        path = make(tmp_path_factory.mktemp(name))
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+        out[name] = (load_hf_checkpoint(path, "cpu"), hf)
+    return out
+
+
+@pytest.mark.parametrize("layout", ["gemmascope2-plt", "gemmascope2-clt"])
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_gemmascope2_hook_out_before_the_post_mlp_norm_traces_exactly(gemmas, arch, layout, tmp_path):
+    """GemmaScope-2 configs read mlp.hook_in and write mlp.hook_out: on Gemma that is the MLP module's
+    output, before the post-feedforward norm. The transcoder reconstructs exactly that tensor (checked
+    against transformers' own MLP output) and the trace is exact: logits 1e-4, edges = ablation."""
+    model, hf = gemmas[arch]
+    ref = reference_transcoder(layout, model.cfg.n_layers, model.cfg.d_model, n_features=48, seed=7)
+    tc = load_fitting_transcoder(model, write_layout(layout, ref, tmp_path / layout))
+    assert (tc.cfg.input_hook, tc.cfg.output_hook) == ("ln2.hook_normalized", "mlp.hook_out")
+    tokens = _tokens(model, seed=2)
+    mlp_out = {}
+    handles = [layer.mlp.register_forward_hook(lambda m, args, out, l=l: mlp_out.__setitem__(l, out[0]))
+               for l, layer in enumerate(hf.model.layers)]
+    try:
+        with torch.no_grad():
+            hf(tokens[None])
+    finally:
+        for h in handles:
+            h.remove()
+    _, cache = model.run_with_cache(tokens[None])
+    for l in range(model.cfg.n_layers):  # mlp.hook_out is transformers' MLP output, not the normed one
+        torch.testing.assert_close(cache[f"blocks.{l}.mlp.hook_out"][0], mlp_out[l], rtol=1e-4, atol=1e-5)
+        assert (cache[f"blocks.{l}.hook_mlp_out"][0] - mlp_out[l]).abs().max() > 1e-2
+    rep = build_local_replacement(model, tc, tokens)
+    assert len(rep.features) > 0 and rep.ln2_post_scale_layer_pos is not None
+    torch.testing.assert_close(replacement_logits(model, tc, rep), model(tokens[None])[0], rtol=0, atol=1e-4)
+    attr = attribute(model, tc, tokens, batch_size=16)
+    worst, scale = edge_errors(model, tc, attr, n_per_kind=6)
+    assert scale > 0.01 and worst <= 5e-4 * max(1.0, scale), (worst, scale)
