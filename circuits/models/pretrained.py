@@ -113,15 +113,23 @@ def _soft_cap(value) -> float:
 
 
 def _gemma_rope(hf) -> dict:
-    """Gemma-3 gives a rope base per attention kind (transformers 5: rope_parameters by layer type)."""
+    """Gemma-3 gives a rope base per attention kind (transformers 5: rope_parameters by layer type;
+    it also reads transformers 4's rope_scaling + rope_local_base_freq into that form). Gemma-3 4B+
+    scale the global layers' positions linearly (factor 8: frequencies / 8), the sliding layers not:
+    TransformerLens's `rotary_scaling_factor` does exactly that (global layers only)."""
     params = dict(getattr(hf, "rope_parameters", None) or {})
     if "full_attention" not in params:
         return _rope_fields(hf)
     full, local = params["full_attention"], params.get("sliding_attention", params["full_attention"])
-    for kind in (full, local):
-        if kind.get("rope_type", "default") != "default":
-            raise CircuitsError(f"rotary scaling '{kind['rope_type']}' of Gemma-3 is not supported")
-    return {"rotary_base": float(full["rope_theta"]), "rotary_base_local": float(local["rope_theta"])}
+    fields = {"rotary_base": float(full["rope_theta"]), "rotary_base_local": float(local["rope_theta"])}
+    if local.get("rope_type", "default") != "default":
+        raise CircuitsError(f"rotary scaling '{local['rope_type']}' on Gemma-3's sliding layers is not supported")
+    kind = full.get("rope_type", "default")
+    if kind == "linear":
+        fields["rotary_scaling_factor"] = float(full["factor"])
+    elif kind != "default":
+        raise CircuitsError(f"rotary scaling '{kind}' of Gemma-3 is not supported (only default and linear)")
+    return fields
 
 
 GEMMA_MAX_CTX = 8192  # rotary tables are [n_ctx, d_head] per layer: Gemma-3's 131072 would take GBs

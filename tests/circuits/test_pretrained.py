@@ -12,15 +12,15 @@ import torch
 
 from circuits.errors import CircuitsError
 from circuits.models import load_model
-from tests.helpers.tiny_checkpoints import (make_tiny_gemma2, make_tiny_gemma3, make_tiny_gpt2,
-                                            make_tiny_llama, make_tiny_llama3, make_tiny_mistral,
-                                            make_tiny_qwen2, make_tiny_qwen3)
+from tests.helpers.tiny_checkpoints import (make_tiny_gemma2, make_tiny_gemma3, make_tiny_gemma3_rope_scaled,
+                                            make_tiny_gpt2, make_tiny_llama, make_tiny_llama3,
+                                            make_tiny_mistral, make_tiny_qwen2, make_tiny_qwen3)
 
 PROMPTS = ["The capital of France is", "calc: 36+59=", "Kobe Bryant played basketball for the"]
 # (each is longer than the tiny checkpoints' 4-token sliding windows)
 MAKERS = {"llama": make_tiny_llama, "gpt2": make_tiny_gpt2, "qwen2": make_tiny_qwen2,
           "mistral": make_tiny_mistral, "qwen3": make_tiny_qwen3, "llama3": make_tiny_llama3,
-          "gemma2": make_tiny_gemma2, "gemma3": make_tiny_gemma3}
+          "gemma2": make_tiny_gemma2, "gemma3": make_tiny_gemma3, "gemma3-rope8": make_tiny_gemma3_rope_scaled}
 
 
 @pytest.fixture(scope="module")

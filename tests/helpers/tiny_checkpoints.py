@@ -11,7 +11,8 @@ GELU MLP, biases), 2 layers. `make_tiny_qwen2`, `make_tiny_qwen3` and `make_tiny
 other supported Llama-like architectures (Mistral with a 4-token sliding window on every layer);
 `make_tiny_llama3` has Llama-3 rope scaling. `make_tiny_gemma2` / `make_tiny_gemma3`: pre- and
 post-norms, GeGLU, scaled embeddings, alternating 4-token sliding-window / global layers, soft-capped
-attention scores and logits (Gemma-2), q/k norms and two rope bases (Gemma-3).
+attention scores and logits (Gemma-2), q/k norms and two rope bases (Gemma-3);
+`make_tiny_gemma3_rope_scaled` adds Gemma-3 4B+'s linear rope scaling (factor 8, global layers).
 All use a byte-level BPE tokenizer (~300 tokens, any text encodes).
 Weights are random but deterministic (seeded), with norm weights and biases perturbed away from
 their 1/0 defaults so a conversion that drops them is caught. Building one takes well under a second.
@@ -175,3 +176,17 @@ def make_tiny_gemma3(directory: Path, n_layers: int = 2, seed: int = 0) -> Path:
             "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}
     return _gemma_like(Gemma3TextConfig, Gemma3ForCausalLM, directory, n_layers, seed,
                        rope_parameters=rope)
+
+
+def make_tiny_gemma3_rope_scaled(directory: Path, n_layers: int = 2, seed: int = 0) -> Path:
+    """Gemma-3 4B+ style rope: linear scaling (factor 8) on the global layers only, written as
+    transformers 4 did (rope_scaling + rope_local_base_freq; transformers 5 reads it per layer type)."""
+    import json
+
+    path = make_tiny_gemma3(directory, n_layers, seed)
+    config = json.loads((path / "config.json").read_text())
+    config.pop("rope_parameters", None)
+    config.update(rope_scaling={"rope_type": "linear", "factor": 8.0}, rope_theta=1000000.0,
+                  rope_local_base_freq=10000.0)
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    return path
