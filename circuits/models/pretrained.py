@@ -174,12 +174,17 @@ ARCHITECTURES: dict[str, Architecture] = {
     "GPT2LMHeadModel": Architecture(_gpt2, "convert_gpt2_weights"),
     "Gemma2ForCausalLM": Architecture(lambda hf: _gemma(hf, qk_norm=False), "convert_gemma_weights"),
     "Gemma3ForCausalLM": Architecture(lambda hf: _gemma(hf, qk_norm=True), "convert_gemma_weights"),
+    # Gemma-3 4B+ checkpoints are multimodal: only the language model is converted (the converter
+    # skips the vision tower); images are not supported
+    "Gemma3ForConditionalGeneration": Architecture(lambda hf: _gemma(hf.get_text_config(), qk_norm=True),
+                                                   "convert_gemma_weights"),
 }
 
 
 MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gpt2": "GPT2LMHeadModel",
-               "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
+               "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
+               "gemma3": "Gemma3ForConditionalGeneration"}
 
 
 def architecture_name(config: dict) -> str | None:

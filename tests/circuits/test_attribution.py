@@ -23,7 +23,7 @@ from tests.helpers import tiny_checkpoints as tiny
 
 ARCHITECTURES = {"gpt2": tiny.make_tiny_gpt2, "llama3": tiny.make_tiny_llama3, "mistral": tiny.make_tiny_mistral,
                  "qwen2": tiny.make_tiny_qwen2, "qwen3": tiny.make_tiny_qwen3, "gemma2": tiny.make_tiny_gemma2,
-                 "gemma3": tiny.make_tiny_gemma3}
+                 "gemma3": tiny.make_tiny_gemma3, "gemma3-multimodal": tiny.make_tiny_gemma3_multimodal}
 # the same tiny Gemma checkpoints, with the transcoder writing at circuit-tracer's mlp.hook_out (the MLP
 # module's output, before the post-MLP norm) instead of hook_mlp_out (after it)
 HOOK_OUT = {"gemma2@mlp.hook_out": "gemma2", "gemma3@mlp.hook_out": "gemma3"}

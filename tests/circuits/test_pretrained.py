@@ -12,7 +12,8 @@ import torch
 
 from circuits.errors import CircuitsError
 from circuits.models import load_model
-from tests.helpers.tiny_checkpoints import (make_tiny_gemma2, make_tiny_gemma3, make_tiny_gemma3_rope_scaled,
+from tests.helpers.tiny_checkpoints import (make_tiny_gemma2, make_tiny_gemma3, make_tiny_gemma3_multimodal,
+                                            make_tiny_gemma3_rope_scaled,
                                             make_tiny_gpt2, make_tiny_llama, make_tiny_llama3,
                                             make_tiny_mistral, make_tiny_qwen2, make_tiny_qwen3)
 
@@ -20,7 +21,8 @@ PROMPTS = ["The capital of France is", "calc: 36+59=", "Kobe Bryant played baske
 # (each is longer than the tiny checkpoints' 4-token sliding windows)
 MAKERS = {"llama": make_tiny_llama, "gpt2": make_tiny_gpt2, "qwen2": make_tiny_qwen2,
           "mistral": make_tiny_mistral, "qwen3": make_tiny_qwen3, "llama3": make_tiny_llama3,
-          "gemma2": make_tiny_gemma2, "gemma3": make_tiny_gemma3, "gemma3-rope8": make_tiny_gemma3_rope_scaled}
+          "gemma2": make_tiny_gemma2, "gemma3": make_tiny_gemma3, "gemma3-rope8": make_tiny_gemma3_rope_scaled,
+          "gemma3-multimodal": make_tiny_gemma3_multimodal}
 
 
 @pytest.fixture(scope="module")

@@ -176,3 +176,26 @@ def test_gemmascope2_hook_out_before_the_post_mlp_norm_traces_exactly(gemmas, ar
     attr = attribute(model, tc, tokens, batch_size=16)
     worst, scale = edge_errors(model, tc, attr, n_per_kind=6)
     assert scale > 0.01 and worst <= 5e-4 * max(1.0, scale), (worst, scale)
+
+
+def test_the_documented_gemma_2_2b_command_runs_offline(tmp_path, hub_cache):
+    """docs/transcoder_formats.md's command, with its real ids:
+    `circuits trace PROMPT --model google/gemma-2-2b --transcoders mntss/gemma-scope-transcoders`,
+    from a Hugging Face cache holding a tiny Gemma-2 as google/gemma-2-2b and the transcoder repo in
+    its published layout (config.yaml listing hf:// params.npz files of GemmaScope's own repo)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from circuits.cli.main import app
+    from tests.helpers.tiny_checkpoints import make_tiny_gemma2
+
+    ckpt = make_tiny_gemma2(tmp_path / "gemma-2-2b")
+    make_hub_repo(hub_cache, "google/gemma-2-2b", {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()})
+    ref = reference_transcoder("gemmascope-npz", 2, 64, n_features=48, seed=1)
+    write_layout("gemmascope-npz", ref, make_hub_repo(hub_cache, "mntss/gemma-scope-transcoders", {}), hub_cache)
+    result = CliRunner().invoke(app, ["trace", "The capital of France is", "--model", "google/gemma-2-2b",
+                                      "--transcoders", "mntss/gemma-scope-transcoders", "--json"])
+    assert result.exit_code == 0, result.output[-2000:]
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["counts"]["features_before"] > 0 and summary["logits"]

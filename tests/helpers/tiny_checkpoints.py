@@ -190,3 +190,28 @@ def make_tiny_gemma3_rope_scaled(directory: Path, n_layers: int = 2, seed: int =
                   rope_local_base_freq=10000.0)
     (path / "config.json").write_text(json.dumps(config, indent=2))
     return path
+
+
+def make_tiny_gemma3_multimodal(directory: Path, seed: int = 0) -> Path:
+    """A tiny Gemma3ForConditionalGeneration (the form of Gemma-3 4B+ checkpoints): a 2-layer Gemma-3
+    language model with 4B+'s linear rope scaling on the global layer, plus a 1-layer SigLIP vision
+    tower that tracing never uses."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    tokenizer, ids = _bos_tokenizer()
+    rope = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}}
+    text = Gemma3TextConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, query_pre_attn_scalar=24, max_position_embeddings=128, rms_norm_eps=1e-6,
+        hidden_activation="gelu_pytorch_tanh", initializer_range=0.1, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"], pad_token_id=0, vocab_size=ids["vocab_size"],
+        rope_parameters=rope)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=28, patch_size=14)
+    n = ids["vocab_size"]
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=n - 1,
+                          boi_token_index=n - 2, eoi_token_index=n - 3, bos_token_id=ids["bos_token_id"],
+                          eos_token_id=ids["eos_token_id"], pad_token_id=0, tie_word_embeddings=True)
+    config._attn_implementation = "eager"
+    return _random_model(Gemma3ForConditionalGeneration, config, seed, tokenizer, directory)
