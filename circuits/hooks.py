@@ -1,5 +1,11 @@
 """Where a transcoder meets a model: TransformerLens hook names, the fit check, and the one capture
-of every layer's transcoder input (x) and MLP output (y).
+of every layer's transcoder input (x) and MLP output (y). Every reading of a model's activations
+goes through `capture_layers` (the trainer's too: circuits.training.train.ModelLayers).
+
+Layout: per-layer activations are token-major, the layer axis just before the width: [B, T, L, d]
+for a batch, [P, L, d] for one prompt, [N, L, d] for tokens in rows (as transcoders' Transcoder,
+trainer and activation cache take them). The local replacement model's frozen state is the one
+exception (circuits.replacement: [L, P, d], read one layer at a time by the attribution).
 
     block_hook(3, "hook_mlp_out")                      # 'blocks.3.hook_mlp_out'
     check_transcoder_fits(model, transcoder)           # one-line CircuitsError if it does not
@@ -85,15 +91,18 @@ class LayerCapture:
 
 @torch.no_grad()
 def capture_layers(model, tokens_b_t: torch.Tensor, input_hook: str, output_hook: str | None = None,
-                   extra: Iterable[str] = (), logits: bool = True) -> LayerCapture:
+                   extra: Iterable[str] = (), logits: bool = True, fwd_hooks: list = ()) -> LayerCapture:
     """Run `model` once on tokens [B, T] and keep every layer's `input_hook` (and `output_hook`)
-    activations, plus the hooks named in `extra` (full names, e.g. 'blocks.0.attn.hook_pattern')."""
+    activations, plus the hooks named in `extra` (full names, e.g. 'blocks.0.attn.hook_pattern').
+    `fwd_hooks` (TransformerLens (name, fn) pairs, e.g. an intervention's patches) act during the
+    run; what is kept is read after them."""
     L = model.cfg.n_layers
     inputs = [block_hook(l, input_hook) for l in range(L)]
     outputs = [block_hook(l, output_hook) for l in range(L)] if output_hook is not None else []
     wanted = set(inputs) | set(outputs) | set(extra)
-    out, cache = model.run_with_cache(tokens_b_t.to(model.cfg.device), names_filter=lambda n: n in wanted,
-                                      return_type="logits" if logits else None)
+    with model.hooks(fwd_hooks=list(fwd_hooks)):
+        out, cache = model.run_with_cache(tokens_b_t.to(model.cfg.device), names_filter=lambda n: n in wanted,
+                                          return_type="logits" if logits else None)
     x = torch.stack([cache[n] for n in inputs], dim=2)
     y = torch.stack([cache[n] for n in outputs], dim=2) if outputs else None
     return LayerCapture(x, y, out if logits else None, {n: cache[n] for n in extra if n in cache})

@@ -306,15 +306,12 @@ def intervene(model, transcoder, tokens: torch.Tensor, interventions: Iterable[I
     span = check_layer_range(layers, changes, transcoder)
     deltas = decoder_deltas(transcoder, changes, span, tokens.shape[0])
     hooks = patch_hooks(model, transcoder, clean, deltas, span, freeze_attention, clamp_mlps, freeze_final_norm)
-    L, in_hook = model.cfg.n_layers, transcoder.cfg.input_hook
-    inputs: dict[int, torch.Tensor] = {}
-    reads = [(block_hook(l, in_hook), lambda x, hook, l=l: inputs.__setitem__(l, x[0])) for l in range(L)]
-    with model.hooks(fwd_hooks=hooks + reads):
-        logits_after = model(tokens[None])[0].float()
+    patched = capture_layers(model, tokens[None], transcoder.cfg.input_hook, fwd_hooks=hooks)
+    logits_after = patched.logits[0].float()
     if not torch.isfinite(logits_after).all():
         raise CircuitsError("the intervention drove the model's logits to NaN or infinity: the values are "
                             "too large for the model's numbers; use smaller values or multipliers")
-    acts_after = encode_inputs(transcoder, torch.stack([inputs[l] for l in range(L)]))
+    acts_after = encode_inputs(transcoder, patched.x_b_t_layer_d[0].transpose(0, 1))
     before, after = clean.logits_pos_vocab, logits_after
     return InterventionResult(
         logits_before=before, logits_after=after,

@@ -1,8 +1,14 @@
 """Training data: (input hook, MLP output) pairs for every layer, streamed from a model over a corpus.
 
-- `ModelActivationSource` runs a TransformerLens HookedTransformer over an iterable of token-id
-  sequences (any re-iterable: a list, a corpus generator object, a text-file reader) and returns
-  activations for every layer at once: x [N, L, d] (input hook) and y [N, L, d] (output hook).
+Layout: per-layer activations are token-major everywhere, the layer axis just before the width:
+[B, T, L, d] for a batch of sequences, [N, L, d] for tokens in rows (what the trainer shuffles).
+
+- `LayerReader` is how the trainer sees a model: given tokens [B, T] and two per-block hook names,
+  it returns x, y [B, T, L, d]. This package never hooks a model itself; `circuits.training.train`
+  supplies a reader built on circuits.hooks.capture_layers (the one capture).
+- `ModelActivationSource` runs a reader over an iterable of token-id sequences (any re-iterable: a
+  list, a corpus generator object, a text-file reader) and returns activations for every layer at
+  once: x [N, L, d] (input hook) and y [N, L, d] (output hook).
   A group's sequences are sorted by length before batching, so forward passes carry little padding.
   Position 0 of every sequence (BOS) carries no features and is left out; so is right padding.
 - `ShuffleBuffer` mixes at token level: it fills a group of ~buffer_tokens tokens, permutes it
@@ -16,7 +22,7 @@ disk cache (`activation_cache.py`) is another such source.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import torch
 
@@ -51,41 +57,41 @@ def pad_right(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Ten
     return tokens, mask
 
 
+class LayerReader(Protocol):
+    """A model as the trainer reads it: its shape, and one forward pass returning every layer's
+    activations at two per-block hooks."""
+
+    n_layers: int
+    d_model: int
+
+    def __call__(self, tokens_b_t: torch.Tensor, input_hook: str,
+                 output_hook: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_b_t_layer_d, y_b_t_layer_d: the `input_hook` and `output_hook` activations [B, T, L, d]."""
+        ...
+
+
 @torch.no_grad()
-def model_activations(model, tokens_batch_pos: torch.Tensor, valid_batch_pos: torch.Tensor,
+def model_activations(read_layers: LayerReader, tokens_b_t: torch.Tensor, valid_b_t: torch.Tensor,
                       input_hook: str, output_hook: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run `model` once and return x, y [N, L, d] (float32, CPU) at valid positions except 0."""
-    L = model.cfg.n_layers
-    xs: list[torch.Tensor | None] = [None] * L
-    ys: list[torch.Tensor | None] = [None] * L
-
-    def saver(store, layer):
-        def hook(act, hook):  # noqa: ARG001 - TransformerLens hook signature
-            store[layer] = act.detach()
-        return hook
-
-    hooks = [(f"blocks.{l}.{input_hook}", saver(xs, l)) for l in range(L)]
-    hooks += [(f"blocks.{l}.{output_hook}", saver(ys, l)) for l in range(L)]
-    device = model.cfg.device
-    model.run_with_hooks(tokens_batch_pos.to(device), fwd_hooks=hooks, stop_at_layer=L)
-    keep = valid_batch_pos.clone()
-    keep[:, 0] = False
-    keep = keep.to(device)
-    x = torch.stack([a[keep] for a in xs], dim=1).float().cpu()
-    y = torch.stack([a[keep] for a in ys], dim=1).float().cpu()
-    return x, y
+    """One forward pass; x, y [N, L, d] (float32, CPU) at the valid positions except 0 (BOS)."""
+    x_b_t_layer_d, y_b_t_layer_d = read_layers(tokens_b_t, input_hook, output_hook)
+    keep_b_t = valid_b_t.clone()
+    keep_b_t[:, 0] = False
+    keep_b_t = keep_b_t.to(x_b_t_layer_d.device)
+    return x_b_t_layer_d[keep_b_t].float().cpu(), y_b_t_layer_d[keep_b_t].float().cpu()
 
 
 class ModelActivationSource:
-    """Activations of `model` over `sequences`, in groups of at least `group_tokens` tokens.
+    """Activations of a model (read through `read_layers`) over `sequences`, in groups of at least
+    `group_tokens` tokens.
 
     Positions are {"epoch": e, "index": i}: the group starts at sequence i of pass e over the corpus;
     a finite corpus wraps around. Sequences longer than `seq_len` are cut; shorter than 2 are skipped.
     """
 
-    def __init__(self, model, sequences: Iterable[Sequence[int]], input_hook: str, output_hook: str,
-                 seq_len: int, model_batch: int, group_tokens: int):
-        self.model, self.sequences = model, sequences
+    def __init__(self, read_layers: LayerReader, sequences: Iterable[Sequence[int]], input_hook: str,
+                 output_hook: str, seq_len: int, model_batch: int, group_tokens: int):
+        self.read_layers, self.sequences = read_layers, sequences
         self.input_hook, self.output_hook = input_hook, output_hook
         self.seq_len, self.model_batch, self.group_tokens = seq_len, model_batch, group_tokens
         self._iter: Iterator | None = None
@@ -128,7 +134,7 @@ class ModelActivationSource:
         for i in range(0, len(seqs), self.model_batch):
             tokens, mask = pad_right(seqs[i:i + self.model_batch])
             t0 = time.perf_counter()
-            x, y = model_activations(self.model, tokens, mask, self.input_hook, self.output_hook)
+            x, y = model_activations(self.read_layers, tokens, mask, self.input_hook, self.output_hook)
             self.model_seconds += time.perf_counter() - t0
             check_finite(x, y, self.input_hook, self.output_hook)
             xs.append(x)

@@ -2,7 +2,10 @@
 end decay, lambda warm-up, gradient clipping, dead-feature tracking, resumable checkpoints, and
 DistributedDataParallel when launched by torchrun.
 
-    result = train_transcoder(model, sequences, TrainConfig(...), "out/", model_name="world")
+    result = train_transcoder(read_layers, sequences, TrainConfig(...), "out/", model_name="world")
+
+`read_layers` is the model as an activation_source.LayerReader (circuits.training.train.ModelLayers
+wraps a TransformerLens model); this package never hooks a model itself.
 
 The result's transcoder works on raw activations (normalisation folded in) and is saved in the
 circuit-tracer format (formats.py) with training_config.json and metrics.json beside it.
@@ -17,7 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from transcoders.activation_source import ModelActivationSource, NonFiniteActivations, ShuffleBuffer
+from transcoders.activation_source import LayerReader, ModelActivationSource, NonFiniteActivations, ShuffleBuffer
 from transcoders.checkpoint import CHECKPOINT_FILE
 from transcoders.distributed import DistInfo, barrier, init_distributed, rank_device
 from transcoders.errors import TranscoderError
@@ -48,31 +51,32 @@ def sparsity_at(cfg: TrainConfig, step: int) -> float:
     return cfg.sparsity_coef * (min(1.0, step / ramp) if ramp > 0 else 1.0)
 
 
-def train_transcoder(model, sequences: Iterable[Sequence[int]], cfg: TrainConfig, out_dir: str | Path, *,
+def train_transcoder(read_layers: LayerReader, sequences: Iterable[Sequence[int]], cfg: TrainConfig,
+                     out_dir: str | Path, *,
                      model_name: str, source_id: str | None = None, resume: bool = False,
                      overwrite: bool = False, progress: bool = True, log_path: str | Path | None = None,
                      device: str = "cpu", stop_at_step: int | None = None,
                      final_eval: Callable[[Transcoder], dict] | None = None) -> TrainResult:
-    """Train a transcoder for `model` (a TransformerLens HookedTransformer) on `sequences`
-    (a re-iterable of token-id lists; the same order every time it is iterated)."""
+    """Train a transcoder for the model `read_layers` reads on `sequences` (a re-iterable of
+    token-id lists; the same order every time it is iterated)."""
     from transcoders.cpu_memory import reuse_freed_memory
     from transcoders.threads import training_threads
 
     with training_threads(cfg.threads, device) as n_threads, reuse_freed_memory(device):
-        return _train(model, sequences, cfg, Path(out_dir), model_name=model_name, source_id=source_id,
+        return _train(read_layers, sequences, cfg, Path(out_dir), model_name=model_name, source_id=source_id,
                       resume=resume, overwrite=overwrite, progress=progress, log_path=log_path, device=device,
                       stop_at_step=stop_at_step, final_eval=final_eval, n_threads=n_threads)
 
 
-def _train(model, sequences, cfg: TrainConfig, out: Path, *, model_name, source_id, resume, overwrite,
+def _train(read_layers: LayerReader, sequences, cfg: TrainConfig, out: Path, *, model_name, source_id, resume, overwrite,
            progress, log_path, device, stop_at_step, final_eval, n_threads: int) -> TrainResult:
     t_start = time.monotonic()
     mode = prepare_outputs(out, cfg, resume=resume, overwrite=overwrite, log_path=log_path)
     info = init_distributed(device)
     device = rank_device(device, info)
-    source = _make_source(model, sequences, cfg, source_id or model_name, info, progress)
+    source = _make_source(read_layers, sequences, cfg, source_id or model_name, info, progress)
     buffer = ShuffleBuffer(source, cfg.batch_size, cfg.seed, info.rank, info.world_size)
-    state = TrainState(cfg, model.cfg.n_layers, model.cfg.d_model, device, info,
+    state = TrainState(cfg, read_layers.n_layers, read_layers.d_model, device, info,
                        model_name=model_name, source_id=source_id or model_name)
     if mode == "resume":
         state.load(out / CHECKPOINT_FILE, buffer)
@@ -116,18 +120,18 @@ def _first_group(buffer: ShuffleBuffer, out: Path):
         raise TranscoderError(f"{exc} at step 0; nothing was written to {out}") from None
 
 
-def _make_source(model, sequences, cfg: TrainConfig, source_id: str, info: DistInfo, progress: bool = False):
+def _make_source(read_layers: LayerReader, sequences, cfg: TrainConfig, source_id: str, info: DistInfo, progress: bool = False):
     from transcoders.activation_cache import (CachedActivationSource, build_activation_cache, cache_matches,
                                               check_room, collect_progress)
 
     arch = cfg.transcoder
-    live = ModelActivationSource(model, sequences, arch.input_hook, arch.output_hook,
+    live = ModelActivationSource(read_layers, sequences, arch.input_hook, arch.output_hook,
                                  cfg.seq_len, cfg.model_batch, cfg.buffer_tokens)
     n_rows = min(cfg.activation_tokens or cfg.tokens, cfg.tokens)
     if not cfg.cache_dir:
         if n_rows >= cfg.tokens:
             return live
-        check_room(n_rows, model.cfg.n_layers, model.cfg.d_model, 2, None)
+        check_room(n_rows, read_layers.n_layers, read_layers.d_model, 2, None)
         try:
             return CachedActivationSource.in_memory(live, n_rows, cfg.buffer_tokens,
                                                     progress=collect_progress(progress and info.is_main, n_rows))
@@ -135,7 +139,7 @@ def _make_source(model, sequences, cfg: TrainConfig, source_id: str, info: DistI
             raise TranscoderError(f"{exc} while collecting activations (before step 0)") from None
     cache = Path(cfg.cache_dir)
     if info.is_main and not cache_matches(cache, source_id, arch.input_hook, arch.output_hook, n_rows):
-        check_room(n_rows, model.cfg.n_layers, model.cfg.d_model, 4, cache)
+        check_room(n_rows, read_layers.n_layers, read_layers.d_model, 4, cache)
         build_activation_cache(live, n_rows, cache, source_id, progress=collect_progress(progress, n_rows))
     barrier(info)
     return CachedActivationSource(cache, cfg.buffer_tokens)

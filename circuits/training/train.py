@@ -1,19 +1,48 @@
 """Train a transcoder for a loaded model: picks the corpus, identifies the data source, runs the
 trainer (transcoders.trainer) and scores the result on held-out text (circuits.training.fidelity).
+The trainer reads the model through `ModelLayers`, i.e. through circuits.hooks.capture_layers, the
+one place that hooks a model.
 
     result = train_for_model(load_model("world"), TrainConfig(transcoder=TranscoderArchitecture(n_features=512)), "out/")
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from circuits.hooks import check_hooks_exist
+import torch
+
+from circuits.hooks import capture_layers, check_hooks_exist
 from circuits.training.corpus import corpus_sequences
 from circuits.training.fidelity import measure_fidelity
 from transcoders.train_config import TrainConfig
 
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
 FIDELITY_TOKENS = 32768  # held-out tokens scored after training (at most; a tenth of the training tokens)
+
+
+@dataclass
+class ModelLayers:
+    """A HookedTransformer as the trainer reads it (a transcoders.activation_source.LayerReader)."""
+
+    model: HookedTransformer
+
+    @property
+    def n_layers(self) -> int:
+        return self.model.cfg.n_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.model.cfg.d_model
+
+    def __call__(self, tokens_b_t: torch.Tensor, input_hook: str, output_hook: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_b_t_layer_d, y_b_t_layer_d [B, T, L, d] at every block's `input_hook` / `output_hook`."""
+        cap = capture_layers(self.model, tokens_b_t, input_hook, output_hook, logits=False)
+        return cap.x_b_t_layer_d, cap.y_b_t_layer_d
 
 
 def source_id_for(loaded, corpus_id: str) -> str:
@@ -37,7 +66,7 @@ def train_for_model(loaded, cfg: TrainConfig, out_dir: str | Path, corpus: str |
         n_eval = min(FIDELITY_TOKENS, max(2048, cfg.tokens // 10))
         return measure_fidelity(model, tc, heldout, max_tokens=n_eval, seq_len=cfg.seq_len, progress=progress)
 
-    return train_transcoder(model, sequences, cfg, out_dir, model_name=loaded.name,
+    return train_transcoder(ModelLayers(model), sequences, cfg, out_dir, model_name=loaded.name,
                             source_id=source_id_for(loaded, corpus_id), resume=resume, overwrite=overwrite,
                             progress=progress, log_path=log_path, device=device, stop_at_step=stop_at_step,
                             final_eval=final_eval if evaluate else None)

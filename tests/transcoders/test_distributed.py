@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import torch
 import torch.multiprocessing as mp
 
+from circuits.training.train import ModelLayers
 from tests.transcoders.tiny import tiny_model, token_sequences
 from transcoders.activation_cache import build_activation_cache
 from transcoders.activation_source import ModelActivationSource
@@ -26,7 +27,8 @@ CFG = dict(n_features=32, tokens=8_192, batch_size=256, buffer_tokens=2048, seq_
 
 
 def _shape_only_model(n_layers: int, d_model: int):
-    return SimpleNamespace(cfg=SimpleNamespace(n_layers=n_layers, d_model=d_model))
+    """A LayerReader that only has a shape: the activations come from the cache."""
+    return SimpleNamespace(n_layers=n_layers, d_model=d_model)
 
 
 def _rank_main(rank: int, world: int, port: int, cache: str, out: str) -> None:
@@ -53,7 +55,7 @@ def test_two_gloo_ranks_match_single_process(tmp_path):
     torch.set_num_threads(1)
     model = tiny_model()
     cfg = TrainConfig.from_flat(CFG)
-    live = ModelActivationSource(model, token_sequences(800), cfg.transcoder.input_hook, cfg.transcoder.output_hook,
+    live = ModelActivationSource(ModelLayers(model), token_sequences(800), cfg.transcoder.input_hook, cfg.transcoder.output_hook,
                                  cfg.seq_len, cfg.model_batch, cfg.buffer_tokens)
     cache = tmp_path / "cache"
     build_activation_cache(live, cfg.tokens, cache, "tiny-cache")

@@ -20,11 +20,12 @@ RUN = """
 import sys, torch
 torch.set_num_threads(1)
 from tests.transcoders.tiny import tiny_model, token_sequences
+from circuits.training.train import ModelLayers
 from transcoders.train_config import TrainConfig
 from transcoders.trainer import train_transcoder
 cfg = TrainConfig.from_flat(dict(n_features=64, tokens=200_000, batch_size=256, buffer_tokens=4096, seq_len=16,
                                  model_batch=32, log_every=5, checkpoint_seconds=0, lr=3e-3, threads=1))
-train_transcoder(tiny_model(), token_sequences(1500), cfg, sys.argv[1], model_name="tiny", progress=False,
+train_transcoder(ModelLayers(tiny_model()), token_sequences(1500), cfg, sys.argv[1], model_name="tiny", progress=False,
                  resume=sys.argv[2] == "resume")
 """
 

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from circuits.training.train import ModelLayers
 from tests.transcoders.tiny import VOCAB, tiny_model, token_sequences, train_tiny
 from transcoders.activation_source import model_activations, pad_right
 from transcoders.checkpoint import CHECKPOINT_FILE
@@ -36,7 +37,7 @@ def _train(model, seqs, out, **kw):
 
 def _heldout_fvu(model, tc):
     tokens, mask = pad_right(token_sequences(100, seed=99))
-    x, y = model_activations(model, tokens, mask, "ln2.hook_normalized", "hook_mlp_out")
+    x, y = model_activations(ModelLayers(model), tokens, mask, "ln2.hook_normalized", "hook_mlp_out")
     with torch.no_grad():
         return fvu_per_layer(y, tc(x)[0])
 
@@ -121,20 +122,21 @@ def test_plt_topk_and_activation_cache(model, seqs, tmp_path):
 
     x = np.load(cache / "x.npy", mmap_mode="r")
     tokens, mask = pad_right(seqs[:32])
-    x_live, _ = model_activations(model, tokens, mask, "ln2.hook_normalized", "hook_mlp_out")
+    x_live, _ = model_activations(ModelLayers(model), tokens, mask, "ln2.hook_normalized", "hook_mlp_out")
     np.testing.assert_allclose(x[: x_live.shape[0]], x_live.numpy(), rtol=1e-6)  # corpus order, BOS left out
     assert x.shape[0] == 6_000 and VOCAB > 0
 
 
 class _CountingModel:
-    """Proxy that counts the tokens the trainer runs the model on."""
+    """A LayerReader that counts the tokens the trainer runs the model on."""
 
     def __init__(self, model):
-        self.model, self.cfg, self.tokens = model, model.cfg, 0
+        self.read_layers, self.tokens = ModelLayers(model), 0
+        self.n_layers, self.d_model = model.cfg.n_layers, model.cfg.d_model
 
-    def run_with_hooks(self, tokens, **kw):
-        self.tokens += tokens.numel()
-        return self.model.run_with_hooks(tokens, **kw)
+    def __call__(self, tokens_b_t, input_hook, output_hook):
+        self.tokens += tokens_b_t.numel()
+        return self.read_layers(tokens_b_t, input_hook, output_hook)
 
 
 def test_activation_tokens_runs_the_model_once_and_cycles(model, seqs, tmp_path):

@@ -73,13 +73,15 @@ def random_transcoder(kind: str = "clt", n_layers: int = 3, d_model: int = 8, n_
 
 
 def train_tiny(model, seqs, out, base: dict, **kw):
-    """train_transcoder on `seqs` with TrainConfig(**base) updated by the TrainConfig fields in kw
-    (the other kw go to train_transcoder)."""
+    """train_transcoder on `seqs` with TrainConfig.from_flat(base) updated by the TrainConfig fields
+    in kw (the other kw go to train_transcoder). `model`: a HookedTransformer or a LayerReader."""
+    from circuits.training.train import ModelLayers
     from transcoders.config import TranscoderArchitecture
     from transcoders.train_config import TrainConfig
     from transcoders.trainer import train_transcoder
 
     names = {**TrainConfig.model_fields, **TranscoderArchitecture.model_fields}
     opts = {k: kw.pop(k) for k in list(kw) if k in names}
-    return train_transcoder(model, seqs, TrainConfig.from_flat({**base, **opts}), out, model_name="tiny",
+    read_layers = model if hasattr(model, "n_layers") else ModelLayers(model)
+    return train_transcoder(read_layers, seqs, TrainConfig.from_flat({**base, **opts}), out, model_name="tiny",
                             progress=False, **kw)
