@@ -122,10 +122,7 @@ def _padded(batch: list[torch.Tensor], device) -> tuple[torch.Tensor, torch.Tens
 def batch_activations(model, transcoder, tokens_b_t: torch.Tensor) -> torch.Tensor:
     """Feature activations [B, T, L, F] of a batch of token sequences."""
     x_b_t_layer_d = capture_layers(model, tokens_b_t, transcoder.cfg.input_hook, logits=False).x_b_t_layer_d
-    x_layer_bt_d = x_b_t_layer_d.flatten(0, 1).transpose(0, 1)
-    acts_layer_bt_feat = encode_inputs(transcoder, x_layer_bt_d)
-    B, T = tokens_b_t.shape
-    return acts_layer_bt_feat.transpose(0, 1).reshape(B, T, transcoder.cfg.n_layers, -1)
+    return encode_inputs(transcoder, x_b_t_layer_d)
 
 
 class _RunningTopK:

@@ -9,7 +9,7 @@ to the changed residual); with `clamp_mlps=True` the MLP outputs of layers A..B 
 clean values plus the decoder change. Layers after B always run freely. docs/interventions.md
 gives the reasoning and the exact semantics.
 
-    acts = feature_activations(model, transcoder, tokens)              # [L, pos, F]
+    acts = feature_activations(model, transcoder, tokens)              # [pos, L, F]
     result = intervene(model, transcoder, tokens, [Intervention(3, -1, 120, multiplier=0.0)])
     result.top_before, result.top_after, result.kl
 """
@@ -76,8 +76,8 @@ class CleanRun:
 
     tokens: torch.Tensor                # [pos]
     logits_pos_vocab: torch.Tensor      # [pos, d_vocab]
-    acts_layer_pos_feat: torch.Tensor   # [L, pos, F]  transcoder activations
-    mlp_out_layer_pos_d: torch.Tensor   # [L, pos, d]  true MLP outputs
+    acts_pos_layer_feat: torch.Tensor   # [pos, L, F]  transcoder activations
+    mlp_out_pos_layer_d: torch.Tensor   # [pos, L, d]  true MLP outputs
     patterns: list[torch.Tensor]        # per layer [head, q, k]
     final_scale_pos: torch.Tensor | None = None  # [pos] the final norm's scale (None: the model has none)
 
@@ -91,7 +91,7 @@ class InterventionResult:
     kl: float                           # KL(before || after) of the last position's distribution, nats
     changes: list[AppliedChange]
     layers: tuple[int, int]             # patched range [A, B], inclusive
-    acts_after: torch.Tensor            # [L, pos, F] transcoder read-out of the patched run's MLP inputs
+    acts_after: torch.Tensor            # [pos, L, F] transcoder read-out of the patched run's MLP inputs
     generated_before: list[int] = field(default_factory=list)
     generated_after: list[int] = field(default_factory=list)
 
@@ -107,11 +107,9 @@ class InterventionResult:
 
 
 # --- reading features ------------------------------------------------------------------------
-def encode_inputs(transcoder, x_layer_pos_d: torch.Tensor) -> torch.Tensor:
-    """Feature activations [L, pos, F] from the transcoder's inputs [L, pos, d]."""
-    x_pos_layer_d = x_layer_pos_d.transpose(0, 1).to(transcoder.W_enc.dtype)
-    acts_pos_layer_feat = transcoder.activate(transcoder.encode(x_pos_layer_d))
-    return acts_pos_layer_feat.transpose(0, 1)
+def encode_inputs(transcoder, x_layer_d: torch.Tensor) -> torch.Tensor:
+    """Feature activations [..., L, F] from the transcoder's inputs [..., L, d] (e.g. [pos, L, d])."""
+    return transcoder.activate(transcoder.encode(x_layer_d.to(transcoder.W_enc.dtype)))
 
 
 @torch.no_grad()
@@ -124,15 +122,15 @@ def clean_run(model, transcoder, tokens: torch.Tensor) -> CleanRun:
     final_scale = cap.extra.get(FINAL_SCALE)
     return CleanRun(
         tokens=tokens, logits_pos_vocab=cap.logits[0].float(),
-        acts_layer_pos_feat=encode_inputs(transcoder, cap.x_b_t_layer_d[0].transpose(0, 1)),
-        mlp_out_layer_pos_d=cap.y_b_t_layer_d[0].transpose(0, 1),
+        acts_pos_layer_feat=encode_inputs(transcoder, cap.x_b_t_layer_d[0]),
+        mlp_out_pos_layer_d=cap.y_b_t_layer_d[0],
         patterns=[cap.extra[name][0] for name in patterns],
         final_scale_pos=final_scale[0, :, 0] if final_scale is not None else None)
 
 
 def feature_activations(model, transcoder, tokens: torch.Tensor) -> torch.Tensor:
-    """The transcoder's feature activations on a prompt: acts [L, pos, F]."""
-    return clean_run(model, transcoder, tokens).acts_layer_pos_feat
+    """The transcoder's feature activations on a prompt: acts [pos, L, F]."""
+    return clean_run(model, transcoder, tokens).acts_pos_layer_feat
 
 
 def injections_from(model, transcoder, source_tokens: torch.Tensor, features: Iterable[tuple[int, int, int]],
@@ -146,15 +144,15 @@ def injections_from(model, transcoder, source_tokens: torch.Tensor, features: It
     out = []
     for layer, pos, feature in features:
         _check_feature(Intervention(layer, pos, feature, value=0.0), acts.shape)
-        value = float(acts[layer, pos, feature]) * scale
+        value = float(acts[pos, layer, feature]) * scale
         out.append(Intervention(layer, pos if at_pos is None else at_pos, feature, value=value))
     return out
 
 
 # --- resolving and writing the changes --------------------------------------------------------
 def _check_feature(iv: Intervention, shape) -> list[int]:
-    """Absolute positions of `iv` after bounds checks (one clear error each)."""
-    L, n_pos, F = shape
+    """Absolute positions of `iv` after bounds checks (one clear error each); shape (pos, L, F)."""
+    n_pos, L, F = shape
     if not 0 <= iv.layer < L:
         raise CircuitsError(f"feature {iv.feature_id}: layer {iv.layer} does not exist (layers 0-{L - 1})")
     if not 0 <= iv.feature < F:
@@ -172,12 +170,12 @@ def _check_feature(iv: Intervention, shape) -> list[int]:
     return list(range(lo, hi + 1))
 
 
-def resolve_changes(interventions: Iterable[Intervention], acts_layer_pos_feat: torch.Tensor) -> list[AppliedChange]:
+def resolve_changes(interventions: Iterable[Intervention], acts_pos_layer_feat: torch.Tensor) -> list[AppliedChange]:
     """Absolute positions and before/after activations; refuses bad ids and multiples of inactive features."""
     changes: dict[tuple[int, int, int], AppliedChange] = {}
     for iv in interventions:
-        for pos in _check_feature(iv, acts_layer_pos_feat.shape):
-            before = float(acts_layer_pos_feat[iv.layer, pos, iv.feature])
+        for pos in _check_feature(iv, acts_pos_layer_feat.shape):
+            before = float(acts_pos_layer_feat[pos, iv.layer, iv.feature])
             key = (iv.layer, pos, iv.feature)
             if key in changes:
                 raise CircuitsError(f"feature {iv.layer}:{pos}:{iv.feature} is set twice")
@@ -213,17 +211,17 @@ def check_layer_range(layers: tuple[int, int | None] | None, changes: list[Appli
 
 @torch.no_grad()
 def decoder_deltas(transcoder, changes: list[AppliedChange], layers: tuple[int, int], n_pos: int) -> torch.Tensor:
-    """The change written into each MLP output: [L, pos, d], sum of delta_a * W_dec_{l_s -> l} for l in [A, B]."""
+    """The change written into each MLP output: [pos, L, d], sum of delta_a * W_dec_{l_s -> l} for l in [A, B]."""
     L, d = transcoder.cfg.n_layers, transcoder.cfg.d_model
-    deltas_layer_pos_d = torch.zeros(L, n_pos, d, dtype=transcoder.W_enc.dtype, device=transcoder.W_enc.device)
+    deltas_pos_layer_d = torch.zeros(n_pos, L, d, dtype=transcoder.W_enc.dtype, device=transcoder.W_enc.device)
     for c in changes:
         for l in range(max(layers[0], c.layer), layers[1] + 1):
             if l - c.layer < transcoder.cfg.n_outputs(c.layer):
-                deltas_layer_pos_d[l, c.pos] += (c.after - c.before) * transcoder.W_dec[c.layer][c.feature, l - c.layer]
-    return deltas_layer_pos_d
+                deltas_pos_layer_d[c.pos, l] += (c.after - c.before) * transcoder.W_dec[c.layer][c.feature, l - c.layer]
+    return deltas_pos_layer_d
 
 
-def patch_hooks(model, transcoder, clean: CleanRun, deltas_layer_pos_d: torch.Tensor, layers: tuple[int, int],
+def patch_hooks(model, transcoder, clean: CleanRun, deltas_pos_layer_d: torch.Tensor, layers: tuple[int, int],
                 freeze_attention: bool = True, clamp_mlps: bool = False, freeze_final_norm: bool = False) -> list:
     """TransformerLens forward hooks for the patched run (prompt positions only; longer inputs allowed).
     With `freeze_final_norm` the final norm's scale is held at its clean value (the read-out of a
@@ -233,8 +231,8 @@ def patch_hooks(model, transcoder, clean: CleanRun, deltas_layer_pos_d: torch.Te
 
     def mlp_hook(layer):
         def hook(mlp_out, hook):
-            delta = deltas_layer_pos_d[layer].to(mlp_out.dtype)
-            base = clean.mlp_out_layer_pos_d[layer] if clamp_mlps else mlp_out[:, :n_pos]
+            delta = deltas_pos_layer_d[:, layer].to(mlp_out.dtype)
+            base = clean.mlp_out_pos_layer_d[:, layer] if clamp_mlps else mlp_out[:, :n_pos]
             mlp_out = mlp_out.clone()
             mlp_out[:, :n_pos] = base + delta
             return mlp_out
@@ -249,7 +247,7 @@ def patch_hooks(model, transcoder, clean: CleanRun, deltas_layer_pos_d: torch.Te
 
     patched = range(layers[0], layers[1] + 1)
     hooks = [(block_hook(l, out_hook), mlp_hook(l)) for l in patched
-             if clamp_mlps or bool(deltas_layer_pos_d[l].any())]
+             if clamp_mlps or bool(deltas_pos_layer_d[:, l].any())]
     if freeze_attention:
         hooks += [(block_hook(l, "attn.hook_pattern"), pattern_hook(l)) for l in range(model.cfg.n_layers)]
     if freeze_final_norm and clean.final_scale_pos is not None:
@@ -302,7 +300,7 @@ def intervene(model, transcoder, tokens: torch.Tensor, interventions: Iterable[I
               freeze_final_norm: bool = False) -> InterventionResult:
     """Constrained patching of `interventions` on the prompt `tokens` [pos]; see the module docstring."""
     clean = clean_run(model, transcoder, tokens)
-    changes = resolve_changes(interventions, clean.acts_layer_pos_feat)
+    changes = resolve_changes(interventions, clean.acts_pos_layer_feat)
     span = check_layer_range(layers, changes, transcoder)
     deltas = decoder_deltas(transcoder, changes, span, tokens.shape[0])
     hooks = patch_hooks(model, transcoder, clean, deltas, span, freeze_attention, clamp_mlps, freeze_final_norm)
@@ -311,7 +309,7 @@ def intervene(model, transcoder, tokens: torch.Tensor, interventions: Iterable[I
     if not torch.isfinite(logits_after).all():
         raise CircuitsError("the intervention drove the model's logits to NaN or infinity: the values are "
                             "too large for the model's numbers; use smaller values or multipliers")
-    acts_after = encode_inputs(transcoder, patched.x_b_t_layer_d[0].transpose(0, 1))
+    acts_after = encode_inputs(transcoder, patched.x_b_t_layer_d[0])
     before, after = clean.logits_pos_vocab, logits_after
     return InterventionResult(
         logits_before=before, logits_after=after,

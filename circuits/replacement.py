@@ -5,7 +5,9 @@ every normalisation scale, the transcoder's active features and the error terms
 e[l, c] = mlp_out[l, c] - y_hat[l, c]. Position 0 (BOS) carries no features and no error nodes:
 its MLP output is kept as a constant.
 
-Shapes: P positions, L layers, d residual width, H heads, F features per layer.
+Shapes: P positions, L layers, d residual width, H heads, F features per layer. The frozen per-layer
+state is layer-major ([L, P, d], [L, P]) because the attribution reads it one layer at a time; the
+capture it is built from is token-major like every other activation (circuits.hooks).
 """
 
 from __future__ import annotations

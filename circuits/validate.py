@@ -10,7 +10,7 @@ from the world corpus facts), with the correct answer as the target:
     prompt; and Spearman(graph-predicted change, change), where the prediction is the linearised
     total effect of removing the node in the graph (`linear_effects`).
 (b) swap success rate of the two-hop experiment over pairs of prompts with different states
-    (circuits.demos.swap_trials), with a control that swaps as many random features, for the
+    (circuits.swap_trials), with a control that swaps as many random features, for the
     default setting and a grid of settings (number of state features, injection scale).
 (c) replacement and completeness scores (METHOD.md section 4), mean / min / max, pruned and
     unpruned, by prompt kind.
@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from circuits.demos.state_features import DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, two_hop_queries
-from circuits.demos.swap_trials import SwapRow, swap_grid, swap_rows
+from circuits.state_features import DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, two_hop_queries
+from circuits.swap_trials import SwapRow, swap_grid, swap_rows
 from circuits.errors import CircuitsError
 from circuits.experiments import Traced, answer_logit_change, json_safe, ranked_features, trace_answer
 from circuits.interventions import Intervention
@@ -206,7 +206,7 @@ def validate(setup: ReplacementModel, n: int = 30, seed: int = 0, top_k: int = 1
              k: int = DEFAULT_K, inhibit: float = DEFAULT_INHIBIT, inject_scale: float = DEFAULT_INJECT,
              grid: bool = True, config: TraceConfig | None = None, progress=None) -> ValidationResult:
     """Run (a), (b) and (c) over `n` generated prompts and `n_swaps` swap pairs; with `grid`, (b)
-    also for every setting of circuits.demos.swap_trials.SWAP_GRID on the same pairs."""
+    also for every setting of circuits.swap_trials.SWAP_GRID on the same pairs."""
     if n < 2:
         raise CircuitsError(f"validation needs at least 2 prompts (one of each kind), got {n}")
     prompts, ablations = [], []

@@ -3,7 +3,7 @@
 Prompts (METHOD.md section 6): "Fact: the capital of the state where Kobe Bryant played basketball
 is" (-> California -> Sacramento) and "Fact: the capital of the state containing Dallas is"
 (-> Texas -> Austin). Both are traced towards their capital. State features come from
-circuits.demos.state_features (fire on the state's prompts and not on other states'); each is shown
+circuits.state_features (fire on the state's prompts and not on other states'); each is shown
 with its output view and whether the pruned graph keeps it. Experiments: inhibit Texas on the
 Dallas prompt; swap Texas -> California (California features read from the Kobe prompt); and the
 reverse on the Kobe prompt. Finally an honest check: does a feature whose output view promotes the
@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from circuits.experiments import (json_safe, Experiment, Traced, clean_top, format_experiment, promoted_tokens,
-                                   reaches, trace_answer)
-from circuits.demos.state_features import (DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, StateFeature, StateFeatureFinder, one_hop_probe, run_inhibit,
-                                           run_swap)
+from circuits.experiments import (Experiment, Traced, clean_top, format_experiment, json_safe, promoted_tokens,
+                                  reaches, trace_answer)
+from circuits.state_features import (DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, StateFeature, StateFeatureFinder,
+                                     one_hop_probe, run_inhibit, run_swap)
 from circuits.replacement_model import ReplacementModel
 from circuits.trace import TraceConfig
 from graphs import NodeKind

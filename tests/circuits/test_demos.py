@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from circuits.experiments import decide, run_experiment, trace_answer
 from circuits.demos.operand_roles import OPERANDS, classify, eta_squared
-from circuits.demos.state_features import StateFeatureFinder, two_hop_queries
-from circuits.demos.swap_trials import SwapRow, swap_grid, swap_pairs
+from circuits.state_features import StateFeatureFinder, two_hop_queries
+from circuits.swap_trials import SwapRow, swap_grid, swap_pairs
 from circuits.errors import CircuitsError
 from circuits.interventions import Intervention
 from circuits.prompts import token_id, tokenize_prompt

@@ -38,14 +38,14 @@ def index(pair, docs):
 
 def test_top_contexts_are_the_argmax_activations(pair, docs, index):
     model, tc = pair
-    acts = [feature_activations(model, tc, d)[:, 1:] for d in docs]       # [L, pos-1, F], BOS dropped
+    acts = [feature_activations(model, tc, d)[1:] for d in docs]          # [pos-1, L, F], BOS dropped
     L, F = tc.cfg.n_layers, tc.cfg.n_features
-    n_tokens = sum(a.shape[1] for a in acts)
+    n_tokens = sum(a.shape[0] for a in acts)
     assert index.meta["n_tokens"] == n_tokens and index.meta["n_docs"] == len(docs)
     for layer in range(L):
         for feature in range(F):
-            rows = sorted(((float(a[layer, p, feature]), i, p + 1) for i, a in enumerate(acts)
-                           for p in range(a.shape[1]) if a[layer, p, feature] > 0), reverse=True)
+            rows = sorted(((float(a[p, layer, feature]), i, p + 1) for i, a in enumerate(acts)
+                           for p in range(a.shape[0]) if a[p, layer, feature] > 0), reverse=True)
             contexts = index.top_contexts(layer, feature)
             assert len(contexts) == min(K, len(rows))
             fired = [v for v, _, _ in rows]

@@ -51,15 +51,15 @@ def make_tiny_pair(seed: int = 0):
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: ~10x faster on one thread of 2 shared cores
 
 
-def active_feature(acts_layer_pos_feat, layer, pos):
+def active_feature(acts_pos_layer_feat, layer, pos):
     """The most active feature at (layer, pos)."""
-    feature = int(acts_layer_pos_feat[layer, pos].argmax())
-    assert acts_layer_pos_feat[layer, pos, feature] > 0
+    feature = int(acts_pos_layer_feat[pos, layer].argmax())
+    assert acts_pos_layer_feat[pos, layer, feature] > 0
     return feature
 
 
-def inactive_feature(acts_layer_pos_feat, layer, pos):
-    return int(torch.nonzero(acts_layer_pos_feat[layer, pos] == 0)[0])
+def inactive_feature(acts_pos_layer_feat, layer, pos):
+    return int(torch.nonzero(acts_pos_layer_feat[pos, layer] == 0)[0])
 
 
 # --- semantics -------------------------------------------------------------------------------
@@ -69,7 +69,7 @@ def test_identity_interventions_leave_logits_unchanged(pair, tokens, clamp, free
     model, tc = pair
     acts = feature_activations(model, tc, tokens)
     f1, f2 = active_feature(acts, 1, 4), active_feature(acts, 0, -1)
-    ivs = [Intervention(1, 4, f1, multiplier=1.0), Intervention(0, -1, f2, value=float(acts[0, -1, f2]))]
+    ivs = [Intervention(1, 4, f1, multiplier=1.0), Intervention(0, -1, f2, value=float(acts[-1, 0, f2]))]
     result = intervene(model, tc, tokens, ivs, freeze_attention=freeze, clamp_mlps=clamp)
     assert torch.allclose(result.logits_after, result.logits_before, atol=1e-5)
     assert abs(result.kl) < 1e-8
@@ -79,7 +79,7 @@ def test_identity_interventions_leave_logits_unchanged(pair, tokens, clamp, free
 def _patched_mlp_outs(model, tc, tokens, ivs, layers, clamp):
     """Run with the patch hooks and record every MLP output as the next block sees it."""
     clean = clean_run(model, tc, tokens)
-    changes = resolve_changes(ivs, clean.acts_layer_pos_feat)
+    changes = resolve_changes(ivs, clean.acts_pos_layer_feat)
     span = check_layer_range(layers, changes, tc)
     hooks = patch_hooks(model, tc, clean, decoder_deltas(tc, changes, span, tokens.shape[0]), span,
                         freeze_attention=True, clamp_mlps=clamp)
@@ -97,15 +97,15 @@ def test_first_patched_layer_mlp_out_moves_by_delta_times_decoder(pair, tokens, 
     f = active_feature(acts, 1, 5)
     ivs = [Intervention(1, 5, f, multiplier=-1.0)]
     clean, changes, seen, logits = _patched_mlp_outs(model, tc, tokens, ivs, None, clamp)
-    delta_a = -2.0 * float(acts[1, 5, f])
-    assert changes[0].after == pytest.approx(-float(acts[1, 5, f]))
-    expected = torch.zeros_like(clean.mlp_out_layer_pos_d[1])
+    delta_a = -2.0 * float(acts[5, 1, f])
+    assert changes[0].after == pytest.approx(-float(acts[5, 1, f]))
+    expected = torch.zeros_like(clean.mlp_out_pos_layer_d[:, 1])
     expected[5] = delta_a * tc.W_dec[1][f, 0]
-    assert torch.allclose(seen[1] - clean.mlp_out_layer_pos_d[1], expected, atol=1e-5)
-    assert torch.equal(seen[0], clean.mlp_out_layer_pos_d[0])  # layers before the range are untouched
+    assert torch.allclose(seen[1] - clean.mlp_out_pos_layer_d[:, 1], expected, atol=1e-5)
+    assert torch.equal(seen[0], clean.mlp_out_pos_layer_d[:, 0])  # layers before the range are untouched
     # layer 2: clamped = clean + delta * W_dec_{1->2} exactly; running MLPs also react to the new residual
     expected[5] = delta_a * tc.W_dec[1][f, 1]
-    reaction = (seen[2] - clean.mlp_out_layer_pos_d[2] - expected).abs().max()
+    reaction = (seen[2] - clean.mlp_out_pos_layer_d[:, 2] - expected).abs().max()
     assert (reaction < 1e-5) if clamp else (reaction > 1e-3)
     result = intervene(model, tc, tokens, ivs, clamp_mlps=clamp)   # intervene() runs exactly these hooks
     assert torch.allclose(result.logits_after, logits, atol=1e-6)
@@ -117,7 +117,7 @@ def test_ablation_patched_only_in_last_layer_equals_hand_computation(pair, token
     f = active_feature(acts, 1, 6)
     _, cache = model.run_with_cache(tokens[None])
     resid_pos_d = cache["blocks.3.hook_resid_post"][0].clone()
-    resid_pos_d[6] -= acts[1, 6, f] * tc.W_dec[1][f, 2]       # its write into MLP 3, removed
+    resid_pos_d[6] -= acts[6, 1, f] * tc.W_dec[1][f, 2]       # its write into MLP 3, removed
     hand_logits = model.unembed(model.ln_final(resid_pos_d[None]))[0]
     for clamp in (False, True):
         result = intervene(model, tc, tokens, [Intervention(1, 6, f, multiplier=0.0)], layers=(3, 3), clamp_mlps=clamp)
@@ -128,7 +128,7 @@ def test_ablation_patched_only_in_last_layer_equals_hand_computation(pair, token
 def test_freeze_attention_holds_patterns_at_clean_values(pair, tokens):
     model, tc = pair
     clean = clean_run(model, tc, tokens)
-    changes = resolve_changes([Intervention(0, 2, 0, value=25.0)], clean.acts_layer_pos_feat)
+    changes = resolve_changes([Intervention(0, 2, 0, value=25.0)], clean.acts_pos_layer_feat)
     deltas = decoder_deltas(tc, changes, (0, 3), tokens.shape[0])
     patterns = {}
     for freeze in (True, False):
@@ -157,9 +157,9 @@ def test_injection_copies_the_activation_from_another_prompt(pair, tokens):
     src_acts = feature_activations(model, tc, source)
     f = active_feature(src_acts, 2, -1)
     ivs = injections_from(model, tc, source, [(2, -1, f)])
-    assert ivs[0].value == pytest.approx(float(src_acts[2, -1, f]))
+    assert ivs[0].value == pytest.approx(float(src_acts[-1, 2, f]))
     result = intervene(model, tc, tokens, ivs)
-    assert result.changes[0].after == pytest.approx(float(src_acts[2, -1, f]))
+    assert result.changes[0].after == pytest.approx(float(src_acts[-1, 2, f]))
     assert result.changes[0].pos == tokens.shape[0] - 1
 
 
@@ -246,7 +246,7 @@ def test_cli_json_and_inactive_multiple(pair, tokens, monkeypatch):
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["layers"] == [1, 2] and len(out["top_before"]) == 3 and out["kl"] > 0
-    assert [c["after"] for c in out["interventions"]] == pytest.approx([-2 * float(acts[1, -1, f]), 4.0])
+    assert [c["after"] for c in out["interventions"]] == pytest.approx([-2 * float(acts[-1, 1, f]), 4.0])
     bad = _invoke(["intervene", prompt, "--set", f"1:-1:{off}=x2"])
     assert bad.exit_code == 2
     assert bad.output.strip() == (f"error: feature 1:{tokens.shape[0] - 1}:{off} is not active at position "

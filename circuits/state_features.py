@@ -75,7 +75,7 @@ class StateFeatureFinder:
 
     def last_acts(self, prompt: str) -> np.ndarray:
         tokens = tokenize_prompt(self.setup.model, prompt)
-        return feature_activations(self.setup.model, self.setup.transcoder, tokens)[:, -1].float().cpu().numpy()
+        return feature_activations(self.setup.model, self.setup.transcoder, tokens)[-1].float().cpu().numpy()
 
     def find(self, state: str, k: int = DEFAULT_K, exclude: tuple[str, ...] = (),
              allowed: np.ndarray | None = None) -> list[StateFeature]:

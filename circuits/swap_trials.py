@@ -11,11 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from circuits.demos.state_features import (DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, StateFeatureFinder,
-                                           run_swap)
 from circuits.interventions import Intervention, injections_from, intervene
 from circuits.prompts import next_token_distribution, token_id, tokenize_prompt
 from circuits.replacement_model import ReplacementModel
+from circuits.state_features import DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, StateFeatureFinder, run_swap
 
 
 @dataclass
