@@ -280,13 +280,8 @@ class LazyTranscoder(nn.Module):
         """sha256 of the first MiB (as float32) of W_enc (layer-stacked) and of each W_dec[l]."""
         return weight_digest([lv.enc for lv in self._views], [lv.dec for lv in self._views])
 
-    @property
-    def n_layers(self) -> int:
-        return self.cfg.n_layers
-
-    @property
-    def n_features(self) -> int:
-        return self.cfg.n_features
+    n_layers = Transcoder.n_layers  # the same properties (read cfg)
+    n_features = Transcoder.n_features
 
 
 def weight_digest(enc_layers: list[torch.Tensor], dec_layers: list[torch.Tensor], n_bytes: int = 1 << 20) -> str:

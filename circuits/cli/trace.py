@@ -12,13 +12,15 @@ from circuits.trace_config import TraceConfig
 
 
 def write_outputs(result, out_json: Path | None, full: Path | None, graphml: Path | None) -> None:
-    from graphs import save_graph, write_graphml, write_viewer_json
+    from graphs import save_graph, write_viewer_json
 
     if full is not None:
         save_graph(result.graph, full)
     if out_json is not None:
         write_viewer_json(result.graph, result.pruned, out_json)
     if graphml is not None:
+        from graphs import write_graphml  # networkx: about a second of imports, only for --graphml
+
         write_graphml(result.graph, result.pruned, graphml)
 
 
