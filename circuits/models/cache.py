@@ -232,8 +232,6 @@ def load_cached_model(cache: Path, name: str, device: str | torch.device = "cpu"
     missing = [k for k in missing if not k.endswith(("IGNORE", "mask"))]
     if missing or unexpected:
         raise corrupted("weights do not match its config")
-    model.to(device, print_details=False)  # TransformerLens would print the move to stdout
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    from circuits.models.pretrained import finish_model
+
+    return finish_model(model, device)

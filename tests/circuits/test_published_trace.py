@@ -153,6 +153,7 @@ def test_gemmascope2_hook_out_before_the_post_mlp_norm_traces_exactly(gemmas, ar
     output, before the post-feedforward norm. The transcoder reconstructs exactly that tensor (checked
     against transformers' own MLP output) and the trace is exact: logits 1e-4, edges = ablation."""
     model, hf = gemmas[arch]
+    assert "blocks.0.mlp.hook_out" in model.hook_dict  # Gemma models come with it (training can use it too)
     ref = reference_transcoder(layout, model.cfg.n_layers, model.cfg.d_model, n_features=48, seed=7)
     tc = load_fitting_transcoder(model, write_layout(layout, ref, tmp_path / layout))
     assert (tc.cfg.input_hook, tc.cfg.output_hook) == ("ln2.hook_normalized", "mlp.hook_out")
