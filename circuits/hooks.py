@@ -35,26 +35,29 @@ def transcoder_hooks(transcoder, layer: int) -> tuple[str, str]:
     return block_hook(layer, cfg.input_hook), block_hook(layer, cfg.output_hook)
 
 
-def check_hooks_exist(model, input_hook: str, output_hook: str, source: str = "the transcoder") -> None:
-    """Raise CircuitsError unless the model has both per-block hooks (checked on block 0)."""
-    for role, hook in (("input", input_hook), ("output", output_hook)):
+def check_hooks_exist(model, input_hook: str, output_hook: str, source: str = "the transcoder",
+                      settings: tuple[str, str] = ("feature_input_hook", "feature_output_hook")) -> None:
+    """Raise CircuitsError unless the model has both per-block hooks (checked on block 0); the
+    message names the setting to change (`settings`: what the input and output hooks are called
+    where `source` sets them)."""
+    choices = {"input": "hook_resid_mid, ln2.hook_normalized, mlp.hook_in", "output": "hook_mlp_out, mlp.hook_out"}
+    for role, setting, hook in (("input", settings[0], input_hook), ("output", settings[1], output_hook)):
         name = block_hook(0, hook)
         if name not in model.hook_dict:
-            raise CircuitsError(f"{source} {role} hook '{hook}' does not exist in the model (no {name})")
+            raise CircuitsError(f"{source}: {role} hook '{hook}' does not exist in the model (no {name}); "
+                                f"set {setting} to one of {choices[role]}")
 
 
 def check_transcoder_fits(model, transcoder, source: str = "the transcoder") -> None:
     """Raise CircuitsError unless `transcoder` (a transcoders.Transcoder) fits `model` (a
     HookedTransformer): same number of layers, same residual width, hooks that exist."""
-    from circuits.published_hooks import check_hooks
-
     mcfg, tcfg = model.cfg, transcoder.cfg
     other = "they were made for another model: pass the --model they belong to"
     if tcfg.n_layers != mcfg.n_layers:
         raise CircuitsError(f"{source} has {tcfg.n_layers} layers but the model has {mcfg.n_layers}: {other}")
     if tcfg.d_model != mcfg.d_model:
         raise CircuitsError(f"{source} has width d_model={tcfg.d_model} but the model has {mcfg.d_model}: {other}")
-    check_hooks(model, transcoder, source)
+    check_hooks_exist(model, tcfg.input_hook, tcfg.output_hook, source)
 
 
 def load_fitting_transcoder(model, path: str | Path, device: str = "cpu"):

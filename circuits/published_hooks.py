@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from circuits.errors import CircuitsError
+from circuits.hooks import block_hook
 
 INPUT_HOOKS = ("hook_resid_mid", "ln2.hook_normalized", "mlp.hook_in")
 
@@ -34,7 +35,7 @@ def adapt_hooks(model, transcoder, source: str) -> None:
         return
     blocks = model.blocks
     ln2 = getattr(blocks[0], "ln2", None)
-    if ln2 is None or "blocks.0.ln2.hook_normalized" not in model.hook_dict:
+    if ln2 is None or block_hook(0, "ln2.hook_normalized") not in model.hook_dict:
         cfg.input_hook = "hook_resid_mid"  # no norm before the MLP: its input is resid_mid
         return
     if getattr(ln2, "w", None) is None:
@@ -65,7 +66,7 @@ def add_mlp_output_hooks(model) -> None:
     post-MLP norm); idempotent. The weights and every other hook are unchanged."""
     from transformer_lens.hook_points import HookPoint
 
-    if "blocks.0.mlp.hook_out" in model.hook_dict:
+    if block_hook(0, "mlp.hook_out") in model.hook_dict:
         return
     for block in model.blocks:
         mlp = block.mlp
@@ -76,15 +77,3 @@ def add_mlp_output_hooks(model) -> None:
         mlp.hook_out = HookPoint()
         mlp.__class__ = _HOOKED_MLP_CLASSES[base]
     model.setup()
-
-
-def check_hooks(model, transcoder, source: str) -> None:
-    """One line naming the config and the fix if a hook does not exist in the model."""
-    cfg = transcoder.cfg
-    for role, key, hook in (("input", "feature_input_hook", cfg.input_hook),
-                            ("output", "feature_output_hook", cfg.output_hook)):
-        if f"blocks.0.{hook}" not in model.hook_dict:
-            choices = "hook_resid_mid, ln2.hook_normalized, mlp.hook_in" if role == "input" \
-                else "hook_mlp_out, mlp.hook_out"
-            raise CircuitsError(f"{source}: {role} hook '{hook}' does not exist in the model (no blocks.0.{hook}); "
-                                f"set {key} to one of {choices}")

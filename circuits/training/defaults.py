@@ -35,7 +35,6 @@ def default_transcoder_dir(model_name: str) -> Path:
 
 def default_transcoders(loaded_model, progress: bool = True):
     """(Transcoder, Path) for a built-in model: the cached default CLT, trained here if needed."""
-    from circuits.training.train import train_for_model
     from transcoders.checkpoint import CHECKPOINT_FILE, load_checkpoint
     from transcoders.formats import CONFIG_YAML, read_training_files
 
@@ -56,6 +55,8 @@ def default_transcoders(loaded_model, progress: bool = True):
             resume = _same_model(meta.get("source_id"), fingerprint) and saved.training_fields() == cfg.training_fields()
         except Exception:  # noqa: BLE001 - an unusable checkpoint just means a fresh start
             resume = False
+    from circuits.training.train import train_for_model  # corpus, fidelity: only when training
+
     result = train_for_model(loaded_model, cfg, path, resume=resume, overwrite=not resume,
                              progress=progress, device=device)
     return freeze(result.transcoder.to(device)), path

@@ -58,7 +58,8 @@ def train_for_model(loaded, cfg: TrainConfig, out_dir: str | Path, corpus: str |
     from transcoders.trainer import train_transcoder
 
     model = loaded.model
-    check_hooks_exist(model, cfg.transcoder.input_hook, cfg.transcoder.output_hook, source="the training config's")
+    check_hooks_exist(model, cfg.transcoder.input_hook, cfg.transcoder.output_hook, source="the training config",
+                      settings=("--input-hook", "--output-hook"))
     sequences, corpus_id = corpus_sequences(loaded, corpus, cfg.seq_len)
 
     def final_eval(tc) -> dict:

@@ -135,3 +135,11 @@ def test_resume_refuses_changed_settings(world_tiny, tmp_path, capsys):
                         "--no-progress"], capsys)
     assert code == 0, err
     assert load_transcoder(out).n_features == 16
+
+
+def test_a_training_hook_the_model_lacks_is_one_line_naming_the_option(world_tiny, tmp_path, capsys):
+    code, _, err = run(["transcoders", "train", "--model", "world-tiny", "--out", str(tmp_path / "h"),
+                        "--input-hook", "hook_nowhere", *FAST], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and "input hook 'hook_nowhere' does not exist in the model (no blocks.0.hook_nowhere)" in line
+    assert "set --input-hook to one of" in line and not (tmp_path / "h").exists()
