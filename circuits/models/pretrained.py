@@ -232,10 +232,13 @@ def finish_model(model, device):
     return model
 
 
-def convert_hf_model(hf_model, tokenizer, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+def convert_hf_model(hf_model, tokenizer, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                     release_hf: bool = False):
     """A HookedTransformer with the weights of a loaded Hugging Face causal LM (unprocessed), in
     `dtype`. For float32 the conversion runs in float32; otherwise in the dtype the HF model was
-    loaded in; each converted tensor is then cast once to `dtype`."""
+    loaded in; each converted tensor is then cast once to `dtype`. `release_hf`: free the HF
+    model's weights (moved to the meta device) once converted, so the HookedTransformer is built
+    next to one copy of the weights instead of two."""
     import warnings
 
     from transformer_lens import HookedTransformer
@@ -248,6 +251,8 @@ def convert_hf_model(hf_model, tokenizer, device: str | torch.device = "cpu", dt
     hf_model = hf_model.to("cpu", torch.float32) if dtype == torch.float32 else hf_model.to("cpu")
     with torch.no_grad():
         state = {k: v.detach().to(dtype).clone() for k, v in convert(hf_model, cfg).items()}
+    if release_hf:
+        hf_model.to("meta")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # HookedTransformer's deprecation notice (TransformerLens 4)
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
@@ -328,7 +333,7 @@ def load_hf_checkpoint(path: Path, device: str | torch.device = "cpu", dtype: to
             first_line = (str(exc).splitlines() or [""])[0][:200]
             raise CircuitsError(f"cannot load the checkpoint in {path} "
                                 f"({type(exc).__name__}: {first_line})") from None
-        model = convert_hf_model(hf_model, tokenizer, device, dtype)
+        model = convert_hf_model(hf_model, tokenizer, device, dtype, release_hf=True)
     model.cfg.model_name = path.name
     return model
 
