@@ -26,7 +26,7 @@ CFG = dict(n_features=32, tokens=8_192, batch_size=256, buffer_tokens=2048, seq_
            sparsity_coef=0.01, threshold_init=0.1)
 
 
-def _shape_only_model(n_layers: int, d_model: int):
+def _shape_only_reader(n_layers: int, d_model: int):
     """A LayerReader that only has a shape: the activations come from the cache."""
     return SimpleNamespace(n_layers=n_layers, d_model=d_model)
 
@@ -36,7 +36,7 @@ def _rank_main(rank: int, world: int, port: int, cache: str, out: str) -> None:
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     try:
-        train_transcoder(_shape_only_model(2, 32), [], TrainConfig.from_flat({**CFG, "cache_dir": cache}), out,
+        train_transcoder(_shape_only_reader(2, 32), [], TrainConfig.from_flat({**CFG, "cache_dir": cache}), out,
                          model_name="tiny", source_id="tiny-cache", progress=False)
     finally:
         import torch.distributed as dist
@@ -60,7 +60,7 @@ def test_two_gloo_ranks_match_single_process(tmp_path):
     cache = tmp_path / "cache"
     build_activation_cache(live, cfg.tokens, cache, "tiny-cache")
 
-    single = train_transcoder(_shape_only_model(2, 32), [], TrainConfig.from_flat({**CFG, "cache_dir": str(cache)}),
+    single = train_transcoder(_shape_only_reader(2, 32), [], TrainConfig.from_flat({**CFG, "cache_dir": str(cache)}),
                               tmp_path / "single", model_name="tiny", source_id="tiny-cache", progress=False)
     mp.spawn(_rank_main, args=(2, _free_port(), str(cache), str(tmp_path / "ddp")), nprocs=2, join=True)
 
