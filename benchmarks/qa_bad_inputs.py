@@ -207,7 +207,7 @@ def setup(work: Path, log: Callable[[str], None]) -> None:
     npz = work / "tc_idx_trunc" / "feature_index.npz"
     npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
     graph = load_graph(work / "g.npz")
-    graph.adjacency = np.zeros_like(graph.adjacency)
+    graph.edges = np.zeros_like(graph.edges)
     save_graph(graph, work / "empty.npz")
     cache = work / "home" / "models" / "world-tiny"
     shutil.copytree(cache, work / "home2" / "models" / "world-tiny")

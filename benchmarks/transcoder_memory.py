@@ -134,7 +134,7 @@ def measure(tdir: Path, prompt: str, max_feature_nodes: int) -> dict:
     return {"rss_model_mib": rss_model, "peak_before_tc_mib": peak_model, "rss_after_load_mib": rss_loaded,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "load_s": t_load, "trace_s": t_trace,
-            "n_nodes": int(g.adjacency.shape[0]), "storage": str(tc.storage_dtype)}
+            "n_nodes": g.n_nodes, "storage": str(tc.storage_dtype)}
 
 
 def _size(d: Path, pattern: str) -> int:

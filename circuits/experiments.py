@@ -22,7 +22,7 @@ from circuits.prompts import token_id, tokenize_prompt
 from circuits.replacement_model import ReplacementModel
 from circuits.trace import TraceConfig, TraceResult, trace_prompt
 from graphs import Graph, NodeKind
-from graphs.prune import influence_from, max_path_length, normalized_abs_adjacency
+from graphs.prune import node_influence
 
 INHIBITION_DROP = 0.5  # an inhibition "worked" when p(answer) falls by more than this share ...
 # ... or when the top token changes.
@@ -50,7 +50,7 @@ def influence_on(graph: Graph, node: int) -> np.ndarray:
     """float64 [n_nodes]: each node's influence e_node^T (A_hat + A_hat^2 + ...) on one target."""
     w_node = np.zeros(graph.n_nodes)
     w_node[node] = 1.0
-    return influence_from(normalized_abs_adjacency(graph.adjacency), w_node, max_path_length(graph))
+    return node_influence(graph, w_node)
 
 
 def find_logit_node(graph: Graph, answer: str, answer_id: int) -> int | None:

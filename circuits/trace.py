@@ -77,22 +77,8 @@ def trace_prompt(rm: ReplacementModel, prompt: str, config: TraceConfig | None =
     """Attribute, build the graph, prune and summarise one prompt (feature labels from rm.index)."""
     config = config or TraceConfig()
     model, transcoder = rm.model, rm.transcoder
-    tokens = tokenize_prompt(model, prompt)
-    targets = custom_targets(model, config.targets, config.contrast)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        attr = attribute(model, transcoder, tokens, max_n_logits=config.max_n_logits,
-                         desired_logit_prob=config.desired_logit_prob, custom_targets=targets,
-                         max_feature_nodes=config.max_feature_nodes, batch_size=config.batch_size,
-                         progress=progress, memory_gb=config.memory_gb)
-        f = attr.rep.features
-        idx = attr.feature_idx.cpu()
-        pairs = sorted({(int(l), int(i)) for l, i in zip(f.layer.cpu()[idx], f.feature.cpu()[idx])})
-        index = rm.index
-        labels = {p: index.label(*p) for p in pairs if index.label(*p)} if index is not None else {}
-        graph = to_graph(attr, model, transcoder, prompt, model_identity=rm.identity,
-                         transcoder_path=str(rm.transcoder_dir) if rm.transcoder_dir else None,
-                         settings=config.model_dump(), feature_labels=labels, output_views=False)
+    graph = _attributed_graph(rm, prompt, config, progress)  # the attribution rows are freed here
     t1 = time.perf_counter()
     pruned = prune_graph(graph, config.node_threshold, config.edge_threshold)
     graph.timing_seconds["prune"] = round(time.perf_counter() - t1, 4)
@@ -100,6 +86,27 @@ def trace_prompt(rm: ReplacementModel, prompt: str, config: TraceConfig | None =
         add_output_view_labels(graph, model, transcoder, np.flatnonzero(pruned.node_mask))
     graph.timing_seconds["total"] = round(time.perf_counter() - t0, 4)
     return TraceResult(graph, pruned, summarize(graph, pruned))
+
+
+@torch.no_grad()
+def _attributed_graph(rm: ReplacementModel, prompt: str, config: TraceConfig, progress: bool) -> Graph:
+    """The unpruned graph with index labels. The attribution rows (every active feature as a
+    source) live only inside this call, so pruning does not hold them beside the graph."""
+    model, transcoder = rm.model, rm.transcoder
+    tokens = tokenize_prompt(model, prompt)
+    targets = custom_targets(model, config.targets, config.contrast)
+    attr = attribute(model, transcoder, tokens, max_n_logits=config.max_n_logits,
+                     desired_logit_prob=config.desired_logit_prob, custom_targets=targets,
+                     max_feature_nodes=config.max_feature_nodes, batch_size=config.batch_size,
+                     progress=progress, memory_gb=config.memory_gb)
+    f = attr.rep.features
+    idx = attr.feature_idx.cpu()
+    pairs = sorted({(int(l), int(i)) for l, i in zip(f.layer.cpu()[idx], f.feature.cpu()[idx])})
+    index = rm.index
+    labels = {p: index.label(*p) for p in pairs if index.label(*p)} if index is not None else {}
+    return to_graph(attr, model, transcoder, prompt, model_identity=rm.identity,
+                    transcoder_path=str(rm.transcoder_dir) if rm.transcoder_dir else None,
+                    settings=config.model_dump(), feature_labels=labels, output_views=False)
 
 
 def trace(prompt: str, model: str = "world", transcoders: str | Path | None = None,

@@ -61,17 +61,21 @@ def linear_effects(graph: Graph, target_node: int) -> np.ndarray:
     """
     fs = graph.feature_slice
     act_feat = graph.activation[fs].astype(np.float64)
-    m_node_feat = graph.adjacency[:, fs].astype(np.float64) / np.where(act_feat > 0, act_feat, np.inf)
-    x_node = np.zeros(graph.n_nodes)
-    x_node[target_node] = 1.0
     g_feat = np.zeros(act_feat.shape[0])
+    row = graph.target_row(target_node)
+    if row is None:  # an error or embedding node: no inputs, nothing changes it
+        return g_feat
+    # rows of edges: the feature nodes (row r = feature r), then the logits
+    m_target_feat = graph.edges[:, fs].astype(np.float64) / np.where(act_feat > 0, act_feat, np.inf)
+    x_target = np.zeros(graph.n_targets)
+    x_target[row] = 1.0
     for _ in range(graph.n_layers + 2):
-        step_feat = x_node @ m_node_feat
+        step_feat = x_target @ m_target_feat
         if not step_feat.any():
             break
         g_feat += step_feat
-        x_node = np.zeros(graph.n_nodes)
-        x_node[fs] = step_feat
+        x_target = np.zeros(graph.n_targets)
+        x_target[fs] = step_feat
     return -act_feat * g_feat
 
 

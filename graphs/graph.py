@@ -1,8 +1,19 @@
-"""The attribution graph as data: a node table and a dense adjacency matrix.
+"""The attribution graph as data: a node table and the targets x sources edge matrix.
 
 Node order is fixed: all feature nodes, then error nodes, then token-embedding nodes, then logit
-(target) nodes. `adjacency[t, s]` is the direct linear effect of source s on target t's
-pre-activation (METHOD.md section 3). Every node-table array has one entry per node.
+(target) nodes. Every node-table array has one entry per node.
+
+Edges (METHOD.md section 3): only feature and logit nodes have inputs (the targets) and only
+feature, error and embedding nodes have outputs (the sources), so the graph holds
+`edges` float32 [n_targets, n_sources], the direct linear effect of a source on a target's
+pre-activation, and never the all-nodes square:
+- target rows: the feature nodes, then the logit nodes, in node order (`target_nodes()`);
+- source columns: nodes 0 .. n_sources-1 (features, errors, embeddings: a prefix of node order),
+  so source column j is node j and feature row r is feature node r.
+`incoming(i)`, `outgoing(i)` and `edge_weights(targets, sources)` read it by node index;
+`adjacency` builds the dense [n_nodes, n_nodes] square A[target, source] on each access (small
+graphs and old callers only). `Graph(adjacency=A, ...)` still accepts a square (dense or
+scipy-sparse) and stores its targets x sources block.
 
 Layers: a feature or error node has its transformer layer; an embedding -1; a logit n_layers. An
 edge always goes up in layer and never back in position (the causal order), and embedding and
@@ -17,11 +28,12 @@ target gets the same weight 1/n_logits (a probability means nothing for a differ
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from enum import IntEnum
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 
 from graphs.errors import GraphError
 
@@ -46,11 +58,12 @@ NODE_TABLE_DTYPES: dict[str, type] = {
 }
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class Graph:
-    """One prompt's attribution graph (unpruned). See the module docstring for conventions."""
+    """One prompt's attribution graph (unpruned). See the module docstring for conventions.
+    Give `edges` (or, converted once, `adjacency`: the [n_nodes, n_nodes] square)."""
 
-    adjacency: np.ndarray  # float32 [n_nodes, n_nodes], A[target, source]
+    edges: np.ndarray | None = None  # float32 [n_targets, n_sources], edges[target row, source]
     kind: np.ndarray  # int8 [n_nodes], NodeKind codes, non-decreasing
     layer: np.ndarray  # int32 [n_nodes]
     position: np.ndarray  # int32 [n_nodes]
@@ -69,9 +82,9 @@ class Graph:
     settings: dict[str, Any] = field(default_factory=dict)  # whatever the engine records
     timing_seconds: dict[str, float] = field(default_factory=dict)
     feature_labels: dict[int, str] = field(default_factory=dict)  # node index -> description
+    adjacency: InitVar[np.ndarray | sparse.sparray | None] = None  # [n_nodes, n_nodes] square, input only
 
-    def __post_init__(self) -> None:
-        self.adjacency = np.asarray(self.adjacency, dtype=np.float32)
+    def __post_init__(self, adjacency: np.ndarray | sparse.sparray | None) -> None:
         for name, dtype in NODE_TABLE_DTYPES.items():
             setattr(self, name, np.asarray(getattr(self, name), dtype=dtype))
         self.logit_probabilities = np.asarray(self.logit_probabilities, dtype=np.float32)
@@ -89,7 +102,8 @@ class Graph:
         self.logit_weights = np.asarray(self.logit_weights, dtype=np.float32)
         _check_logits(self)
         _check_unique_ids(self)
-        _check_adjacency(self)
+        self.edges = _edges_from_inputs(self, self.edges, adjacency)
+        _check_edges(self)
 
     # ---- sizes and index ranges -------------------------------------------------------------
     @property
@@ -131,8 +145,67 @@ class Graph:
         w_node[self.logit_slice] = self.logit_weights
         return w_node
 
+    # ---- edges: targets x sources ----------------------------------------------------------
+    @property
+    def n_sources(self) -> int:
+        """Source columns: nodes 0 .. n_sources-1 (features, errors, embeddings)."""
+        return self.logit_slice.start
+
+    @property
+    def n_targets(self) -> int:
+        """Target rows: the feature nodes, then the logit nodes."""
+        return self.feature_slice.stop + self.n_logits
+
+    def target_nodes(self) -> np.ndarray:
+        """int64 [n_targets]: the node index of each row of `edges`."""
+        return _target_nodes(self.kind)
+
+    def target_row(self, node: int) -> int | None:
+        """The row of `edges` holding node's inputs; None for a node without inputs."""
+        kind = int(self.kind[node])
+        if kind == NodeKind.FEATURE:
+            return int(node)
+        if kind == NodeKind.LOGIT:
+            return self.feature_slice.stop + int(node) - self.logit_slice.start
+        return None
+
+    def target_rows(self, nodes: np.ndarray) -> np.ndarray:
+        """int64 [k]: the rows of `edges` of the given nodes, -1 for nodes without inputs."""
+        return _target_rows(self.kind)[np.asarray(nodes, dtype=np.int64)]
+
+    def incoming(self, node: int) -> np.ndarray:
+        """float32 [n_nodes]: the weight of every node's edge into `node` (A[node, :])."""
+        out = np.zeros(self.n_nodes, dtype=np.float32)
+        row = self.target_row(node)
+        if row is not None:
+            out[:self.n_sources] = self.edges[row]
+        return out
+
+    def outgoing(self, node: int) -> np.ndarray:
+        """float32 [n_nodes]: the weight of `node`'s edge into every node (A[:, node])."""
+        out = np.zeros(self.n_nodes, dtype=np.float32)
+        if node < self.n_sources:
+            out[self.target_nodes()] = self.edges[:, node]
+        return out
+
+    def edge_weights(self, targets: np.ndarray, sources: np.ndarray) -> np.ndarray:
+        """float32 [k]: A[targets[i], sources[i]] for node indices (0 where no edge can be)."""
+        targets, sources = np.asarray(targets, dtype=np.int64), np.asarray(sources, dtype=np.int64)
+        rows = self.target_rows(targets)
+        ok = (rows >= 0) & (sources < self.n_sources)
+        out = np.zeros(targets.shape, dtype=np.float32)
+        out[ok] = self.edges[rows[ok], sources[ok]]
+        return out
+
+    def dense_adjacency(self) -> np.ndarray:
+        """float32 [n_nodes, n_nodes], A[target, source]: the all-nodes square, built on each call
+        (n_nodes^2 floats: for small graphs and old callers)."""
+        square = np.zeros((self.n_nodes, self.n_nodes), dtype=np.float32)
+        square[self.target_nodes(), :self.n_sources] = self.edges
+        return square
+
     def n_edges(self) -> int:
-        return int(np.count_nonzero(self.adjacency))
+        return int(np.count_nonzero(self.edges))
 
     # ---- node ids (Neuronpedia / circuit-tracer graph JSON convention) -----------------------
     def logit_vocab_id(self, i: int) -> int:
@@ -174,12 +247,29 @@ class Graph:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Graph):
             return NotImplemented
-        arrays = ("adjacency", *NODE_TABLE_DTYPES, "logit_probabilities", "logit_weights")
+        arrays = ("edges", *NODE_TABLE_DTYPES, "logit_probabilities", "logit_weights")
         plain = ("logit_labels", "prompt", "token_ids", "token_strs", "n_layers", "model",
                  "transcoders", "settings", "timing_seconds", "feature_labels")
         return all(np.array_equal(getattr(self, a), getattr(other, a)) for a in arrays) and all(
             getattr(self, p) == getattr(other, p) for p in plain
         )
+
+
+# Read-only `graph.adjacency` (the dense square, built on each access); as a constructor argument
+# `adjacency` is the InitVar above. Assigned after the dataclass is built so the two do not clash.
+Graph.adjacency = property(Graph.dense_adjacency, doc=Graph.dense_adjacency.__doc__)  # type: ignore[assignment]
+
+
+def _target_rows(kind: np.ndarray) -> np.ndarray:
+    """int64 [n_nodes]: each node's row of `edges`, -1 for errors and embeddings."""
+    rows = np.full(kind.shape[0], -1, dtype=np.int64)
+    is_target = (kind == NodeKind.FEATURE) | (kind == NodeKind.LOGIT)
+    rows[is_target] = np.arange(int(is_target.sum()))
+    return rows
+
+
+def _target_nodes(kind: np.ndarray) -> np.ndarray:
+    return np.flatnonzero((kind == NodeKind.FEATURE) | (kind == NodeKind.LOGIT)).astype(np.int64)
 
 
 def make_node_table(
@@ -190,7 +280,7 @@ def make_node_table(
     logit_token_ids: list[int],  # [n_logits]: vocab id per target, -1 for a custom target
     n_layers: int,
 ) -> dict[str, np.ndarray]:
-    """The six node-table arrays in the fixed order, ready for `Graph(adjacency=A, **table, ...)`."""
+    """The six node-table arrays in the fixed order, ready for `Graph(edges=E, **table, ...)`."""
     lpf = np.asarray(feature_layer_pos_feat, dtype=np.int64).reshape(-1, 3)
     lp = np.asarray(error_layer_pos, dtype=np.int64).reshape(-1, 2)
     n_feat, n_err, n_pos, n_logit = len(lpf), len(lp), len(embedding_token_ids), len(logit_token_ids)
@@ -238,8 +328,6 @@ def _check_node_table(g: Graph) -> None:
     for name in NODE_TABLE_DTYPES:
         if getattr(g, name).shape != (n,):
             raise GraphError(f"graph {name} has shape {getattr(g, name).shape}, expected ({n},)")
-    if g.adjacency.shape != (n, n):
-        raise GraphError(f"graph adjacency has shape {g.adjacency.shape}, expected ({n}, {n})")
     if n and (g.kind.min() < 0 or g.kind.max() > 3):
         raise GraphError("graph kind codes must be 0..3 (feature, error, embedding, logit)")
     if np.any(np.diff(g.kind) < 0):
@@ -300,24 +388,66 @@ def _check_unique_ids(g: Graph) -> None:
         seen.add(node_id)
 
 
-def _check_adjacency(g: Graph) -> None:
-    """Finite, no inputs into embedding/error nodes, every edge going up in layer and not back in
-    position. Checked in row blocks so a 10k-node graph needs no n^2 temporaries."""
+def _edges_from_inputs(g: Graph, edges: np.ndarray | None,
+                       adjacency: np.ndarray | sparse.sparray | None) -> np.ndarray:
+    """float32 [n_targets, n_sources] from `edges` or from the square `adjacency` (whose other
+    entries must be zero: rows of error and embedding nodes, columns of logit nodes). Both given:
+    they must agree."""
+    n, shape = g.n_nodes, (g.n_targets, g.n_sources)
+    if edges is None and adjacency is None:
+        raise GraphError("graph needs edges [n_targets, n_sources] (or an adjacency square)")
+    if edges is not None:
+        edges = np.asarray(edges, dtype=np.float32)
+        if edges.shape != shape:
+            raise GraphError(f"graph edges has shape {edges.shape}, expected {shape} (targets x sources)")
+    if adjacency is None:
+        return edges
+    square = sparse.csr_array(adjacency) if sparse.issparse(adjacency) else np.asarray(adjacency, dtype=np.float32)
+    if square.shape != (n, n):
+        raise GraphError(f"graph adjacency has shape {square.shape}, expected ({n}, {n})")
     for sl, what in ((g.error_slice, "error"), (g.embedding_slice, "embedding")):
-        if np.any(g.adjacency[sl] != 0):
+        if _any_nonzero(square[sl.start:sl.stop]):
             raise GraphError(f"graph adjacency has edges into {what} nodes (they have no inputs)")
-    for start in range(0, g.n_nodes, _ROW_BLOCK):
-        rows = g.adjacency[start:start + _ROW_BLOCK]
+    from_logits = square[:, g.n_sources:]
+    if _any_nonzero(from_logits):
+        dense = from_logits.toarray() if sparse.issparse(from_logits) else from_logits
+        t, s = np.argwhere(dense != 0)[0]
+        _raise_against_causal_order(g, int(s) + g.n_sources, int(t))
+    if sparse.issparse(square):
+        from_square = square[g.target_nodes()][:, :g.n_sources].toarray().astype(np.float32, copy=False)
+    else:
+        from_square = square[np.ix_(g.target_nodes(), np.arange(g.n_sources))]
+    if edges is not None and not np.array_equal(edges, from_square, equal_nan=True):
+        raise GraphError("graph edges and adjacency disagree (give one of them)")
+    return from_square
+
+
+def _any_nonzero(block) -> bool:
+    if sparse.issparse(block):
+        return bool(block.count_nonzero())
+    return bool(np.any(block != 0))
+
+
+def _raise_against_causal_order(g: Graph, source: int, target: int) -> None:
+    raise GraphError(
+        f"graph edge {g.node_id(source)} -> {g.node_id(target)} goes against the causal order "
+        "(edges must go up in layer and not back in position)"
+    )
+
+
+def _check_edges(g: Graph) -> None:
+    """Finite, every edge going up in layer and not back in position. Checked in row blocks so a
+    10k-node graph needs no n^2 temporaries."""
+    targets = g.target_nodes()
+    src_layer, src_pos = g.layer[:g.n_sources], g.position[:g.n_sources]
+    for start in range(0, g.n_targets, _ROW_BLOCK):
+        rows = g.edges[start:start + _ROW_BLOCK]
         if not np.all(np.isfinite(rows)):
             raise GraphError("graph adjacency contains NaN or Inf")
-        t_idx = np.arange(start, start + rows.shape[0])
+        t_idx = targets[start:start + rows.shape[0]]
         bad = (rows != 0) & (
-            (g.layer[None, :] >= g.layer[t_idx, None]) | (g.position[None, :] > g.position[t_idx, None])
+            (src_layer[None, :] >= g.layer[t_idx, None]) | (src_pos[None, :] > g.position[t_idx, None])
         )
         if bad.any():
             t, s = np.argwhere(bad)[0]
-            t = int(t) + start
-            raise GraphError(
-                f"graph edge {g.node_id(int(s))} -> {g.node_id(t)} goes against the causal order "
-                "(edges must go up in layer and not back in position)"
-            )
+            _raise_against_causal_order(g, int(s), int(t_idx[t]))

@@ -31,8 +31,8 @@ def to_networkx(graph: Graph, pruned: PrunedGraph) -> nx.DiGraph:
             index=i,
         )
     targets, sources = pruned.edges()
-    for t, s in zip(targets.tolist(), sources.tolist()):
-        digraph.add_edge(graph.node_id(s), graph.node_id(t), weight=float(graph.adjacency[t, s]))
+    for t, s, w in zip(targets.tolist(), sources.tolist(), graph.edge_weights(targets, sources).tolist()):
+        digraph.add_edge(graph.node_id(s), graph.node_id(t), weight=float(w))
     return digraph
 
 

@@ -27,7 +27,7 @@ from scipy import sparse
 
 from graphs.atomic import atomic_open
 from graphs.errors import GraphError
-from graphs.graph import _ROW_BLOCK, NODE_TABLE_DTYPES, Graph
+from graphs.graph import _ROW_BLOCK, NODE_TABLE_DTYPES, Graph, _target_nodes
 
 FORMAT = "circuits-graph/1"
 _ARRAYS = (*NODE_TABLE_DTYPES, "logit_probabilities", "logit_weights", "token_ids")
@@ -36,18 +36,19 @@ LAYOUTS = ("auto", "dense", "csr", "causal")
 
 
 def _allowed_blocks(graph: Graph):
-    """(row slice, bool mask [rows, n_nodes]) over the feature and logit rows, in row blocks: the
-    entries the causal order allows (source layer below the target's, position not after it)."""
-    targets = np.concatenate([np.arange(graph.feature_slice.start, graph.feature_slice.stop),
-                              np.arange(graph.logit_slice.start, graph.logit_slice.stop)])
+    """(row slice of `edges`, bool mask [rows, n_sources]) over the target rows (features, then
+    logits), in row blocks: the entries the causal order allows (source layer below the target's,
+    position not after it). A logit node is never a source, so no allowed entry lies outside."""
+    targets = graph.target_nodes()
+    src_layer, src_pos = graph.layer[:graph.n_sources], graph.position[:graph.n_sources]
     for start in range(0, len(targets), _ROW_BLOCK):
         rows = targets[start:start + _ROW_BLOCK]
-        mask = (graph.layer[None, :] < graph.layer[rows, None]) & (graph.position[None, :] <= graph.position[rows, None])
-        yield rows, mask
+        mask = (src_layer[None, :] < graph.layer[rows, None]) & (src_pos[None, :] <= graph.position[rows, None])
+        yield slice(start, start + len(rows)), mask
 
 
 def _pack_causal(graph: Graph) -> np.ndarray:
-    return np.concatenate([graph.adjacency[rows][mask] for rows, mask in _allowed_blocks(graph)] or
+    return np.concatenate([graph.edges[rows][mask] for rows, mask in _allowed_blocks(graph)] or
                           [np.zeros(0, np.float32)]).astype(np.float32, copy=False)
 
 
@@ -56,18 +57,26 @@ def _n_allowed(graph: Graph) -> int:
 
 
 def _unpack_causal(graph_like: Graph, values: np.ndarray) -> np.ndarray:
+    """float32 [n_targets, n_sources] from the packed allowed entries."""
     if values.dtype != np.float32 or values.ndim != 1 or values.shape[0] != _n_allowed(graph_like):
         raise GraphError(f"causal adjacency has {values.shape} {values.dtype} values, expected "
                          f"({_n_allowed(graph_like)},) float32")
-    adjacency = np.zeros((graph_like.n_nodes, graph_like.n_nodes), dtype=np.float32)
+    edges = np.zeros((graph_like.n_targets, graph_like.n_sources), dtype=np.float32)
     offset = 0
     for rows, mask in _allowed_blocks(graph_like):
-        block = np.zeros(mask.shape, dtype=np.float32)
         count = int(mask.sum())
-        block[mask] = values[offset:offset + count]
-        adjacency[rows] = block
+        edges[rows][mask] = values[offset:offset + count]
         offset += count
-    return adjacency
+    return edges
+
+
+def _csr_square(graph: Graph) -> sparse.csr_array:
+    """The all-nodes square in CSR (row = target node), built from `edges` without the square."""
+    csr = sparse.csr_array(graph.edges)
+    nnz_per_node = np.zeros(graph.n_nodes, dtype=np.int64)
+    nnz_per_node[graph.target_nodes()] = np.diff(csr.indptr)
+    indptr = np.concatenate([[0], np.cumsum(nnz_per_node)])
+    return sparse.csr_array((csr.data, csr.indices, indptr), shape=(graph.n_nodes, graph.n_nodes))
 
 
 def save_graph(graph: Graph, path: str | os.PathLike, layout: str = "auto") -> None:
@@ -79,17 +88,17 @@ def save_graph(graph: Graph, path: str | os.PathLike, layout: str = "auto") -> N
     arrays["token_ids"] = np.asarray(graph.token_ids, dtype=np.int64)
     if layout == "auto":
         sizes = {"csr": graph.n_edges() * 8 + graph.n_nodes * 8, "causal": _n_allowed(graph) * 4,
-                 "dense": graph.adjacency.nbytes}
+                 "dense": graph.n_nodes ** 2 * 4}
         layout = min(sizes, key=sizes.get)
     if layout == "csr":
-        csr = sparse.csr_array(graph.adjacency)
+        csr = _csr_square(graph)
         arrays["adjacency_data"] = csr.data.astype(np.float32)
         arrays["adjacency_indices"] = csr.indices.astype(np.int32)
         arrays["adjacency_indptr"] = csr.indptr.astype(np.int64)
     elif layout == "causal":
         arrays["adjacency_causal"] = _pack_causal(graph)
     else:
-        arrays["adjacency"] = graph.adjacency
+        arrays["adjacency"] = graph.dense_adjacency()
     metadata = {
         "format": FORMAT,
         "adjacency_layout": layout,
@@ -124,7 +133,7 @@ def load_graph(path: str | os.PathLike) -> Graph:
                 found = metadata.get("format") if isinstance(metadata, dict) else None
                 raise GraphError(f"{path} is not a graph file of format {FORMAT} (found {found!r})")
             arrays = {k: npz[k] for k in _ARRAYS}
-            arrays["adjacency"] = _read_adjacency(npz, metadata, arrays)
+            adjacency_or_edges = _read_adjacency(npz, metadata, arrays)
     except GraphError:
         raise
     except Exception as err:  # a corrupted file fails in many ways (zip, zlib, npy header, JSON)
@@ -132,7 +141,7 @@ def load_graph(path: str | os.PathLike) -> Graph:
     try:
         return Graph(
             **{k: arrays[k] for k in _ARRAYS if k != "token_ids"},
-            adjacency=arrays["adjacency"],
+            **adjacency_or_edges,
             token_ids=arrays["token_ids"].tolist(),
             prompt=metadata["prompt"],
             token_strs=metadata["token_strs"],
@@ -169,19 +178,20 @@ def _check_is_npz(path: Path) -> None:
                      + f": {WANTED}")
 
 
-def _read_adjacency(npz, metadata: dict, arrays: dict) -> np.ndarray:
-    """float32 [n_nodes, n_nodes] from any layout."""
+def _read_adjacency(npz, metadata: dict, arrays: dict) -> dict:
+    """{"edges": [n_targets, n_sources]} or {"adjacency": the square, dense or CSR} from any
+    layout (Graph checks a square's entries outside targets x sources and keeps the block)."""
     layout = metadata.get("adjacency_layout")
     n_nodes = arrays["kind"].shape[0]
     if layout == "dense":
-        return npz["adjacency"]
+        return {"adjacency": npz["adjacency"]}
     if layout == "csr":
         data, indices, indptr = (npz[k] for k in _CSR)
         csr = sparse.csr_array((data, indices, indptr), shape=(n_nodes, n_nodes))
         csr.check_format(full_check=True)  # index ranges, before anything reads through them
-        return csr.toarray()
+        return {"adjacency": csr}
     if layout == "causal":
-        return _unpack_causal(_NodeTable(arrays), npz["adjacency_causal"])
+        return {"edges": _unpack_causal(_NodeTable(arrays), npz["adjacency_causal"])}
     raise GraphError(f"unknown adjacency layout {layout!r}")
 
 
@@ -191,9 +201,12 @@ class _NodeTable:
     def __init__(self, arrays: dict):
         self.kind, self.layer, self.position = arrays["kind"], arrays["layer"], arrays["position"]
         self.n_nodes = int(self.kind.shape[0])
-        kinds = np.searchsorted(self.kind, [0, 1, 3, 4])
-        self.feature_slice = slice(int(kinds[0]), int(kinds[1]))
-        self.logit_slice = slice(int(kinds[2]), int(kinds[3]))
+        self._targets = _target_nodes(self.kind)
+        self.n_targets = int(self._targets.shape[0])
+        self.n_sources = int(np.searchsorted(self.kind, 3))  # before the logits (kind 3)
+
+    def target_nodes(self) -> np.ndarray:
+        return self._targets
 
 
 def _one_line(err: BaseException) -> str:

@@ -108,9 +108,10 @@ def to_viewer_json(graph: Graph, pruned: PrunedGraph, *, slug: str | None = None
     nodes = [_node(graph, i, cumulative[i], float(pruned.node_influence[i])) for i in kept]
     ids = {i: graph.node_id(i) for i in kept}
     targets, sources = pruned.edges()
+    weights = graph.edge_weights(targets, sources)
     links = [
-        ViewerLink(source=ids[int(s)], target=ids[int(t)], weight=float(graph.adjacency[t, s]))
-        for t, s in zip(targets, sources)
+        ViewerLink(source=ids[int(s)], target=ids[int(t)], weight=float(w))
+        for t, s, w in zip(targets, sources, weights)
     ]
     metadata = ViewerMetadata(
         slug=slug or _slug(graph.prompt),

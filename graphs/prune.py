@@ -6,7 +6,11 @@
 
 w^T B is computed as w^T A_hat + (w^T A_hat) A_hat + ... : one vector-matrix product per step,
 never the n x n inverse. The graph is a DAG whose edges go up in layer, so the series ends
-(exactly zero) after at most (number of distinct layers) steps.
+(exactly zero) after at most (number of distinct layers) steps. A_hat is only ever built on the
+graph's targets x sources block (Graph.edges): the rows of error and embedding nodes and the
+columns of logit nodes of the square are zero, so each step is
+    x_sources = x_targets @ A_hat_ts,   x_targets <- x_sources at the feature nodes (0 at logits)
+and the result is the square's, summed in another order (float rounding apart).
 
 Pruning:
 1. nodes: keep the smallest set of feature and error nodes holding `node_threshold` of their total
@@ -35,13 +39,16 @@ FLOAT64_MAX_NODES = 4096
 _SHARE_RTOL = 1e-9  # a cumulative share within rounding of the threshold counts as reaching it
 
 
-def normalized_abs_adjacency(adjacency: np.ndarray | sparse.sparray) -> np.ndarray | sparse.csr_array:
-    """A_hat [n, n]: |A| with rows scaled to sum 1; all-zero rows stay zero."""
+def normalized_abs_adjacency(adjacency: np.ndarray | sparse.sparray,
+                             n_nodes: int | None = None) -> np.ndarray | sparse.csr_array:
+    """A_hat: |A| with rows scaled to sum 1; all-zero rows stay zero. A is the square [n, n] or
+    a graph's targets x sources block; a dense A_hat is float64 when the graph has at most
+    FLOAT64_MAX_NODES nodes (n_nodes, default the number of rows), float32 above."""
     if sparse.issparse(adjacency):
         abs_a = abs(sparse.csr_array(adjacency, dtype=np.float64))
         row_sum = np.asarray(abs_a.sum(axis=1)).reshape(-1)
         return sparse.csr_array(sparse.diags_array(_safe_inverse(row_sum)) @ abs_a)
-    n = adjacency.shape[0]
+    n = adjacency.shape[0] if n_nodes is None else n_nodes
     dtype = np.float64 if n <= FLOAT64_MAX_NODES else np.float32
     a_hat = np.abs(adjacency, dtype=dtype)
     a_hat *= _safe_inverse(a_hat.sum(axis=1, dtype=np.float64)).astype(dtype)[:, None]
@@ -55,15 +62,25 @@ def _safe_inverse(row_sum: np.ndarray) -> np.ndarray:
 
 
 def influence_from(a_hat: np.ndarray | sparse.sparray, w_node: np.ndarray, max_steps: int) -> np.ndarray:
-    """w^T (A_hat + A_hat^2 + ...) as float64 [n]; A_hat may be dense or scipy-sparse."""
-    dtype = np.float64 if sparse.issparse(a_hat) else a_hat.dtype
-    x = np.asarray(w_node, dtype=dtype)
-    total = np.zeros(x.shape[0], dtype=np.float64)
+    """w^T (A_hat + A_hat^2 + ...) as float64 [n] for a square A_hat [n, n], dense or scipy-sparse."""
+    return influence_through(a_hat, w_node, a_hat.shape[0], max_steps)
+
+
+def influence_through(a_hat_ts: np.ndarray | sparse.sparray, w_targets: np.ndarray, n_shared: int,
+                      max_steps: int) -> np.ndarray:
+    """w^T (A_hat + A_hat^2 + ...) as float64 [n_sources], for A_hat given as targets x sources
+    [n_targets, n_sources] whose first `n_shared` rows are the first `n_shared` sources (the
+    feature nodes; a square is the case n_shared = n). w_targets: float [n_targets]."""
+    dtype = np.float64 if sparse.issparse(a_hat_ts) else a_hat_ts.dtype
+    x_t = np.asarray(w_targets, dtype=dtype)
+    total = np.zeros(a_hat_ts.shape[1], dtype=np.float64)
     for _ in range(max_steps + 1):
-        x = a_hat.T @ x if sparse.issparse(a_hat) else x @ a_hat
-        if not x.any():
+        x_s = a_hat_ts.T @ x_t if sparse.issparse(a_hat_ts) else x_t @ a_hat_ts
+        if not x_s.any():
             return total
-        total += x
+        total += x_s
+        x_t = np.zeros(a_hat_ts.shape[0], dtype=x_s.dtype)
+        x_t[:n_shared] = x_s[:n_shared]
     raise GraphError(f"influence did not converge in {max_steps} steps: the graph has a cycle")
 
 
@@ -72,10 +89,16 @@ def max_path_length(graph: Graph) -> int:
     return int(np.unique(graph.layer).shape[0])
 
 
-def node_influence(graph: Graph) -> np.ndarray:
-    """float64 [n_nodes]: each node's influence w^T B on the logits (0 for the logits themselves)."""
-    a_hat = normalized_abs_adjacency(graph.adjacency)
-    return influence_from(a_hat, graph.logit_weight_vector(), max_path_length(graph))
+def node_influence(graph: Graph, w_node: np.ndarray | None = None) -> np.ndarray:
+    """float64 [n_nodes]: each node's influence w^T B on the targets weighted by w_node (default
+    the logit weights: influence on the logits; 0 for nodes without outputs, the logits)."""
+    w_node = graph.logit_weight_vector() if w_node is None else np.asarray(w_node)
+    a_hat_ts = normalized_abs_adjacency(graph.edges, n_nodes=graph.n_nodes)
+    n_features = graph.feature_slice.stop
+    influence = np.zeros(graph.n_nodes, dtype=np.float64)
+    influence[:graph.n_sources] = influence_through(a_hat_ts, w_node[graph.target_nodes()], n_features,
+                                                    max_path_length(graph))
+    return influence
 
 
 def keep_top_share(scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -101,7 +124,7 @@ class PrunedGraph:
     edge_threshold: float
     node_mask: np.ndarray  # bool [n_nodes], final
     node_mask_by_influence: np.ndarray  # bool [n_nodes], after step 1 (influence) only
-    edge_mask: sparse.csr_array  # bool [n_nodes, n_nodes], [target, source]
+    edge_mask: sparse.csr_array  # bool [n_nodes, n_nodes], [target node, source node]
     node_influence: np.ndarray  # float64 [n_nodes], w^T B on the full graph
     n_edges_before: int
 
@@ -174,13 +197,22 @@ def _nodes_by_influence(graph: Graph, influence_node: np.ndarray, threshold: flo
 
 def _edges_by_score(graph: Graph, kept_idx: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Step 2 on the kept-node subgraph: (targets, sources) as indices into kept_idx."""
-    adjacency_sub = graph.adjacency[np.ix_(kept_idx, kept_idx)]
-    a_hat_sub = normalized_abs_adjacency(adjacency_sub)
-    w_sub = graph.logit_weight_vector()[kept_idx]
-    influence_sub = influence_from(a_hat_sub, w_sub, max_path_length(graph))
-    edge_score_sub = a_hat_sub * (influence_sub + w_sub)[:, None].astype(a_hat_sub.dtype)
-    t_sub, s_sub = np.nonzero(keep_top_share(edge_score_sub, threshold))
-    return t_sub, s_sub
+    kept_t = np.flatnonzero(_is_target(graph.kind[kept_idx]))  # [k_t] positions in kept_idx
+    k_s = int(np.searchsorted(kept_idx, graph.n_sources))  # sources are a node prefix: kept_idx[:k_s]
+    edges_sub = graph.edges[np.ix_(graph.target_rows(kept_idx[kept_t]), kept_idx[:k_s])]  # [k_t, k_s]
+    a_hat_sub = normalized_abs_adjacency(edges_sub, n_nodes=kept_idx.shape[0])
+    w_sub_t = graph.logit_weight_vector()[kept_idx[kept_t]]
+    n_kept_features = int(np.count_nonzero(graph.kind[kept_idx] == NodeKind.FEATURE))
+    influence_sub_s = influence_through(a_hat_sub, w_sub_t, n_kept_features, max_path_length(graph))
+    influence_sub_t = np.zeros(kept_t.shape[0])
+    influence_sub_t[:n_kept_features] = influence_sub_s[:n_kept_features]  # logits have no outputs
+    edge_score_sub = a_hat_sub * (influence_sub_t + w_sub_t)[:, None].astype(a_hat_sub.dtype)
+    t_loc, s_loc = np.nonzero(keep_top_share(edge_score_sub, threshold))
+    return kept_t[t_loc], s_loc
+
+
+def _is_target(kind: np.ndarray) -> np.ndarray:
+    return (kind == NodeKind.FEATURE) | (kind == NodeKind.LOGIT)
 
 
 def _drop_dangling(kind_sub: np.ndarray, t_sub: np.ndarray, s_sub: np.ndarray) -> np.ndarray:

@@ -52,7 +52,7 @@ def compute_scores(graph: Graph, pruned: PrunedGraph | None = None) -> dict[str,
 def _pruned_scores(graph: Graph, pruned: PrunedGraph, abs_row_sum: np.ndarray,
                    w_node: np.ndarray) -> dict[str, float]:
     targets, sources = pruned.edges()
-    a_hat_values = np.abs(graph.adjacency[targets, sources]).astype(np.float64) / abs_row_sum[targets]
+    a_hat_values = np.abs(graph.edge_weights(targets, sources)).astype(np.float64) / abs_row_sum[targets]
     a_hat_p = sparse.csr_array((a_hat_values, (targets, sources)), shape=(graph.n_nodes,) * 2)
     influence_p = influence_from(a_hat_p, w_node, max_path_length(graph))
 
@@ -72,13 +72,16 @@ def _pruned_scores(graph: Graph, pruned: PrunedGraph, abs_row_sum: np.ndarray,
 
 
 def _abs_row_sums(graph: Graph, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """sum_s |A[n, s]| and the same over error sources only, in row blocks (no n^2 temporary)."""
-    total = np.empty(graph.n_nodes, dtype=np.float64)
-    errors = np.empty(graph.n_nodes, dtype=np.float64)
-    for start in range(0, graph.n_nodes, block):
-        rows = np.abs(graph.adjacency[start:start + block])
-        total[start:start + block] = rows.sum(axis=1, dtype=np.float64)
-        errors[start:start + block] = rows[:, graph.error_slice].sum(axis=1, dtype=np.float64)
+    """float64 [n_nodes] each: sum_s |A[n, s]| and the same over error sources only (0 for nodes
+    without inputs), from the targets x sources edges in row blocks (no big temporary)."""
+    total = np.zeros(graph.n_nodes, dtype=np.float64)
+    errors = np.zeros(graph.n_nodes, dtype=np.float64)
+    targets = graph.target_nodes()
+    for start in range(0, graph.n_targets, block):
+        rows = np.abs(graph.edges[start:start + block])
+        nodes = targets[start:start + block]
+        total[nodes] = rows.sum(axis=1, dtype=np.float64)
+        errors[nodes] = rows[:, graph.error_slice].sum(axis=1, dtype=np.float64)
     return total, errors
 
 

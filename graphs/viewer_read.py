@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 
 from graphs.errors import GraphError
 from graphs.graph import Graph, NodeKind, make_node_table
@@ -146,8 +147,10 @@ def _id_index(nodes: list[dict]) -> dict[str, int]:
     return index
 
 
-def _adjacency(links: list, index: dict[str, int], n: int) -> np.ndarray:
-    adjacency = np.zeros((n, n), dtype=np.float32)
+def _adjacency(links: list, index: dict[str, int], n: int) -> sparse.csr_array:
+    """The links as a sparse square [n, n] (Graph keeps its targets x sources block); a link
+    given twice keeps its last weight."""
+    weights: dict[tuple[int, int], float] = {}
     for link in links:
         try:
             s, t, w = index[str(link["source"])], index[str(link["target"])], float(link["weight"])
@@ -155,8 +158,10 @@ def _adjacency(links: list, index: dict[str, int], n: int) -> np.ndarray:
             raise GraphError(f"a link names {err} which is no node of the graph") from None
         except (TypeError, ValueError):
             raise GraphError(f"a link is malformed: {str(link)[:120]}") from None
-        adjacency[t, s] = w
-    return adjacency
+        weights[(t, s)] = w
+    t_s = np.array(list(weights), dtype=np.int64).reshape(-1, 2)
+    values = np.array(list(weights.values()), dtype=np.float32)
+    return sparse.csr_array((values, (t_s[:, 0], t_s[:, 1])), shape=(n, n))
 
 
 def _with_embeddings(table: dict[str, np.ndarray], embeddings: list[dict], n_layers: int) -> dict[str, np.ndarray]:

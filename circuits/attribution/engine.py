@@ -226,16 +226,33 @@ def _progress_bar(enabled: bool, total: int, on_batch):
     return update
 
 
-def dense_adjacency(attr: Attribution) -> np.ndarray:
-    """The adjacency over graph nodes (chosen features, errors, embeddings, logits), float32."""
+EDGE_CHUNK_ROWS = 1024  # rows gathered at a time: no second full-size copy of the rows
+
+
+def graph_edges(attr: Attribution) -> np.ndarray:
+    """The graph's edges, float32 [n_targets, n_sources] (graphs.Graph.edges): rows = the chosen
+    features then the logits, columns = the chosen features, errors, embeddings. A copy of the
+    rows' entries (no arithmetic), gathered in row chunks."""
     layout = attr.layout
+    device = attr.logit_rows.device
+    source_cols = torch.cat([attr.feature_idx.to(device),
+                             torch.arange(layout.n_features, layout.n_sources, device=device)])
     n_f = len(attr.feature_idx)
-    n_rest = layout.n_errors + layout.n_pos
-    n_l = attr.logit_rows.shape[0]
-    n = n_f + n_rest + n_l
-    source_cols = torch.cat([attr.feature_idx.to(attr.logit_rows.device),
-                             torch.arange(layout.n_features, layout.n_sources, device=attr.logit_rows.device)])
-    A = torch.zeros(n, n, dtype=torch.float32)
-    A[:n_f, : n_f + n_rest] = attr.feature_rows[:, source_cols].float().cpu()
-    A[n_f + n_rest:, : n_f + n_rest] = attr.logit_rows[:, source_cols].float().cpu()
-    return A.numpy()
+    edges = np.empty((n_f + attr.logit_rows.shape[0], source_cols.shape[0]), dtype=np.float32)
+    for offset, rows in ((0, attr.feature_rows), (n_f, attr.logit_rows)):
+        for start in range(0, rows.shape[0], EDGE_CHUNK_ROWS):
+            chunk = rows[start:start + EDGE_CHUNK_ROWS][:, source_cols]
+            edges[offset + start:offset + start + chunk.shape[0]] = chunk.float().cpu().numpy()
+    return edges
+
+
+def dense_adjacency(attr: Attribution) -> np.ndarray:
+    """The all-nodes square over graph nodes (chosen features, errors, embeddings, logits),
+    float32 [n_nodes, n_nodes]: graph_edges placed in the rows of the features and logits."""
+    edges = graph_edges(attr)
+    n_f, n_l = len(attr.feature_idx), attr.logit_rows.shape[0]
+    n_sources = edges.shape[1]
+    square = np.zeros((n_sources + n_l, n_sources + n_l), dtype=np.float32)
+    square[:n_f, :n_sources] = edges[:n_f]
+    square[n_sources:, :n_sources] = edges[n_f:]
+    return square

@@ -5,8 +5,10 @@ A trace's large allocations, known as soon as the prompt's active features are (
   (a chosen feature's edges come from all active features, as influence needs them);
 - activation-scaled decoders: per active feature, one d-vector per layer it writes to;
 - the gradients of one backward sweep (bounded by engine.GRADIENT_BUDGET_BYTES);
-- the graph: the node square (chosen features + errors + tokens + logits)^2, about three times
-  (adjacency, normalised |A| for influence, the pruning pass).
+- the graph: its targets x sources edges, (chosen features + logits) x (chosen features + errors +
+  tokens), GRAPH_COPIES times (the edges, and normalised |A| for influence and pruning, which is
+  float64 for graphs of up to graphs.prune.FLOAT64_MAX_NODES nodes). The trace frees the rows
+  before pruning, so adding everything up overstates the peak a little.
 The default cap is DEFAULT_MAX_FEATURE_NODES features (chosen by influence) or fewer when that
 does not fit the budget; an explicit cap that does not fit is refused with one line.
 """
@@ -33,10 +35,10 @@ class TraceShape:
     gradient_bytes: int  # one backward sweep's stored gradients
 
     def bytes_for(self, n_chosen: int) -> int:
-        n_sources = self.n_active + self.n_errors + self.n_pos
-        n_nodes = n_chosen + self.n_errors + self.n_pos + self.n_logits
-        rows = (n_chosen + self.n_logits) * n_sources * _F32
-        return rows + self.decoder_floats * _F32 + self.gradient_bytes + GRAPH_COPIES * n_nodes ** 2 * _F32
+        n_targets = n_chosen + self.n_logits
+        rows = n_targets * (self.n_active + self.n_errors + self.n_pos) * _F32
+        edges = n_targets * (n_chosen + self.n_errors + self.n_pos) * _F32
+        return rows + self.decoder_floats * _F32 + self.gradient_bytes + GRAPH_COPIES * edges
 
     def largest_fitting(self, budget_bytes: int, upper: int) -> int:
         """The most features (<= upper) whose trace fits budget_bytes (0 if not even one)."""

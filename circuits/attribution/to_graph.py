@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from circuits.attribution.engine import Attribution, dense_adjacency
+from circuits.attribution.engine import Attribution, graph_edges
 from circuits.feature_index import feature_logits
 from graphs import Graph, make_node_table
 from graphs.graph import NodeKind
@@ -68,7 +68,7 @@ def to_graph(attr: Attribution, model, transcoder, prompt: str, *, model_identit
     logit_labels = [model.tokenizer.decode([t]) if t >= 0 else lab
                     for t, lab in zip(attr.logits.token_ids, attr.logits.labels)]
     graph = Graph(
-        adjacency=dense_adjacency(attr), **table,
+        edges=graph_edges(attr), **table,
         logit_probabilities=attr.logits.probabilities.cpu().numpy(),
         logit_weights=attr.logits.weights.cpu().numpy(),
         logit_labels=logit_labels, prompt=prompt, token_ids=rep.tokens.tolist(), token_strs=token_strs,

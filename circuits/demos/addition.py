@@ -52,7 +52,7 @@ def position_label(pos: int, where: dict[str, int], token: str) -> str:
 def strongest_inputs(traced, node: int, k: int = 3) -> list[dict]:
     """The k sources with the largest |edge| into `node`, as readable dicts."""
     g = traced.graph
-    row = g.adjacency[node]
+    row = g.incoming(node)
     out = []
     for s in abs(row).argsort()[::-1][:k]:
         if row[s] == 0:

@@ -102,6 +102,7 @@ def node_details(held: HeldGraph, node_id: str) -> dict[str, Any]:
     g = held.graph
     i = held.index_of(node_id)
     kind = NodeKind(int(g.kind[i]))
+    inputs, outputs = g.incoming(i), g.outgoing(i)  # float32 [n_nodes] each
 
     def edges(weights: np.ndarray) -> list[dict[str, Any]]:
         nz = np.flatnonzero(weights)
@@ -113,7 +114,6 @@ def node_details(held: HeldGraph, node_id: str) -> dict[str, Any]:
            "position": int(g.position[i]), "token": g.token_strs[int(g.position[i])] if g.n_pos else "",
            "label": g.node_label(i), "activation": float(g.activation[i]) if kind is NodeKind.FEATURE else None,
            "feature": int(g.feature[i]) if kind is NodeKind.FEATURE else None,
-           "inputs": edges(g.adjacency[i]), "outputs": edges(g.adjacency[:, i]),
-           "n_inputs": int(np.count_nonzero(g.adjacency[i])),
-           "n_outputs": int(np.count_nonzero(g.adjacency[:, i]))}
+           "inputs": edges(inputs), "outputs": edges(outputs),
+           "n_inputs": int(np.count_nonzero(inputs)), "n_outputs": int(np.count_nonzero(outputs))}
 
