@@ -64,9 +64,12 @@ def bounded_batch_size(batch_size: int, n_pos: int, n_layers: int, d_model: int)
 
 
 def _rows_in_batches(rep, blocks, transcoder, layout, seeds: TargetSeeds, batch_size: int,
-                     progress) -> torch.Tensor:
+                     progress, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows [len(seeds), n_sources] in seed order, written into `out` when given (a view of a
+    larger preallocated block: no temporary copy)."""
     batch_size = bounded_batch_size(batch_size, rep.n_pos, blocks.n_layers, rep.embed_pos_d.shape[1])
-    out = torch.empty(len(seeds), layout.n_sources, device=seeds.vec_d.device)
+    if out is None:
+        out = torch.empty(len(seeds), layout.n_sources, device=seeds.vec_d.device)
     order = torch.argsort(seeds.layer * (rep.n_pos + 1) + seeds.position)  # group causal cones
     for sl in _batches(len(seeds), batch_size):
         idx = order[sl]
@@ -187,12 +190,32 @@ def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_
         # re-estimating grows with the rows known, so per-batch updates made long prompts quadratic
         k = min(max(batch_size, n_done // INFLUENCE_UPDATE_DIVISOR), n_chosen - n_done)
         new = influence.topk(k).indices
-        feature_rows[n_done:n_done + k] = _rows_in_batches(
-            rep, blocks, transcoder, layout, feature_seeds(rep, blocks, transcoder, new), batch_size, bar)
+        _rows_in_batches(rep, blocks, transcoder, layout, feature_seeds(rep, blocks, transcoder, new), batch_size,
+                         bar, out=feature_rows[n_done:n_done + k])
         visited[n_done:n_done + k] = new
         n_done += k
     order = torch.argsort(visited)  # node order follows rep.features (layer, position, feature)
-    return visited[order], feature_rows[order]
+    permute_rows_in_place(feature_rows, order)
+    return visited[order], feature_rows
+
+
+def permute_rows_in_place(rows: torch.Tensor, order: torch.Tensor) -> None:
+    """rows <- rows[order] with one spare row instead of a second copy of the block (the rows of
+    a long prompt are gigabytes): each cycle of the permutation is rotated through the spare."""
+    order = order.tolist()
+    done = [False] * len(order)
+    spare = torch.empty_like(rows[0]) if len(order) else None
+    for start in range(len(order)):
+        if done[start] or order[start] == start:
+            continue
+        spare.copy_(rows[start])
+        i = start
+        while order[i] != start:
+            rows[i].copy_(rows[order[i]])
+            done[i] = True
+            i = order[i]
+        rows[i].copy_(spare)
+        done[i] = True
 
 
 def _final_norm_output(model, rep: LocalReplacement) -> torch.Tensor:

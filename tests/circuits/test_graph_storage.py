@@ -53,3 +53,16 @@ def test_tiny_architecture_graph_equals_the_square(tiny_models, name):
     model = tiny_models(name)
     tc = random_transcoder(model.cfg.n_layers, model.cfg.d_model, "plt", seed=2)
     _check(model, tc, "the capital of the state is")
+
+
+def test_rows_are_put_in_node_order_in_place():
+    from circuits.attribution.engine import permute_rows_in_place
+
+    gen = torch.Generator().manual_seed(0)
+    for n in (0, 1, 2, 7, 50):
+        rows = torch.randn(n, 5, generator=gen)
+        order = torch.randperm(n, generator=gen)
+        expected = rows[order].clone()
+        storage = rows.data_ptr()
+        permute_rows_in_place(rows, order)
+        assert torch.equal(rows, expected) and rows.data_ptr() == storage
