@@ -151,23 +151,44 @@ def test_gemma3_270m_builds_offline_and_knows_paris():
 
 
 @pytest.mark.slow
-def test_gemma3_270m_edges_are_exact():
+@pytest.mark.parametrize("output_hook,dtype", [("hook_mlp_out", "float32"), ("mlp.hook_out", "float32"),
+                                               ("mlp.hook_out", "bfloat16")])
+def test_gemma3_270m_edges_are_exact(output_hook, dtype):
     """The real Gemma-3-270M (18 layers, q/k norms, post-norms, 512-token windows) with a random PLT:
-    the replacement model reproduces its logits and sampled edges equal ablations (~3 min on CPU)."""
+    the replacement model reproduces its logits and sampled edges equal ablations (~3 min on CPU).
+    Also with the transcoder at mlp.hook_out (before the post-MLP norm, as GemmaScope-2's) and with
+    the model in bfloat16 (tolerances of tests/circuits/test_model_dtype.py)."""
     from circuits.attribution.engine import attribute
     from circuits.models import load_model
+    from circuits.published_hooks import adapt_hooks
     from circuits.replacement import build_local_replacement, replacement_logits
     from tests.circuits.attribution_checks import edge_errors, random_transcoder
 
-    model = load_model("gemma3-270m").model
+    model = load_model("gemma3-270m", dtype=dtype).model
     tc = random_transcoder(model.cfg.n_layers, model.cfg.d_model, "plt", n_features=32, seed=1, threshold=1.0)
+    if output_hook == "mlp.hook_out" and dtype == "float32":
+        # before the post-MLP norm the MLP's outputs are small (rms down to 1e-3 here) and the norm
+        # divides by that rms: a transcoder writing O(1) vectors there makes the oracle's float32
+        # recon + error ill-conditioned (logit gap 6e5 with this fixture unscaled, 1e-5 scaled; the
+        # edges are exact either way: 2.5e-5 vs max |A| 181 unscaled). Decoders at the scale of what
+        # they reconstruct, as a trained set's are. (bf16 keeps the unscaled fixture: its ablation
+        # oracle has a noise floor of bf16 steps of the residual stream, which small edges would
+        # sink under; bf16 rounding also snaps recon + error back to the MLP output exactly.)
+        with torch.no_grad():
+            for W in tc.W_dec:
+                W.mul_(1e-2)
+            tc.b_dec.mul_(1e-2)
+    tc.cfg.output_hook = output_hook
+    adapt_hooks(model, tc, "fixture")
     tokens = model.to_tokens("The capital of France is")[0]
     rep = build_local_replacement(model, tc, tokens)
     with torch.no_grad():
-        gap = (replacement_logits(model, tc, rep) - model(tokens[None])[0]).abs().max().item()
-    print(f"max |logit gap| {gap:.2e}")
-    assert gap <= 1e-4
+        original = model(tokens[None])[0].float()
+        gap = (replacement_logits(model, tc, rep).float() - original).abs().max().item()
+    print(f"{output_hook} {dtype}: max |logit gap| {gap:.2e} (max |logit| {original.abs().max():.1f})")
+    exact = dtype == "float32"
+    assert gap <= (1e-4 if exact else 1e-2 * max(1.0, float(original.abs().max())))
     attr = attribute(model, tc, tokens, max_n_logits=3, max_feature_nodes=64)
     worst, scale = edge_errors(model, tc, attr, n_per_kind=4)
     print(f"edges: worst |ablation - edge| {worst:.2e}, max |A| {scale:.2e}, {len(rep.features)} active features")
-    assert scale > 0.01 and worst <= 5e-4 * max(1.0, scale), (worst, scale)
+    assert scale > 0.01 and worst <= (5e-4 if exact else 2e-2) * max(1.0, scale), (worst, scale)
