@@ -30,6 +30,7 @@ from circuits.hooks import capture_layers
 from circuits.interventions import encode_inputs
 
 INDEX_NPZ, INDEX_JSON = "feature_index.npz", "feature_index.json"
+INDEX_SEQ_LEN = 128  # documents are read in windows of at most this many tokens (a context needs ~11)
 _ARRAYS = ("top_acts", "top_tokens", "top_window_acts", "frequency", "mean_active", "build_id")
 
 
@@ -176,7 +177,14 @@ def _batches(docs: Iterable[torch.Tensor], batch_size: int, max_tokens: int) -> 
 def build_feature_index(model, transcoder, docs: Iterable[torch.Tensor], max_tokens: int = 100_000,
                         k: int = 10, before: int = 8, after: int = 2, batch_size: int = 16,
                         meta: dict | None = None, progress: bool = False) -> FeatureIndex:
-    """One pass over `docs` (token id tensors [pos], BOS first) -> the index (at most max_tokens tokens)."""
+    """One pass over `docs` (token id tensors [pos], BOS first) -> the index (at most max_tokens tokens).
+
+    Streaming: each batch's activations [B, T, L, F] are merged into running top-K tensors
+    [K, L, F, window] and dropped, so memory is the model, one batch and the index itself (cut long
+    documents into windows, see INDEX_SEQ_LEN: T bounds a batch); time is one forward pass per
+    token plus the encoders."""
+    from transcoders.threads import free_core_threads
+
     L, F = transcoder.cfg.n_layers, transcoder.cfg.n_features
     top = _RunningTopK(k, L, F, before, after)
     count_layer_feat, sum_layer_feat = torch.zeros(L, F, dtype=torch.float64), torch.zeros(L, F, dtype=torch.float64)
@@ -184,19 +192,22 @@ def build_feature_index(model, transcoder, docs: Iterable[torch.Tensor], max_tok
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=max_tokens, desc="feature index", unit="tok")
-    for batch in _batches(docs, batch_size, max_tokens):
-        tokens_b_t, in_doc_b_t = _padded(batch, model.cfg.device)
-        counted_b_t = in_doc_b_t.clone()
-        counted_b_t[:, 0] = False                                       # BOS carries no features
-        acts = batch_activations(model, transcoder, tokens_b_t) * counted_b_t[..., None, None]
-        count_layer_feat += (acts > 0).sum((0, 1)).cpu().double()
-        sum_layer_feat += acts.sum((0, 1)).cpu().double()
-        top.update(acts, tokens_b_t, in_doc_b_t)
-        n_batch = int(counted_b_t.sum())
-        n_tokens, n_docs = n_tokens + n_batch, n_docs + len(batch)
-        if bar is not None:
-            bar.update(n_batch)
+        bar = tqdm(total=max_tokens, desc="feature index", unit="tok", dynamic_ncols=True)
+    with free_core_threads() as threads:  # a busy core gets no thread (transcoders/threads.py)
+        for batch in _batches(docs, batch_size, max_tokens):
+            tokens_b_t, in_doc_b_t = _padded(batch, model.cfg.device)
+            counted_b_t = in_doc_b_t.clone()
+            counted_b_t[:, 0] = False                                       # BOS carries no features
+            acts = batch_activations(model, transcoder, tokens_b_t) * counted_b_t[..., None, None]
+            count_layer_feat += (acts > 0).sum((0, 1)).cpu().double()
+            sum_layer_feat += acts.sum((0, 1)).cpu().double()
+            top.update(acts, tokens_b_t, in_doc_b_t)
+            del acts
+            n_batch = int(counted_b_t.sum())
+            n_tokens, n_docs = n_tokens + n_batch, n_docs + len(batch)
+            if bar is not None:
+                bar.update(n_batch)
+            threads.recheck()
     if bar is not None:
         bar.close()
     if n_tokens == 0:
@@ -217,6 +228,20 @@ def build_feature_index(model, transcoder, docs: Iterable[torch.Tensor], max_tok
         frequency_layer_feat=(count / n_tokens).astype(np.float32),
         mean_active_layer_feat=(sum_layer_feat.numpy() / np.maximum(count, 1)).astype(np.float32),
         meta=info)
+
+
+def index_corpus(loaded, transcoder, transcoder_dir: str | Path, corpus: str | None = None,
+                 max_tokens: int = 30_000, progress: bool = False, **kwargs) -> FeatureIndex:
+    """Build the index of `transcoder` over `corpus` (default: the built-in model's own corpus, read
+    in windows of INDEX_SEQ_LEN tokens) and save it into `transcoder_dir` (kwargs: build_feature_index's)."""
+    from circuits.training.corpus import corpus_sequences
+
+    sequences, source = corpus_sequences(loaded, corpus, seq_len=min(INDEX_SEQ_LEN, loaded.model.cfg.n_ctx))
+    docs = (torch.tensor(seq, dtype=torch.long) for seq in sequences)
+    index = build_feature_index(loaded.model, transcoder, docs, max_tokens=max_tokens,
+                                meta={"model": loaded.name, "corpus": source}, progress=progress, **kwargs)
+    save_feature_index(index, transcoder_dir)
+    return index
 
 
 def _token_separator(tokenizer, ids: list[int]) -> str:

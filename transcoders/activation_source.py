@@ -26,6 +26,7 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import torch
 
+from transcoders.cpu_memory import default_allocation
 from transcoders.errors import TranscoderError
 
 
@@ -130,17 +131,21 @@ class ModelActivationSource:
             seqs.append(self._next_sequence())
             n += len(seqs[-1]) - 1
         seqs.sort(key=len)  # similar lengths share a forward pass: little padding (order is shuffled later)
-        xs, ys = [], []
-        for i in range(0, len(seqs), self.model_batch):
-            tokens, mask = pad_right(seqs[i:i + self.model_batch])
-            t0 = time.perf_counter()
-            x, y = model_activations(self.read_layers, tokens, mask, self.input_hook, self.output_hook)
-            self.model_seconds += time.perf_counter() - t0
-            check_finite(x, y, self.input_hook, self.output_hook)
-            xs.append(x)
-            ys.append(y)
+        x_all = y_all = None  # filled in place (no second copy), once the first batch gives the shape
+        row = 0
+        with default_allocation():  # forward passes of varying sizes: do not fragment the kept heap
+            for i in range(0, len(seqs), self.model_batch):
+                tokens, mask = pad_right(seqs[i:i + self.model_batch])
+                t0 = time.perf_counter()
+                x, y = model_activations(self.read_layers, tokens, mask, self.input_hook, self.output_hook)
+                self.model_seconds += time.perf_counter() - t0
+                check_finite(x, y, self.input_hook, self.output_hook)
+                if x_all is None:
+                    x_all, y_all = x.new_empty((n, *x.shape[1:])), y.new_empty((n, *y.shape[1:]))
+                x_all[row:row + x.shape[0]], y_all[row:row + y.shape[0]] = x, y
+                row += x.shape[0]
         epoch, index = self._at
-        return torch.cat(xs), torch.cat(ys), {"epoch": epoch, "index": index}
+        return x_all[:row], y_all[:row], {"epoch": epoch, "index": index}
 
 
 class ShuffleBuffer:
@@ -163,6 +168,7 @@ class ShuffleBuffer:
         self._x = None
 
     def _fill(self) -> None:
+        self._x = self._y = self._perm = None  # the old group is freed before the next is read
         self._x, self._y, self._next_start = self.source.read_group(self.group_start)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.group)
         self._perm = torch.randperm(self._x.shape[0], generator=gen)

@@ -27,6 +27,21 @@ def _libc():
         return None
 
 
+_active = [0]  # nesting depth of reuse_freed_memory blocks
+
+
+def _keep(libc) -> None:
+    libc.mallopt(_M_MMAP_MAX, 0)
+    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 40)
+
+
+def _release(libc) -> None:
+    libc.mallopt(_M_MMAP_MAX, _GLIBC_DEFAULT_MMAP_MAX)
+    libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_TRIM)
+    if hasattr(libc, "malloc_trim"):  # hand the kept memory back now
+        libc.malloc_trim(0)
+
+
 @contextmanager
 def reuse_freed_memory(device: str):
     """Within the block, large CPU allocations reuse freed memory instead of new mmaps."""
@@ -34,12 +49,26 @@ def reuse_freed_memory(device: str):
     if libc is None:
         yield False
         return
-    libc.mallopt(_M_MMAP_MAX, 0)
-    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 40)
+    _keep(libc)
+    _active[0] += 1
     try:
         yield True
     finally:
-        libc.mallopt(_M_MMAP_MAX, _GLIBC_DEFAULT_MMAP_MAX)
-        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_TRIM)
-        if hasattr(libc, "malloc_trim"):  # hand the kept memory back now
-            libc.malloc_trim(0)
+        _active[0] -= 1
+        _release(libc)
+
+
+@contextmanager
+def default_allocation():
+    """Inside a reuse_freed_memory block: glibc's default behaviour again (kept memory handed back
+    first) for work whose allocations vary in size, such as evaluation passes over sequences of
+    different lengths; on a heap that is never trimmed those fragment it and grow the process."""
+    libc = _libc() if _active[0] else None
+    if libc is None:
+        yield
+        return
+    _release(libc)
+    try:
+        yield
+    finally:
+        _keep(libc)

@@ -125,15 +125,16 @@ def _make_source(read_layers: LayerReader, sequences, cfg: TrainConfig, source_i
                                               check_room, collect_progress)
 
     arch = cfg.transcoder
+    group = cfg.group_tokens(read_layers.n_layers, read_layers.d_model)
     live = ModelActivationSource(read_layers, sequences, arch.input_hook, arch.output_hook,
-                                 cfg.seq_len, cfg.model_batch, cfg.buffer_tokens)
+                                 cfg.seq_len, cfg.model_batch, group)
     n_rows = min(cfg.activation_tokens or cfg.tokens, cfg.tokens)
     if not cfg.cache_dir:
         if n_rows >= cfg.tokens:
             return live
         check_room(n_rows, read_layers.n_layers, read_layers.d_model, 2, None)
         try:
-            return CachedActivationSource.in_memory(live, n_rows, cfg.buffer_tokens,
+            return CachedActivationSource.in_memory(live, n_rows, group,
                                                     progress=collect_progress(progress and info.is_main, n_rows))
         except NonFiniteActivations as exc:
             raise TranscoderError(f"{exc} while collecting activations (before step 0)") from None
@@ -142,7 +143,7 @@ def _make_source(read_layers: LayerReader, sequences, cfg: TrainConfig, source_i
         check_room(n_rows, read_layers.n_layers, read_layers.d_model, 4, cache)
         build_activation_cache(live, n_rows, cache, source_id, progress=collect_progress(progress, n_rows))
     barrier(info)
-    return CachedActivationSource(cache, cfg.buffer_tokens)
+    return CachedActivationSource(cache, group)
 
 
 class TrainLoop:
@@ -205,7 +206,10 @@ class TrainLoop:
         raw = st.raw_transcoder()
         metrics = {"training": {**self.last_metrics, **st.summary(), "timing": self._timing()}}
         if final_eval is not None and self.info.is_main:
-            metrics["fidelity"] = final_eval(raw)
+            from transcoders.cpu_memory import default_allocation
+
+            with default_allocation():
+                metrics["fidelity"] = final_eval(raw)
         if self.info.is_main:  # complete in a staging folder first: an old transcoder stays until then
             save_transcoder(raw, begin_staging(self.out), model_name=st.model_name,
                             training_config=st.config_record(), metrics=metrics)

@@ -28,32 +28,27 @@ def _feature_arg(text: str) -> tuple[int, int]:
 def index_cmd(
     model: str = MODEL_OPTION,
     transcoders: Optional[Path] = TRANSCODERS_OPTION,
-    tokens: int = number_option(100_000, "--tokens", min=1, max=10**10, help="Corpus tokens to read (BOS not counted)."),
+    tokens: int = number_option(30_000, "--tokens", min=1, max=10**10, help="Corpus tokens to read (BOS not "
+                                 "counted); the time is about one model forward pass per token."),
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Text file (one document per line) or dataset "
                                          "name (default: the built-in model's own corpus)."),
     top: int = number_option(10, "--top", min=1, max=1000, help="Contexts kept per feature."),
     before: int = number_option(8, "--before", min=0, max=1024, help="Context tokens before the activating token."),
     after: int = number_option(2, "--after", min=0, max=1024, help="Context tokens after it."),
-    batch_size: int = number_option(16, "--batch-size", min=1, max=65_536, help="Documents per forward pass."),
+    batch_size: int = number_option(16, "--batch-size", min=1, max=65_536, help="Windows (of at most 128 tokens) per forward pass."),
     json_out: bool = typer.Option(False, "--json", help="Print path and counts as JSON."),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
 ) -> None:
     """Run the corpus once; store each feature's top contexts and firing frequency beside the transcoders."""
-    import torch
-
-    from circuits.feature_index import INDEX_JSON, INDEX_NPZ, build_feature_index, save_feature_index
+    from circuits.feature_index import INDEX_JSON, INDEX_NPZ, index_corpus
     from circuits.replacement_model import ReplacementModel
-    from circuits.training.corpus import corpus_sequences
 
     rm = ReplacementModel.load(model, transcoders, pick_device(device), dtype=dtype)
     check_outputs(*(Path(rm.transcoder_dir) / name for name in (INDEX_NPZ, INDEX_JSON)))  # before the pass
-    sequences, source = corpus_sequences(rm.loaded, corpus, seq_len=rm.model.cfg.n_ctx)
-    docs = (torch.tensor(seq, dtype=torch.long) for seq in sequences)
-    index = build_feature_index(rm.model, rm.transcoder, docs, max_tokens=tokens,
-                                k=top, before=before, after=after, batch_size=batch_size,
-                                meta={"model": rm.name, "corpus": source}, progress=not json_out)
-    path = save_feature_index(index, rm.transcoder_dir)
+    index = index_corpus(rm.loaded, rm.transcoder, rm.transcoder_dir, corpus, max_tokens=tokens,
+                         progress=not json_out, k=top, before=before, after=after, batch_size=batch_size)
+    path = Path(rm.transcoder_dir) / INDEX_NPZ
     freq = index.frequency_layer_feat
     summary = {"path": str(path), "n_tokens": index.meta["n_tokens"], "n_docs": index.meta["n_docs"],
                "dead_features": int((freq == 0).sum()), "n_features": int(freq.size),

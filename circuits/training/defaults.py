@@ -1,10 +1,11 @@
-"""The default CLT of each built-in model, trained on first use and cached.
+"""The default transcoder of each built-in model, trained on first use and cached.
 
     transcoder, path = default_transcoders(load_model("world"))
 
 The configuration is the model's registry entry's (circuits.models.registry, `transcoder_config`).
 
-Cached under $CIRCUITS_HOME/transcoders/<model>/default-clt in the circuit-tracer format. It is
+Cached under $CIRCUITS_HOME/transcoders/<model>/default-<kind> (`default-clt` for `world`,
+`default-plt` for `smollm2-135m`; `circuits transcoders train --model M` writes there too) in the circuit-tracer format. It is
 reused while the model's weights are unchanged (training_config.json records their hash); an
 interrupted first-use training resumes from its checkpoint on the next call.
 """
@@ -15,26 +16,28 @@ from pathlib import Path
 
 from circuits.errors import CircuitsError
 from circuits.hooks import freeze, load_fitting_transcoder
-from circuits.models.registry import BUILTIN_MODELS
+from circuits.models.registry import BUILTIN_MODELS, default_transcoder_fields
 from circuits.paths import transcoders_dir, writable_dir
 from transcoders.train_config import TrainConfig
 
 def default_train_config(model_name: str) -> TrainConfig:
     """The TrainConfig of a built-in model's default transcoder (its registry entry's)."""
-    builtin = BUILTIN_MODELS.get(model_name)
-    if builtin is None or builtin.transcoder_config is None:
+    fields = default_transcoder_fields(model_name)
+    if fields is None:
         known = ", ".join(n for n, m in BUILTIN_MODELS.items() if m.transcoder_config is not None)
         raise CircuitsError(f"no default transcoder for model '{model_name}' (built-in defaults: {known}); "
                             "train one with `circuits transcoders train` and pass its directory")
-    return builtin.transcoder_config.model_copy(deep=True)
+    return fields.model_copy(deep=True)
 
 
-def default_transcoder_dir(model_name: str) -> Path:
-    return transcoders_dir() / model_name / "default-clt"
+def default_transcoder_dir(model_name: str, kind: str | None = None) -> Path:
+    """$CIRCUITS_HOME/transcoders/<model>/default-<kind> (kind: the default `trace` uses)."""
+    kind = kind or default_train_config(model_name).transcoder.kind
+    return transcoders_dir() / model_name / f"default-{kind}"
 
 
 def default_transcoders(loaded_model, progress: bool = True):
-    """(Transcoder, Path) for a built-in model: the cached default CLT, trained here if needed."""
+    """(Transcoder, Path) for a built-in model: its cached default transcoder, trained here if needed."""
     from transcoders.checkpoint import CHECKPOINT_FILE, load_checkpoint
     from transcoders.formats import CONFIG_YAML, read_training_files
 
@@ -59,7 +62,12 @@ def default_transcoders(loaded_model, progress: bool = True):
 
     result = train_for_model(loaded_model, cfg, path, resume=resume, overwrite=not resume,
                              progress=progress, device=device)
-    return freeze(result.transcoder.to(device)), path
+    tc = freeze(result.transcoder.to(device))
+    if getattr(BUILTIN_MODELS[loaded_model.name].corpus, "corpus_name", None):  # a text corpus: readable labels
+        from circuits.feature_index import index_corpus
+
+        index_corpus(loaded_model, tc, path, progress=progress)
+    return tc, path
 
 
 def _same_model(source_id: str | None, fingerprint: str) -> bool:

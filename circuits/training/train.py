@@ -30,6 +30,7 @@ class ModelLayers:
     """A HookedTransformer as the trainer reads it (a transcoders.activation_source.LayerReader)."""
 
     model: HookedTransformer
+    dtype: str = "float32"  # "bfloat16": the forward pass runs under autocast (TrainConfig.activation_dtype)
 
     @property
     def n_layers(self) -> int:
@@ -41,7 +42,9 @@ class ModelLayers:
 
     def __call__(self, tokens_b_t: torch.Tensor, input_hook: str, output_hook: str) -> tuple[torch.Tensor, torch.Tensor]:
         """x_b_t_layer_d, y_b_t_layer_d [B, T, L, d] at every block's `input_hook` / `output_hook`."""
-        cap = capture_layers(self.model, tokens_b_t, input_hook, output_hook, logits=False)
+        device_type = torch.device(self.model.cfg.device).type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.dtype == "bfloat16"):
+            cap = capture_layers(self.model, tokens_b_t, input_hook, output_hook, logits=False)
         return cap.x_b_t_layer_d, cap.y_b_t_layer_d
 
 
@@ -64,10 +67,10 @@ def train_for_model(loaded, cfg: TrainConfig, out_dir: str | Path, corpus: str |
 
     def final_eval(tc) -> dict:
         heldout, _ = corpus_sequences(loaded, corpus, cfg.seq_len, heldout=True)
-        n_eval = min(FIDELITY_TOKENS, max(2048, cfg.tokens // 10))
+        n_eval = cfg.eval_tokens if cfg.eval_tokens is not None else min(FIDELITY_TOKENS, max(2048, cfg.tokens // 10))
         return measure_fidelity(model, tc, heldout, max_tokens=n_eval, seq_len=cfg.seq_len, progress=progress)
 
-    return train_transcoder(ModelLayers(model), sequences, cfg, out_dir, model_name=loaded.name,
+    return train_transcoder(ModelLayers(model, cfg.activation_dtype), sequences, cfg, out_dir, model_name=loaded.name,
                             source_id=source_id_for(loaded, corpus_id), resume=resume, overwrite=overwrite,
                             progress=progress, log_path=log_path, device=device, stop_at_step=stop_at_step,
-                            final_eval=final_eval if evaluate else None)
+                            final_eval=final_eval if evaluate and cfg.eval_tokens != 0 else None)
