@@ -4,11 +4,17 @@ matmul FLOP/s, measured in the same run, with where the time goes.
     python benchmarks/train_throughput.py --model world            # the default CLT config of `world`
     python benchmarks/train_throughput.py --model world --features 1024 --batch-size 4096
     python benchmarks/train_throughput.py --shape 30,576 --features 512 --steps 10   # SmolLM2-135M's shape
+    python benchmarks/train_throughput.py --model smollm2-135m --e2e-tokens 16384    # its default PLT
+    python benchmarks/train_throughput.py --model smollm2-135m --kind clt --e2e-tokens 8192  # its default CLT
 
 FLOPs counted per token (matmuls only; elementwise work is counted as time, not FLOPs):
   forward   encode 2*L*F*d + decode 2*F*d*n_out        (n_out = L(L+1)/2 for a CLT, L for a PLT)
             (+ skip 2*L*d*d)
   backward  encode 2*L*F*d (weight grad only: inputs need none) + decode 2 * 2*F*d*n_out (+ skip 2*L*d*d)
+  model     2 * (parameters outside the embedding) per token for the activation pass (attention's
+            T-dependent part and the unembedding are left out: the pass stops after the last block)
+End to end = the trainer's own clock (activation pass + steps + checkpoints + setup), as a fraction of
+the float32 matmul rate (the activation pass may run in bfloat16: TrainConfig.activation_dtype).
 Not a test; it prints a table to compare across versions and machines.
 """
 
@@ -20,11 +26,11 @@ import time
 import torch
 
 
-def dense_matmul_flops(sizes=(256, 512, 1024, 2048), reps: int = 5) -> tuple[float, int]:
-    """Best float32 GEMM FLOP/s over square sizes (the machine's dense matmul rate)."""
+def dense_matmul_flops(sizes=(256, 512, 1024, 2048), reps: int = 5, dtype=torch.float32) -> tuple[float, int]:
+    """Best GEMM FLOP/s over square sizes (the machine's dense matmul rate in `dtype`)."""
     best, best_n = 0.0, 0
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b
         t0 = time.perf_counter()
         for _ in range(reps):
@@ -88,7 +94,10 @@ def end_to_end(model_name: str, cfg, tokens: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         res = train_for_model(loaded, run_cfg, tmp, overwrite=True, progress=False, evaluate=False)
     tr = res.metrics["training"]
-    return {"tokens": tr["tokens"], "seconds": tr["seconds"], "tokens_per_s": tr["tokens_per_s"], **tr["timing"]}
+    embed = sum(p.numel() for n, p in loaded.model.named_parameters() if n.startswith(("embed", "unembed", "pos_embed")))
+    model_flops = 2 * (sum(p.numel() for p in loaded.model.parameters()) - embed)
+    return {"tokens": tr["tokens"], "seconds": tr["seconds"], "tokens_per_s": tr["tokens_per_s"],
+            "model_flops_per_token": model_flops, **tr["timing"]}
 
 
 def main() -> None:
@@ -109,7 +118,10 @@ def main() -> None:
                     help="time the step without the trainer's allocator setting (transcoders/cpu_memory.py)")
     args = ap.parse_args()
     over = {k: v for k, v in {"n_features": args.features, "batch_size": args.batch_size, "kind": args.kind}.items() if v}
-    cfg = (getattr(BUILTIN_MODELS.get(args.model), "transcoder_config", None) or TrainConfig()).updated(over)
+    from circuits.models.registry import default_transcoder_fields
+
+    named = default_transcoder_fields(args.model, args.kind)  # e.g. smollm2-135m --kind clt: its default CLT
+    cfg = (named or getattr(BUILTIN_MODELS.get(args.model), "transcoder_config", None) or TrainConfig()).updated(over)
     if cfg.transcoder.activation != "jumprelu":
         raise SystemExit("the step breakdown times the JumpReLU path; use --kind with the default activation")
     from transcoders.threads import pick_threads
@@ -126,6 +138,7 @@ def main() -> None:
         L, d = mcfg.n_layers, mcfg.d_model
     F = cfg.transcoder.n_features
     peak, peak_n = dense_matmul_flops()
+    peak_bf16, _ = dense_matmul_flops(dtype=torch.bfloat16)
     from transcoders.cpu_memory import reuse_freed_memory
 
     with reuse_freed_memory("cpu" if args.reuse_memory else "none"):  # as the trainer does
@@ -135,7 +148,7 @@ def main() -> None:
     step_tok_s = cfg.batch_size / step_s
     achieved = (fwd + bwd) * step_tok_s
     print(f"machine: torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"dense fp32 matmul {peak / 1e9:.1f} GFLOP/s (best at {peak_n}^3)")
+          f"dense fp32 matmul {peak / 1e9:.1f} GFLOP/s (best at {peak_n}^3), bf16 {peak_bf16 / 1e9:.1f} GFLOP/s")
     print(f"transcoder: {cfg.transcoder.kind}, L={L} d={d} F={F}, batch {cfg.batch_size} tokens; "
           f"{(fwd + bwd) / 1e6:.2f} MFLOP/token (fwd {fwd / 1e6:.2f}, bwd {bwd / 1e6:.2f})")
     print(f"optimisation step: {step_s * 1e3:.1f} ms, {step_tok_s:,.0f} tokens/s, "
@@ -150,6 +163,13 @@ def main() -> None:
               f"model forward {e2e['model_forward_s'] / total:.0%}, optimisation steps {e2e['step_s'] / total:.0%}, "
               f"checkpoints {e2e['checkpoint_s'] / total:.0%}, the rest (batching, logging, setup) "
               f"{(total - e2e['model_forward_s'] - e2e['step_s'] - e2e['checkpoint_s']) / total:.0%}")
+        per_token = e2e["model_flops_per_token"] + fwd + bwd
+        rate = per_token * e2e["tokens_per_s"]
+        fwd_rate = e2e["model_flops_per_token"] * e2e["tokens"] / max(e2e["model_forward_s"], 1e-9)
+        print(f"end to end: {per_token / 1e6:.0f} MFLOP/token (model {e2e['model_flops_per_token'] / 1e6:.0f}, "
+              f"transcoder {(fwd + bwd) / 1e6:.0f}) -> {rate / 1e9:.1f} GFLOP/s = {rate / peak:.2f} of fp32 dense "
+              f"matmul; activation pass alone {e2e['tokens'] / max(e2e['model_forward_s'], 1e-9):,.0f} tokens/s, "
+              f"{fwd_rate / 1e9:.1f} GFLOP/s ({cfg.activation_dtype})")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def default_out(model: str, overrides: dict, resume: bool, overwrite: bool) -> t
     kind = given(TrainConfig, overrides).get("kind")
     fields = default_transcoder_fields(model, kind)
     if fields is None:
-        raise CircuitsError(f"--out is needed: '{model}' has no default {kind or ''} transcoder".replace("  ", " "))
+        raise CircuitsError(f"--out is needed: '{model}' has no default transcoder" + (f" of kind {kind}" if kind else ""))
     out = default_transcoder_dir(model, fields.transcoder.kind)
     return out, resume or (not overwrite and (out / CHECKPOINT_FILE).exists())
 

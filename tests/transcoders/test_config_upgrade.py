@@ -41,7 +41,10 @@ def test_a_flat_training_config_json_reads_as_the_nested_config(tmp_path):
     cfg = TrainConfig.from_flat(read_training_files(tmp_path)["training_config"]["train_config"])
     assert cfg.transcoder == TranscoderArchitecture(kind="plt", n_features=512, jumprelu_bandwidth=0.5)
     assert (cfg.tokens, cfg.activation_tokens, cfg.batch_size) == (150000, 12000, 512)
-    assert cfg.flat() == FLAT_TRAIN_CONFIG  # nothing lost or renamed
+    flat = cfg.flat()
+    assert {k: flat[k] for k in FLAT_TRAIN_CONFIG} == FLAT_TRAIN_CONFIG  # nothing lost or renamed
+    added = {k: v for k, v in flat.items() if k not in FLAT_TRAIN_CONFIG}  # fields added since: their defaults
+    assert added == {"activation_dtype": "float32", "eval_tokens": None}
     assert TrainConfig.model_validate(cfg.model_dump()) == cfg  # the nested form round-trips
     assert cfg.transcoder.fitted(30, 576).model_dump() == FLAT_RECORD["transcoder_config"]
 
