@@ -311,7 +311,8 @@ def load_feature_index(transcoder_dir: str | Path) -> FeatureIndex | None:
 
 # --- the output view ------------------------------------------------------------------------
 @torch.no_grad()
-def feature_logits(model, transcoder, layer: int, feature: int) -> torch.Tensor:
+def feature_logits(model, transcoder, layer: int, feature: int,
+                   W_U_d_vocab: torch.Tensor | None = None) -> torch.Tensor:
     """The feature's direct logit effect [vocab] (float32, CPU): its decoders summed over the layers
     they write to (sum_l W_dec_{layer->l}) -> final norm (approx.: LayerNorm's centring and the
     norm's weight, its scale ignored) -> W_U, demeaned over the vocabulary. A transcoder writing
@@ -328,7 +329,9 @@ def feature_logits(model, transcoder, layer: int, feature: int) -> torch.Tensor:
     weight = getattr(getattr(model, "ln_final", None), "w", None)
     if weight is not None:
         write_d = write_d * weight.detach().float()
-    logits_vocab = write_d @ model.W_U.detach().float()
+    if W_U_d_vocab is None:  # callers labelling many features pass it once (a float32 copy for bf16 models)
+        W_U_d_vocab = model.W_U.detach().float()
+    logits_vocab = write_d @ W_U_d_vocab
     return (logits_vocab - logits_vocab.mean()).cpu()
 
 

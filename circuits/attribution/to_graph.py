@@ -16,8 +16,9 @@ def promoted_tokens(model, transcoder, layer_feat_pairs: list[tuple[int, int]], 
     """For each feature, the `top` tokens its decoders most promote (feature_index.feature_logits):
     the feature's "output" view, its label when the feature index has none."""
     out = []
+    W_U_d_vocab = model.W_U.detach().float() if layer_feat_pairs else None  # cast once, not per feature
     for layer, feat in layer_feat_pairs:
-        ids = feature_logits(model, transcoder, layer, feat).topk(top).indices.tolist()
+        ids = feature_logits(model, transcoder, layer, feat, W_U_d_vocab).topk(top).indices.tolist()
         out.append([model.tokenizer.decode([i]).strip() or repr(model.tokenizer.decode([i])) for i in ids])
     return out
 
