@@ -1,14 +1,26 @@
 """Our engine vs circuit-tracer on the same weights, tokenizer, transcoders and token ids.
 
     bash benchmarks/setup_reference.sh                       # once: circuit-tracer's own venv
-    python benchmarks/make_fixture.py --out benchmarks/work/fixture   # or use any cached model
-    python benchmarks/compare_reference.py --model-dir benchmarks/work/fixture/model \
-        --transcoders benchmarks/work/fixture/clt-norm [--lengths 8,16,32,64] [--main-length 20]
+    # the random fixture (random token ids):
+    python benchmarks/make_fixture.py --out benchmarks/work/fixture
+    python benchmarks/compare_reference.py --lengths 8,16,32,64
+    # a real model (English text, see PASSAGE) with its transcoders, capped, alternating runs:
+    python benchmarks/compare_reference.py --model-dir ~/.cache/circuits/models/smollm2-135m \
+        --transcoders DIR --prompt text --lengths 6,16,64,256 --max-feature-nodes 7500 \
+        --batch-size 64 --threads 1 --repeat 3 --repeat-for 256=1 --out-dir benchmarks/work/smollm2-plt
+    python benchmarks/compare_reference.py --table benchmarks/work/smollm2-plt/results.json
 
-Prints, per prompt length: wall time of each engine (attribution only, best of --repeat), the
-ratio, peak RSS of each process, and max |A_ours - A_ref| / max |A_ref| over the nodes both graphs
-have (ours has no error nodes at BOS; the reference's are identically zero there - checked).
-Each engine runs in its own process, with the same thread count. Not a test: it prints figures.
+Each run is a fresh process (benchmarks/our_runner.py in our environment,
+benchmarks/reference_runner.py in the reference venv) with the same batch size, thread count and
+feature cap; the engines alternate (ours first on even repeats, the reference first on odd ones).
+Every run is appended to results.json as soon as it ends, so a long series can be stopped and its
+table printed with --table. The table reports medians over the repeats of: attribution wall time,
+its CPU time (all threads), the whole process's wall time (imports and setup included), peak RSS;
+and, over the nodes both graphs have, max |A_ours - A_ref| and that divided by max |A_ref|.
+With a cap both engines choose features by influence; the two choices can differ at the margin,
+so the feature overlap is printed and edges are compared on the shared features (an edge is a
+direct effect: it does not depend on which other features were chosen). Our graph has no error
+nodes at BOS; the reference's are checked to be zero. Not a test: it prints figures.
 """
 
 from __future__ import annotations
@@ -16,8 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,51 +39,151 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
 
+# English prose written for this benchmark (no external source); its first tokens are the Paris
+# prompt, so the 6-token prompt (BOS included) is "The capital of France is".
+PASSAGE = (
+    "The capital of France is Paris. The capital of Germany is Berlin, and the capital of Italy is "
+    "Rome. Most travellers reach Paris by train, and the fastest trains from London take a little "
+    "over two hours. The city is divided by the river Seine into a northern bank and a southern bank, "
+    "and more than thirty bridges cross it. In the middle of the river there are two islands; the "
+    "larger one holds the old cathedral, which was damaged by a fire some years ago and has since "
+    "been rebuilt. Every morning the bakeries open before sunrise, and by seven o'clock there is a "
+    "queue outside most of them. A loaf of bread costs about one euro, and many families buy two: "
+    "one for breakfast and one for dinner. The museums are crowded in summer, so people who live in "
+    "the city prefer to visit them in winter, when the days are short and the streets are quiet. "
+    "On Sundays the markets sell fruit, cheese, fish and flowers, and the sellers call out their "
+    "prices to anyone who walks past. If you ask a stranger for directions, they will usually answer "
+    "politely, especially if you begin with a greeting in French. At night the lights along the river "
+    "are reflected in the water, and the boats carry visitors past the towers and domes of the old "
+    "town until well after midnight. The next morning the whole thing starts again."
+)
+
 
 def run(engine: str, python: str, args, tokens: list[int], out: Path) -> dict:
     script = HERE / ("our_runner.py" if engine == "ours" else "reference_runner.py")
+    batch = args.our_batch_size if engine == "ours" else args.ref_batch_size
     cmd = [python, str(script), "--model-dir", str(args.model_dir), "--transcoders", str(args.transcoders),
-           "--tokens", ",".join(map(str, tokens)), "--out", str(out), "--repeat", str(args.repeat),
-           "--threads", str(args.threads),
-           "--batch-size", str(args.our_batch_size if engine == "ours" else args.ref_batch_size)]
+           "--tokens", ",".join(map(str, tokens)), "--out", str(out), "--repeat", "1",
+           "--threads", str(args.threads), "--batch-size", str(batch or args.batch_size)]
+    if args.max_feature_nodes:
+        cmd += ["--max-feature-nodes", str(args.max_feature_nodes)]
     env = {**os.environ, "PYTHONPATH": str(HERE.parent) if engine == "ours" else ""}
+    t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
     with np.load(out, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+        res = {k: z[k] for k in z.files}
+    res["subprocess_seconds"] = wall
+    return res
 
 
-def adjacency_gap(ours: dict, ref: dict) -> float:
-    """max |A_ours - A_ref| / max |A_ref| over rows (features, logits) x columns (features,
-    errors at positions >= 1, tokens), after mapping nodes by identity."""
+def _feature_map(ours_nodes: np.ndarray, ref_nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (into ours, into ref) of the feature nodes both graphs have, in ref order."""
+    ours_at = {tuple(r): i for i, r in enumerate(ours_nodes.tolist())}
+    pairs = [(ours_at[tuple(r)], j) for j, r in enumerate(ref_nodes.tolist()) if tuple(r) in ours_at]
+    if not pairs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    o, r = zip(*pairs)
+    return np.array(o, np.int64), np.array(r, np.int64)
+
+
+def adjacency_gap(ours: dict, ref: dict) -> dict:
+    """Max |A_ours - A_ref| (absolute and over max |A_ref|) over rows (shared features, logits) x
+    columns (shared features, errors at positions >= 1, tokens), nodes mapped by identity."""
     L, P = int(ref["n_layers"]), int(ref["n_pos"])
-    assert np.array_equal(ours["feature_nodes"], ref["feature_nodes"]), "different active features"
     assert np.array_equal(ours["logit_token_ids"], ref["logit_token_ids"]), "different logit targets"
-    n_f, n_l = int(ref["n_feature_nodes"]), len(ref["logit_token_ids"])
-    ref_err = n_f + np.array([l * P + c for l in range(L) for c in range(1, P)], dtype=np.int64)
-    ref_bos_err = n_f + np.arange(L) * P
-    ref_tok = n_f + L * P + np.arange(P)
-    N_ref = ref["adjacency"].shape[0]
-    ref_rows = np.concatenate([np.arange(n_f), np.arange(N_ref - n_l, N_ref)])
-    ref_cols = np.concatenate([np.arange(n_f), ref_err, ref_tok])
-    N_ours = ours["adjacency"].shape[0]
-    our_rows = np.concatenate([np.arange(n_f), np.arange(N_ours - n_l, N_ours)])
-    our_cols = np.arange(N_ours - n_l)
+    f_ours, f_ref = _feature_map(ours["feature_nodes"], ref["feature_nodes"])
+    n_f_ref, n_f_ours, n_l = int(ref["n_feature_nodes"]), int(ours["n_feature_nodes"]), len(ref["logit_token_ids"])
+    ref_err = n_f_ref + np.array([l * P + c for l in range(L) for c in range(1, P)], dtype=np.int64)
+    ref_bos_err = n_f_ref + np.arange(L) * P
+    ref_tok = n_f_ref + L * P + np.arange(P)
+    N_ref, N_ours = ref["adjacency"].shape[0], ours["adjacency"].shape[0]
+    ref_rows = np.concatenate([f_ref, np.arange(N_ref - n_l, N_ref)])
+    ref_cols = np.concatenate([f_ref, ref_err, ref_tok])
+    our_rows = np.concatenate([f_ours, np.arange(N_ours - n_l, N_ours)])
+    our_cols = np.concatenate([f_ours, np.arange(n_f_ours, N_ours - n_l)])  # errors (pos >= 1), tokens
+    assert np.abs(ref["adjacency"][:, ref_bos_err]).max() == 0, "reference has edges from BOS errors"
     A_ref = ref["adjacency"][np.ix_(ref_rows, ref_cols)]
     A_ours = ours["adjacency"][np.ix_(our_rows, our_cols)]
-    assert np.abs(ref["adjacency"][:, ref_bos_err]).max() == 0, "reference has edges from BOS errors"
-    return float(np.abs(A_ours - A_ref).max() / np.abs(A_ref).max())
+    diff = float(np.abs(A_ours - A_ref).max())
+    return dict(abs_gap=diff, rel_gap=diff / float(np.abs(A_ref).max()), shared_features=len(f_ref),
+                ours_features=n_f_ours, ref_features=n_f_ref)
 
 
-def prompt_tokens(model_dir: Path, length: int, seed: int) -> list[int]:
+def prompt_tokens(model_dir: Path, length: int, seed: int, kind: str) -> list[int]:
     meta = json.loads((model_dir / "meta.json").read_text())
     cfg = json.loads((model_dir / "config.json").read_text())
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     bos = tok.token_to_id(meta["special_tokens"]["bos_token"])
+    if kind == "text":
+        ids = tok.encode(PASSAGE, add_special_tokens=False).ids
+        if len(ids) < length - 1:
+            raise SystemExit(f"the passage has {len(ids)} tokens, fewer than {length - 1}")
+        return [bos] + ids[: length - 1]
     n_special = 8
     rng = np.random.default_rng(seed)
     return [bos] + rng.integers(n_special, cfg["d_vocab"], size=length - 1).tolist()
+
+
+def _median(rows: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """One row per prompt length: medians over that length's runs of each engine."""
+    table = []
+    for length in sorted({r["tokens"] for r in runs}):
+        mine = [r for r in runs if r["tokens"] == length]
+        ours = [r for r in mine if r["engine"] == "ours"]
+        ref = [r for r in mine if r["engine"] == "ref"]
+        gaps = [r for r in mine if "abs_gap" in r]
+        if not ours or not ref:
+            continue
+        row = dict(tokens=length, runs=min(len(ours), len(ref)), active=ref[-1]["n_active"],
+                   ref_features=ref[-1]["n_features"], shared=gaps[-1]["shared_features"] if gaps else None)
+        for name, rs in (("ours", ours), ("ref", ref)):
+            for key in ("attr_s", "attr_cpu_s", "process_s", "peak_gib"):
+                row[f"{name}_{key}"] = _median(rs, key)
+        row["abs_gap"] = max((g["abs_gap"] for g in gaps), default=float("nan"))
+        row["rel_gap"] = max((g["rel_gap"] for g in gaps), default=float("nan"))
+        table.append(row)
+    return table
+
+
+def print_table(table: list[dict]) -> None:
+    head = ("| tokens | active | nodes ref / shared | runs | attr s ours | attr s ref | speed-up | "
+            "CPU s ours | CPU s ref | process s ours | process s ref | peak GiB ours | peak GiB ref | "
+            "max abs diff | max rel diff |")
+    print(head)
+    print("|" + "---:|" * (head.count("|") - 1))
+    for r in table:
+        print(f"| {r['tokens']} | {r['active']} | {r['ref_features']} / {r['shared']} | {r['runs']} | "
+              f"{r['ours_attr_s']:.1f} | {r['ref_attr_s']:.1f} | {r['ref_attr_s'] / r['ours_attr_s']:.1f}x | "
+              f"{r['ours_attr_cpu_s']:.1f} | {r['ref_attr_cpu_s']:.1f} | {r['ours_process_s']:.1f} | "
+              f"{r['ref_process_s']:.1f} | {r['ours_peak_gib']:.2f} | {r['ref_peak_gib']:.2f} | "
+              f"{r['abs_gap']:.1e} | {r['rel_gap']:.1e} |", flush=True)
+
+
+def record(engine: str, length: int, rep: int, res: dict) -> dict:
+    meta = json.loads(str(res["meta_json"]))
+    return dict(engine=engine, tokens=length, repeat=rep, n_active=int(res["n_active_features"]),
+                cap=meta.get("max_feature_nodes_arg") or meta.get("max_feature_nodes"),
+                n_features=int(res["n_feature_nodes"]), attr_s=float(res["attribution_seconds"]),
+                attr_cpu_s=float(res["attribution_cpu_seconds"]), setup_s=float(res["setup_seconds"]),
+                process_s=float(res["subprocess_seconds"]), peak_gib=float(res["peak_rss_bytes"]) / 2**30,
+                threads=meta.get("threads"), batch_size=meta.get("batch_size"),
+                phases=meta.get("timing") or (meta.get("phase_seconds") or [None])[-1],
+                finished_utc=time.strftime("%H:%M:%S", time.gmtime()), load_avg=os.getloadavg()[0])
+
+
+def _repeats(args) -> dict[int, int]:
+    out = {}
+    for item in filter(None, args.repeat_for.split(",")):
+        length, n = item.split("=")
+        out[int(length)] = int(n)
+    return out
 
 
 def main() -> None:
@@ -77,31 +191,49 @@ def main() -> None:
     ap.add_argument("--model-dir", type=Path, default=WORK / "fixture" / "model")
     ap.add_argument("--transcoders", type=Path, default=WORK / "fixture" / "clt-norm")
     ap.add_argument("--ref-python", default=str(WORK / "ct-venv" / "bin" / "python"))
-    ap.add_argument("--lengths", default="8,16,32,64")
-    ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--our-batch-size", type=int, default=64)
-    ap.add_argument("--ref-batch-size", type=int, default=512)
+    ap.add_argument("--prompt", choices=("random", "text"), default="random",
+                    help="random token ids (fixture) or the first tokens of PASSAGE (real models)")
+    ap.add_argument("--lengths", default="8,16,32,64", help="prompt lengths in tokens, BOS included")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per engine and length (fresh processes)")
+    ap.add_argument("--repeat-for", default="", help="per-length overrides, e.g. 256=1")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=64, help="both engines' batch size")
+    ap.add_argument("--our-batch-size", type=int, default=None, help="override for our engine")
+    ap.add_argument("--ref-batch-size", type=int, default=None, help="override for circuit-tracer")
+    ap.add_argument("--max-feature-nodes", type=int, default=None, help="both engines' cap (default: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out-dir", type=Path, default=WORK)
+    ap.add_argument("--table", type=Path, default=None, help="print the table of a results.json and exit")
     args = ap.parse_args()
-    WORK.mkdir(exist_ok=True)
-    rows = []
-    print(f"{'tokens':>6} {'features':>8} {'ours s':>8} {'ref s':>8} {'speed-up':>8} "
-          f"{'ours MiB':>9} {'ref MiB':>9} {'max|dA|/max|A|':>15}")
+    if args.table:
+        print_table(summarise(json.loads(args.table.read_text())))
+        return
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    results = args.out_dir / "results.json"
+    runs = json.loads(results.read_text()) if results.exists() else []
+    repeats = _repeats(args)
     for length in [int(x) for x in args.lengths.split(",")]:
-        tokens = prompt_tokens(args.model_dir, length, args.seed)
-        ours = run("ours", sys.executable, args, tokens, WORK / f"ours_{length}.npz")
-        ref = run("ref", args.ref_python, args, tokens, WORK / f"ref_{length}.npz")
-        gap = adjacency_gap(ours, ref)
-        row = dict(tokens=length, features=int(ref["n_feature_nodes"]),
-                   ours_s=float(ours["attribution_seconds"]), ref_s=float(ref["attribution_seconds"]),
-                   ours_mib=float(ours["peak_rss_bytes"]) / 2**20, ref_mib=float(ref["peak_rss_bytes"]) / 2**20,
-                   rel_gap=gap)
-        rows.append(row)
-        print(f"{length:>6} {row['features']:>8} {row['ours_s']:>8.3f} {row['ref_s']:>8.3f} "
-              f"{row['ref_s'] / row['ours_s']:>7.1f}x {row['ours_mib']:>9.0f} {row['ref_mib']:>9.0f} {gap:>15.2e}",
-              flush=True)
-    (WORK / "compare_reference.json").write_text(json.dumps(rows, indent=2))
+        tokens = prompt_tokens(args.model_dir, length, args.seed, args.prompt)
+        for rep in range(repeats.get(length, args.repeat)):
+            order = ("ours", "ref") if rep % 2 == 0 else ("ref", "ours")
+            got = {}
+            for engine in order:
+                python = sys.executable if engine == "ours" else args.ref_python
+                got[engine] = run(engine, python, args, tokens, args.out_dir / f"{engine}_{length}.npz")
+                runs.append(record(engine, length, rep, got[engine]))
+                results.write_text(json.dumps(runs, indent=1))
+                r = runs[-1]
+                print(f"{length} tokens, {engine}: attribution {r['attr_s']:.1f} s (CPU {r['attr_cpu_s']:.1f} s), "
+                      f"process {r['process_s']:.1f} s, peak {r['peak_gib']:.2f} GiB, "
+                      f"{r['n_features']}/{r['n_active']} features, load {r['load_avg']:.1f}", flush=True)
+            gap = adjacency_gap(got["ours"], got["ref"])
+            runs[-1].update(gap)
+            results.write_text(json.dumps(runs, indent=1))
+            print(f"{length} tokens: max abs diff {gap['abs_gap']:.2e}, rel {gap['rel_gap']:.2e}, "
+                  f"shared features {gap['shared_features']} (ours {gap['ours_features']}, "
+                  f"ref {gap['ref_features']})", flush=True)
+            del got
+    print_table(summarise(runs))
 
 
 if __name__ == "__main__":

@@ -71,7 +71,8 @@ def main(argv=None) -> None:
         c0, w0 = time.process_time(), time.perf_counter()
         attr = attribute(model, tc, tokens, max_n_logits=args.max_n_logits,
                          desired_logit_prob=args.desired_logit_prob,
-                         max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size)
+                         max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size,
+                         threads=args.threads)  # fixed, as the reference's: no adaptive thread count
         A = dense_adjacency(attr)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -97,7 +98,9 @@ def main(argv=None) -> None:
         rss_before_attribution_bytes=rss_before,
         cuda_peak_bytes=torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else -1,
         meta_json=json.dumps({"engine": "circuits", "threads": torch.get_num_threads(),
-                              "batch_size": args.batch_size, "timing": attr.timing_seconds}),
+                              "batch_size": args.batch_size, "timing": attr.timing_seconds,
+                              "max_feature_nodes": args.max_feature_nodes,
+                              "threads_used": attr.threads}),
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out, **out)

@@ -144,6 +144,19 @@ def remap_state_dict(state: dict, target_keys: set) -> dict:
     return out
 
 
+def check_rotary_tables(state: dict, target_state: dict) -> None:
+    """Rotary sin/cos tables are derived from the config (rotary_base, rotary_dim); our cache may
+    store fewer rows than n_ctx. They are not loaded: the rows saved must equal the rows TL built."""
+    import torch
+
+    for k in [k for k in state if k.endswith((".rotary_sin", ".rotary_cos"))]:
+        saved, built = state.pop(k), target_state[k]
+        n = min(saved.shape[0], built.shape[0])
+        if saved.shape[1:] != built.shape[1:] or not torch.allclose(saved[:n].float(), built[:n].float(),
+                                                                     rtol=0, atol=1e-5):
+            die(f"{k}: the saved rotary table differs from the one TransformerLens builds from config.json")
+
+
 PHASES = {
     "precompute": r"Precomputation completed in ([0-9.]+)s",
     "forward": r"Forward pass completed in ([0-9.]+)s",
@@ -191,10 +204,13 @@ def main(argv=None) -> None:
     tokenizer = load_tokenizer(args.model_dir)
     transcoders, tc_config = load_transcoders(args.transcoders, device, args.eager)
     model = ReplacementModel.from_config(cfg, transcoders, backend="transformerlens", tokenizer=tokenizer)
-    target_keys = set(model.state_dict().keys())
+    target_state = model.state_dict()
+    target_keys = set(target_state.keys())
     state = remap_state_dict(load_file(str(args.model_dir / "model.safetensors")), target_keys)
+    check_rotary_tables(state, target_state)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith(("IGNORE", "mask")) and not k.startswith("transcoders.")]
+    missing = [k for k in missing if not k.endswith(("IGNORE", "mask", "rotary_sin", "rotary_cos"))
+               and not k.startswith("transcoders.")]
     if missing or unexpected:
         die(f"weights do not match config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.to(device)
