@@ -8,7 +8,9 @@
     python benchmarks/compare_reference.py --model-dir ~/.cache/circuits/models/smollm2-135m \
         --transcoders DIR --prompt text --lengths 6,16,64,256 --max-feature-nodes 7500 \
         --batch-size 64 --threads 1 --repeat 3 --repeat-for 256=1 --out-dir benchmarks/work/smollm2-plt
-    python benchmarks/compare_reference.py --table benchmarks/work/smollm2-plt/results.json
+    python benchmarks/compare_reference.py --table benchmarks/work/smollm2-plt/results.json [more.json ...]
+    # a pair run by hand with the two runners (same arguments): into --out-dir's results.json
+    python benchmarks/compare_reference.py --out-dir DIR --import-pair ours.npz ref.npz
 
 Each run is a fresh process (benchmarks/our_runner.py in our environment,
 benchmarks/reference_runner.py in the reference venv) with the same batch size, thread count and
@@ -142,6 +144,7 @@ def summarise(runs: list[dict]) -> list[dict]:
         if not ours or not ref:
             continue
         row = dict(tokens=length, runs=min(len(ours), len(ref)), active=ref[-1]["n_active"],
+                   cap=ref[-1].get("cap"), batch=ref[-1].get("batch_size"),
                    ref_features=ref[-1]["n_features"], shared=gaps[-1]["shared_features"] if gaps else None)
         for name, rs in (("ours", ours), ("ref", ref)):
             for key in ("attr_s", "attr_cpu_s", "process_s", "peak_gib"):
@@ -153,16 +156,17 @@ def summarise(runs: list[dict]) -> list[dict]:
 
 
 def print_table(table: list[dict]) -> None:
-    head = ("| tokens | active | nodes ref / shared | runs | attr s ours | attr s ref | speed-up | "
-            "CPU s ours | CPU s ref | process s ours | process s ref | peak GiB ours | peak GiB ref | "
+    head = ("| tokens | active features | cap / batch | features ref / shared | runs | attribution wall s "
+            "ours / ref | CPU s ours / ref | process wall s ours / ref | peak RSS GiB ours / ref | "
             "max abs diff | max rel diff |")
     print(head)
     print("|" + "---:|" * (head.count("|") - 1))
     for r in table:
-        print(f"| {r['tokens']} | {r['active']} | {r['ref_features']} / {r['shared']} | {r['runs']} | "
-              f"{r['ours_attr_s']:.1f} | {r['ref_attr_s']:.1f} | {r['ref_attr_s'] / r['ours_attr_s']:.1f}x | "
-              f"{r['ours_attr_cpu_s']:.1f} | {r['ref_attr_cpu_s']:.1f} | {r['ours_process_s']:.1f} | "
-              f"{r['ref_process_s']:.1f} | {r['ours_peak_gib']:.2f} | {r['ref_peak_gib']:.2f} | "
+        print(f"| {r['tokens']} | {r['active']} | {r['cap'] or 'all'} / {r['batch']} | {r['ref_features']} / "
+              f"{r['shared']} | {r['runs']} | {r['ours_attr_s']:.1f} / {r['ref_attr_s']:.1f} "
+              f"({r['ref_attr_s'] / r['ours_attr_s']:.1f}x) | {r['ours_attr_cpu_s']:.1f} / {r['ref_attr_cpu_s']:.1f} "
+              f"({r['ref_attr_cpu_s'] / r['ours_attr_cpu_s']:.1f}x) | {r['ours_process_s']:.0f} / "
+              f"{r['ref_process_s']:.0f} | {r['ours_peak_gib']:.2f} / {r['ref_peak_gib']:.2f} | "
               f"{r['abs_gap']:.1e} | {r['rel_gap']:.1e} |", flush=True)
 
 
@@ -203,14 +207,27 @@ def main() -> None:
     ap.add_argument("--max-feature-nodes", type=int, default=None, help="both engines' cap (default: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", type=Path, default=WORK)
-    ap.add_argument("--table", type=Path, default=None, help="print the table of a results.json and exit")
+    ap.add_argument("--table", type=Path, nargs="+", default=None, help="print the table of results.json files and exit")
+    ap.add_argument("--import-pair", type=Path, nargs=2, metavar=("OURS_NPZ", "REF_NPZ"), default=None,
+                    help="add one pair of runner outputs made separately (same arguments) to --out-dir's results.json")
     args = ap.parse_args()
     if args.table:
-        print_table(summarise(json.loads(args.table.read_text())))
+        print_table(summarise([run for path in args.table for run in json.loads(path.read_text())]))
         return
     args.out_dir.mkdir(parents=True, exist_ok=True)
     results = args.out_dir / "results.json"
     runs = json.loads(results.read_text()) if results.exists() else []
+    if args.import_pair:
+        got = {}
+        for engine, path in zip(("ours", "ref"), args.import_pair):
+            with np.load(path, allow_pickle=False) as z:
+                got[engine] = {k: z[k] for k in z.files}
+            got[engine]["subprocess_seconds"] = float(got[engine]["process_seconds"])
+            runs.append(record(engine, int(got[engine]["n_pos"]), 0, got[engine]) | {"imported": str(path)})
+        runs[-1].update(adjacency_gap(got["ours"], got["ref"]))
+        results.write_text(json.dumps(runs, indent=1))
+        print_table(summarise(runs))
+        return
     repeats = _repeats(args)
     for length in [int(x) for x in args.lengths.split(",")]:
         tokens = prompt_tokens(args.model_dir, length, args.seed, args.prompt)

@@ -39,34 +39,57 @@ def run_once(cmd: list[str], env: dict) -> dict:
                 timing=json.loads(out).get("timing_seconds", {}))
 
 
+class Clock:
+    """Wall and CPU seconds (this process, all threads) since the last lap and since the start."""
+
+    def __init__(self):
+        self.start = self.last = (time.perf_counter(), time.process_time())
+
+    def lap(self) -> list[float]:
+        now = (time.perf_counter(), time.process_time())
+        out, self.last = [now[0] - self.last[0], now[1] - self.last[1]], now
+        return out
+
+    def total(self) -> list[float]:
+        return [time.perf_counter() - self.start[0], time.process_time() - self.start[1]]
+
+
 def phases(args) -> None:
     """In-process clock around each step of the trace command (printed as one JSON line)."""
-    t = {}
-    t0 = time.perf_counter()
+    t, clock = {}, Clock()
     import torch  # noqa: F401
 
     from circuits.replacement_model import ReplacementModel
     from circuits.trace import trace_prompt
     from circuits.trace_config import TraceConfig
 
-    t["imports"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
+    t["imports"] = clock.lap()
     rm = ReplacementModel.load(args.model, args.transcoders, "cpu", progress=False)
-    t["load model + transcoders"] = time.perf_counter() - t1
-    t1 = time.perf_counter()
+    t["load model + transcoders"] = clock.lap()
     _ = rm.index
-    t["read feature index"] = time.perf_counter() - t1
-    t1 = time.perf_counter()
+    t["read feature index"] = clock.lap()
     result = trace_prompt(rm, args.prompt, TraceConfig(), progress=False)
-    t["trace"] = time.perf_counter() - t1
+    t["trace"] = clock.lap()
     for k, v in result.graph.timing_seconds.items():
-        t[f"  trace: {k}"] = v
-    t1 = time.perf_counter()
+        t[f"  trace: {k}"] = [v, None]
     json.dumps(result.summary)
-    t["summary JSON"] = time.perf_counter() - t1
-    t["process so far"] = time.perf_counter() - t0
-    t["peak RSS GiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(json.dumps(t))
+    t["summary JSON"] = clock.lap()
+    t["process so far"] = clock.total()
+    print(json.dumps({"steps": t, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+
+
+def spread(values) -> str:
+    return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def summarise(runs: list[dict], repeat: int) -> None:
+    print(f"\nwarm `circuits trace` end to end, {repeat} runs, median (min-max):")
+    print(f"  wall {spread([r['wall'] for r in runs])} s, CPU {spread([r['cpu'] for r in runs])} s, "
+          f"peak RSS {spread([r['peak_gib'] for r in runs])} GiB")
+    for key in runs[0]["timing"]:
+        print(f"  {key}: {spread([r['timing'].get(key, float('nan')) for r in runs])} s")
+    print(f"  outside the trace (start-up, loading, output): "
+          f"{spread([r['wall'] - r['timing'].get('total', 0.0) for r in runs])} s")
 
 
 def main() -> None:
@@ -95,23 +118,17 @@ def main() -> None:
               + ", ".join(f"{k} {v:.1f} s" for k, v in r["timing"].items())
               + f", load {os.getloadavg()[0]:.1f}", flush=True)
 
-    def spread(values):
-        return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
-
-    print(f"\nwarm `circuits trace` end to end, {args.repeat} runs, median (min-max):")
-    print(f"  wall {spread([r['wall'] for r in runs])} s, CPU {spread([r['cpu'] for r in runs])} s, "
-          f"peak RSS {spread([r['peak_gib'] for r in runs])} GiB")
-    for key in runs[0]["timing"]:
-        print(f"  {key}: {spread([r['timing'].get(key, float('nan')) for r in runs])} s")
-    print(f"  outside the trace (start-up, loading, output): "
-          f"{spread([r['wall'] - r['timing'].get('total', 0.0) for r in runs])} s")
+    if runs:
+        summarise(runs, args.repeat)
     if not args.no_phases:
         out = subprocess.run([sys.executable, __file__, "--phases", "--model", args.model, "--transcoders",
                               args.transcoders, "--prompt", args.prompt], env=env, check=True,
                              capture_output=True, text=True).stdout
-        print("\none process, clock around each step (s):")
-        for k, v in json.loads(out.strip().splitlines()[-1]).items():
-            print(f"  {k:<28} {v:8.2f}")
+        got = json.loads(out.strip().splitlines()[-1])
+        print(f"\none process, clock around each step (peak RSS {got['peak_gib']:.2f} GiB):")
+        print(f"  {'step':<28} {'wall s':>8} {'CPU s':>8}")
+        for k, (wall, cpu) in got["steps"].items():
+            print(f"  {k:<28} {wall:8.2f} {'' if cpu is None else f'{cpu:8.2f}'}")
 
 
 if __name__ == "__main__":
