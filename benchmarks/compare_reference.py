@@ -134,7 +134,9 @@ def _median(rows: list[dict], key: str) -> float:
 
 
 def summarise(runs: list[dict]) -> list[dict]:
-    """One row per prompt length: medians over that length's runs of each engine."""
+    """One row per prompt length: medians over that length's finished pairs of runs, per engine."""
+    # a pair's second run carries its edge gap; runs of a pair that did not finish are left out
+    runs = [r for i, r in enumerate(runs) if "abs_gap" in r or (i + 1 < len(runs) and "abs_gap" in runs[i + 1])]
     table = []
     for length in sorted({r["tokens"] for r in runs}):
         mine = [r for r in runs if r["tokens"] == length]
