@@ -204,12 +204,12 @@ def decide(kind: str, answer: str, goal: str | None, top_before: list[dict], top
            p_answer: tuple[float, float], p_goal: tuple[float, float] | None) -> tuple[bool, str]:
     """The verdict from measured probabilities (see Experiment.kind)."""
     t0, t1 = top_before[0]["token"].strip(), top_after[0]["token"].strip()
-    probs = f"p({answer}) {p_answer[0]:.3f} -> {p_answer[1]:.3f}, top {t0!r} -> {t1!r}"
+    probs = f"p({answer.strip()}) {p_answer[0]:.3f} -> {p_answer[1]:.3f}, top {t0!r} -> {t1!r}"
     if kind == "swap":
         assert goal is not None and p_goal is not None
         worked = t1 == goal.strip() and t0 != goal.strip()
         already = " (it was the top token before)" if t0 == goal.strip() else ""
-        return worked, f"p({goal}) {p_goal[0]:.3f} -> {p_goal[1]:.3f}{already}, {probs}"
+        return worked, f"p({goal.strip()}) {p_goal[0]:.3f} -> {p_goal[1]:.3f}{already}, {probs}"
     dropped = p_answer[1] < (1 - INHIBITION_DROP) * p_answer[0]
     return dropped or t0 != t1, probs
 

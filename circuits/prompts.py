@@ -36,12 +36,15 @@ def token_id(model, token: str) -> int:
     """The vocabulary id of a single token given as text (leading space optional for BPE models)."""
     tokenizer = model.tokenizer
     vocab = tokenizer.get_vocab()
-    for candidate in (token, token.strip()):
-        if candidate in vocab:
-            return vocab[candidate]
+    if token in vocab:
+        return vocab[token]
+    # " Paris" is one BPE token spelled "ĠParis" in the vocabulary: encode before trying the
+    # stripped text, which is another token ("Paris", the word without its space)
     ids = tokenizer.encode(token, add_special_tokens=False)
     if len(ids) == 1 and ids[0] != tokenizer.unk_token_id:
         return ids[0]
+    if token.strip() in vocab:
+        return vocab[token.strip()]
     raise CircuitsError(f"'{token}' is not a single token in the model's vocabulary")
 
 

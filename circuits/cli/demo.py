@@ -1,4 +1,7 @@
-"""`circuits demo addition|two-hop`: the case studies on the built-in `world` model, with verdicts."""
+"""`circuits demo addition|two-hop|capitals|capitals-two-hop`: the case studies, with verdicts.
+
+addition and two-hop run on the `world` organism; capitals and capitals-two-hop on a real model
+(default smollm2-135m) or a world organism (US states)."""
 
 from __future__ import annotations
 
@@ -54,6 +57,65 @@ def two_hop_cmd(
     setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out, dtype=dtype)
     report = run_two_hop_demo(setup, k=k, inhibit=inhibit, inject_scale=inject_scale)
     print_json(report.to_json()) if json_out else _print(format_two_hop(report))
+
+
+REAL_MODEL_OPTION = typer.Option("smollm2-135m", "--model", help="Model: built-in name, checkpoint dir or hub id.")
+REAL_TRANSCODERS_OPTION = typer.Option(
+    None, "--transcoders", help="Transcoder directory (default: the model's default transcoder in the cache; "
+    "the world organisms train theirs on first use).")
+
+
+def load_demo_setup(model: str, transcoders: Optional[Path], device: str, progress: bool):
+    """The model and its transcoders; a real model's default transcoder must already be trained
+    (an hour of CPU), a world organism's trains on first use (minutes)."""
+    from circuits.errors import CircuitsError
+    from circuits.replacement_model import ReplacementModel
+
+    if transcoders is None and not model.startswith("world"):
+        from circuits.training.defaults import cached_default_transcoder_dir
+
+        transcoders = cached_default_transcoder_dir(model)
+        if transcoders is None:
+            raise CircuitsError(f"no trained default transcoder for {model} in the cache: train it with "
+                                f"`circuits transcoders train --model {model} --out DIR` and pass --transcoders DIR")
+    return ReplacementModel.load(model, transcoders, pick_device(device), progress=progress)
+
+
+@app.command("capitals")
+def capitals_cmd(
+    k: int = number_option(10, "--k", min=1, max=10_000, help="Features per inhibition and per swap side."),
+    inject_scale: float = number_option(2.0, "--inject-scale", kind=float, min=-1e6, max=1e6, help="Scale of the injected activations."),
+    max_feature_nodes: Optional[int] = typer.Option(None, "--max-feature-nodes", min=1, help="Cap on the traced graph's feature nodes (default: the trace default)."),
+    model: str = REAL_MODEL_OPTION, transcoders: Optional[Path] = REAL_TRANSCODERS_OPTION, json_out: bool = JSON,
+    device: str = DEVICE_OPTION,
+) -> None:
+    """One-hop facts: which capitals the model knows, the graph of "The capital of France is" and the path
+    from " France" to " Paris", inhibitions and a swap to Germany, each with a verdict."""
+    from circuits.demos.capitals import format_capitals, run_capitals_demo
+    from circuits.trace import TraceConfig
+
+    setup = load_demo_setup(model, transcoders, device, progress=not json_out)
+    config = TraceConfig(max_feature_nodes=max_feature_nodes) if max_feature_nodes else None
+    report = run_capitals_demo(setup, k=k, inject_scale=inject_scale, config=config)
+    print_json(report.to_json()) if json_out else _print(format_capitals(report))
+
+
+@app.command("capitals-two-hop")
+def capitals_two_hop_cmd(
+    k: int = number_option(10, "--k", min=1, max=10_000, help="Intermediate features per subject."),
+    max_feature_nodes: Optional[int] = typer.Option(None, "--max-feature-nodes", min=1, help="Cap on the traced graphs' feature nodes (default: the trace default)."),
+    model: str = REAL_MODEL_OPTION, transcoders: Optional[Path] = REAL_TRANSCODERS_OPTION, json_out: bool = JSON,
+    device: str = DEVICE_OPTION,
+) -> None:
+    """Two-hop facts ("The capital of the country where sushi comes from is" -> Japan -> Tokyo): does an
+    intermediate feature lie on a kept path to the answer? Inhibits it, with a verdict."""
+    from circuits.demos.capitals_two_hop import format_capitals_two_hop, run_capitals_two_hop
+    from circuits.trace import TraceConfig
+
+    setup = load_demo_setup(model, transcoders, device, progress=not json_out)
+    config = TraceConfig(max_feature_nodes=max_feature_nodes) if max_feature_nodes else None
+    report = run_capitals_two_hop(setup, k=k, config=config)
+    print_json(report.to_json()) if json_out else _print(format_capitals_two_hop(report))
 
 
 def register(root: typer.Typer) -> None:

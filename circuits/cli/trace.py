@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich import markup
 
 from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, check_outputs, console, pick_device, print_json
 from circuits.cli.options import build_config, given, with_config_options
@@ -38,14 +39,31 @@ def print_summary(summary: dict) -> None:
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     console.print(f"[bold]scores[/bold] replacement {fmt(s['replacement'])} (pruned {fmt(s['replacement_pruned'])}), "
                   f"completeness {fmt(s['completeness'])} (pruned {fmt(s['completeness_pruned'])})")
-    console.print("[bold]most influential features per position[/bold] (id L:POS:F, influence, description)")
+    console.print("[bold]most influential features per position[/bold] (id L:POS:F, layer, influence, description)")
     for entry in summary["positions"]:
         if not entry["features"]:
             continue
         console.print(f"  {entry['position']:>3} {entry['token']!r}")
-        for feat in entry["features"]:
+        for feat in sorted(entry["features"], key=lambda f: f["layer"]):
             fid = f"{feat['layer']}:{entry['position']}:{feat['feature']}"
-            console.print(f"        {fid:<12} {feat['influence']:.3f}  {feat['label']}")
+            console.print(f"        {fid:<12} L{feat['layer']:<3} {feat['influence']:.3f}  {markup.escape(feat['label'])}")
+    if summary.get("features"):
+        console.print("[bold]most influential features over all positions[/bold] (L:F, layer, positions, summed influence, description)")
+        for feat in summary["features"]:
+            where = ",".join(str(p) for p in feat["positions"])
+            console.print(f"        {feat['layer']}:{feat['feature']:<8} L{feat['layer']:<3} pos {where:<10} "
+                          f"{feat['influence']:.3f}  {markup.escape(feat['label'])}")
+    if summary.get("path"):
+        console.print(f"[bold]strongest path to {summary['path']['target']!r}[/bold] (through features, kept edges; "
+                      f"weight {summary['path']['weight']:.2e})")
+        for n in summary["path"]["nodes"]:
+            if n["kind"] == "embedding":
+                console.print(f"        token {n['token']!r} (pos {n['position']})")
+            elif n["kind"] == "logit":
+                console.print(f"        -> logit {n['label']!r}")
+            else:
+                fid = f"{n['layer']}:{n['position']}:{n['feature']}"
+                console.print(f"        -> {fid:<12} L{n['layer']:<3} {n['influence']:.3f}  {markup.escape(n['label'])}")
     t = summary.get("timing_seconds", {})
     if t:
         console.print("[dim]timing " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()) + "[/dim]")

@@ -36,6 +36,14 @@ def default_transcoder_dir(model_name: str, kind: str | None = None) -> Path:
     return transcoders_dir() / model_name / f"default-{kind}"
 
 
+def cached_default_transcoder_dir(model_name: str) -> Path | None:
+    """The built-in model's default transcoder directory when a finished one is in the cache, else None."""
+    from transcoders.formats import CONFIG_YAML
+
+    path = default_transcoder_dir(model_name)
+    return path if (path / CONFIG_YAML).is_file() else None
+
+
 def default_transcoders(loaded_model, progress: bool = True):
     """(Transcoder, Path) for a built-in model: its cached default transcoder, trained here if needed."""
     from transcoders.checkpoint import CHECKPOINT_FILE, load_checkpoint

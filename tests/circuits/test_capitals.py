@@ -1,0 +1,147 @@
+"""The one-hop and two-hop fact case studies (`circuits demo capitals`, `capitals-two-hop`) on
+world-tiny with a random CLT: the same code paths as on SmolLM2, with their numbers recomputed
+independently; and the BPE answer-token lookup they rely on."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from circuits.demos.capitals import fact_set, run_capitals_demo, subject_position
+from circuits.demos.capitals_two_hop import run_capitals_two_hop
+from circuits.experiments import decide
+from circuits.interventions import Intervention, intervene
+from circuits.prompts import token_id
+from circuits.replacement_model import ReplacementModel
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def setup(world_tiny, tmp_path_factory):
+    from circuits.feature_index import load_feature_index
+    from tests.circuits.attribution_checks import random_transcoder
+    from transcoders.formats import save_transcoder
+
+    cfg = world_tiny.model.cfg
+    tc = random_transcoder(cfg.n_layers, cfg.d_model, "clt", n_features=48, seed=11, threshold=0.5)
+    folder = save_transcoder(tc, tmp_path_factory.mktemp("capitals_tc") / "clt", model_name="world-tiny")
+    return ReplacementModel(world_tiny, tc, folder, load_feature_index(folder))
+
+
+@pytest.fixture(scope="module")
+def report(setup):
+    return run_capitals_demo(setup)
+
+
+def _p(setup, logits, word):
+    return float(torch.softmax(logits.float(), -1)[token_id(setup.model, word)])
+
+
+def test_facts_are_measured(setup, report):
+    facts = fact_set("world-tiny")
+    assert report.prompt == "Fact: the capital of Texas is" and report.answer.strip() == "Austin"
+    assert len(report.accuracy) == len(facts.facts) > 5
+    for row in report.accuracy:
+        tokens = setup.tokens(facts.template.format(row["subject"]))
+        with torch.no_grad():
+            logits = setup.model(tokens[None])[0, -1]
+        assert row["p_answer"] == pytest.approx(_p(setup, logits, row["answer"]), abs=1e-6)
+        assert row["correct"] == (setup.tokenizer.decode([int(logits.argmax())]).strip() == row["answer"])
+
+
+def test_path_runs_from_the_subject_token_to_the_answer(report):
+    nodes = report.path["nodes"]
+    assert len(nodes) >= 3, "the random CLT's graph has a feature path from 'Texas' to 'Austin'"
+    assert nodes[0]["kind"] == "embedding" and nodes[0]["pos"] == report.subject_pos
+    assert nodes[0]["token"].strip() == "Texas"
+    assert nodes[-1]["kind"] == "logit" and "Austin" in nodes[-1]["label"]
+    assert all(n["kind"] == "feature" for n in nodes[1:-1])
+    assert all(a["layer"] < b["layer"] or b["kind"] == "logit" for a, b in zip(nodes[1:-1], nodes[2:-1]))
+    assert report.path["weight"] == pytest.approx(float(np.prod(report.path["step_weights"])))
+    assert 0 < report.path["weight"] <= 1
+
+
+def test_experiments_are_measured_and_decided(setup, report):
+    assert len(report.experiments) == 5
+    tokens = setup.tokens(report.prompt)
+    path_feats = [(n["layer"], n["pos"], int(n["id"].split(":")[2])) for n in report.path["nodes"] if n["kind"] == "feature"]
+    first = report.experiments[0]
+    assert [c["id"] for c in first.changes] == [f"{l}:{p}:{f}" for l, p, f in path_feats]
+    again = intervene(setup.model, setup.transcoder, tokens, [Intervention(l, p, f, multiplier=-1.0) for l, p, f in path_feats])
+    assert first.p_answer_after == pytest.approx(_p(setup, again.logits_after[-1], report.answer), abs=1e-6)
+    assert "control" in first.note
+    for exp in report.experiments:
+        if not exp.changes:
+            continue
+        worked, reason = decide(exp.kind, exp.answer, exp.goal, exp.top_before, exp.top_after,
+                                (exp.p_answer_before, exp.p_answer_after),
+                                (exp.p_goal_before, exp.p_goal_after) if exp.goal else None)
+        assert (worked, reason) == (exp.worked, exp.reason)
+    swap_all = report.experiments[-1]
+    assert swap_all.kind == "swap" and swap_all.goal.strip() == "Sacramento"
+    assert all(int(c["id"].split(":")[1]) == report.subject_pos for c in swap_all.changes)
+
+
+def test_reference_patch_is_the_other_prompts_mlp_outputs(setup, report):
+    ref = report.reference
+    assert ref["p_answer"][0] == pytest.approx(report.experiments[0].p_answer_before, abs=1e-6)
+    assert ref["explained_share"] is not None and ref["explained_share"] <= 1.0
+    json.dumps(report.to_json(), allow_nan=False)
+
+
+def test_two_hop_check_on_world_tiny(setup):
+    rep = run_capitals_two_hop(setup, prompts=[("Fact: the capital of the state containing Dallas is", "Texas", "Austin")])
+    case = rep.cases[0]
+    assert case.intermediate_features, "the random CLT has Texas-specific features at 'Texas'"
+    assert all(f["margin"] > 0 for f in case.intermediate_features)
+    wanted = {(f["layer"], f["feature"]) for f in case.intermediate_features}
+    assert all((e["layer"], int(e["id"].split(":")[2])) in wanted for e in case.in_graph)
+    on_path = [e for e in case.in_graph if e["reaches_answer"]]
+    assert case.verdict.startswith("yes") == bool(on_path)
+    assert case.verdict.split(":")[0] in ("yes", "no", "partly")
+    json.dumps(rep.to_json(), allow_nan=False)
+
+
+def test_subject_position(setup):
+    tokens = setup.tokens("Fact: the capital of Texas is")
+    assert setup.tokenizer.decode([int(tokens[subject_position(setup.model, tokens, "Texas")])]).strip() == "Texas"
+
+
+def test_cli_capitals(setup):
+    from circuits.cli.main import app
+
+    out = CliRunner().invoke(app, ["demo", "capitals", "--model", "world-tiny", "--transcoders", str(setup.transcoder_dir)])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("verdict [") == 5
+    assert "strongest path from the subject token" in out.output
+
+
+def test_cli_real_model_without_a_trained_transcoder_is_one_line():
+    from circuits.cli.main import app
+
+    out = CliRunner().invoke(app, ["demo", "capitals", "--model", "smollm2-135m"])
+    assert out.exit_code == 2
+    lines = [line for line in out.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: no trained default transcoder for smollm2-135m")
+    assert "circuits transcoders train --model smollm2-135m" in lines[0]
+
+
+def test_token_id_reads_bpe_leading_spaces():
+    """' Paris' is 'ĠParis' in a byte-level vocabulary that also has 'Paris': the spaced text must
+    give the spaced token, not the bare word."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({"ĠParis": 0, "Paris": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    model = SimpleNamespace(tokenizer=PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]"))
+    assert token_id(model, " Paris") == 0
+    assert token_id(model, "Paris") == 1
+    assert token_id(model, "ĠParis") == 0
