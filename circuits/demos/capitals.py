@@ -170,11 +170,11 @@ def _inhibit(nodes: list[tuple[int, int, int]], multiplier: float = -1.0) -> lis
 
 
 def random_control(acts: torch.Tensor, chosen: list[tuple[int, int, int]], rng: random.Random) -> list[tuple[int, int, int]]:
-    """As many random active features as `chosen`, at the same positions, none of them chosen."""
+    """As many random active features (acts [pos, L, F]) as `chosen`, at the same positions, none of them chosen."""
     taken, out = set(chosen), []
     for pos in sorted({p for _, p, _ in chosen}):
         n = sum(1 for _, p, _ in chosen if p == pos)
-        pool = [(int(l), pos, int(f)) for l, f in torch.nonzero(acts[:, pos]).tolist() if (int(l), pos, int(f)) not in taken]
+        pool = [(int(l), pos, int(f)) for l, f in torch.nonzero(acts[pos]).tolist() if (int(l), pos, int(f)) not in taken]
         out += rng.sample(pool, min(n, len(pool)))
     return out
 
@@ -197,7 +197,7 @@ def swap_subject(setup: ReplacementModel, traced: Traced, acts_here: torch.Tenso
                  inject_scale: float) -> Experiment:
     """Remove the k features stronger at the subject here than at the other prompt's subject, and
     inject the other prompt's k stronger ones (x inject_scale); k None: every active feature."""
-    here, there = acts_here[:, pos], acts_there[:, other_pos]
+    here, there = acts_here[pos], acts_there[other_pos]   # [L, F]
     F = here.shape[1]
 
     def strongest(diff: torch.Tensor, active: torch.Tensor) -> list[tuple[int, int]]:
@@ -235,7 +235,7 @@ def mlp_reference(setup: ReplacementModel, tokens: torch.Tensor, other_tokens: t
     def patch(layer):
         def hook(mlp_out, hook):
             mlp_out = mlp_out.clone()
-            mlp_out[:, pos] = there.mlp_out_layer_pos_d[layer, other_pos].to(mlp_out.dtype)
+            mlp_out[:, pos] = there.mlp_out_pos_layer_d[other_pos, layer].to(mlp_out.dtype)
             return mlp_out
         return hook
 
@@ -246,10 +246,10 @@ def mlp_reference(setup: ReplacementModel, tokens: torch.Tensor, other_tokens: t
     a, g = token_id(model, answer), token_id(model, goal)
 
     def recon(run, p):
-        acts = run.acts_layer_pos_feat[:, p]           # [L, F]
+        acts = run.acts_pos_layer_feat[p]             # [L, F]
         return tc.decode(acts.to(tc.W_enc.dtype)).float()  # [L, d] (no skip-term input: see below)
 
-    d_true = (there.mlp_out_layer_pos_d[:, other_pos] - here.mlp_out_layer_pos_d[:, pos]).float()
+    d_true = (there.mlp_out_pos_layer_d[other_pos] - here.mlp_out_pos_layer_d[pos]).float()   # [L, d]
     share = None
     if tc.W_skip is None:
         d_rec = recon(there, other_pos) - recon(here, pos)
@@ -271,8 +271,8 @@ def run_capitals_demo(setup: ReplacementModel, facts: FactSet | None = None, k: 
     tokens, other_tokens = traced.tokens, tokenize_prompt(model, other_prompt)
     pos, other_pos = subject_position(model, tokens, subject), subject_position(model, other_tokens, other)
     last = len(tokens) - 1
-    acts_here = clean_run(model, setup.transcoder, tokens).acts_layer_pos_feat
-    acts_there = clean_run(model, setup.transcoder, other_tokens).acts_layer_pos_feat
+    acts_here = clean_run(model, setup.transcoder, tokens).acts_pos_layer_feat              # [pos, L, F]
+    acts_there = clean_run(model, setup.transcoder, other_tokens).acts_pos_layer_feat
     path = path_from_subject(setup, traced, pos)
     subject_feats = ranked_features(setup, traced, top=k, positions=[pos])
     last_feats = ranked_features(setup, traced, top=k, positions=[last])

@@ -81,7 +81,7 @@ def intermediate_features(setup: ReplacementModel, facts: FactSet, subject: str,
             pos = subject_position(setup.model, tokens, s)
         except CircuitsError:
             continue
-        acts[s] = clean_run(setup.model, setup.transcoder, tokens).acts_layer_pos_feat[:, pos]   # [L, F]
+        acts[s] = clean_run(setup.model, setup.transcoder, tokens).acts_pos_layer_feat[pos]   # [L, F]
     here = acts[subject]
     others = torch.stack([a for s, a in acts.items() if s != subject]).amax(0)
     margin = torch.where(here > 0, here - others, torch.zeros_like(here)).flatten()
@@ -114,7 +114,7 @@ def check_case(setup: ReplacementModel, facts: FactSet, prompt: str, intermediat
     in_graph.sort(key=lambda e: -e["influence"])
     promoting.sort(key=lambda e: -e["influence"])
     verdict = intermediate_verdict(intermediate, answer, found, in_graph, promoting)
-    acts = clean_run(setup.model, setup.transcoder, traced.tokens).acts_layer_pos_feat
+    acts = clean_run(setup.model, setup.transcoder, traced.tokens).acts_pos_layer_feat   # [pos, L, F]
     chosen = [(e["layer"], e["pos"], int(e["id"].split(":")[2])) for e in in_graph]
     exp = inhibit_with_control(setup, traced, f"inhibit the {intermediate} features", chosen, acts, rng,
                                f"no {intermediate} feature fires in this prompt")

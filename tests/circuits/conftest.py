@@ -1,4 +1,5 @@
-"""Fixtures shared by the intervention tests: a tiny model + transcoder pair and a prompt's tokens."""
+"""Fixtures shared by the intervention and demo tests: a tiny model + transcoder pair and a prompt's
+tokens; world-tiny with a random CLT saved to disk."""
 
 from __future__ import annotations
 
@@ -17,3 +18,17 @@ def tokens(pair):
     from circuits.prompts import tokenize_prompt
 
     return tokenize_prompt(pair[0], "fact : the capital of the state containing dallas is")
+
+
+@pytest.fixture(scope="module")
+def setup(world_tiny, tmp_path_factory):
+    """world-tiny with a random CLT (48 features) saved to disk, as a ReplacementModel."""
+    from circuits.feature_index import load_feature_index
+    from circuits.replacement_model import ReplacementModel
+    from tests.circuits.attribution_checks import random_transcoder
+    from transcoders.formats import save_transcoder
+
+    cfg = world_tiny.model.cfg
+    tc = random_transcoder(cfg.n_layers, cfg.d_model, "clt", n_features=48, seed=11, threshold=0.5)
+    folder = save_transcoder(tc, tmp_path_factory.mktemp("demo_tc") / "clt", model_name="world-tiny")
+    return ReplacementModel(world_tiny, tc, folder, load_feature_index(folder))

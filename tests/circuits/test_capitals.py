@@ -17,21 +17,8 @@ from circuits.demos.capitals_two_hop import run_capitals_two_hop
 from circuits.experiments import decide
 from circuits.interventions import Intervention, intervene
 from circuits.prompts import token_id
-from circuits.replacement_model import ReplacementModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def setup(world_tiny, tmp_path_factory):
-    from circuits.feature_index import load_feature_index
-    from tests.circuits.attribution_checks import random_transcoder
-    from transcoders.formats import save_transcoder
-
-    cfg = world_tiny.model.cfg
-    tc = random_transcoder(cfg.n_layers, cfg.d_model, "clt", n_features=48, seed=11, threshold=0.5)
-    folder = save_transcoder(tc, tmp_path_factory.mktemp("capitals_tc") / "clt", model_name="world-tiny")
-    return ReplacementModel(world_tiny, tc, folder, load_feature_index(folder))
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from circuits.swap_trials import SwapRow, swap_grid, swap_pairs
 from circuits.errors import CircuitsError
 from circuits.interventions import Intervention
 from circuits.prompts import token_id, tokenize_prompt
-from circuits.replacement_model import ReplacementModel
 from circuits.validate import PromptRow, linear_effects, spearman, summarise
 from tests.graphs.hand_graph import F0, F1, F2, L0, L1, hand_graph
 
@@ -110,16 +109,7 @@ def test_swap_summary_counts():
 
 
 # --- world-tiny ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def setup(world_tiny, tmp_path_factory):
-    from circuits.feature_index import load_feature_index
-    from tests.circuits.attribution_checks import random_transcoder
-    from transcoders.formats import save_transcoder
-
-    cfg = world_tiny.model.cfg
-    tc = random_transcoder(cfg.n_layers, cfg.d_model, "clt", n_features=48, seed=11, threshold=0.5)
-    folder = save_transcoder(tc, tmp_path_factory.mktemp("demo_tc") / "clt", model_name="world-tiny")
-    return ReplacementModel(world_tiny, tc, folder, load_feature_index(folder))
+# `setup`: world-tiny with a random CLT saved to disk (tests/circuits/conftest.py)
 
 
 def test_swap_with_a_planted_goal_feature_works_and_a_silent_one_does_not(setup):
