@@ -85,7 +85,7 @@ def load_demo_setup(model: str, transcoders: Optional[Path], device: str, progre
 def capitals_cmd(
     k: int = number_option(10, "--k", min=1, max=10_000, help="Features per inhibition and per swap side."),
     inject_scale: float = number_option(2.0, "--inject-scale", kind=float, min=-1e6, max=1e6, help="Scale of the injected activations."),
-    max_feature_nodes: Optional[int] = typer.Option(None, "--max-feature-nodes", min=1, help="Cap on the traced graph's feature nodes (default: the trace default)."),
+    max_feature_nodes: Optional[int] = number_option(None, "--max-feature-nodes", min=1, max=10_000_000, help="Cap on the traced graph's feature nodes (default: the trace default)."),
     model: str = REAL_MODEL_OPTION, transcoders: Optional[Path] = REAL_TRANSCODERS_OPTION, json_out: bool = JSON,
     device: str = DEVICE_OPTION,
 ) -> None:
@@ -103,7 +103,7 @@ def capitals_cmd(
 @app.command("capitals-two-hop")
 def capitals_two_hop_cmd(
     k: int = number_option(10, "--k", min=1, max=10_000, help="Intermediate features per subject."),
-    max_feature_nodes: Optional[int] = typer.Option(None, "--max-feature-nodes", min=1, help="Cap on the traced graphs' feature nodes (default: the trace default)."),
+    max_feature_nodes: Optional[int] = number_option(None, "--max-feature-nodes", min=1, max=10_000_000, help="Cap on the traced graphs' feature nodes (default: the trace default)."),
     model: str = REAL_MODEL_OPTION, transcoders: Optional[Path] = REAL_TRANSCODERS_OPTION, json_out: bool = JSON,
     device: str = DEVICE_OPTION,
 ) -> None:
