@@ -9,11 +9,13 @@
 3. **Interventions** (constrained patching in the real model, verdicts from measured logits at the
    last position, circuits.experiments): inhibit the path's features; inhibit the strongest
    features at the subject token and at the last token, each next to a control (as many random
-   active features at the same positions); swap the subject token's features for another
-   subject's (the features stronger here removed, the other prompt's stronger ones injected).
+   active features at the same positions); swap the features of the subject token, and of the
+   last token, for the other prompt's (the features stronger here removed, the other prompt's
+   stronger ones injected; k of each, or all that differ).
 4. **A reference that is not a feature intervention**: the other prompt's true MLP outputs patched
-   in at the subject token (layers 0..L-1) - does the real model carry the fact there at all? -
-   and the share of that MLP-output difference the transcoder's reconstruction explains.
+   in at the subject token, and at the last token (every layer) - does the real model carry the
+   fact there at all? - and the share of that MLP-output difference the transcoder's
+   reconstruction explains.
 
 Fact sets: countries and capitals for real models ("The capital of France is"), US states for the
 `world` organisms ("Fact: the capital of Texas is").
@@ -100,7 +102,7 @@ class OneHopReport:
     shares: dict                      # influence on the answer by kind / position
     path: dict                        # {weight, nodes: [{id, kind, layer, pos, token, influence, label}]}
     subject_features: list[FeatureNode]
-    reference: dict                   # the real MLP-output patch and the transcoder's share of it
+    reference: dict                   # per position: the real MLP-output patch, the transcoder's share of it
     experiments: list[Experiment] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -192,11 +194,12 @@ def inhibit_with_control(setup: ReplacementModel, traced: Traced, name: str, cho
     return exp
 
 
-def swap_subject(setup: ReplacementModel, traced: Traced, acts_here: torch.Tensor, other_tokens: torch.Tensor,
-                 acts_there: torch.Tensor, pos: int, other_pos: int, goal: str, k: int | None,
-                 inject_scale: float) -> Experiment:
-    """Remove the k features stronger at the subject here than at the other prompt's subject, and
-    inject the other prompt's k stronger ones (x inject_scale); k None: every active feature."""
+def swap_features(setup: ReplacementModel, traced: Traced, acts_here: torch.Tensor, other_tokens: torch.Tensor,
+                  acts_there: torch.Tensor, pos: int, other_pos: int, where: str, goal: str, k: int | None,
+                  inject_scale: float) -> Experiment:
+    """At one position (`where`: the subject token or the last token): remove the k features
+    stronger here than at the matching position of the other prompt, and inject the other prompt's
+    k stronger ones (x inject_scale); k None: every feature that differs."""
     here, there = acts_here[pos], acts_there[other_pos]   # [L, F]
     F = here.shape[1]
 
@@ -207,7 +210,7 @@ def swap_subject(setup: ReplacementModel, traced: Traced, acts_here: torch.Tenso
 
     removed = strongest(here - there, here != 0)
     added = strongest(there - here, there != 0)
-    name = (f"swap the subject's features for {goal.strip()}'s "
+    name = (f"swap the {where}'s features for the {goal.strip()} prompt's "
             f"({'all' if k is None else f'k={k}'}, inject x{inject_scale:g})")
     if not removed and not added:
         return no_candidates(name, "swap", traced.answer, "no feature differs between the two subjects")
@@ -222,10 +225,10 @@ def swap_subject(setup: ReplacementModel, traced: Traced, acts_here: torch.Tenso
 @torch.no_grad()
 def mlp_reference(setup: ReplacementModel, tokens: torch.Tensor, other_tokens: torch.Tensor, pos: int,
                   other_pos: int, answer: str, goal: str) -> dict:
-    """The real model with the other prompt's MLP outputs at the subject token (every layer): a
-    reference for what the subject token's MLPs carry. And the share of the MLP-output difference
-    between the two subjects (summed over layers) that the transcoder's reconstruction explains:
-    1 - |d_true - d_rec|^2 / |d_true|^2."""
+    """The real model with the other prompt's MLP outputs at `pos` (its `other_pos`), every layer:
+    a reference for what the MLPs at that position carry about the fact. And the share of that
+    MLP-output difference (summed over layers) the transcoder's reconstruction explains:
+    1 - |d_true - d_rec|^2 / |d_true|^2 (None for a transcoder with a skip term)."""
     model, tc = setup.model, setup.transcoder
     here, there = clean_run(model, tc, tokens), clean_run(model, tc, other_tokens)
     out_hook = tc.cfg.output_hook
@@ -287,14 +290,19 @@ def run_capitals_demo(setup: ReplacementModel, facts: FactSet | None = None, k: 
         inhibit_with_control(setup, traced, f"inhibit the top {k} features at the last token",
                              [(f.layer, f.pos, f.feature) for f in last_feats], acts_here, rng,
                              "no feature at the last token has influence on the answer"),
-        swap_subject(setup, traced, acts_here, other_tokens, acts_there, pos, other_pos, goal, k, inject_scale),
-        swap_subject(setup, traced, acts_here, other_tokens, acts_there, pos, other_pos, goal, None, 1.0),
     ]
+    other_last = len(other_tokens) - 1
+    for where, here_pos, there_pos in (("subject token", pos, other_pos), ("last token", last, other_last)):
+        exps += [swap_features(setup, traced, acts_here, other_tokens, acts_there, here_pos, there_pos, where, goal, k,
+                               inject_scale),
+                 swap_features(setup, traced, acts_here, other_tokens, acts_there, here_pos, there_pos, where, goal,
+                               None, 1.0)]
     summary = traced.result.summary
     return OneHopReport(facts.template, accuracy, prompt, ans, other_prompt, goal, pos,
                         clean_top(setup, tokens), summary["scores"], summary["counts"],
                         influence_shares(traced, pos), path, subject_feats,
-                        mlp_reference(setup, tokens, other_tokens, pos, other_pos, ans, goal), exps)
+                        {"subject token": mlp_reference(setup, tokens, other_tokens, pos, other_pos, ans, goal),
+                         "last token": mlp_reference(setup, tokens, other_tokens, last, other_last, ans, goal)}, exps)
 
 
 def format_capitals(report: OneHopReport) -> list[str]:
@@ -332,10 +340,11 @@ def format_capitals(report: OneHopReport) -> list[str]:
         lines.append("  (none)")
     for exp in report.experiments:
         lines += format_experiment(exp)
-    r = report.reference
-    share = "-" if r["explained_share"] is None else f"{r['explained_share']:.3f}"
-    lines += [f"reference (not a feature intervention): the real MLP outputs of {report.other_prompt!r} at the "
-              f"subject token, every layer: p({report.other_answer.strip()}) {r['p_goal'][0]:.3f} -> "
-              f"{r['p_goal'][1]:.3f}, p({report.answer.strip()}) {r['p_answer'][0]:.3f} -> {r['p_answer'][1]:.3f}",
-              f"  share of that MLP-output difference the transcoder reconstructs: {share}"]
+    lines.append(f"reference (not a feature intervention): the real MLP outputs of {report.other_prompt!r} patched "
+                 "in, every layer, at")
+    for where, r in report.reference.items():
+        share = "-" if r["explained_share"] is None else f"{r['explained_share']:.3f}"
+        lines.append(f"  the {where}: p({report.other_answer.strip()}) {r['p_goal'][0]:.3f} -> {r['p_goal'][1]:.3f}, "
+                     f"p({report.answer.strip()}) {r['p_answer'][0]:.3f} -> {r['p_answer'][1]:.3f}; share of that "
+                     f"MLP-output difference the transcoder reconstructs: {share}")
     return lines

@@ -55,7 +55,7 @@ def test_path_runs_from_the_subject_token_to_the_answer(report):
 
 
 def test_experiments_are_measured_and_decided(setup, report):
-    assert len(report.experiments) == 5
+    assert len(report.experiments) == 7
     tokens = setup.tokens(report.prompt)
     path_feats = [(n["layer"], n["pos"], int(n["id"].split(":")[2])) for n in report.path["nodes"] if n["kind"] == "feature"]
     first = report.experiments[0]
@@ -70,15 +70,22 @@ def test_experiments_are_measured_and_decided(setup, report):
                                 (exp.p_answer_before, exp.p_answer_after),
                                 (exp.p_goal_before, exp.p_goal_after) if exp.goal else None)
         assert (worked, reason) == (exp.worked, exp.reason)
-    swap_all = report.experiments[-1]
+    swap_all, swap_all_last = report.experiments[4], report.experiments[6]
     assert swap_all.kind == "swap" and swap_all.goal.strip() == "Sacramento"
     assert all(int(c["id"].split(":")[1]) == report.subject_pos for c in swap_all.changes)
+    last = len(tokens) - 1
+    assert swap_all_last.changes and all(int(c["id"].split(":")[1]) == last for c in swap_all_last.changes)
 
 
 def test_reference_patch_is_the_other_prompts_mlp_outputs(setup, report):
-    ref = report.reference
-    assert ref["p_answer"][0] == pytest.approx(report.experiments[0].p_answer_before, abs=1e-6)
-    assert ref["explained_share"] is not None and ref["explained_share"] <= 1.0
+    assert list(report.reference) == ["subject token", "last token"]
+    with torch.no_grad():
+        clean = setup.model(setup.tokens(report.prompt)[None])[0, -1]
+    for ref in report.reference.values():
+        assert ref["p_answer"][0] == pytest.approx(_p(setup, clean, report.answer), abs=1e-6)
+        assert ref["p_goal"][0] == pytest.approx(_p(setup, clean, report.other_answer), abs=1e-6)
+        assert ref["p_answer"][1] != pytest.approx(ref["p_answer"][0], abs=1e-9)   # the patch changed the run
+        assert ref["explained_share"] is not None and ref["explained_share"] <= 1.0
     json.dumps(report.to_json(), allow_nan=False)
 
 
@@ -105,7 +112,7 @@ def test_cli_capitals(setup):
 
     out = CliRunner().invoke(app, ["demo", "capitals", "--model", "world-tiny", "--transcoders", str(setup.transcoder_dir)])
     assert out.exit_code == 0, out.output
-    assert out.output.count("verdict [") == 5
+    assert out.output.count("verdict [") == 7
     assert "strongest path from the subject token" in out.output
 
 
