@@ -116,3 +116,16 @@ def _relax(best: np.ndarray, nxt: np.ndarray, targets: np.ndarray, sources: np.n
 def _edge_weight(t_idx: np.ndarray, s_idx: np.ndarray, w: np.ndarray, target: int, source: int) -> float:
     hit = np.flatnonzero((t_idx == target) & (s_idx == source))
     return float(w[hit[0]]) if len(hit) else 0.0
+
+
+def reaching(pruned: PrunedGraph, target: int) -> np.ndarray:
+    """bool [n_nodes]: the nodes from which the kept edges lead to `target` (target excluded)."""
+    mask = sparse.csr_array(pruned.edge_mask)
+    seen = np.zeros(mask.shape[0], dtype=bool)
+    frontier = np.array([target])
+    while len(frontier):
+        sources = np.unique(np.concatenate([mask.indices[mask.indptr[t]:mask.indptr[t + 1]] for t in frontier]))
+        frontier = sources[~seen[sources]]
+        seen[frontier] = True
+    seen[target] = False
+    return seen

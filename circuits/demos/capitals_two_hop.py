@@ -20,13 +20,13 @@ import torch
 
 from circuits.demos.capitals import FactSet, answer_token, fact_set, inhibit_with_control, subject_position
 from circuits.errors import CircuitsError
-from circuits.experiments import (Experiment, clean_top, format_experiment, json_safe, promoted_tokens, reaches,
-                                   trace_answer)
+from circuits.experiments import Experiment, clean_top, format_experiment, json_safe, promoted_tokens, trace_answer
 from circuits.interventions import clean_run
 from circuits.prompts import tokenize_prompt
 from circuits.replacement_model import ReplacementModel
 from circuits.trace import TraceConfig
 from graphs import NodeKind
+from graphs.paths import reaching
 
 REAL_TWO_HOP = [("The capital of the country where sushi comes from is", "Japan", "Tokyo"),
                 ("People in the country whose capital is Paris speak", "France", "French"),
@@ -100,16 +100,17 @@ def check_case(setup: ReplacementModel, facts: FactSet, prompt: str, intermediat
     found = intermediate_features(setup, facts, intermediate, k)
     wanted = {(f["layer"], f["feature"]) for f in found}
     feats = [int(i) for i in (g.kind == NodeKind.FEATURE).nonzero()[0]]
+    to_answer = reaching(pruned, traced.target_node)
     in_graph, promoting = [], []
     for i in feats:
         layer, feat, pos = int(g.layer[i]), int(g.feature[i]), int(g.position[i])
         entry = {"id": f"{layer}:{pos}:{feat}", "layer": layer, "pos": pos, "token": g.token_strs[pos],
                  "influence": float(traced.influence_node[i]), "kept": bool(pruned.node_mask[i])}
         if (layer, feat) in wanted:
-            entry["reaches_answer"] = entry["kept"] and reaches(g, pruned.edge_mask, i, traced.target_node)
+            entry["reaches_answer"] = entry["kept"] and bool(to_answer[i])
             in_graph.append(entry)
         if entry["kept"] and intermediate in promoted_tokens(setup, layer, feat, k=VIEW_TOP):
-            entry["reaches_answer"] = reaches(g, pruned.edge_mask, i, traced.target_node)
+            entry["reaches_answer"] = bool(to_answer[i])
             promoting.append(entry)
     in_graph.sort(key=lambda e: -e["influence"])
     promoting.sort(key=lambda e: -e["influence"])

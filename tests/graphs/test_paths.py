@@ -9,7 +9,7 @@ from scipy import sparse
 from graphs import prune_graph
 from graphs.graph import NodeKind
 from graphs.paths import strongest_path
-from tests.graphs.hand_graph import E0, E1, F0, F1, F2, L0, L1, hand_graph
+from tests.graphs.hand_graph import E0, E1, F0, F1, F2, L0, L1, R0, hand_graph
 
 
 def _graph():
@@ -66,3 +66,18 @@ def test_summary_has_the_path_and_feature_groups():
     assert [(f["layer"], f["feature"]) for f in groups] == [(1, 5), (0, 3)]   # F2 before F1; F0 pruned
     assert groups[0]["positions"] == [1] and groups[0]["label"] == "say x"
     assert "strongest path to 'x'" in format_summary(summary)
+
+
+def test_reaching_follows_kept_edges_backwards():
+    from graphs.paths import reaching
+
+    g = _graph()
+    pruned = prune_graph(g, 1.0, 1.0)
+    assert np.flatnonzero(reaching(pruned, L1)).tolist() == [F1, E1]              # L1 <- F1, E1; F1 <- E1
+    assert np.flatnonzero(reaching(pruned, L0)).tolist() == [F0, F1, F2, R0, E0, E1]
+    mask = pruned.edge_mask.tolil()
+    mask[F2, F0] = False
+    mask[F0, E0] = False
+    pruned.edge_mask = sparse.csr_array(mask)
+    assert not reaching(pruned, L0)[E0] and not reaching(pruned, L0)[F0]
+    assert reaching(pruned, L0)[E1]
