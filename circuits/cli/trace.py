@@ -48,14 +48,14 @@ def print_summary(summary: dict) -> None:
             fid = f"{feat['layer']}:{entry['position']}:{feat['feature']}"
             console.print(f"        {fid:<12} L{feat['layer']:<3} {feat['influence']:.3f}  {markup.escape(feat['label'])}")
     if summary.get("features"):
-        console.print("[bold]most influential features over all positions[/bold] (L:F, layer, positions, summed influence, description)")
+        console.print("[bold]top features over all positions[/bold] (L:F, layer, positions, summed influence)")
         for feat in summary["features"]:
             where = ",".join(str(p) for p in feat["positions"])
             console.print(f"        {feat['layer']}:{feat['feature']:<8} L{feat['layer']:<3} pos {where:<10} "
                           f"{feat['influence']:.3f}  {markup.escape(feat['label'])}")
     if summary.get("path"):
-        console.print(f"[bold]strongest path to {summary['path']['target']!r}[/bold] (through features, kept edges; "
-                      f"weight {summary['path']['weight']:.2e})")
+        console.print(f"[bold]strongest path to {summary['path']['target']!r}[/bold] "
+                      f"(kept edges, through features; weight {summary['path']['weight']:.2e})")
         for n in summary["path"]["nodes"]:
             if n["kind"] == "embedding":
                 console.print(f"        token {n['token']!r} (pos {n['position']})")
