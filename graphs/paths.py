@@ -23,7 +23,7 @@ from scipy import sparse
 from graphs.graph import Graph, NodeKind
 from graphs.prune import PrunedGraph, max_path_length
 
-_ROW_BLOCK = 2048  # rows of a dense adjacency read at once for the row sums
+_ROW_BLOCK = 2048  # target rows of `edges` read at once for the row sums
 
 
 @dataclass
@@ -38,13 +38,14 @@ class Path:
         return len(self.nodes) > 1
 
 
-def abs_row_sums(adjacency: np.ndarray | sparse.sparray) -> np.ndarray:
-    """float64 [n]: sum_s |A[t, s]| per target row (dense matrices read in row blocks)."""
-    if sparse.issparse(adjacency):
-        return np.asarray(abs(sparse.csr_array(adjacency)).sum(axis=1), dtype=np.float64).reshape(-1)
-    out = np.empty(adjacency.shape[0], dtype=np.float64)
-    for start in range(0, adjacency.shape[0], _ROW_BLOCK):
-        out[start:start + _ROW_BLOCK] = np.abs(adjacency[start:start + _ROW_BLOCK]).sum(axis=1, dtype=np.float64)
+def abs_row_sums(graph: Graph) -> np.ndarray:
+    """float64 [n_nodes]: sum_s |A[t, s]| per target node (0 for nodes without inputs), read from
+    the targets x sources block in row chunks."""
+    out = np.zeros(graph.n_nodes, dtype=np.float64)
+    rows = np.empty(graph.n_targets, dtype=np.float64)
+    for start in range(0, graph.n_targets, _ROW_BLOCK):
+        rows[start:start + _ROW_BLOCK] = np.abs(graph.edges[start:start + _ROW_BLOCK]).sum(axis=1, dtype=np.float64)
+    out[graph.target_nodes()] = rows
     return out
 
 
@@ -52,14 +53,9 @@ def kept_edge_weights(graph: Graph, pruned: PrunedGraph) -> tuple[np.ndarray, np
     """(targets, sources, A_hat values) of the pruned graph's kept edges, A_hat normalised over the
     full graph's rows (each weight is the edge's share of its target's total input)."""
     targets, sources = pruned.edges()
-    row_sum = abs_row_sums(graph.adjacency)
-    adjacency = graph.adjacency
-    if sparse.issparse(adjacency):
-        values = np.asarray(sparse.csr_array(adjacency)[targets, sources], dtype=np.float64).reshape(-1)
-    else:
-        values = adjacency[targets, sources].astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a_hat = np.where(row_sum[targets] > 0, np.abs(values) / row_sum[targets], 0.0)
+    row_sum = abs_row_sums(graph)
+    values = np.abs(graph.edge_weights(targets, sources).astype(np.float64))
+    a_hat = np.divide(values, row_sum[targets], out=np.zeros_like(values), where=row_sum[targets] > 0)
     return targets, sources, a_hat
 
 

@@ -16,7 +16,7 @@ def _graph():
     """The hand graph with F2 <- F1 at -2: rows F0 (E1 .5, E0 .5), F1 (E1 1), F2 (F0 .4, F1 .4,
     R0 .2), L0 (F2 .5, R0 .25, E1 .25), L1 (F1 .5, E1 .5)."""
     g = hand_graph()
-    a = g.adjacency.copy()
+    a = g.dense_adjacency()
     a[F2, F1] = -2.0
     return hand_graph(adjacency=a)
 
