@@ -77,7 +77,8 @@ def load_demo_setup(model: str, transcoders: Optional[Path], device: str, progre
         transcoders = cached_default_transcoder_dir(model)
         if transcoders is None:
             raise CircuitsError(f"no trained default transcoder for {model} in the cache: train it with "
-                                f"`circuits transcoders train --model {model} --out DIR` and pass --transcoders DIR")
+                                f"`circuits transcoders train --model {model}` (it goes to the cache), or pass "
+                                "--transcoders DIR")
     return ReplacementModel.load(model, transcoders, pick_device(device), progress=progress)
 
 
