@@ -39,20 +39,20 @@ def print_summary(summary: dict) -> None:
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     console.print(f"[bold]scores[/bold] replacement {fmt(s['replacement'])} (pruned {fmt(s['replacement_pruned'])}), "
                   f"completeness {fmt(s['completeness'])} (pruned {fmt(s['completeness_pruned'])})")
-    console.print("[bold]most influential features per position[/bold] (id L:POS:F, layer, influence, description)")
+    console.print("[bold]most influential features per position[/bold] (L:POS:F, layer, influence, label)")
     for entry in summary["positions"]:
         if not entry["features"]:
             continue
         console.print(f"  {entry['position']:>3} {entry['token']!r}")
         for feat in sorted(entry["features"], key=lambda f: f["layer"]):
             fid = f"{feat['layer']}:{entry['position']}:{feat['feature']}"
-            console.print(f"        {fid:<12} L{feat['layer']:<3} {feat['influence']:.3f}  {markup.escape(feat['label'])}")
+            console.print(f"        {fid:<12} L{feat['layer']:<3} {feat['influence']:.3f}  {markup.escape(feat['label'])}", soft_wrap=True)
     if summary.get("features"):
         console.print("[bold]top features over all positions[/bold] (L:F, layer, positions, summed influence)")
         for feat in summary["features"]:
             where = ",".join(str(p) for p in feat["positions"])
             console.print(f"        {feat['layer']}:{feat['feature']:<8} L{feat['layer']:<3} pos {where:<10} "
-                          f"{feat['influence']:.3f}  {markup.escape(feat['label'])}")
+                          f"{feat['influence']:.3f}  {markup.escape(feat['label'])}", soft_wrap=True)
     if summary.get("path"):
         console.print(f"[bold]strongest path to {summary['path']['target']!r}[/bold] "
                       f"(kept edges, through features; weight {summary['path']['weight']:.2e})")
@@ -63,7 +63,7 @@ def print_summary(summary: dict) -> None:
                 console.print(f"        -> logit {n['label']!r}")
             else:
                 fid = f"{n['layer']}:{n['position']}:{n['feature']}"
-                console.print(f"        -> {fid:<12} L{n['layer']:<3} {n['influence']:.3f}  {markup.escape(n['label'])}")
+                console.print(f"        -> {fid:<12} L{n['layer']:<3} {n['influence']:.3f}  {markup.escape(n['label'])}", soft_wrap=True)
     t = summary.get("timing_seconds", {})
     if t:
         console.print("[dim]timing " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()) + "[/dim]")

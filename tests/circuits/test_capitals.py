@@ -139,3 +139,27 @@ def test_token_id_reads_bpe_leading_spaces():
     assert token_id(model, " Paris") == 0
     assert token_id(model, "Paris") == 1
     assert token_id(model, "ĠParis") == 0
+
+
+def test_trace_summary_groups_features_and_prints_the_path(setup):
+    """`circuits trace` prints each position's features with their layer, the features grouped over
+    positions, and the strongest token -> top-logit path, whose ids are the summary's."""
+    from circuits.cli.main import app
+    from circuits.trace import trace_prompt
+
+    prompt = "Fact: the capital of Texas is"
+    out = CliRunner().invoke(app, ["trace", prompt, "--model", "world-tiny", "--transcoders", str(setup.transcoder_dir)])
+    assert out.exit_code == 0, out.output
+    result = trace_prompt(setup, prompt)
+    summary, g, pruned = result.summary, result.graph, result.pruned
+    assert summary["path"] is not None and summary["features"]
+    assert "top features over all positions" in out.output and "strongest path to" in out.output
+    for node in summary["path"]["nodes"][1:-1]:
+        assert f"-> {node['layer']}:{node['position']}:{node['feature']}" in out.output
+    for group in summary["features"]:
+        nodes = np.flatnonzero(pruned.node_mask & (g.layer == group["layer"]) & (g.feature == group["feature"])
+                               & (g.kind == 0))
+        assert group["positions"] == sorted(g.position[nodes].tolist())
+        assert group["influence"] == pytest.approx(float(pruned.node_influence[nodes].sum()))
+    sums = [group["influence"] for group in summary["features"]]
+    assert sums == sorted(sums, reverse=True)
