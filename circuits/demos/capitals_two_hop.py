@@ -6,9 +6,11 @@ For each prompt: does the model answer it (p, top token)? The prompt is traced t
 of the fact set's template ("The capital of Japan is"), the features whose activation exceeds
 their largest activation on every other subject's prompt (top k by that margin). The check: which
 of them are active in the two-hop prompt, where, with what influence on the answer, and whether
-the pruned graph keeps them on a path to the answer's logit (circuits.experiments.reaches); also
-any feature whose output view promotes the intermediate word. Experiment: inhibit the intermediate
-features wherever they fire in the two-hop prompt (x-1), next to a random control.
+the pruned graph keeps them on a path to the answer's logit (graphs.paths.reaching); also any
+feature whose output view promotes the intermediate word. Experiment: inhibit the intermediate
+features wherever they fire in the two-hop prompt (x-1), next to a random control. The verdict is
+"yes" only when they lie on a kept path AND the inhibition works; on a path without an effect is
+"weak".
 """
 
 from __future__ import annotations
@@ -114,23 +116,29 @@ def check_case(setup: ReplacementModel, facts: FactSet, prompt: str, intermediat
             promoting.append(entry)
     in_graph.sort(key=lambda e: -e["influence"])
     promoting.sort(key=lambda e: -e["influence"])
-    verdict = intermediate_verdict(intermediate, answer, found, in_graph, promoting)
     acts = clean_run(setup.model, setup.transcoder, traced.tokens).acts_pos_layer_feat   # [pos, L, F]
     chosen = [(e["layer"], e["pos"], int(e["id"].split(":")[2])) for e in in_graph]
     exp = inhibit_with_control(setup, traced, f"inhibit the {intermediate} features", chosen, acts, rng,
                                f"no {intermediate} feature fires in this prompt")
+    verdict = intermediate_verdict(intermediate, answer, found, in_graph, promoting, exp)
     return TwoHopCase(prompt, intermediate, answer, top, top[0]["token"].strip() == answer,
                       traced.result.summary["scores"], found, in_graph[:10], promoting[:5], verdict, exp)
 
 
 def intermediate_verdict(intermediate: str, answer: str, found: list[dict], in_graph: list[dict],
-                         promoting: list[dict]) -> str:
+                         promoting: list[dict], inhibition: Experiment) -> str:
+    """yes: intermediate features lie on kept paths to the answer AND inhibiting them works; weak:
+    on kept paths, but inhibiting them does not move the answer; partly / no: see the lines."""
     on_path = [e for e in in_graph if e["reaches_answer"]]
     if on_path:
         best = on_path[0]
-        return (f"yes: {best['id']} (layer {best['layer']}, at {best['token'].strip()!r}), a {intermediate} feature "
-                f"of the one-hop prompt, lies on a kept path to {answer!r} (influence {best['influence']:.4f}); "
-                f"{len(on_path)} such node(s)")
+        where = (f"{best['id']} (layer {best['layer']}, at {best['token'].strip()!r}), a {intermediate} feature of "
+                 f"the one-hop prompt, lies on a kept path to {answer!r} (influence {best['influence']:.4f}; "
+                 f"{len(on_path)} such node(s))")
+        if inhibition.worked:
+            return f"yes: {where}, and inhibiting them works ({inhibition.reason})"
+        return (f"weak: {where}, but inhibiting them does not move the answer ({inhibition.reason}): no causal "
+                "evidence of an intermediate step")
     view = [e for e in promoting if e["reaches_answer"]]
     if view:
         best = view[0]
