@@ -164,3 +164,15 @@ def test_trace_summary_groups_features_and_prints_the_path(setup):
         assert group["influence"] == pytest.approx(float(pruned.node_influence[nodes].sum()))
     sums = [group["influence"] for group in summary["features"]]
     assert sums == sorted(sums, reverse=True)
+
+
+def test_cached_default_transcoder_dir_is_found_only_when_finished(tmp_path, monkeypatch):
+    from circuits.training.defaults import cached_default_transcoder_dir, default_transcoder_dir
+
+    monkeypatch.setenv("CIRCUITS_HOME", str(tmp_path))
+    assert cached_default_transcoder_dir("smollm2-135m") is None
+    folder = default_transcoder_dir("smollm2-135m")
+    folder.mkdir(parents=True)
+    assert cached_default_transcoder_dir("smollm2-135m") is None      # a folder without config.yaml
+    (folder / "config.yaml").write_text("model_kind: transcoder_set\n")
+    assert cached_default_transcoder_dir("smollm2-135m") == folder
