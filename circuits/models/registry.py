@@ -112,7 +112,7 @@ WORLD_PROMPTS = {"calc: 36+59=": "95"}
 # equal width) is narrower and sees fewer tokens in the same time.
 SMOLLM2_PLT = TrainConfig(transcoder=TranscoderArchitecture(kind="plt", n_features=512), tokens=150_000,
                           seq_len=128, model_batch=16, batch_size=512, activation_dtype="bfloat16", eval_tokens=4096)
-SMOLLM2_CLT = SMOLLM2_PLT.updated(dict(kind="clt", n_features=256, tokens=60_000, batch_size=256))
+SMOLLM2_CLT = SMOLLM2_PLT.updated(dict(kind="clt", n_features=256, tokens=200_000, batch_size=256))
 
 
 def _docstring_sequences(loaded: LoadedModel, seq_len: int, heldout: bool) -> Iterable[list[int]]:
