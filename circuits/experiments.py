@@ -132,23 +132,6 @@ def ranked_features(setup: ReplacementModel, traced: Traced, top: int | None = N
     return [feature_node(setup, traced, int(i)) for i in (idx if top is None else idx[:top])]
 
 
-def reaches(graph: Graph, edge_mask, source: int, target: int) -> bool:
-    """Whether the kept edges (sparse [target, source] mask) lead from `source` to `target`."""
-    coo = edge_mask.tocoo()
-    children: dict[int, list[int]] = {}
-    for t, s in zip(coo.row.tolist(), coo.col.tolist()):
-        children.setdefault(s, []).append(t)
-    seen, stack = {source}, [source]
-    while stack:
-        for nxt in children.get(stack.pop(), []):
-            if nxt == target:
-                return True
-            if nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
-    return False
-
-
 def answer_logit_change(setup: ReplacementModel, traced: Traced, interventions: list[Intervention],
                         freeze_final_norm: bool = False) -> float:
     """Change of the answer's demeaned logit at the last position under constrained patching

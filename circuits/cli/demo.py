@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, HELP, MODEL_OPTION, TRANSCODERS_OPTION, console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, HELP, MODEL_OPTION, TRANSCODERS_OPTION, pick_device, print_json
 from circuits.cli.options import number_option
 
 app = typer.Typer(**HELP, help="Case studies: trace, explain and intervene, ending in a verdict per experiment.",

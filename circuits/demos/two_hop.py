@@ -17,12 +17,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from circuits.experiments import (Experiment, Traced, clean_top, format_experiment, json_safe, promoted_tokens,
-                                  reaches, trace_answer)
+                                  trace_answer)
 from circuits.state_features import (DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, StateFeature, StateFeatureFinder,
                                      one_hop_probe, run_inhibit, run_swap)
 from circuits.replacement_model import ReplacementModel
 from circuits.trace import TraceConfig
 from graphs import NodeKind
+from graphs.paths import reaching
 
 KOBE = ("Fact: the capital of the state where Kobe Bryant played basketball is", "California", "Sacramento")
 DALLAS = ("Fact: the capital of the state containing Dallas is", "Texas", "Austin")
@@ -66,6 +67,7 @@ def state_check(setup: ReplacementModel, traced: Traced, state: str, found: list
     feats = np.flatnonzero(g.kind == NodeKind.FEATURE)
     views = {p: promoted_tokens(setup, *p, k=VIEW_TOP) for p in {(int(g.layer[i]), int(g.feature[i])) for i in feats}}
     view_of = [views[int(g.layer[i]), int(g.feature[i])] for i in feats]
+    reaches_capital = reaching(pruned, traced.target_node)  # bool [n_nodes]
     promoting = []
     for i, view in zip(feats, view_of):
         if state not in view:
@@ -75,7 +77,7 @@ def state_check(setup: ReplacementModel, traced: Traced, state: str, found: list
                           "pos": int(g.position[i]), "token": g.token_strs[int(g.position[i])],
                           "influence": float(traced.influence_node[i]), "kept": kept,
                           "also_promotes_capital": traced.answer in view,
-                          "reaches_capital": kept and reaches(g, pruned.edge_mask, int(i), traced.target_node)})
+                          "reaches_capital": kept and bool(reaches_capital[i])})
     promoting.sort(key=lambda d: -d["influence"])
     last = g.n_pos - 1
     listed = []
