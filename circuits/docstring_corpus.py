@@ -81,30 +81,3 @@ def build_docstring_corpus(out_file: Path, root: Path | None = None) -> dict:
     return {"source": f"docstrings of the Python {sys.version.split()[0]} standard library at {root}",
             "license": LICENSE, "documents": n_docs, "characters": n_chars,
             "sha256": digest.hexdigest()}
-
-
-# --- built-in text corpora: built on first use, cached, rebuildable with one command -------------
-BUILTIN_CORPORA = {"python-docstrings": build_docstring_corpus}
-
-
-def builtin_corpus_file(name: str, rebuild: bool = False) -> Path:
-    """$CIRCUITS_HOME/corpora/<name>.txt (+ <name>.json, its provenance), built if missing."""
-    import json
-
-    from circuits.paths import circuits_home, writable_dir
-    from graphs.atomic import atomic_write_text
-
-    folder = writable_dir(circuits_home() / "corpora")
-    text, record = folder / f"{name}.txt", folder / f"{name}.json"
-    if rebuild or not (text.is_file() and record.is_file()):
-        scratch = folder / f".{name}.txt.partial"
-        meta = BUILTIN_CORPORA[name](scratch)
-        scratch.replace(text)
-        atomic_write_text(record, json.dumps({"name": name, **meta}, indent=2))
-    return text
-
-
-def corpus_record(name: str) -> dict:
-    import json
-
-    return json.loads(builtin_corpus_file(name).with_suffix(".json").read_text())

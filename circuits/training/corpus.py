@@ -98,8 +98,8 @@ class DatasetSequences:
 
 
 def builtin_text_sequences(name: str, tokenizer, seq_len: int, heldout: bool) -> TextFileSequences:
-    """A built-in text corpus (circuits.docstring_corpus), built on first use, as TextFileSequences."""
-    from circuits.docstring_corpus import builtin_corpus_file
+    """A built-in text corpus (circuits.corpora), built on first use, as TextFileSequences."""
+    from circuits.corpora import builtin_corpus_file
 
     seqs = TextFileSequences(builtin_corpus_file(name), tokenizer, seq_len, heldout)
     seqs.corpus_id = f"builtin:{name}"
@@ -108,7 +108,7 @@ def builtin_text_sequences(name: str, tokenizer, seq_len: int, heldout: bool) ->
 
 def corpus_sequences(loaded, corpus: str | None, seq_len: int, heldout: bool = False) -> tuple[Iterable[list[int]], str]:
     """(sequences, corpus_id) for `loaded` (a LoadedModel). corpus: file path, dataset name or None."""
-    from circuits.docstring_corpus import BUILTIN_CORPORA
+    from circuits.corpora import BUILTIN_CORPORA
 
     if corpus is None:
         from circuits.models.registry import BUILTIN_MODELS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from circuits import corpora
 from circuits import docstring_corpus as dc
 
 
@@ -43,11 +44,11 @@ def test_builtin_corpus_is_cached_under_circuits_home(circuits_home, monkeypatch
         out_file.write_text("one document about the stdlib\n")
         return {"documents": 1}
 
-    monkeypatch.setitem(dc.BUILTIN_CORPORA, "fake-docs", fake_build)
-    path = dc.builtin_corpus_file("fake-docs")
+    monkeypatch.setitem(corpora.BUILTIN_CORPORA, "fake-docs", fake_build)
+    path = corpora.builtin_corpus_file("fake-docs")
     assert path == circuits_home / "corpora" / "fake-docs.txt" and path.read_text().startswith("one document")
-    dc.builtin_corpus_file("fake-docs")
+    corpora.builtin_corpus_file("fake-docs")
     assert len(calls) == 1  # cached
-    assert dc.corpus_record("fake-docs") == {"name": "fake-docs", "documents": 1}
-    dc.builtin_corpus_file("fake-docs", rebuild=True)
+    assert corpora.corpus_record("fake-docs") == {"name": "fake-docs", "documents": 1}
+    corpora.builtin_corpus_file("fake-docs", rebuild=True)
     assert len(calls) == 2

@@ -1,0 +1,99 @@
+"""The built-in text corpora: built offline on first use, cached, rebuildable with one command
+(`circuits models corpus NAME --rebuild`).
+
+    python-docstrings  the Python standard library's docstrings (circuits.docstring_corpus), PSF-2.0
+    smollm2-prose      SmolLM2-135M-Instruct's answers about places and subjects (circuits.prose_corpus)
+    smollm2-mix        the two interleaved, two prose lines to one docstring (MIX_PATTERN): the
+                       default corpus of `smollm2-135m`'s transcoders, feature index and fidelity
+
+Each is $CIRCUITS_HOME/corpora/<name>.txt, one document per line, beside <name>.json, its
+provenance (source, licence, documents, characters, sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+# Line pattern of the mix. Its period (3) is prime to the held-out stride (every 10th line,
+# circuits.training.corpus), so held-out lines come from both sources in the mix's proportion.
+MIX_PATTERN = ("smollm2-prose", "smollm2-prose", "python-docstrings")
+
+
+def _docstrings(out_file: Path) -> dict:
+    from circuits.docstring_corpus import build_docstring_corpus
+
+    return build_docstring_corpus(out_file)
+
+
+def _prose(out_file: Path) -> dict:
+    from circuits.prose_corpus import build_prose_corpus
+
+    return build_prose_corpus(out_file)
+
+
+def interleave(sources: dict[str, Path], pattern: tuple[str, ...], out_file: Path) -> dict:
+    """Write the lines of `sources` into out_file, taking one line from each name of `pattern` in
+    turn, until one source runs out; then the rest of the others, in pattern order."""
+    files = {name: path.open(encoding="utf-8") for name, path in sources.items()}
+    digest, counts = hashlib.sha256(), dict.fromkeys(sources, 0)
+    try:
+        with Path(out_file).open("w", encoding="utf-8") as out:
+            def put(name: str, line: str) -> None:
+                out.write(line)
+                digest.update(line.encode())
+                counts[name] += 1
+
+            done = False
+            while not done:
+                for name in pattern:
+                    line = files[name].readline()
+                    if not line:
+                        done = True
+                        break
+                    put(name, line)
+            for name in dict.fromkeys(pattern):
+                for line in files[name]:
+                    put(name, line)
+    finally:
+        for f in files.values():
+            f.close()
+    return {"documents": sum(counts.values()), "documents_per_source": counts, "sha256": digest.hexdigest()}
+
+
+def _mix(out_file: Path) -> dict:
+    names = list(dict.fromkeys(MIX_PATTERN))
+    sources = {name: builtin_corpus_file(name) for name in names}
+    meta = interleave(sources, MIX_PATTERN, out_file)
+    records = {name: corpus_record(name) for name in names}
+    return {"source": "interleaved, line pattern " + " / ".join(MIX_PATTERN) + ", then the rest of the longer",
+            "license": "; ".join(f"{name}: {r.get('license')}" for name, r in records.items()),
+            "parts": {name: {k: r.get(k) for k in ("source", "documents", "sha256")} for name, r in records.items()},
+            **meta}
+
+
+BUILTIN_CORPORA = {"python-docstrings": _docstrings, "smollm2-prose": _prose, "smollm2-mix": _mix}
+
+
+def builtin_corpus_file(name: str, rebuild: bool = False) -> Path:
+    """$CIRCUITS_HOME/corpora/<name>.txt (+ <name>.json, its provenance), built if missing."""
+    from circuits.paths import circuits_home, writable_dir
+    from graphs.atomic import atomic_write_text
+
+    folder = writable_dir(circuits_home() / "corpora")
+    text, record = folder / f"{name}.txt", folder / f"{name}.json"
+    if rebuild or not (text.is_file() and record.is_file()):
+        scratch = folder / f".{name}.txt.{os.getpid()}.partial"  # one per process: concurrent builds never mix
+        try:
+            meta = BUILTIN_CORPORA[name](scratch)
+            scratch.replace(text)
+        finally:
+            scratch.unlink(missing_ok=True)
+        atomic_write_text(record, json.dumps({"name": name, **meta}, indent=2))
+    return text
+
+
+def corpus_record(name: str) -> dict:
+    return json.loads(builtin_corpus_file(name).with_suffix(".json").read_text())
