@@ -47,6 +47,7 @@ COUNTRIES = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Ja
 K = 10            # features per inhibition / swap side
 INJECT = 2.0      # injected features: this many times their activation on the other prompt
 SEED = 0          # the controls' random features
+LADDER = (10, 20, 50, 100, 200, 400)  # the every-feature swaps are also run with the k strongest of each side
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,17 @@ def swap_features(setup: ReplacementModel, traced: Traced, acts_here: torch.Tens
     return exp
 
 
+def swap_ladder(swap, goal: str, ks) -> str:
+    """How many features a swap needs: p(goal) and the top token with the k strongest of each side (x1)."""
+    steps = []
+    for n in ks:
+        exp = swap(n, 1.0)
+        top = exp.top_after[0]["token"].strip() if exp.top_after else "-"
+        p = "-" if exp.p_goal_after is None else f"{exp.p_goal_after:.3f}"
+        steps.append(f"k={n}: {p} ({top})")
+    return f"p({goal.strip()}) (top token) with the k strongest features of each side, x1: " + ", ".join(steps) if steps else ""
+
+
 @torch.no_grad()
 def mlp_reference(setup: ReplacementModel, tokens: torch.Tensor, other_tokens: torch.Tensor, pos: int,
                   other_pos: int, answer: str, goal: str) -> dict:
@@ -293,10 +305,12 @@ def run_capitals_demo(setup: ReplacementModel, facts: FactSet | None = None, k: 
     ]
     other_last = len(other_tokens) - 1
     for where, here_pos, there_pos in (("subject token", pos, other_pos), ("last token", last, other_last)):
-        exps += [swap_features(setup, traced, acts_here, other_tokens, acts_there, here_pos, there_pos, where, goal, k,
-                               inject_scale),
-                 swap_features(setup, traced, acts_here, other_tokens, acts_there, here_pos, there_pos, where, goal,
-                               None, 1.0)]
+        def swap(n, scale):
+            return swap_features(setup, traced, acts_here, other_tokens, acts_there, here_pos, there_pos, where, goal,
+                                 n, scale)
+        every = swap(None, 1.0)
+        every.note = swap_ladder(swap, goal, [n for n in LADDER if n < len(every.changes) // 2])
+        exps += [swap(k, inject_scale), every]
     summary = traced.result.summary
     return OneHopReport(facts.template, accuracy, prompt, ans, other_prompt, goal, pos,
                         clean_top(setup, tokens), summary["scores"], summary["counts"],

