@@ -14,7 +14,8 @@
 
 Each run is a fresh process (benchmarks/our_runner.py in our environment,
 benchmarks/reference_runner.py in the reference venv) with the same batch size, thread count and
-feature cap; the engines alternate (ours first on even repeats, the reference first on odd ones).
+feature cap; the engines alternate (ours first on even repeats, the reference first on odd ones; the count
+goes on from the pairs of that length already in --out-dir's results.json).
 Every run is appended to results.json as soon as it ends, so a long series can be stopped and its
 table printed with --table. The table reports medians over the repeats of: attribution wall time,
 its CPU time (all threads), the whole process's wall time (imports and setup included), peak RSS;
@@ -233,7 +234,8 @@ def main() -> None:
     repeats = _repeats(args)
     for length in [int(x) for x in args.lengths.split(",")]:
         tokens = prompt_tokens(args.model_dir, length, args.seed, args.prompt)
-        for rep in range(repeats.get(length, args.repeat)):
+        done = sum(1 for r in runs if r["tokens"] == length and "abs_gap" in r)  # pairs already in results.json
+        for rep in range(done, done + repeats.get(length, args.repeat)):
             order = ("ours", "ref") if rep % 2 == 0 else ("ref", "ours")
             got = {}
             for engine in order:
