@@ -1,3 +1,3 @@
-from circuits.cli.main import main
+from circuits.cli.entry import run
 
-main()
+run()

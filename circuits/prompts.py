@@ -7,12 +7,29 @@ import torch
 from circuits.errors import CircuitsError
 
 
+def check_text(text: str, what: str = "the prompt") -> str:
+    """`text` if it is valid Unicode text; else one CircuitsError line. A command-line argument
+    with bytes that are not UTF-8 reaches Python as lone surrogates (\\udcff for the byte 0xff),
+    and so does a JSON string with a lone `\\udcff` escape: tokenizers fail on them with a TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        char = text[err.start]
+        shown = f"byte 0x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else f"U+{ord(char):04X}"
+        raise CircuitsError(f"{what} is not valid UTF-8 text ({shown} at character {err.start}); "
+                            "check the terminal's or the file's encoding") from None
+    return text
+
+
 def tokenize_prompt(model, prompt: str) -> torch.Tensor:
     """Token ids `[pos]` for `prompt` (BOS prepended as the model expects).
 
-    Refuses an empty prompt, words the tokenizer does not know, and prompts longer than the
-    model's context.
+    Refuses text that is not valid UTF-8, an empty prompt, words the tokenizer does not know, and
+    prompts longer than the model's context.
     """
+    if not isinstance(prompt, str):
+        raise CircuitsError(f"the prompt must be text (got {type(prompt).__name__})")
+    check_text(prompt)
     if not prompt or not prompt.strip():
         raise CircuitsError("the prompt is empty")
     tokenizer = model.tokenizer
@@ -34,6 +51,7 @@ def tokenize_prompt(model, prompt: str) -> torch.Tensor:
 
 def token_id(model, token: str) -> int:
     """The vocabulary id of a single token given as text (leading space optional for BPE models)."""
+    check_text(token, f"the token {token!r}")
     tokenizer = model.tokenizer
     vocab = tokenizer.get_vocab()
     if token in vocab:

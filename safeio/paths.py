@@ -3,6 +3,7 @@ folder is expected, parents that exist and are folders, a place that can really 
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -61,26 +62,69 @@ def _check_parent(folder: Path, path: Path, what: str) -> None:
     raise OutputError(f"cannot write {what} {path}: folder {folder} does not exist")
 
 
+def _check_reachable(path: Path, shown: Path, what: str) -> None:
+    """A path the system cannot even look up: a name longer than the file system allows, a symlink
+    loop (in the path or at its end). Missing files and folders are for the other checks."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            longest = max((len(part.encode("utf-8", "surrogateescape")) for part in path.parts), default=0)
+            whole = len(os.fsencode(os.path.abspath(path)))
+            size = f"a name of {longest} bytes; most allow 255" if longest > 255 else \
+                f"the whole path has {whole} bytes; most systems allow 4096"
+            raise OutputError(f"cannot write {what} {_cut(shown)}: the name is too long for the file system "
+                              f"({size})") from None
+        if err.errno == errno.ELOOP:
+            raise OutputError(f"cannot write {what} {_cut(shown)}: it is a symlink loop (a link that "
+                              "leads back to itself)") from None
+
+
+def _cut(path: Path, room: int = 120) -> str:
+    """A path short enough for one error line."""
+    text = str(path)
+    return text if len(text) <= room else f"{text[:room // 2]}...{text[-room // 2:]}"
+
+
 def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     """Check, before any work, that a file can be written at `path`; returns it as a Path.
-    One-line OutputError saying what is wrong: a directory, a missing parent, a parent that is a
-    file, a read-only file, a folder that refuses new files."""
+    One-line OutputError saying what is wrong: a directory (or a name ending in '/'), a missing
+    parent, a parent that is a file, a read-only file, a folder that refuses new files, a name too
+    long for the file system, a symlink loop."""
     p = Path(path)
     if not str(path).strip():
         raise OutputError(f"{what} path is empty")
+    _check_reachable(p, p, what)
     if is_special(p):
         if not os.path.exists(p) or not os.access(p, os.W_OK):
             raise OutputError(f"cannot write {what} {p}: it does not exist or is not writable")
         return p
     if p.is_dir():
         raise OutputError(f"cannot write {what} {p}: it is a directory")
+    if os.fspath(path).endswith(("/", os.sep, "/.")):
+        raise OutputError(f"cannot write {what} {path}: a name ending in '/' is a folder, and no folder "
+                          "is there; give a file name")
     target = real_target(p)
     if target.is_dir():
         raise OutputError(f"cannot write {what} {p}: it is a directory")
+    _check_reachable(target.parent, p, what)
     _check_parent(target.parent, p, what)
+    _check_temp_fits(target, p, what)
     if target.exists() and not os.access(target, os.W_OK) and os.geteuid() != 0:
         raise OutputError(f"cannot write {what} {p}: the file is read-only")
     return p
+
+
+def _check_temp_fits(target: Path, shown: Path, what: str) -> None:
+    """The file's name itself fits the file system (its temporary name is shortened to fit)."""
+    try:
+        name_max = int(os.pathconf(target.parent, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return
+    size = len(target.name.encode("utf-8", "surrogateescape"))
+    if size > name_max:
+        raise OutputError(f"cannot write {what} {_cut(shown)}: the name is too long for the file system "
+                          f"({size} bytes; it allows {name_max})")
 
 
 def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:

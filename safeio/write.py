@@ -1,19 +1,33 @@
 """Writing an output file: atomically for regular files, through for special files.
 
-A regular file is written to a temporary file beside it (named `.<name>.<pid>.<random>.circuits-tmp`),
-fsynced and renamed over it: a reader never sees half a file, and a failed or killed write leaves the
-old file whole. Through a symlink the link's target is replaced; the link stays. A special file
-(/dev/stdout, a pipe, a device node) is opened for writing and written through, never replaced.
-Temporary files of this naming whose process is gone are removed on the next write of the same file.
+A regular file is written to a temporary file beside it, fsynced and renamed over it: a reader never
+sees half a file, and a failed or killed write leaves the old file whole. Through a symlink the link's
+target is replaced; the link stays. A special file (/dev/stdout, a pipe, a device node) is opened for
+writing and written through, never replaced.
+
+Temporary files a killed writer left behind are removed on the next write of the same file (and by
+`remove_stale_temps_in` for a training folder), but only files that carry our mark, so that a
+user's file that merely looks like one is never deleted. The mark is in the name:
+
+    .<name>.<pid>.<token>.<tag>.circuits-tmp
+
+`token` is 12 random hex digits and `tag` the first 12 hex digits of
+sha256("safeio temporary\0<pid>\0<token>"): a name typed or made by hand (or by another tool) does
+not carry a tag that matches its token. A file is removed only if its name carries a valid tag, it
+is a regular file (not a link) owned by the user running the sweep, and the process `pid` no longer
+runs. (A name is used, not an extended attribute, because a name survives every file system, copy
+and archive tool; `<name>` is shortened so that the whole name fits the file system's limit.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
 import re
+import secrets
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -35,8 +49,7 @@ def open_output(path: str | os.PathLike, what: str = "output") -> Iterator[Binar
     target = real_target(p)
     remove_stale_temps(target)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=TEMP_SUFFIX,
-                                        dir=target.parent)
+        fd, tmp_name = _create_temp(target)
     except OSError as err:
         raise OutputError(f"cannot write {what} {p}: {err.strerror or err}") from None
     try:
@@ -83,36 +96,88 @@ def write_text(path: str | os.PathLike, text: str, what: str = "output") -> None
     write_bytes(path, text.encode("utf-8"), what)
 
 
-# temporary names of this package and of the checkpoint writer it replaced (both carry the pid)
-_TEMP_PATTERNS = (r"\.{name}\.(\d+)\.[A-Za-z0-9_]+" + re.escape(TEMP_SUFFIX), r"\.{name}\.tmp-(\d+)")
+# --- temporary names: marked as ours (see the module docstring) ----------------------------------
+_NAME_MAX = 255  # bytes, for the temporary name; os.pathconf refines it where it can
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]{12})\.(?P<tag>[0-9a-f]{12})"
+                        + re.escape(TEMP_SUFFIX) + r"\Z", re.DOTALL)
+
+
+def _tag(pid: int, token: str) -> str:
+    return hashlib.sha256(f"safeio temporary\0{pid}\0{token}".encode()).hexdigest()[:12]
+
+
+def _short_name(name: str, room: int) -> str:
+    """`name` cut (whole characters) to at most `room` UTF-8 bytes."""
+    data = name.encode("utf-8", "surrogateescape")
+    return data[:max(room, 1)].decode("utf-8", "ignore") or "f"
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return _NAME_MAX
+
+
+def temp_name(target_name: str, pid: int, token: str, name_max: int = _NAME_MAX) -> str:
+    """The marked temporary name for writing `target_name` from process `pid` (token: 12 hex)."""
+    tail = f".{pid}.{token}.{_tag(pid, token)}{TEMP_SUFFIX}"
+    return "." + _short_name(target_name, name_max - 1 - len(tail)) + tail
+
+
+def _create_temp(target: Path) -> tuple[int, str]:
+    """A new marked temporary file beside `target` (mode rw-------), as (fd, path)."""
+    name_max = _name_max(target.parent)
+    for _ in range(100):
+        path = target.parent / temp_name(target.name, os.getpid(), secrets.token_hex(6), name_max)
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600), str(path)
+        except FileExistsError:
+            continue
+    raise OSError(errno.EEXIST, "no free temporary name")
 
 
 def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
-    """Remove temporary files left beside `target` by killed writers (their pid no longer runs);
-    returns the removed paths. A live writer's temporary file is kept."""
+    """Remove the marked temporary files that killed writers (their pid no longer runs) left beside
+    `target`; returns the removed paths. A live writer's temporary file is kept."""
     target = Path(target)
-    return _remove_matching(target.parent, re.escape(target.name), _TEMP_PATTERNS)
+    name_max = _name_max(target.parent)
+
+    def for_target(name: str, temp: str) -> bool:  # `name` was shortened only in a name of full length
+        return name == target.name or (target.name.startswith(name) and len(temp.encode()) > name_max - 4)
+    return _remove_marked(target.parent, for_target)
 
 
 def remove_stale_temps_in(folder: str | os.PathLike) -> list[Path]:
-    """Remove every stale temporary file of ours in `folder`, whatever output it was for (only
-    names with our own suffix: an older writer's name alone does not prove the file is ours)."""
-    return _remove_matching(Path(folder), r"[^/]+?", _TEMP_PATTERNS[:1])
+    """Remove every stale marked temporary file in `folder`, whatever output it was for."""
+    return _remove_marked(Path(folder), lambda name, temp: True)
 
 
-def _remove_matching(folder: Path, name_pattern: str, templates: tuple[str, ...]) -> list[Path]:
-    patterns = [re.compile(p.format(name=name_pattern) + r"\Z") for p in templates]
+def _remove_marked(folder: Path, name_matches) -> list[Path]:
     removed = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
     for entry in entries:
-        match = next((m for m in (pat.match(entry.name) for pat in patterns) if m), None)
-        if match and entry.is_file(follow_symlinks=False) and not _alive(int(match.group(1))):
-            _remove_quietly(entry.path)
-            removed.append(Path(entry.path))
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or not name_matches(match["name"], entry.name) or not is_marked_temp(entry.name):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not entry.is_file(follow_symlinks=False) or st.st_uid != os.geteuid() or _alive(int(match["pid"])):
+            continue
+        _remove_quietly(entry.path)
+        removed.append(Path(entry.path))
     return removed
+
+
+def is_marked_temp(name: str) -> bool:
+    """Whether `name` is a temporary name this package made (its tag matches its pid and token)."""
+    match = _TEMP_NAME.match(name)
+    return match is not None and match["tag"] == _tag(int(match["pid"]), match["token"])
 
 
 def _alive(pid: int) -> bool:

@@ -55,6 +55,24 @@ def one_line(text: str) -> str:
     return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
+def _output_file(flag: str):
+    """Parser of an option naming an output file. A name ending in '/' names a folder: Path would
+    drop the '/' and write a file of that name, so it is refused here, while the text is whole."""
+    def parse(value: str) -> Path:
+        import click
+
+        if value.endswith(("/", os.sep)) and not os.path.isdir(value):
+            raise click.BadParameter(f"{value!r} ends in '/', so it names a folder, and no folder is there; "
+                                     "give a file name", param_hint=f"'{flag}'")
+        return Path(value)
+    return parse
+
+
+def output_file_option(*decls: str, help: str) -> Any:
+    """A typer option naming an output file (default none)."""
+    return typer.Option(None, *decls, parser=_output_file(max(decls, key=len)), metavar="FILE", help=help)
+
+
 def check_outputs(*outputs: Path | None, inputs: tuple[Path | None, ...] = ()) -> None:
     """Before any work: every output path can be written (safeio.check_output: not a directory,
     parent exists and is a folder, writable) and none is an input or another output."""

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, check_outputs, console, pick_device, print_json
+from circuits.cli.common import (DEVICE_OPTION, DTYPE_OPTION, check_outputs, console, output_file_option, pick_device,
+                                 print_json)
 from circuits.cli.options import number_option
 
 
@@ -15,7 +16,7 @@ def fidelity_cmd(
     model: str = typer.Option(..., "--model", help="Model: built-in name, checkpoint dir or hub id."),
     transcoders: Path = typer.Option(..., "--transcoders", help="Transcoder directory (circuit-tracer format)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of FVU and L0 by layer."),
+    plot: Optional[Path] = output_file_option("--plot", help="Write a PNG of FVU and L0 by layer."),
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Held-out text: file or dataset name "
                                          "(default: the built-in model's own corpus)."),
     tokens: int = number_option(32768, "--tokens", min=64, max=10**10, help="Evaluation tokens."),

@@ -48,8 +48,10 @@ def intervene_cmd(
 ) -> None:
     """Change features' activations, patch their decoder change into the MLP outputs, compare next tokens."""
     from circuits.interventions import parse_layer_range, parse_set
+    from circuits.prompts import check_text
     from circuits.replacement_model import ReplacementModel
 
+    check_text(prompt)
     interventions = [parse_set(s) for s in sets]
     span = parse_layer_range(layers) if layers is not None else None
     rm = ReplacementModel.load(model, transcoders, pick_device(device), dtype=dtype)

@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 
 from circuits.cli import models as models_cli
 from circuits.cli.common import HELP, one_line
+from circuits.cli.entry import say_interrupted
 
 
 def _with_typer_copy(real: type[BaseException], typer_module: str, name: str) -> tuple[type[BaseException], ...]:
@@ -63,8 +64,10 @@ class _UserErrorsAsOneLine(TyperGroup):
             click.echo(f"error: {one_line(exc.format_message())}", err=True)
             sys.exit(2)
         except _CLICK_ABORTS:
-            click.echo("interrupted", err=True)
+            say_interrupted()
             sys.exit(130)
+        if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a silent Exit(130)
+            say_interrupted()
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -111,7 +114,7 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        say_interrupted()
         sys.exit(130)
 
 

@@ -79,8 +79,9 @@ def predict_cmd(
 ) -> None:
     """Print the most likely next tokens after PROMPT."""
     from circuits.models.registry import load_model
-    from circuits.prompts import next_token_distribution
+    from circuits.prompts import check_text, next_token_distribution
 
+    check_text(prompt)
     loaded = load_model(name, device=pick_device(device), dtype=dtype)
     rows = next_token_distribution(loaded.model, prompt, top)
     if json_out:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from circuits.cli.common import check_outputs, print_json
+from circuits.cli.common import check_outputs, output_file_option, print_json
 from circuits.cli.options import number_option
 
 
@@ -14,8 +14,8 @@ def register(app: typer.Typer) -> None:
     @app.command("prune")
     def prune_cmd(
         graph_file: Path = typer.Argument(..., help="Full graph saved by `circuits trace --full`."),
-        out: Path = typer.Option(None, "-o", "--out", help="Write the pruned graph as viewer JSON here."),
-        graphml: Path = typer.Option(None, "--graphml", help="Also write GraphML."),
+        out: Path = output_file_option("-o", "--out", help="Write the pruned graph as viewer JSON here."),
+        graphml: Path = output_file_option("--graphml", help="Also write GraphML."),
         node_threshold: float = number_option(0.8, "--node-threshold", kind=float, min=0, max=1, min_open=True, help="Share of influence the kept nodes hold."),
         edge_threshold: float = number_option(0.98, "--edge-threshold", kind=float, min=0, max=1, min_open=True, help="Share of edge score the kept edges hold."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich import markup
 
-from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, check_outputs, console, pick_device, print_json
+from circuits.cli.common import (DEVICE_OPTION, DTYPE_OPTION, check_outputs, console, output_file_option, pick_device,
+                                 print_json)
 from circuits.cli.options import build_config, given, with_config_options
 from circuits.trace_config import TraceConfig
 
@@ -74,18 +75,20 @@ def trace_cmd(
     prompt: str = typer.Argument(..., help="Prompt to trace."),
     model: str = typer.Option("world", "--model", "-m", help="Built-in name, local checkpoint dir or hub id."),
     transcoders: Path = typer.Option(None, "--transcoders", "-t", help="Transcoder directory (default: the built-in model's default CLT, trained on first use)."),
-    out: Path = typer.Option(None, "-o", "--out", help="Write the pruned graph as viewer JSON here."),
-    full: Path = typer.Option(None, "--full", help="Save the full unpruned graph (.npz) here, to re-prune later."),
-    graphml: Path = typer.Option(None, "--graphml", help="Also write the pruned graph as GraphML."),
+    out: Path = output_file_option("-o", "--out", help="Write the pruned graph as viewer JSON here."),
+    full: Path = output_file_option("--full", help="Save the full unpruned graph (.npz) here, to re-prune later."),
+    graphml: Path = output_file_option("--graphml", help="Also write the pruned graph as GraphML."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     **settings,
 ) -> None:
     """Trace PROMPT: compute its attribution graph, prune and score it, print a summary, export it."""
+    from circuits.prompts import check_text
     from circuits.replacement_model import ReplacementModel
     from circuits.trace import trace_prompt
 
+    check_text(prompt)  # before the model loads (a first use builds it for minutes)
     check_outputs(out, full, graphml)
     config = build_config(TraceConfig, given(TraceConfig, settings))
     rm = ReplacementModel.load(model, transcoders, pick_device(device), progress=True, dtype=dtype)

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from circuits.cli.common import DEVICE_OPTION, HELP, console, pick_device, print_json
+from circuits.cli.common import DEVICE_OPTION, HELP, console, output_file_option, pick_device, print_json
 from circuits.cli.options import build_config, flag, given, with_config_options
 from transcoders.train_config import TrainConfig
 
@@ -88,7 +88,7 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Text file (one document per line) or dataset "
                                          "name; default: the built-in model's own corpus."),
-    log: Optional[Path] = typer.Option(None, "--log", help="Append one JSON line of metrics per log step here."),
+    log: Optional[Path] = output_file_option("--log", help="Append one JSON line of metrics per log step here."),
     device: str = DEVICE_OPTION,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),

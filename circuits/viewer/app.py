@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from circuits.errors import CircuitsError
+from circuits.prompts import check_text
 from circuits.viewer.feature_pages import FeatureSource
 from circuits.viewer.graphs_held import GraphShelf, node_details, pruned_view
 from circuits.viewer.live import Jobs, LiveModel
@@ -157,6 +158,7 @@ def create_app(state: ViewerState) -> Starlette:
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ApiError(400, no_prompt)
+        check_text(prompt)  # a lone surrogate escape ("\udcff") is one 400 line, not a job's TypeError
         return state.live, body, prompt
 
     routes = [
