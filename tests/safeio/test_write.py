@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from safeio import OutputError, check_output, check_output_dir, write_text
-from safeio.write import TEMP_SUFFIX, remove_stale_temps, remove_stale_temps_in
+from safeio.write import TEMP_SUFFIX, is_marked_temp, remove_stale_temps, remove_stale_temps_in, temp_name
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,24 +100,70 @@ def test_output_folder_checks(tmp_path):
 def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
     target = tmp_path / "graph.json"
     dead, live = _dead_pid(), os.getppid()
-    stale = tmp_path / f".graph.json.{dead}.abc123{TEMP_SUFFIX}"
-    running = tmp_path / f".graph.json.{live}.def456{TEMP_SUFFIX}"
-    old_style = tmp_path / f".graph.json.tmp-{dead}"
+    stale = tmp_path / temp_name("graph.json", dead, "abc123abc123")
+    running = tmp_path / temp_name("graph.json", live, "def456def456")
     user = tmp_path / ".graph.json.notes"
-    for p in (stale, running, old_style, user):
+    for p in (stale, running, user):
         p.write_text("x")
     write_text(target, "{}")
-    assert not stale.exists() and not old_style.exists()
+    assert not stale.exists()
     assert running.exists() and user.exists() and target.read_text() == "{}"
 
 
-def test_folder_sweep_only_takes_our_suffix(tmp_path):
+def test_files_that_only_look_like_our_temporaries_are_never_swept(tmp_path):
+    """Issue 22: the sweep deleted a user's `.g.json.tmp-<dead pid>` (and would take any name of
+    the form `.g.json.<dead pid>.<anything>.circuits-tmp`). Only names whose tag matches are ours."""
     dead = _dead_pid()
-    ours = tmp_path / f".checkpoint.safetensors.{dead}.x1{TEMP_SUFFIX}"
+    ours = tmp_path / temp_name("g.json", dead, "0123456789ab")
+    lookalikes = [tmp_path / f".g.json.tmp-{dead}", tmp_path / f".g.json.{dead}.k1ll3d{TEMP_SUFFIX}",
+                  tmp_path / ours.name.replace(".0123456789ab.", ".0123456789ac.")]  # a token that was not ours
+    for p in [ours, *lookalikes]:
+        p.write_text("the user's")
+    link = tmp_path / temp_name("g.json", dead, "ba9876543210")
+    link.symlink_to(tmp_path / "elsewhere")  # a link with our name: not a temporary file we made
+    assert remove_stale_temps(tmp_path / "g.json") == [ours]
+    assert all(p.read_text() == "the user's" for p in lookalikes) and link.is_symlink()
+    assert remove_stale_temps_in(tmp_path) == []
+
+
+def test_temporary_names_are_marked_and_fit_the_file_system(tmp_path):
+    name = "n" * 250  # fits (255 bytes), but `.<name>.<pid>.<token>...` would not
+    write_text(tmp_path / name, "x")
+    assert (tmp_path / name).read_text() == "x"
+    made = temp_name(name, 4194303, "00aa00aa00aa")
+    assert len(made.encode()) <= 255 and is_marked_temp(made)
+    assert not is_marked_temp(made.replace(".00aa00aa00aa.", ".00aa00aa00ab."))
+    (tmp_path / made).write_text("half")
+    assert remove_stale_temps(tmp_path / name) == [tmp_path / made]
+
+
+def test_folder_sweep_only_takes_marked_names(tmp_path):
+    dead = _dead_pid()
+    ours = tmp_path / temp_name("checkpoint.safetensors", dead, "a1a1a1a1a1a1")
     lookalike = tmp_path / f".notes.{dead}.tmp"
     ours.write_text("x")
     lookalike.write_text("user")
     assert remove_stale_temps_in(tmp_path) == [ours]
     assert lookalike.exists()
     assert remove_stale_temps(tmp_path / "notes") == []
+
+
+def test_names_the_file_system_cannot_hold_are_refused_before_work(tmp_path):
+    """Issue 22: a name over the file system's limit was a traceback, a symlink loop was replaced
+    by a regular file, and a path ending in '/' was written as a file."""
+    with pytest.raises(OutputError, match="too long for the file system"):
+        check_output(tmp_path / ("x" * 300 + ".json"))
+    with pytest.raises(OutputError, match="too long for the file system"):
+        check_output(tmp_path / ("d/" * 3000 + "g.json"))
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    for path in (tmp_path / "loop1", tmp_path / "loop1" / "g.json"):
+        with pytest.raises(OutputError, match="symlink loop"):
+            check_output(path)
+        with pytest.raises(OutputError, match="symlink loop"):
+            write_text(path, "x")
+    assert (tmp_path / "loop1").is_symlink()
+    with pytest.raises(OutputError, match="ending in '/'"):
+        check_output(str(tmp_path / "newdir") + "/")
+    assert not (tmp_path / "newdir").exists()
 

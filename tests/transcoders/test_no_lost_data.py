@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from safeio.write import TEMP_SUFFIX
+from safeio.write import temp_name
 from tests.transcoders.tiny import random_transcoder, tiny_model, token_sequences, train_tiny
 from transcoders.errors import TranscoderError
 from transcoders.formats import load_transcoder, save_transcoder
@@ -93,7 +93,7 @@ def test_stale_temporaries_in_the_output_folder_are_swept(tmp_path):
     out.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (out / f".checkpoint.safetensors.{dead.pid}.ab12{TEMP_SUFFIX}").write_bytes(b"half")
+    (out / temp_name("checkpoint.safetensors", dead.pid, "ab12ab12ab12")).write_bytes(b"half")
     assert prepare_out_dir(out, resume=False, overwrite=False) == "fresh"  # only a temp: empty
     assert list(out.iterdir()) == []
 

@@ -1,0 +1,153 @@
+"""Issue 22's QA pass of the CLI, one test per defect: each failed before its fix.
+(benchmarks/qa_bad_inputs.py runs the same cases, and more, through the real program.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from circuits.cli.main import app
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPT = "calc: 36+59="
+
+
+def _run(*args, env=None):
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "80", **(env or {})}, terminal_width=80)
+
+
+def _one_error_line(result) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def _program(*args, stdout=subprocess.PIPE, **kw) -> subprocess.Popen:
+    """`python -m circuits ARGS` as a separate process (the real program: signals, stdout)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen([sys.executable, "-m", "circuits", *args], stdout=stdout, stderr=subprocess.PIPE,
+                            env=env, cwd=ROOT, **kw)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err.decode("utf-8", "replace")
+
+
+def _assert_one_line(code: int, err: str, status: int, start: str, after_bars: bool = False) -> str:
+    """stderr is exactly one line starting with `start` (or, after_bars: progress bars, then it)."""
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()]
+    assert code == status and "Traceback" not in err, (code, err[-2000:])
+    if after_bars:
+        lines = [ln for ln in lines if "|" not in ln and not ln.startswith("first use")]
+    assert len(lines) == 1 and lines[0].startswith(start), lines
+    return lines[0]
+
+
+# --- 1. invalid UTF-8 in a prompt ------------------------------------------------------------------
+@pytest.mark.parametrize("command", [["trace", "calc: 36+59=\udcff", "-m", "world-tiny"],
+                                     ["intervene", "calc: 36+59=\udcff", "--model", "world-tiny", "--set", "0:-1:0=1"],
+                                     ["models", "predict", "world-tiny", "calc: 36+59=\udcff"]])
+def test_a_prompt_that_is_not_utf8_is_one_line(command):
+    """`circuits trace $'calc: 36+59=\\xff'`: Python hands the byte 0xff over as the lone surrogate
+    \\udcff, which the tokenizer met with a TypeError traceback."""
+    line = _one_error_line(_run(*command))
+    assert "not valid UTF-8" in line and "0xff" in line
+
+
+def test_the_prompt_check_is_the_engines_too(world_tiny):
+    """The library (and the serve page's trace box, through it) refuses the same prompt."""
+    from circuits.errors import CircuitsError
+    from circuits.prompts import tokenize_prompt
+
+    with pytest.raises(CircuitsError, match="not valid UTF-8"):
+        tokenize_prompt(world_tiny.model, "calc: \udcff")
+    assert tokenize_prompt(world_tiny.model, PROMPT).shape[0] > 1
+
+
+def test_the_serve_page_refuses_a_prompt_that_is_not_utf8():
+    from starlette.testclient import TestClient
+
+    from circuits.viewer.app import ViewerState, create_app
+
+    state = ViewerState()
+    state.live = object()  # the prompt is refused before the model is used
+    response = TestClient(create_app(state)).post(
+        "/api/trace", content=b'{"prompt": "calc: \\udcff"}', headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "not valid UTF-8" in response.text
+
+
+# --- 2. standard output that cannot be written ------------------------------------------------------
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["models", "list"], ["models", "list", "--json"], ["--help"]])
+def test_stdout_on_a_full_device_is_one_line(args):
+    with open("/dev/full", "w") as full:
+        code, err = _finish(_program(*args, stdout=full))
+    assert "No space left on device" in _assert_one_line(code, err, 2, "error: cannot write to standard output")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_trace_json_on_a_full_device_is_one_line(world_tiny):
+    with open("/dev/full", "w") as full:
+        code, err = _finish(_program("trace", PROMPT, "-m", "world-tiny", "--json", stdout=full))
+    _assert_one_line(code, err, 2, "error: cannot write to standard output", after_bars=True)
+
+
+def test_closed_stdout_is_one_line():
+    """`circuits models list >&-` exited 0 having written nothing (and --json was a traceback)."""
+    for args in (["models", "list"], ["models", "list", "--json"]):
+        code, err = _finish(_program(*args, stdout=None, preexec_fn=lambda: os.close(1)))
+        assert "standard output is closed" in _assert_one_line(code, err, 2, "error: ")
+
+
+def test_a_reader_that_stops_early_ends_quietly():
+    """`circuits models list | head -1`: no traceback, no error line, the SIGPIPE status."""
+    proc = _program("models", "list")
+    proc.stdout.close()  # the reader is gone before the first line
+    code, err = _finish(proc)
+    assert code == 141 and err.strip() == "", (code, err)
+
+
+# --- 3. output names ---------------------------------------------------------------------------------
+@pytest.fixture
+def graph_npz(tmp_path):
+    from graphs import save_graph
+    from tests.graphs.hand_graph import hand_graph
+
+    path = tmp_path / "g.npz"
+    save_graph(hand_graph(), path)
+    return path
+
+
+def test_output_names_the_system_cannot_hold_are_one_line(graph_npz, tmp_path):
+    assert "too long" in _one_error_line(_run("prune", str(graph_npz), "-o", str(tmp_path / ("x" * 300)) + ".json"))
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    assert "symlink loop" in _one_error_line(_run("prune", str(graph_npz), "-o", str(tmp_path / "loop1")))
+    assert (tmp_path / "loop1").is_symlink()
+    for name in ("newdir/", "out/newdir/"):
+        line = _one_error_line(_run("prune", str(graph_npz), "-o", f"{tmp_path}/{name}"))
+        assert "ends in '/'" in line and "--out" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.npz", "loop1", "loop2"]
+
+
+# --- 4. Ctrl-C during start-up -----------------------------------------------------------------------
+@pytest.mark.parametrize("delay", [0.25, 0.5, 1.0, 2.0])
+def test_ctrl_c_during_start_up_is_one_line(delay, world_tiny):
+    """SIGINT while the imports run printed tracebacks (KeyboardInterrupt, or numpy's RecursionError).
+    (Before the first ~0.1 s the interpreter itself is starting: no program code runs yet.)"""
+    proc = _program("models", "predict", "world-tiny", PROMPT)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    code, err = _finish(proc)
+    if code == 0:
+        pytest.skip("the command finished before the signal came")
+    _assert_one_line(code, err, 130, "interrupted")
