@@ -234,9 +234,10 @@ def index_corpus(loaded, transcoder, transcoder_dir: str | Path, corpus: str | N
                  max_tokens: int = 30_000, progress: bool = False, **kwargs) -> FeatureIndex:
     """Build the index of `transcoder` over `corpus` (default: the built-in model's own corpus, read
     in windows of INDEX_SEQ_LEN tokens) and save it into `transcoder_dir` (kwargs: build_feature_index's)."""
-    from circuits.training.corpus import corpus_sequences
+    from circuits.training.corpus import check_token_supply, corpus_sequences
 
     sequences, source = corpus_sequences(loaded, corpus, seq_len=min(INDEX_SEQ_LEN, loaded.model.cfg.n_ctx))
+    check_token_supply(sequences, max_tokens)
     docs = (torch.tensor(seq, dtype=torch.long) for seq in sequences)
     index = build_feature_index(loaded.model, transcoder, docs, max_tokens=max_tokens,
                                 meta={"model": loaded.name, "corpus": source}, progress=progress, **kwargs)

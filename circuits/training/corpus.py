@@ -62,6 +62,21 @@ class TextFileSequences:
         check_text_file(path)
         self.path, self.tokenizer, self.seq_len, self.heldout = Path(path), tokenizer, seq_len, heldout
 
+    def token_supply(self) -> tuple[int, str]:
+        """(at most how many tokens this split yields, how that is said): every token is at least one
+        byte of text (BPE and word tokenizers alike), plus the BOS of each window. Reads the file,
+        tokenizes nothing."""
+        prefix, step = len(bos_prefix(self.tokenizer)), max(self.seq_len - len(bos_prefix(self.tokenizer)), 1)
+        n_bytes = n_windows = 0
+        with self.path.open("rb") as f:
+            for i, line in enumerate(f):
+                if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) != self.heldout or not line.strip():
+                    continue
+                size = len(line.rstrip(b"\n"))
+                n_bytes, n_windows = n_bytes + size, n_windows + -(-size // step)
+        split = "held-out lines" if self.heldout else "training lines"
+        return n_bytes + prefix * n_windows, f"{self.path} has at most {n_bytes + prefix * n_windows:,} tokens in its {split} ({n_bytes:,} bytes)"
+
     def __iter__(self) -> Iterator[list[int]]:
         prefix = bos_prefix(self.tokenizer)
         with self.path.open(encoding="utf-8", errors="replace") as f:
@@ -127,6 +142,29 @@ def corpus_sequences(loaded, corpus: str | None, seq_len: int, heldout: bool = F
         digest = hashlib.sha256(path.read_bytes()[:1 << 20]).hexdigest()[:12]
         return seqs, f"file:{path.name}:{digest}"
     return DatasetSequences(corpus, loaded.tokenizer, seq_len, heldout), f"dataset:{corpus}"
+
+
+REPEAT_LIMIT = 10  # an endless sampler of a finite pool (`world`) may repeat each token this often on average
+
+
+def check_token_supply(sequences: Iterable[list[int]], tokens: int, what: str = "--tokens") -> None:
+    """Refuse, before the pass, a token count the corpus cannot supply: a text file (its split) has
+    fewer tokens, or an endless sampler (`world`'s corpus) would repeat its pool more than
+    REPEAT_LIMIT times. A corpus that cannot say (a streamed dataset) is not checked."""
+    if hasattr(sequences, "token_supply"):
+        supply, said = sequences.token_supply()
+        if supply == 0:
+            raise CircuitsError(f"the corpus has no text to read: {said}")
+        if tokens > supply:
+            raise CircuitsError(f"{what} {tokens:,} is more than the corpus can supply: {said}; "
+                                f"ask for at most {supply:,}")
+    elif hasattr(sequences, "pools"):
+        distinct = sum(len(s) for pool in sequences.pools for s in pool)
+        if tokens > REPEAT_LIMIT * distinct:
+            split = "held-out" if getattr(sequences, "heldout", False) else "training"
+            raise CircuitsError(f"{what} {tokens:,} is more than the corpus can supply: its {split} text has "
+                                f"{distinct:,} tokens, drawn with repetition up to {REPEAT_LIMIT}x "
+                                f"({REPEAT_LIMIT * distinct:,}); ask for at most that")
 
 
 def take_sequences(seqs: Iterable[list[int]], max_tokens: int) -> list[list[int]]:

@@ -23,9 +23,12 @@ def _run(*args, env=None):
     return CliRunner().invoke(app, list(args), env={"COLUMNS": "80", **(env or {})}, terminal_width=80)
 
 
-def _one_error_line(result) -> str:
+def _one_error_line(result, after_bars: bool = False) -> str:
+    """stderr is one line `error: ...` (after_bars: after the bars of a first use's training)."""
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in result.stderr.replace("\r", "\n").splitlines() if ln.strip()]
+    if after_bars:
+        lines = [ln for ln in lines if "|" not in ln and not ln.startswith(("first use", "training"))]
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     return lines[0]
 
@@ -151,3 +154,19 @@ def test_ctrl_c_during_start_up_is_one_line(delay, world_tiny):
     if code == 0:
         pytest.skip("the command finished before the signal came")
     _assert_one_line(code, err, 130, "interrupted")
+
+
+# --- 5. token counts the corpus cannot supply -------------------------------------------------------
+def test_index_and_fidelity_refuse_more_tokens_than_the_corpus_has(world_tiny, tmp_path):
+    """`features index --tokens 10000000000` estimated 834 hours and `fidelity --tokens 10000000000`
+    ran for ever on the endless `world` sampler; a text file's split is bounded by its bytes."""
+    line = _one_error_line(_run("features", "index", "--model", "world-tiny", "--tokens", "10000000000"), after_bars=True)
+    assert "more than the corpus can supply" in line and "64,321 tokens" in line  # world-tiny's training text
+    tc = next(Path(os.environ["CIRCUITS_HOME"]).glob("transcoders/world-tiny/*/config.yaml")).parent
+    line = _one_error_line(_run("fidelity", "--model", "world-tiny", "--transcoders", str(tc), "--tokens", "10000000000"))
+    assert "held-out text has 7,136 tokens" in line
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("".join(f"line {i} some text\n" for i in range(20)))  # lines 9 and 19 are held out
+    line = _one_error_line(_run("fidelity", "--model", "world-tiny", "--transcoders", str(tc), "--tokens", "100",
+                                "--corpus", str(corpus)))
+    assert "at most 35 tokens" in line and "(33 bytes)" in line  # 16 + 17 bytes, a BOS each

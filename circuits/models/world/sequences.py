@@ -41,7 +41,7 @@ class WorldSequences:
             if chosen and weights.get(name, 0) > 0:
                 self.pools.append([(prefix + encode_text(tok, e.text))[:seq_len] for e in chosen])
                 self.weights.append(weights[name])
-        self.seed = seed + (1 if heldout else 0)
+        self.seed, self.heldout = seed + (1 if heldout else 0), heldout
 
     def __iter__(self) -> Iterator[list[int]]:
         import random
