@@ -18,6 +18,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from safeio import OutputError, check_output_dir, write_bytes
+from safeio.lock import is_lock_file
 from safeio.write import fsync_dir, remove_stale_temps_in
 from transcoders.checkpoint import CHECKPOINT_FILE
 from transcoders.errors import TranscoderError
@@ -44,7 +45,7 @@ def prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> str:
     if out.is_dir():
         remove_stale_temps_in(out)
         recover_staged(out)
-    has_files = out.is_dir() and any(out.iterdir())
+    has_files = out.is_dir() and any(not is_lock_file(p.name) for p in out.iterdir())
     if resume:
         if (out / CHECKPOINT_FILE).exists():
             return "resume"

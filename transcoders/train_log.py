@@ -4,11 +4,14 @@ Each log line covers the steps since the previous one: FVU per layer = summed sq
 summed batch variance over the window, L0 = active features per token, dead = silent features.
 The log is appended to, never truncated: on resume only the lines this run (its `run` id) wrote
 after its last checkpoint are dropped; lines of other runs or other tools are kept as they were.
+A log that stops accepting lines (a full disk, /dev/full, a vanished mount) never stops training:
+one warning on stderr, and the run goes on without its log (its checkpoints and result are saved).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -67,10 +70,22 @@ class TrainLogger:
             self.bar.set_postfix(loss=f"{rec['loss']:.3g}", fvu=f"{rec['fvu_mean']:.3f}",
                                  l0=f"{rec['l0_total']:.1f}", dead=f"{rec['dead_fraction']:.2f}", refresh=False)
         if self.log_path is not None:
-            with open(self.log_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            self._append(json.dumps(rec) + "\n")
         self._reset()
         return rec
+
+    def _append(self, line: str) -> None:
+        try:
+            with open(self.log_path, "a") as f:
+                f.write(line)
+        except OSError as err:
+            message = (f"warning: cannot write the log {self.log_path} ({err.strerror or err}); "
+                       "training goes on without it")
+            if self.bar is not None:
+                self.bar.write(message, file=sys.stderr)
+            else:
+                print(message, file=sys.stderr, flush=True)
+            self.log_path = None
 
     def close(self) -> None:
         if self.bar is not None:

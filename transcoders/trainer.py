@@ -13,6 +13,8 @@ circuit-tracer format (formats.py) with training_config.json and metrics.json be
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from safeio import check_output_dir
 from transcoders.activation_source import LayerReader, ModelActivationSource, NonFiniteActivations, ShuffleBuffer
 from transcoders.checkpoint import CHECKPOINT_FILE
 from transcoders.distributed import DistInfo, barrier, init_distributed, rank_device
@@ -62,10 +65,32 @@ def train_transcoder(read_layers: LayerReader, sequences: Iterable[Sequence[int]
     from transcoders.cpu_memory import reuse_freed_memory
     from transcoders.threads import training_threads
 
-    with training_threads(cfg.threads, device) as n_threads, reuse_freed_memory(device):
+    with output_lock(Path(out_dir)), training_threads(cfg.threads, device) as n_threads, reuse_freed_memory(device):
         return _train(read_layers, sequences, cfg, Path(out_dir), model_name=model_name, source_id=source_id,
                       resume=resume, overwrite=overwrite, progress=progress, log_path=log_path, device=device,
                       stop_at_step=stop_at_step, final_eval=final_eval, n_threads=n_threads)
+
+
+@contextlib.contextmanager
+def output_lock(out: Path):
+    """Hold the output folder's lock (safeio.lock: one writer per folder) for a run, in its main
+    process (under torchrun: rank 0; the other ranks write nothing there)."""
+    from safeio import OutputError
+    from safeio.lock import folder_lock
+
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        yield out
+        return
+    try:
+        check_output_dir(out, "output folder")  # its own words for a file or an unwritable place
+        lock = folder_lock(out, "output folder")
+        lock.__enter__()
+    except OutputError as err:
+        raise TranscoderError(str(err)) from None
+    try:
+        yield out
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def _train(read_layers: LayerReader, sequences, cfg: TrainConfig, out: Path, *, model_name, source_id, resume, overwrite,

@@ -65,17 +65,18 @@ def run_training(model: str, out: Path | None, *, resume: bool, overwrite: bool,
     then training. Every user mistake stops with one line before anything is written."""
     from circuits.models import load_model
     from circuits.training.train import train_for_model
-    from transcoders.trainer import prepare_outputs
+    from transcoders.trainer import output_lock, prepare_outputs
 
     if out is None:
         out, resume = default_out(model, overrides, resume, overwrite)
         if progress:
             console.print(f"{'resuming' if resume else 'training'} the default transcoder in {out}", markup=False)
     cfg = resolve_config(model, out, resume, overrides)
-    prepare_outputs(out, cfg, resume=resume, overwrite=overwrite, log_path=log)
-    loaded = load_model(model, device=device, progress=progress)
-    return train_for_model(loaded, cfg, out, corpus, resume=resume, overwrite=overwrite, progress=progress,
-                           log_path=log, device=device)
+    with output_lock(out):  # a second run into the same folder fails here, at once (held until saved)
+        prepare_outputs(out, cfg, resume=resume, overwrite=overwrite, log_path=log)
+        loaded = load_model(model, device=device, progress=progress)
+        return train_for_model(loaded, cfg, out, corpus, resume=resume, overwrite=overwrite, progress=progress,
+                               log_path=log, device=device)
 
 
 @with_config_options(TrainConfig)

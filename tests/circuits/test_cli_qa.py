@@ -170,3 +170,54 @@ def test_index_and_fidelity_refuse_more_tokens_than_the_corpus_has(world_tiny, t
     line = _one_error_line(_run("fidelity", "--model", "world-tiny", "--transcoders", str(tc), "--tokens", "100",
                                 "--corpus", str(corpus)))
     assert "at most 35 tokens" in line and "(33 bytes)" in line  # 16 + 17 bytes, a BOS each
+
+
+# --- 6. a training log that cannot be written ---------------------------------------------------
+TRAIN = ["transcoders", "train", "--model", "world-tiny", "--features", "32", "--tokens", "4096", "--no-progress"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_log_that_cannot_be_written_never_loses_the_training(world_tiny, tmp_path):
+    """`--log /dev/full` died mid-training (rc 1) and saved nothing."""
+    from transcoders.formats import load_transcoder
+
+    result = _run(*TRAIN, "--out", str(tmp_path / "tc"), "--log", "/dev/full", "--log-every", "1")
+    assert result.exit_code == 0, (result.output, result.exception)
+    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning: cannot write the log")]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0]
+    assert load_transcoder(tmp_path / "tc").cfg.n_features == 32
+
+
+# --- 7. one writer per output folder -------------------------------------------------------------
+def test_a_second_writer_of_the_same_folder_fails_at_once(world_tiny, tmp_path):
+    """Three `transcoders train --out SAME` at once: two said "saved" into the same folder, and one
+    that exited 0 left it missing weight files. Another process holds the folder's lock here."""
+    out = tmp_path / "tc"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from safeio.lock import folder_lock\n"
+         "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)", str(out)],
+        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        t0 = time.perf_counter()
+        line = _one_error_line(_run(*TRAIN, "--out", str(out)))
+        assert f"process {holder.pid} is writing to it" in line and time.perf_counter() - t0 < 30
+        assert [p.name for p in out.iterdir()] == [".circuits-lock"]  # nothing of the second run
+    finally:
+        holder.kill()
+        holder.wait()
+    result = _run(*TRAIN, "--out", str(out))  # the dead holder's lock file is taken over
+    assert result.exit_code == 0, result.output
+    assert not (out / ".circuits-lock").exists() and (out / "config.yaml").exists()
+
+
+def test_concurrent_trainings_into_one_folder_leave_one_whole_transcoder(world_tiny, tmp_path):
+    from transcoders.formats import load_transcoder
+
+    out = tmp_path / "tc"
+    procs = [_program(*TRAIN, "--out", str(out)) for _ in range(2)]
+    results = [_finish(p) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    _, err = next(r for r in results if r[0] == 2)
+    assert ("is in use" in err or "already exists" in err) and "Traceback" not in err
+    assert load_transcoder(out).cfg.n_features == 32 and not (out / ".circuits-lock").exists()
