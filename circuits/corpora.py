@@ -63,9 +63,29 @@ def interleave(sources: dict[str, Path], pattern: tuple[str, ...], out_file: Pat
     return {"documents": sum(counts.values()), "documents_per_source": counts, "sha256": digest.hexdigest()}
 
 
+# What each part of the mix costs on first use (2 CPU cores), said before its bars start.
+_PART_WORK = {"python-docstrings": "the Python standard library's docstrings (seconds)",
+              "smollm2-prose": "SmolLM2-135M-Instruct writes prose answers (about 11 minutes on 2 cores)"}
+
+
+def say_stage(text: str) -> None:
+    """One line on stderr naming a stage of a long first-use build (before its progress bars)."""
+    import sys
+
+    print(text, file=sys.stderr, flush=True)
+
+
 def _mix(out_file: Path) -> dict:
     names = list(dict.fromkeys(MIX_PATTERN))
-    sources = {name: builtin_corpus_file(name) for name in names}
+    steps = len(names) + 1
+    sources = {}
+    for step, name in enumerate(names, 1):
+        cached = _is_built(name)
+        say_stage(f"building the SmolLM2 corpus, step {step} of {steps}: {_PART_WORK.get(name, name)}"
+                  + (" (cached)" if cached else ""))
+        sources[name] = builtin_corpus_file(name)
+    say_stage(f"building the SmolLM2 corpus, step {steps} of {steps}: interleaving "
+              + " and ".join(names) + " into smollm2-mix")
     meta = interleave(sources, MIX_PATTERN, out_file)
     records = {name: corpus_record(name) for name in names}
     return {"source": "interleaved, line pattern " + " / ".join(MIX_PATTERN) + ", then the rest of the longer",
@@ -93,6 +113,13 @@ def builtin_corpus_file(name: str, rebuild: bool = False) -> Path:
             scratch.unlink(missing_ok=True)
         atomic_write_text(record, json.dumps({"name": name, **meta}, indent=2))
     return text
+
+
+def _is_built(name: str) -> bool:
+    from circuits.paths import circuits_home
+
+    folder = circuits_home() / "corpora"
+    return (folder / f"{name}.txt").is_file() and (folder / f"{name}.json").is_file()
 
 
 def corpus_record(name: str) -> dict:

@@ -97,11 +97,41 @@ def clean_answer(text: str, end_token: str) -> str:
     return re.sub(r"\s+", " ", text.split(end_token, 1)[0]).strip()
 
 
+class TokenProgress:
+    """A transformers streamer that moves the bar by every answer token as generate() makes it, so
+    the bar shows progress within a batch (one batch of BATCH answers takes minutes on a CPU) rather
+    than 0% until the first batch ends. A row stops counting once it writes the end-of-turn token;
+    after the batch the bar is set to the exact count of the kept answers' tokens."""
+
+    def __init__(self, bar, end_id: int | None):
+        self.bar, self.end_id = bar, end_id
+        self.counted, self.done, self.prompt_seen = 0, None, False
+
+    def put(self, value) -> None:
+        import torch
+
+        if not self.prompt_seen:  # generate() hands over the prompt first
+            self.prompt_seen = True
+            return
+        ids = value.reshape(value.shape[0], -1)[:, -1]
+        if self.done is None:
+            self.done = torch.zeros_like(ids, dtype=torch.bool)
+        n = int((~self.done).sum())
+        self.counted += n
+        self.bar.update(n)
+        if self.end_id is not None:
+            self.done |= ids == self.end_id
+
+    def end(self) -> None:
+        pass
+
+
 def generate_answers(hf_model, tokenizer, messages: list[str], *, end_token: str, seed: int = SEED,
                      batch: int = BATCH, max_new_tokens: int = MAX_NEW_TOKENS, target_tokens: int = TARGET_TOKENS,
                      progress: bool = True):
     """Yield (message, answer, n_answer_tokens) for messages in order, batch by batch, until the
-    answers hold target_tokens tokens. Any transformers causal LM with a tokenizer works."""
+    answers hold target_tokens tokens. Any transformers causal LM with a tokenizer works. The bar
+    (stderr) moves with every generated token."""
     import torch
     from tqdm.auto import tqdm
 
@@ -109,8 +139,11 @@ def generate_answers(hf_model, tokenizer, messages: list[str], *, end_token: str
     if tokenizer.pad_token is None:
         tokenizer.pad_token = end_token  # masked out; any id serves
     total = 0
-    with tqdm(total=target_tokens, unit="tok", desc="generating prose", disable=not progress) as bar:
+    end_id = tokenizer.convert_tokens_to_ids(end_token)
+    with tqdm(total=target_tokens, unit="tok", desc="generating prose", disable=not progress,
+              dynamic_ncols=True) as bar:
         for index, start in enumerate(range(0, len(messages), batch)):
+            stream = TokenProgress(bar, end_id if isinstance(end_id, int) else None)
             chunk = messages[start:start + batch]
             inputs = tokenizer([chat_prompt(m) for m in chunk], return_tensors="pt", padding=True,
                                add_special_tokens=False).to(hf_model.device)
@@ -118,7 +151,8 @@ def generate_answers(hf_model, tokenizer, messages: list[str], *, end_token: str
             with torch.no_grad():
                 out = hf_model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8,
                                         top_p=0.9, repetition_penalty=REPETITION_PENALTY,
-                                        pad_token_id=tokenizer.pad_token_id)
+                                        pad_token_id=tokenizer.pad_token_id, streamer=stream)
+            bar.update(-stream.counted)  # the batch's live count, replaced by the kept answers' count below
             new = out[:, inputs["input_ids"].shape[1]:]
             for message, row in zip(chunk, new):
                 answer = clean_answer(tokenizer.decode(row, skip_special_tokens=False), end_token)

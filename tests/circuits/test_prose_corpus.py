@@ -99,3 +99,50 @@ def test_the_mix_is_built_from_both_cached_corpora_with_provenance(circuits_home
     assert path.read_text() == "a\nb\nD\nc\n"
     record = corpora.corpus_record("smollm2-mix")
     assert record["parts"]["smollm2-prose"]["documents"] == 3 and "smollm2-prose: L" in record["license"]
+
+
+def test_the_generation_bar_moves_with_every_token_not_every_batch(tiny_lm, monkeypatch):
+    """Issue 22: the SmolLM2 corpus bar showed 0% for ten minutes (it moved once per batch of 64
+    answers), then estimated from 111 hours down to 16 minutes. It now moves with each token."""
+    import tqdm.auto
+
+    updates: list[int] = []
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            self.n = 0
+
+        def update(self, n):
+            self.n += n
+            updates.append(n)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    model, tok = tiny_lm
+    answers = pc.generate_answers(model, tok, [f"Write about place {i}." for i in range(3)], end_token="</s>",
+                                  batch=3, max_new_tokens=6, target_tokens=10**6, progress=True)
+    _, _, n_first = next(answers)
+    live = updates[:next(i for i, u in enumerate(updates) if u < 0)]  # before the batch's count is settled
+    assert len(live) >= 2 and all(u > 0 for u in live)  # one update per decoding step
+    rest = list(answers)
+    assert sum(updates) == n_first + sum(n for _, _, n in rest)  # the bar ends at the kept answers' tokens
+
+
+def test_building_the_mix_names_each_stage(circuits_home, monkeypatch, capsys):
+    def fake(text):
+        def build(out_file):
+            Path(out_file).write_text(text)
+            return {"source": "fake", "license": "L", "documents": text.count("\n"), "sha256": "x"}
+        return build
+
+    monkeypatch.setitem(corpora.BUILTIN_CORPORA, "smollm2-prose", fake("a\nb\nc\n"))
+    monkeypatch.setitem(corpora.BUILTIN_CORPORA, "python-docstrings", fake("D\n"))
+    corpora.builtin_corpus_file("smollm2-mix", rebuild=True)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("building the SmolLM2 corpus")]
+    assert [ln.split(":")[0] for ln in lines] == [f"building the SmolLM2 corpus, step {k} of 3" for k in (1, 2, 3)]
+    assert "SmolLM2-135M-Instruct writes prose" in lines[0] and "docstrings" in lines[1] and "interleaving" in lines[2]
