@@ -36,4 +36,6 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+    """The five public names (and the module's dunders): subpackages that imports have set as
+    attributes (`circuits.errors`, `circuits.cli`, ...) are not part of the API and are not listed."""
+    return sorted([*__all__, *(name for name in globals() if name.startswith("__"))])

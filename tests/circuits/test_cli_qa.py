@@ -221,3 +221,13 @@ def test_concurrent_trainings_into_one_folder_leave_one_whole_transcoder(world_t
     _, err = next(r for r in results if r[0] == 2)
     assert ("is in use" in err or "already exists" in err) and "Traceback" not in err
     assert load_transcoder(out).cfg.n_features == 32 and not (out / ".circuits-lock").exists()
+
+
+# --- 10. the public names ---------------------------------------------------------------------------
+def test_dir_of_the_package_shows_the_five_public_names_only():
+    import circuits
+    import circuits.errors  # noqa: F401 - imported submodules become attributes; they are not the API
+    import circuits.cli.main  # noqa: F401
+
+    assert [n for n in dir(circuits) if not n.startswith("_")] == sorted(circuits.__all__)
+    assert len(circuits.__all__) == 5 and all(getattr(circuits, n) is not None for n in circuits.__all__)
