@@ -15,6 +15,8 @@ does not fit the budget; an explicit cap that does not fit is refused with one l
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from circuits.errors import CircuitsError
@@ -52,6 +54,16 @@ class TraceShape:
         return lo
 
 
+def gb_up(gb: float) -> str:
+    """`gb` rounded up to two significant digits (0.0031, 0.25, 1.3, 12, 140): small needs do not
+    show as 0.0, and a budget raised to the number shown is enough."""
+    if gb <= 0:
+        return "0"
+    digits = max(0, 1 - math.floor(math.log10(gb)))
+    up = math.ceil(gb * 10 ** digits) / 10 ** digits
+    return f"{up:.{digits}f}"
+
+
 def choose_feature_cap(shape: TraceShape, requested: int | None, memory_gb: float | None) -> int:
     """How many features to attribute: `requested` (checked against the budget), or by default
     all active features up to DEFAULT_MAX_FEATURE_NODES and the budget. memory_gb None: no budget."""
@@ -67,7 +79,7 @@ def choose_feature_cap(shape: TraceShape, requested: int | None, memory_gb: floa
     need = shape.bytes_for(upper) / 2 ** 30
     if requested is not None or fits == 0:
         hint = (f"lower --max-feature-nodes to {fits}" if fits > 0 else "shorten the prompt") + \
-            f" or raise --memory-gb to {need:.1f}"
-        raise CircuitsError(f"this trace needs about {need:.1f} GB ({upper} of {shape.n_active} active "
+            f" or raise --memory-gb to {gb_up(need)}"
+        raise CircuitsError(f"this trace needs about {gb_up(need)} GB ({upper} of {shape.n_active} active "
                             f"features) but the memory budget is {memory_gb:g} GB: {hint}")
     return fits

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import typer
@@ -41,8 +42,27 @@ def _dtype(value: str | None) -> str | None:
 DTYPE_OPTION = typer.Option("float32", "--dtype", parser=_dtype, metavar="[float32|bfloat16|float16]",
                             help="The model's weights and forward pass; attribution stays float32.")
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+class _Environ(Mapping):
+    """os.environ, read live, but without a COLUMNS or LINES that is not a positive number (rich
+    takes COLUMNS=0 as a width of 0 and prints nothing at all)."""
+
+    def __getitem__(self, key: str) -> str:
+        value = os.environ[key]
+        if key in ("COLUMNS", "LINES") and not (value.isdigit() and int(value) > 0):
+            raise KeyError(key)
+        return value
+
+    def __iter__(self):
+        return iter(os.environ)
+
+    def __len__(self) -> int:
+        return len(os.environ)
+
+
+# soft_wrap: rich never wraps what commands print (a pipe or a file gets whole lines at any width;
+# a terminal wraps long lines itself)
+console = Console(stderr=False, soft_wrap=True, _environ=_Environ())
+err_console = Console(stderr=True, _environ=_Environ())
 
 
 # Text that must not reach a terminal raw: C0/C1 controls (escape sequences, bell, newlines that

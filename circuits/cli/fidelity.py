@@ -14,7 +14,8 @@ from circuits.cli.options import number_option
 
 def fidelity_cmd(
     model: str = typer.Option(..., "--model", help="Model: built-in name, checkpoint dir or hub id."),
-    transcoders: Path = typer.Option(..., "--transcoders", help="Transcoder directory (circuit-tracer format)."),
+    transcoders: str = typer.Option(..., "--transcoders", help="Transcoder directory (circuit-tracer format), "
+                                    "its config.yaml, or a hub repo id (owner/repo[/sub][@rev]), as `trace` takes."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     plot: Optional[Path] = output_file_option("--plot", help="Write a PNG of FVU and L0 by layer."),
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Held-out text: file or dataset name "
@@ -29,10 +30,6 @@ def fidelity_cmd(
     from circuits.training.fidelity import fidelity_report, plot_fidelity
     from circuits.models import load_model
 
-    if not transcoders.is_dir():
-        from circuits.errors import CircuitsError
-
-        raise CircuitsError(f"transcoder directory {transcoders} does not exist")
     check_outputs(plot)
     loaded = load_model(model, device=pick_device(device), dtype=dtype)
     report = fidelity_report(loaded, transcoders, corpus=corpus, max_tokens=tokens, progress=progress)

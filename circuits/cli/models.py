@@ -93,33 +93,54 @@ def predict_cmd(
 
 @app.command("corpus")
 def corpus_cmd(
-    name: str = typer.Argument(..., help="Built-in model (its default corpus) or corpus name (python-docstrings, smollm2-prose, smollm2-mix)."),
+    name: str = typer.Argument(..., metavar="NAME", help="Built-in model (its default corpus) or corpus name "
+                               "(python-docstrings, smollm2-prose, smollm2-mix)."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild even if cached."),
     json_out: bool = typer.Option(False, "--json", help="Print the corpus record as JSON."),
 ) -> None:
     """Build (offline) a built-in text corpus under $CIRCUITS_HOME/corpora and count its tokens with
-    the model's tokenizer when NAME is a model. Training and fidelity use it by default."""
+    the model's tokenizer when NAME is a model. Training and fidelity use it by default. For `world`
+    and `world-tiny`, whose corpus is their own generator (nothing to build), print its size."""
     from circuits.corpora import BUILTIN_CORPORA, builtin_corpus_file, corpus_record
     from circuits.errors import CircuitsError
     from circuits.models.registry import BUILTIN_MODELS
 
-    model_corpora = {m: getattr(spec.corpus, "corpus_name", None) for m, spec in BUILTIN_MODELS.items()}
-    model_corpora = {m: c for m, c in model_corpora.items() if c}
-    corpus = model_corpora.get(name, name)
-    if corpus not in BUILTIN_CORPORA:
-        known = ", ".join([*model_corpora, *BUILTIN_CORPORA])
-        raise CircuitsError(f"no built-in corpus '{name}' (known: {known})")
-    path = builtin_corpus_file(corpus, rebuild=rebuild)
-    record = {"path": str(path), **corpus_record(corpus)}
-    if name in model_corpora:
-        from circuits.models.registry import load_model
+    with_corpus = {m: spec for m, spec in BUILTIN_MODELS.items() if spec.corpus is not None}
+    model_corpora = {m: getattr(spec.corpus, "corpus_name", None) for m, spec in with_corpus.items()}
+    if name in model_corpora and model_corpora[name] is None:
+        record = _generated_corpus_record(name)
+    else:
+        corpus = model_corpora.get(name) or name
+        if corpus not in BUILTIN_CORPORA:
+            known = ", ".join([*model_corpora, *BUILTIN_CORPORA])
+            raise CircuitsError(f"no built-in corpus '{name}' (known: {known})")
+        path = builtin_corpus_file(corpus, rebuild=rebuild)
+        record = {"path": str(path), **corpus_record(corpus)}
+        if name in model_corpora:
+            from circuits.models.registry import load_model
 
-        tokenizer = load_model(name, progress=True).tokenizer
-        with path.open(encoding="utf-8") as f:
-            record[f"tokens_{name}"] = sum(len(tokenizer(line.rstrip("\n"), add_special_tokens=False)["input_ids"])
-                                           for line in f)
+            tokenizer = load_model(name, progress=True).tokenizer
+            with path.open(encoding="utf-8") as f:
+                record[f"tokens_{name}"] = sum(len(tokenizer(line.rstrip("\n"), add_special_tokens=False)["input_ids"])
+                                               for line in f)
     if json_out:
         print_json(record)
         return
     for key, value in record.items():
-        console.print(f"  {key}: {value}")
+        console.print(f"  {key}: {value}", markup=False, highlight=False)
+
+
+def _generated_corpus_record(name: str) -> dict:
+    """The size of a built-in model's generated corpus (`world`): distinct lines and tokens of its
+    training and held-out streams (the streams sample these with repetition)."""
+    from circuits.models.registry import BUILTIN_MODELS, load_model
+
+    loaded = load_model(name, progress=True)
+    record: dict = {"name": name, "source": f"the {name} model's own corpus generator (circuits/models/world), "
+                    "sampled endlessly; every 10th line of each pool is held out"}
+    for split, heldout in (("train", False), ("heldout", True)):
+        seqs = BUILTIN_MODELS[name].corpus(loaded, loaded.model.cfg.n_ctx, heldout)
+        pools = getattr(seqs, "pools", [])
+        record[f"documents_{split}"] = sum(len(pool) for pool in pools)
+        record[f"tokens_{split}"] = sum(len(s) for pool in pools for s in pool)
+    return record

@@ -11,6 +11,8 @@ Every model comes back as a TransformerLens `HookedTransformer` with a tokenizer
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -187,8 +189,15 @@ def list_models() -> list[dict]:
     return rows
 
 
-def _unknown(spec: str) -> CircuitsError:
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def _unknown(spec: str, as_hub: str | None = None) -> CircuitsError:
+    """`spec` is no built-in model and no local folder; as_hub: why it could not be had as a hub id."""
     known = ", ".join(BUILTIN_MODELS)
+    if as_hub is not None:
+        return CircuitsError(f"unknown model '{spec}': not a built-in model ({known}) or a local checkpoint "
+                             f"folder; as a Hugging Face hub id: {as_hub}")
     return CircuitsError(
         f"unknown model '{spec}': use a built-in name ({known}), a local Hugging Face "
         "checkpoint directory, or a Hugging Face id")
@@ -229,6 +238,13 @@ def load_model(spec: str, device: str | torch.device = "cpu", build: bool = True
         from circuits.models.pretrained import load_hub_model
 
         return LoadedModel(spec, load_hub_model(spec, device, dtype), None, {"source": "hub"})
+    if _HUB_NAME.fullmatch(spec):  # a hub id without an owner (gpt2, distilgpt2): the hub may have it
+        from circuits.models.pretrained import load_hub_model
+
+        try:
+            return LoadedModel(spec, load_hub_model(spec, device, dtype), None, {"source": "hub"})
+        except CircuitsError as err:
+            raise _unknown(spec, as_hub=str(err)) from None
     raise _unknown(spec)
 
 

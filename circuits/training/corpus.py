@@ -40,9 +40,10 @@ def _windows(ids: list[int], prefix: list[int], seq_len: int) -> Iterator[list[i
 
 
 def check_text_file(path: Path) -> None:
-    """One-line errors for a missing, empty or non-text corpus file."""
+    """One-line errors for a missing, empty or non-text corpus file, or a path that is not a file
+    (a folder, a device such as /dev/null, a FIFO whose reading would wait for ever)."""
     if not path.is_file():
-        raise CircuitsError(f"corpus file {path} does not exist")
+        raise CircuitsError(f"corpus {path} {_not_a_file(path)}: give a text file, one document per line")
     head = path.open("rb").read(65536)
     if not head.strip():
         raise CircuitsError(f"corpus file {path} is empty")
@@ -53,6 +54,22 @@ def check_text_file(path: Path) -> None:
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 4:  # not just a character cut at the read boundary
             raise CircuitsError(f"corpus file {path} is not UTF-8 text") from None
+
+
+def _not_a_file(path: Path) -> str:
+    """What a corpus path that is not a regular file is, in words."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    kinds = ((stat.S_ISDIR, "is a folder"), (stat.S_ISCHR, "is a character device, not a file"),
+             (stat.S_ISBLK, "is a block device, not a file"), (stat.S_ISFIFO, "is a FIFO (named pipe), not a file"),
+             (stat.S_ISSOCK, "is a socket, not a file"))
+    return next((said for test, said in kinds if test(mode)), "is not a regular file")
 
 
 class TextFileSequences:

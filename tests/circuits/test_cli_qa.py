@@ -231,3 +231,51 @@ def test_dir_of_the_package_shows_the_five_public_names_only():
 
     assert [n for n in dir(circuits) if not n.startswith("_")] == sorted(circuits.__all__)
     assert len(circuits.__all__) == 5 and all(getattr(circuits, n) is not None for n in circuits.__all__)
+
+
+# --- 11. messages that misled --------------------------------------------------------------------
+def test_a_hub_id_without_an_owner_is_said_to_be_one(hub_cache):
+    """`--model gpt2` said "unknown model ... or a Hugging Face id": it is one, that cannot be fetched offline."""
+    line = _one_error_line(_run("models", "predict", "gpt2", "x"))
+    assert "as a Hugging Face hub id" in line and "'gpt2'" in line and "offline" in line
+
+
+def test_the_memory_hint_shows_a_number_that_suffices(world_tiny):
+    """`--memory-gb 1e-9` said "needs about 0.0 GB ... raise --memory-gb to 0.0"."""
+    import re
+
+    line = _one_error_line(_run("trace", PROMPT, "-m", "world-tiny", "--memory-gb", "1e-9", "--json"), after_bars=True)
+    need = re.search(r"raise --memory-gb to ([0-9.]+)", line).group(1)
+    assert float(need) > 0 and f"needs about {need} GB" in line
+    assert _run("trace", PROMPT, "-m", "world-tiny", "--memory-gb", need, "--json").exit_code == 0
+
+
+def test_a_corpus_that_is_not_a_file_says_what_it_is(world_tiny, tmp_path):
+    """`--corpus /dev/null`, a folder or a FIFO said "does not exist"."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for corpus, said in (("/dev/null", "is a character device"), (str(tmp_path), "is a folder"),
+                         (str(fifo), "is a FIFO"), (str(tmp_path / "nope.txt"), "does not exist")):
+        line = _one_error_line(_run(*TRAIN, "--out", str(tmp_path / "tc"), "--corpus", corpus))
+        assert said in line, line
+    assert not (tmp_path / "tc").exists()
+
+
+def test_fidelity_takes_the_hub_ids_that_trace_takes(world_tiny, hub_cache):
+    from tests.helpers.published_transcoders import make_hub_repo
+
+    _run("trace", PROMPT, "-m", "world-tiny", "--json")  # the default transcoder, trained on first use
+    tc = next(Path(os.environ["CIRCUITS_HOME"]).glob("transcoders/world-tiny/*/config.yaml")).parent
+    make_hub_repo(hub_cache, "me/world-tiny-clt", {p.name: p.read_bytes() for p in tc.iterdir() if p.is_file()})
+    result = _run("fidelity", "--model", "world-tiny", "--transcoders", "me/world-tiny-clt", "--tokens", "512", "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.stdout.count('"fvu_mean"') == 1
+
+
+def test_models_corpus_takes_world_as_its_help_says(world_tiny):
+    import json
+
+    result = _run("models", "corpus", "world-tiny", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert (record["tokens_train"], record["tokens_heldout"]) == (64321, 7136)
