@@ -56,12 +56,21 @@ def test_readme_example_runs(world_tiny, tmp_path, monkeypatch, capsys):
     # intervening through the bundle equals the low-level call on the same tokens
     from circuits.interventions import intervene, parse_set
 
-    direct = intervene(rm.model, rm.transcoder, rm.tokens("calc: 36+59="), [parse_set("1:5:17=2.0")])
+    direct = intervene(rm.model, rm.transcoder, rm.tokens("calc: 36+59="), [parse_set("0:5:96=x3")])
     assert after.top_after == direct.top_after and after.kl == direct.kl
     assert "->" in capsys.readouterr().out
 
 
 @pytest.mark.slow
 def test_readme_example_runs_verbatim_on_world(tmp_path, monkeypatch):
+    """On `world` the example's feature is one the trace prints (on the strongest path to '95'), and
+    the intervention visibly moves the answer (issue 22: it used `1:5:17`, which the trace never
+    printed and which moved p('95') from 0.95826 to 0.95831)."""
     scope = _run_example(tmp_path, monkeypatch)
-    assert scope["rm"].name == "world" and (tmp_path / "graph.json").is_file()
+    rm, result, after = scope["rm"], scope["result"], scope["after"]
+    assert rm.name == "world" and (tmp_path / "graph.json").is_file()
+    printed = {f"{f['layer']}:{entry['position']}:{f['feature']}" for entry in result.summary["positions"]
+               for f in entry["features"]}
+    assert "0:5:96" in printed
+    assert after.top_before[0]["token"] == "95" and after.top_before[0]["prob"] > 0.9
+    assert after.top_after[0]["token"] != "95" and after.kl > 1.0

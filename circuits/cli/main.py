@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 from circuits.cli import models as models_cli
 from circuits.cli.common import HELP, one_line
 from circuits.cli.entry import say_interrupted
+from circuits.cli.help import HELP_OPTION_NAMES, name_metavars, version_line
 
 
 def _with_typer_copy(real: type[BaseException], typer_module: str, name: str) -> tuple[type[BaseException], ...]:
@@ -37,6 +38,10 @@ def _is_help_request(exc: BaseException) -> bool:
 class _UserErrorsAsOneLine(TyperGroup):
     """THE error boundary: every command's user errors (bad input, bad numbers, missing or corrupt
     files, not enough memory for what was asked) end as one line `error: ...` and exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        name_metavars(self)  # PROMPT, TEXT, PATH in --help, not {prompt}, <str>, <path>
 
     def invoke(self, ctx: click.Context):
         try:
@@ -101,8 +106,21 @@ app = typer.Typer(
     cls=_UserErrorsAsOneLine,
     help="Circuit tracing for transformer language models: build models, train transcoders, "
     "trace attribution graphs, prune and export them, and intervene on features.",
-    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, **HELP)
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    context_settings={"help_option_names": HELP_OPTION_NAMES}, **HELP)
 app.add_typer(models_cli.app, name="models")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Show the version and exit.")) -> None:
+    pass
 
 # Each module registers its commands; a new command group is one more name here.
 for _module in ("transcoders", "fidelity", "trace", "prune", "intervene", "features", "demo", "view"):

@@ -135,7 +135,10 @@ def _field_option(config: type[BaseModel], name: str):
     if typing.get_origin(annotation) is not Literal and args and typing.get_origin(annotation) is not list:
         annotation = args[0]  # X | None -> X
     default = field.get_default(call_default_factory=True)
-    help_text = f"{field.description} (default: {default})"
+    # one default in the help: the description's own words where it has them ("default: all, up to ..."),
+    # none for an unset field (None means "not given", not a value)
+    said = "(default" in (field.description or "") or default is None
+    help_text = f"{field.description}" + ("" if said else f" (default: {default})")
     decls = [flag(config, name)]
     if typing.get_origin(annotation) is Literal:
         choices = [str(c) for c in typing.get_args(annotation)]

