@@ -38,6 +38,7 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "calc: 36+59="
+SWEPT = ".swept.json.4194305.0123456789ab.d73f57ebde4a.circuits-tmp"  # safeio.write.temp_name("swept.json", 4194305, "0123456789ab")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -51,6 +52,9 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     subprocess: bool = False
     json: bool = False
+    stdout: str = ""  # subprocess only: "full" (/dev/full) or "closed"
+    sigint_after: float | None = None  # subprocess only: send SIGINT this many seconds after the start
+    around: Callable[[Path], object] | None = None  # a context manager held while the case runs
 
 
 @dataclass
@@ -67,11 +71,12 @@ def run_case(case: Case, work: Path) -> Outcome:
     argv = [a.replace("{W}", str(work)) for a in case.argv]
     env = {k: v.replace("{W}", str(work)) for k, v in case.env.items()}
     t0 = time.perf_counter()
+    if case.around is not None:
+        with case.around(work):
+            return run_case(Case(case.name, case.argv, case.expect, env=case.env, subprocess=case.subprocess,
+                                 stdout=case.stdout, sigint_after=case.sigint_after), work)
     if case.subprocess:
-        full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT), "COLUMNS": "80"}
-        proc = subprocess.run([sys.executable, "-m", "circuits", *argv], capture_output=True, text=True,
-                              env=full_env, cwd=work, timeout=600)
-        return Outcome(proc.returncode, proc.stdout, proc.stderr, None, time.perf_counter() - t0)
+        return _run_subprocess(case, argv, env, work, t0)
     from typer.testing import CliRunner
 
     from circuits.cli.main import app
@@ -90,6 +95,24 @@ def run_case(case: Case, work: Path) -> Outcome:
     return Outcome(result.exit_code, result.stdout, result.stderr, exc, time.perf_counter() - t0)
 
 
+def _run_subprocess(case: Case, argv: list[str], env: dict, work: Path, t0: float) -> Outcome:
+    import signal
+
+    full_env = {"COLUMNS": "80", **os.environ, **env, "PYTHONPATH": str(ROOT)}
+    out = {"full": open("/dev/full", "w"), "closed": None}.get(case.stdout, subprocess.PIPE)
+    pre = (lambda: os.close(1)) if case.stdout == "closed" else None
+    proc = subprocess.Popen([sys.executable, "-m", "circuits", *argv], stdout=out, stderr=subprocess.PIPE,
+                            env=full_env, cwd=work, preexec_fn=pre)
+    if case.sigint_after is not None:
+        time.sleep(case.sigint_after)
+        proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=600)
+    if case.stdout == "full":
+        out.close()
+    return Outcome(proc.returncode, (stdout or b"").decode("utf-8", "replace"), stderr.decode("utf-8", "replace"),
+                   None, time.perf_counter() - t0)
+
+
 def verdict(case: Case, out: Outcome) -> str | None:
     """None if the case kept every promise, else the first broken one."""
     if out.exception is not None:
@@ -99,6 +122,12 @@ def verdict(case: Case, out: Outcome) -> str | None:
     expect = case.expect
     if expect == "any":
         expect = "ok" if out.code == 0 else "error"
+    if expect == "interrupted":  # Ctrl-C: status 130 and the one line `interrupted` (or it finished first)
+        lines = [ln for ln in re.split(r"[\r\n]", out.stderr) if ln.strip()]
+        if out.code == 0:
+            return None
+        return None if out.code == 130 and lines == ["interrupted"] else \
+            f"exit status {out.code}, stderr {lines[-3:]!r}, expected 130 and one line 'interrupted'"
     if expect == "error":
         if out.code != 2:
             return f"exit status {out.code}, expected 2 (stderr: {out.stderr.strip()[-150:]!r})"
@@ -226,7 +255,11 @@ def setup(work: Path, log: Callable[[str], None]) -> None:
     (user / "real.json").write_text("{}\n")
     (user / "link.json").symlink_to(user / "real.json")
     (user / "afile").write_text("a file, not a folder\n")
-    (user / ".swept.json.4194305.k1ll3d.circuits-tmp").write_text("half a graph from a killed run")  # pid > pid_max
+    (user / SWEPT).write_text("half a graph from a killed run")  # marked as ours; pid > pid_max: dead
+    (user / ".swept.json.tmp-4194305").write_text("the user's own file that looks like a temporary")
+    (user / "loop1").symlink_to(user / "loop2")
+    (user / "loop2").symlink_to(user / "loop1")
+    os.mkfifo(user / "fifo")
     shutil.copytree(work / "tc", work / "tc_over")
     (work / "tc_over" / "README.txt").write_text("the user's note inside the output folder\n")
 
@@ -364,9 +397,8 @@ def cases(work: Path, has_cuda: bool) -> list[Case]:
        check=lambda o: None if (work / "user" / "link.json").is_symlink() and
        "nodes" in json.loads((work / "user" / "real.json").read_text()) else "the symlink was replaced or its target not written")
     ok("trace -o sweeps a killed writer's temporary file", *TR, "-o", "{W}/user/swept.json",
-       writes=("user/swept.json", "user/.swept.json.4194305.k1ll3d.circuits-tmp"),
-       check=lambda o: None if not (work / "user" / ".swept.json.4194305.k1ll3d.circuits-tmp").exists()
-       else "the stale temporary file is still there")
+       writes=("user/swept.json", f"user/{SWEPT}"),
+       check=lambda o: None if not (work / "user" / SWEPT).exists() else "the stale temporary file is still there")
     ok("trace -o /dev/null", *TR, "-o", "/dev/null",
        check=lambda o: None if stat.S_ISCHR(os.stat("/dev/null").st_mode) else "/dev/null was replaced")
     ok("trace -o /dev/stdout (subprocess)", *TR, "-o", "/dev/stdout", subprocess=True, check=contains('"nodes"'))
@@ -423,6 +455,52 @@ def cases(work: Path, has_cuda: bool) -> list[Case]:
     bad("serve --port -1", "serve", *M, "--port", "-1")
     bad("serve --host unresolvable", "serve", *M, "--host", "999.1.1.1", "--port", "0")
 
+    # issue 22: the CLI's QA pass
+    bad_utf8 = "calc: 36+59=\udcff"  # the byte 0xff of `$'calc: 36+59=\\xff'`, as Python hands it over
+    bad("trace: a prompt that is not UTF-8", "trace", bad_utf8, *M, "-t", "{W}/tc", check=contains("UTF-8", "stderr"))
+    bad("intervene: a prompt that is not UTF-8", "intervene", bad_utf8, *M, *TC, "--set", "0:-1:0=1",
+        check=contains("UTF-8", "stderr"))
+    bad("models predict: a prompt that is not UTF-8 (subprocess)", "models", "predict", "world-tiny", bad_utf8,
+        subprocess=True, check=contains("UTF-8", "stderr"))
+    bad("models list > /dev/full (subprocess)", "models", "list", subprocess=True, stdout="full",
+        check=contains("cannot write to standard output", "stderr"))
+    bad("trace --json > /dev/full (subprocess)", *TR, "--json", subprocess=True, stdout="full",
+        check=contains("cannot write to standard output", "stderr"))
+    bad("models list, stdout closed (subprocess)", "models", "list", subprocess=True, stdout="closed",
+        check=contains("standard output is closed", "stderr"))
+    bad("trace -o a name too long", *TR, "-o", "{W}/user/" + "x" * 300 + ".json", check=contains("too long", "stderr"))
+    bad("trace -o a folder path that does not exist", *TR, "-o", "{W}/user/newdir/", check=contains("ends in '/'", "stderr"))
+    bad("trace -o a symlink loop", *TR, "-o", "{W}/user/loop1", check=contains("symlink loop", "stderr"))
+    out.append(Case("Ctrl-C half a second into start-up (subprocess)", ["models", "predict", "world-tiny", PROMPT],
+                    "interrupted", subprocess=True, sigint_after=0.5))
+    out.append(Case("Ctrl-C two seconds into start-up (subprocess)", ["models", "predict", "world-tiny", PROMPT],
+                    "interrupted", subprocess=True, sigint_after=2.0))
+    bad("features index --tokens 1e10", "features", "index", *M, "--transcoders", "{W}/tc_idx", "--tokens", "10000000000",
+        check=contains("more than the corpus can supply", "stderr"))
+    bad("fidelity --tokens 1e10", *FID[:3], *TC, "--tokens", "10000000000", check=contains("can supply", "stderr"))
+    ok("train --log /dev/full: a warning, the transcoder saved", *TRAIN, "--out", "{W}/t_new", "--log", "/dev/full",
+       "--log-every", "1", check=lambda o: None if "warning: cannot write the log" in o.stderr and
+       (work / "t_new" / "config.yaml").exists() else "no warning, or nothing saved")
+    bad("train --out a folder another process writes", *TRAIN, "--out", "{W}/t_new", around=_held_lock,
+        check=contains("is in use", "stderr"))
+    ok("trace -o keeps a user's file that only looks like a temporary", *TR, "-o", "{W}/user/swept.json",
+       writes=("user/swept.json", f"user/{SWEPT}"),
+       check=lambda o: None if (work / "user" / ".swept.json.tmp-4194305").exists() else "the user's file was swept")
+    bad("--model gpt2 says it is a hub id", "models", "predict", "gpt2", "x", env={"HF_HUB_OFFLINE": "1"},
+        check=contains("as a Hugging Face hub id", "stderr"))
+    bad("trace --memory-gb 1e-9 shows a real number", *TR, "--memory-gb", "1e-9",
+        check=lambda o: None if "0.0 GB" not in o.stderr and "raise --memory-gb to 0." in o.stderr else "0.0 GB")
+    for name, path, said in (("/dev/null", "/dev/null", "character device"), ("a folder", "{W}/user/data", "is a folder"),
+                             ("a FIFO", "{W}/user/fifo", "FIFO")):
+        bad(f"train --corpus {name} says what it is", *TRAIN, "--out", "{W}/t_new", "--corpus", path,
+            check=contains(said, "stderr"))
+    ok("models corpus world-tiny (its help allows a model)", "models", "corpus", "world-tiny", "--json", json=True)
+    ok("--version", "--version", check=contains("circuits "))
+    ok("-h", "trace", "-h", check=_help_check)
+    ok("models list | cat, COLUMNS=0 (subprocess)", "models", "list", subprocess=True, env={"COLUMNS": "0"},
+       check=lambda o: None if any(len(ln) > 80 for ln in o.stdout.splitlines()) and "world-tiny" in o.stdout
+       else f"cut or empty: {o.stdout!r}")
+
     # help
     for command in (["trace"], ["intervene"], ["transcoders", "train"], ["fidelity"], ["features", "index"],
                     ["demo", "two-hop"], ["validate"], ["prune"], ["models", "predict"]):
@@ -430,9 +508,31 @@ def cases(work: Path, has_cuda: bool) -> list[Case]:
     return out
 
 
+def _held_lock(work: Path):
+    """A context manager: another process holds the lock of {W}/t_new while the case runs."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def held():
+        holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from safeio.lock import folder_lock\n"
+                                   "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(300)",
+                                   str(work / "t_new")], stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            holder.stdout.readline()
+            yield
+        finally:
+            holder.kill()
+            holder.wait()
+    return held()
+
+
 def _help_check(o: Outcome) -> str | None:
     if "<bool>" in o.stdout:
         return "help shows <bool> after a flag"
+    if re.search(r"<(str|path|int|float|list\[\w+\])>", o.stdout) or "{" in o.stdout.split("\n", 1)[0]:
+        return "help shows Python types (<str>, <path>) or {argument}"
+    if "(default: None)" in o.stdout:
+        return "help shows (default: None)"
     long_lines = [ln for ln in o.stdout.splitlines() if len(ln) > 80]
     if long_lines:
         return f"help line over 80 columns: {long_lines[0]!r}"
