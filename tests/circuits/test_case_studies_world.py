@@ -17,9 +17,21 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def world_rm():
+    """`world` and its default CLT, built in the test session's own $CIRCUITS_HOME (about 20 min on
+    2 cores), or read from CIRCUITS_SLOW_HOME when set (e.g. ~/.cache/circuits, already built)."""
+    import os
+
     from circuits.replacement.model import ReplacementModel
 
-    return ReplacementModel.load("world", progress=False)
+    home = os.environ.get("CIRCUITS_SLOW_HOME")
+    old = os.environ.get("CIRCUITS_HOME")
+    if home:
+        os.environ["CIRCUITS_HOME"] = home
+    try:
+        return ReplacementModel.load("world", progress=False)
+    finally:
+        if home:
+            os.environ["CIRCUITS_HOME"] = old or ""
 
 
 def _by_name(experiments, start: str):
