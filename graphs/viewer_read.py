@@ -15,8 +15,10 @@ Any problem -> GraphError with one line.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +34,26 @@ _KINDS = {
     "embedding": NodeKind.EMBEDDING, "logit": NodeKind.LOGIT,
 }
 _LOGIT_LABEL = re.compile(r'^Output "(.*)" \(p=[^)]*\)$', re.S)
+SCORE_NAMES = ("replacement", "completeness", "replacement_pruned", "completeness_pruned")
+
+
+@dataclass
+class ViewerFile:
+    """What a viewer graph JSON holds: the Graph of its (pruned) nodes and links, its saved viewer
+    state, and the scores its writer computed on the full graph (None where the file has none)."""
+    graph: Graph
+    qparams: dict[str, Any]
+    scores: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(SCORE_NAMES))
 
 
 def read_viewer_json(path: str | os.PathLike) -> tuple[Graph, dict[str, Any]]:
     """(Graph, qParams) from a viewer graph JSON file."""
+    opened = read_viewer_file(path)
+    return opened.graph, opened.qparams
+
+
+def read_viewer_file(path: str | os.PathLike) -> ViewerFile:
+    """The ViewerFile of a viewer graph JSON file."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -48,13 +66,19 @@ def read_viewer_json(path: str | os.PathLike) -> tuple[Graph, dict[str, Any]]:
     except json.JSONDecodeError as err:
         raise GraphError(f"{path} is not valid JSON (truncated or damaged? {err.msg} at line {err.lineno})") from None
     try:
-        return viewer_doc_to_graph(doc)
+        return viewer_doc_to_file(doc)
     except GraphError as err:
         raise GraphError(f"{path}: {err}") from None
 
 
 def viewer_doc_to_graph(doc: Any) -> tuple[Graph, dict[str, Any]]:
     """(Graph, qParams) from a parsed viewer graph JSON document."""
+    opened = viewer_doc_to_file(doc)
+    return opened.graph, opened.qparams
+
+
+def viewer_doc_to_file(doc: Any) -> ViewerFile:
+    """The ViewerFile of a parsed viewer graph JSON document."""
     if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list) or not isinstance(doc.get("links"), list):
         raise GraphError("not an attribution graph JSON (needs 'metadata', 'nodes' and 'links')")
     meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
@@ -102,7 +126,18 @@ def viewer_doc_to_graph(doc: Any) -> tuple[Graph, dict[str, Any]]:
                         if n["kind"] is NodeKind.FEATURE and n["label"]},
     )
     qparams = doc.get("qParams") if isinstance(doc.get("qParams"), dict) else {}
-    return graph, qparams
+    return ViewerFile(graph, qparams, _file_scores(meta.get("scores")))
+
+
+def _file_scores(value: Any) -> dict[str, float | None]:
+    """The four scores of the file's metadata; a missing or non-numeric one is None."""
+    scores = value if isinstance(value, dict) else {}
+    out: dict[str, float | None] = {}
+    for name in SCORE_NAMES:
+        v = scores.get(name)
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        out[name] = float(v) if ok else None
+    return out
 
 
 def _parse_node(n: dict) -> dict[str, Any]:

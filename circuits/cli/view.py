@@ -66,14 +66,9 @@ def view_cmd(
 ) -> None:
     """Explore attribution graphs in the browser, offline (no model needed)."""
     from circuits.viewer.app import ViewerState
-    from circuits.viewer.graphs_held import open_graph_file
 
     state = ViewerState()
-    opened = []
-    for path in graph_files:
-        graph, qparams, source = open_graph_file(path)
-        state.shelf.add(path.name, graph, qparams, source)
-        opened.append(graph)
+    opened = [state.shelf.open(path).graph for path in graph_files]
     state.features = _feature_source(transcoders, opened)
     if export_features is not None:
         _export(state.features, opened, export_features)
@@ -108,15 +103,10 @@ def serve_cmd(
     from circuits.replacement_model import ReplacementModel
     from circuits.viewer.app import ViewerState
     from circuits.viewer.feature_pages import FeatureSource
-    from circuits.viewer.graphs_held import open_graph_file
     from circuits.viewer.live import LiveModel
 
     state = ViewerState()
-    opened = []
-    for path in graph_files or []:
-        graph, qparams, source = open_graph_file(path)
-        state.shelf.add(path.name, graph, qparams, source)
-        opened.append(graph)
+    opened = [state.shelf.open(path).graph for path in graph_files or []]
     if not export_features:  # bind before the (slow) model load: a busy port fails at once
         from circuits.viewer.server import bind
 

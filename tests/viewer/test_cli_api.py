@@ -16,7 +16,6 @@ import pytest
 from starlette.testclient import TestClient
 
 from circuits.viewer.app import ViewerState, create_app
-from circuits.viewer.graphs_held import open_graph_file
 from graphs import prune_graph, save_graph, write_viewer_json
 from tests.graphs.hand_graph import hand_graph
 
@@ -100,8 +99,7 @@ def test_view_serves_until_ctrl_c(hand_files):
 def client(hand_files):
     state = ViewerState()
     for path in hand_files:
-        graph, qparams, source = open_graph_file(path)
-        state.shelf.add(path.name, graph, qparams, source)
+        state.shelf.open(path)
     return TestClient(create_app(state))
 
 
