@@ -24,7 +24,7 @@ def _start(state, host: str, port: int, open_browser: bool) -> None:
         err_console.print(f"warning: listening on {host}: anyone who can reach this address can use the "
                           "viewer (no authentication)", markup=False, highlight=False)
     sock = bind(host, port)
-    run(create_app(state), sock, url_of(sock, host), open_browser,
+    run(create_app(state, host), sock, url_of(sock, host), open_browser,
         echo=lambda text: console.print(text, markup=False, highlight=False))
 
 

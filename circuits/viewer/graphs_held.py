@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from circuits.errors import CircuitsError
-from graphs import Graph, NodeKind, compute_scores, load_graph, prune_graph, to_viewer_json
-from graphs.viewer_read import SCORE_NAMES, read_viewer_file
+from graphs import Graph, GraphError, NodeKind, compute_scores, load_graph, prune_graph, to_viewer_json
+from graphs.viewer_read import SCORE_NAMES, check_qparams, check_regular_file, read_viewer_file
 
 N_NEIGHBOURS = 25  # strongest input and output edges listed per node
 
@@ -60,12 +60,10 @@ class OpenedGraph:
 
 
 def open_graph_file(path: str | Path) -> OpenedGraph:
-    """The graph in a file the user named; one-line errors."""
+    """The graph in a file the user named; one-line errors. A FIFO or device is refused before it
+    is opened (opening a FIFO blocks until a writer comes)."""
     path = Path(path)
-    if not path.exists():
-        raise CircuitsError(f"no graph file at {path}")
-    if path.is_dir():
-        raise CircuitsError(f"{path} is a directory, not a graph file")
+    check_regular_file(path)
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic.startswith(b"PK"):
@@ -105,6 +103,35 @@ class GraphShelf:
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
             return [h.summary() for h in self._graphs.values()]
+
+
+def checked_qparams(held: HeldGraph, body: dict[str, Any], max_chars: int) -> dict[str, Any]:
+    """The qParams fields of a request body, checked against the graph schema, each string at most
+    `max_chars` long, every pinned or grouped id a node of `held` (clickedId may name a node or a
+    supernode of the page); CircuitsError naming the first problem."""
+    unknown = sorted(set(body) - {"pinnedIds", "supernodes", "linkType", "clickedId", "sg_pos"})
+    if unknown:
+        raise CircuitsError(f"unknown qParams field {unknown[0][:60]!r} (pinnedIds, supernodes, linkType, "
+                            "clickedId, sg_pos)")
+    try:
+        check_qparams(body)
+    except GraphError as err:
+        raise CircuitsError(str(err)) from None
+    for name in ("linkType", "clickedId", "sg_pos"):
+        if len(body.get(name, "")) > max_chars:
+            raise CircuitsError(f"qParams.{name} is too long ({len(body[name])} characters, at most {max_chars})")
+    supernodes = body.get("supernodes", [])
+    if any(len(s) < 2 or len(s[0]) > max_chars for s in supernodes):
+        raise CircuitsError(f"each supernode is [name, node_id, ...] with a name of at most {max_chars} characters")
+    named = body.get("pinnedIds", []) + [x for s in supernodes for x in s[1:]]
+    if len(named) > 4 * held.graph.n_nodes:
+        raise CircuitsError(f"qParams names {len(named)} nodes; the graph has {held.graph.n_nodes}")
+    for node_id in named:
+        try:
+            held.index_of(node_id)
+        except KeyError:
+            raise CircuitsError(f"unknown node id {node_id[:80]!r} in graph {held.gid}") from None
+    return body
 
 
 def pruned_view(held: HeldGraph, node_threshold: float, edge_threshold: float) -> dict[str, Any]:

@@ -86,6 +86,7 @@ class ServerThread:
         import uvicorn
 
         sock = bind(host, 0)
+        self.app = app
         self.url = url_of(sock, host)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -100,7 +100,8 @@ def client(hand_files):
     state = ViewerState()
     for path in hand_files:
         state.shelf.open(path)
-    return TestClient(create_app(state))
+    app = create_app(state)
+    return TestClient(app, base_url="http://127.0.0.1:8000", headers={"X-Circuits-Token": app.state.token})
 
 
 def test_api_graph_and_node(client):
@@ -133,8 +134,10 @@ def test_api_errors_are_one_line_json(client, path, status, fragment):
 def test_api_live_endpoints_need_serve(client):
     response = client.post("/api/trace", json={"prompt": "calc: 1+2="})
     assert response.status_code == 409 and "circuits serve" in response.json()["error"]
-    response = client.post("/api/trace", content=b"{not json")
+    response = client.post("/api/trace", content=b"{not json", headers={"Content-Type": "application/json"})
     assert response.status_code in (400, 409)
+    response = client.post("/api/trace", content=b"{not json")  # no JSON content type
+    assert response.status_code == 415
 
 
 def test_api_qparams_checked(client):

@@ -13,7 +13,14 @@ const S = {
 const $ = (id) => document.getElementById(id);
 
 // ---- helpers ------------------------------------------------------------------------------
+// Requests that do work carry this run's token (from the page the server served) and JSON.
+const TOKEN = (document.querySelector('meta[name="circuits-token"]') || {}).content || "";
+
 async function api(path, options) {
+  options = options || {};
+  if (options.method && options.method !== "GET") {
+    options.headers = { ...(options.headers || {}), "Content-Type": "application/json", "X-Circuits-Token": TOKEN };
+  }
   const response = await fetch(path, options);
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
