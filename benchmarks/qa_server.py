@@ -323,7 +323,8 @@ def main() -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     failed = [name for name, problem, _ in results if problem is not None]
-    print(f"total: {len(results) - len(failed)} of {len(results)} passed" + (f", FAILED: {len(failed)}" if failed else ""))
+    print(f"total: {len(results) - len(failed)} of {len(results)} passed"
+          + (f", FAILED: {len(failed)}" if failed else ""))
     return 1 if failed else 0
 
 

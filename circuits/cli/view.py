@@ -10,8 +10,9 @@ import typer
 from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, console, err_console, pick_device
 from circuits.cli.options import number_option
 
-HOST_OPTION = typer.Option("127.0.0.1", "--host", help="Address to listen on (anything but loopback "
-                           "exposes the viewer, and with serve the model, to the network).")
+HOST_OPTION = typer.Option("127.0.0.1", "--host", help="Address to listen on, and the host name the server "
+                           "answers to besides localhost (anything but loopback exposes the viewer, and with "
+                           "serve the model, to the network).")
 PORT_OPTION = number_option(8000, "--port", min=0, max=65_535, help="Port to listen on (0: any free port).")
 OPEN_OPTION = typer.Option(False, "--open", help="Open the page in the default browser.")
 

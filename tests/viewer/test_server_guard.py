@@ -90,7 +90,8 @@ def test_foreign_host_refused(view_server, host):
     assert "nodes" not in body and "Host" in body["error"]
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "[::1]:{port}", "LOCALHOST:{port}", "localhost"])
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "[::1]:{port}", "LOCALHOST:{port}",
+                                  "localhost"])
 def test_loopback_host_served(view_server, host):
     status, body = request(view_server, "GET", "/api/graphs/g0", host=host.format(port=port_of(view_server)))
     assert status == 200 and body["nodes"]
@@ -136,9 +137,9 @@ def test_cross_origin_text_plain_trace_refused(live_server):
     assert status == 403 and "origin" in answer["error"]
     assert live_server.state.jobs.list() == []  # nothing was started
     own = f"http://127.0.0.1:{port_of(live_server)}"
+    change = {"layer": 0, "pos": 1, "feature": 0, "mode": "value", "amount": 2.0}
     status, answer = request(live_server, "POST", "/api/intervene",
-                             json.dumps({"prompt": "calc: 1+2=", "changes": [{"layer": 0, "pos": 1, "feature": 0,
-                                                                               "mode": "value", "amount": 2.0}]}).encode(),
+                             json.dumps({"prompt": "calc: 1+2=", "changes": [change]}).encode(),
                              work_headers(live_server, Origin=own))
     assert status == 200 and answer["prompt"] == "calc: 1+2="
 
