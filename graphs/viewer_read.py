@@ -9,7 +9,9 @@ adjacency, so re-pruning it can only show less. Node ids:
   could collide with a layer-0 feature id; a file where it does is refused, its links would be
   ambiguous); the node's `layer` and `ctx_idx` fields are what counts;
 - embeddings "E_{token}_{pos}", logits "{n_layers + 1}_{vocab}_{pos}" (vocab also in `feature`).
-Any problem -> GraphError with one line.
+Any problem -> GraphError with one line: a file that is not regular (a FIFO: checked before it is
+opened), JSON nested deeper than MAX_JSON_DEPTH, a `metadata` or `qParams` that is not an object
+(qParams fields typed as the graph schema types them), a node id not of its kind's form.
 """
 
 from __future__ import annotations
@@ -150,9 +152,9 @@ def viewer_doc_to_file(doc: Any) -> ViewerFile:
         raise GraphError("not an attribution graph JSON (needs 'metadata', 'nodes' and 'links')")
     meta = doc.get("metadata", {})
     if not isinstance(meta, dict):
-        raise GraphError(f"'metadata' must be an object, not {type(meta).__name__}")
+        raise GraphError(f"'metadata' must be an object, not {_json_kind(meta)}")
     if not isinstance(doc.get("qParams", {}), dict):
-        raise GraphError(f"'qParams' must be an object, not {type(doc['qParams']).__name__}")
+        raise GraphError(f"'qParams' must be an object, not {_json_kind(doc['qParams'])}")
     qparams = check_qparams(doc.get("qParams", {}))
     nodes = []
     for i, n in enumerate(doc["nodes"]):
@@ -217,7 +219,7 @@ def _file_scores(value: Any) -> dict[str, float | None]:
 
 def _parse_node(n: Any) -> dict[str, Any]:
     if not isinstance(n, dict):
-        raise TypeError(f"a node must be an object, not {type(n).__name__}")
+        raise TypeError(f"a node must be an object, not {_json_kind(n)}")
     kind_name, node_id, pos = str(n["feature_type"]), str(n["node_id"]), int(n["ctx_idx"])
     parts = node_id.split("_")
     if kind_name in _KINDS:
@@ -293,6 +295,12 @@ def _with_embeddings(table: dict[str, np.ndarray], embeddings: list[dict], n_lay
     }
     return {name: np.concatenate([arr[~is_logit], insert[name].astype(arr.dtype), arr[is_logit]])
             for name, arr in table.items()}
+
+
+def _json_kind(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else "true/false"
+    return {str: "a string", list: "a list", int: "a number", float: "a number"}.get(type(value), "an object")
 
 
 def _dict(value: Any) -> dict[str, Any]:
