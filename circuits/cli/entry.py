@@ -19,45 +19,15 @@ import os
 import signal
 import sys
 
+from circuits.cli import interrupt
+from circuits.cli.interrupt import INTERRUPTED, say, say_interrupted
 from circuits.errors import CircuitsError
 
-INTERRUPTED = 130
 BROKEN_PIPE = 141  # 128 + SIGPIPE: the status of a process that the closed pipe would have ended
-_interrupts = 0
-_said_interrupted = False
 
 
 class StdoutError(CircuitsError):
     """Standard output refused a write (a full device, an I/O error)."""
-
-
-def _say(line: str) -> None:
-    """Write one line to stderr with a raw write: safe inside a signal handler, never raises."""
-    try:
-        os.write(2, (line + "\n").encode("utf-8", "replace"))
-    except OSError:
-        pass
-
-
-def say_interrupted() -> None:
-    """The one line of an interrupted run (said once, however many layers see the interrupt)."""
-    global _said_interrupted
-    if not _said_interrupted:
-        _said_interrupted = True
-        _say("interrupted")
-
-
-def _leave_at_once(signum=None, frame=None) -> None:
-    say_interrupted()
-    os._exit(INTERRUPTED)
-
-
-def _raise_interrupt(signum, frame) -> None:
-    global _interrupts
-    _interrupts += 1
-    if _interrupts > 1:
-        _leave_at_once()
-    raise KeyboardInterrupt
 
 
 def _silence_stdout() -> None:
@@ -121,7 +91,7 @@ def _final_flush() -> int | None:
     try:
         sys.stdout.flush()
     except StdoutError as err:
-        _say(f"error: {err}")
+        say(f"error: {err}")
         return 2
     except SystemExit as done:
         return done.code
@@ -132,15 +102,15 @@ def run() -> None:
     """The program: start-up under the leave-at-once Ctrl-C handler, then the command."""
     ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # e.g. `nohup` or a shell's `&`
     if not ignored:
-        signal.signal(signal.SIGINT, _leave_at_once)
+        signal.signal(signal.SIGINT, interrupt.leave_at_once)
     if _stdout_closed():
-        _say("error: standard output is closed; redirect it to a file or /dev/null instead")
+        say("error: standard output is closed; redirect it to a file or /dev/null instead")
         sys.exit(2)
     sys.stdout = GuardedStdout(sys.stdout)
     from circuits.cli.main import main
 
     if not ignored:
-        signal.signal(signal.SIGINT, _raise_interrupt)
+        signal.signal(signal.SIGINT, interrupt.raise_interrupt)
     code: int | str | None = 0
     try:
         main()
@@ -148,9 +118,9 @@ def run() -> None:
         code = done.code
     except StdoutError as err:  # met outside a command (e.g. `--help > /dev/full`)
         code = 2
-        _say(f"error: {err}")
+        say(f"error: {err}")
     except BaseException:
-        if not _interrupts:
+        if not interrupt.count:
             raise
         code = INTERRUPTED  # an import or a library turned the KeyboardInterrupt into another error
         say_interrupted()

@@ -48,8 +48,8 @@ def intervene_cmd(
 ) -> None:
     """Change features' activations, patch their decoder change into the MLP outputs, compare next tokens."""
     from circuits.interventions import parse_layer_range, parse_set
-    from circuits.prompts import check_text
-    from circuits.replacement_model import ReplacementModel
+    from circuits.replacement.model import ReplacementModel
+    from circuits.replacement.prompts import check_text
 
     check_text(prompt)
     interventions = [parse_set(s) for s in sets]

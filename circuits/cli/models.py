@@ -79,7 +79,7 @@ def predict_cmd(
 ) -> None:
     """Print the most likely next tokens after PROMPT."""
     from circuits.models.registry import load_model
-    from circuits.prompts import check_text, next_token_distribution
+    from circuits.replacement.prompts import check_text, next_token_distribution
 
     check_text(prompt)
     loaded = load_model(name, device=pick_device(device), dtype=dtype)
@@ -101,13 +101,13 @@ def corpus_cmd(
     """Build (offline) a built-in text corpus under $CIRCUITS_HOME/corpora and count its tokens with
     the model's tokenizer when NAME is a model. Training and fidelity use it by default. For `world`
     and `world-tiny`, whose corpus is their own generator (nothing to build), print its size."""
-    from circuits.corpora import BUILTIN_CORPORA, builtin_corpus_file, corpus_record
+    from circuits.corpora.builtin import BUILTIN_CORPORA, builtin_corpus_file, corpus_record
     from circuits.errors import CircuitsError
     from circuits.models.registry import BUILTIN_MODELS
 
     with_corpus = {m: spec for m, spec in BUILTIN_MODELS.items() if spec.corpus is not None}
-    model_corpora = {m: getattr(spec.corpus, "corpus_name", None) for m, spec in with_corpus.items()}
-    if name in model_corpora and model_corpora[name] is None:
+    model_corpora = {m: spec.text_corpus for m, spec in with_corpus.items()}
+    if name in model_corpora and not model_corpora[name]:
         record = _generated_corpus_record(name)
     else:
         corpus = model_corpora.get(name) or name
@@ -133,13 +133,14 @@ def corpus_cmd(
 def _generated_corpus_record(name: str) -> dict:
     """The size of a built-in model's generated corpus (`world`): distinct lines and tokens of its
     training and held-out streams (the streams sample these with repetition)."""
-    from circuits.models.registry import BUILTIN_MODELS, load_model
+    from circuits.corpora.sequences import corpus_sequences
+    from circuits.models.registry import load_model
 
     loaded = load_model(name, progress=True)
     record: dict = {"name": name, "source": f"the {name} model's own corpus generator (circuits/models/world), "
                     "sampled endlessly; every 10th line of each pool is held out"}
     for split, heldout in (("train", False), ("heldout", True)):
-        seqs = BUILTIN_MODELS[name].corpus(loaded, loaded.model.cfg.n_ctx, heldout)
+        seqs, _ = corpus_sequences(loaded, None, loaded.model.cfg.n_ctx, heldout)
         pools = getattr(seqs, "pools", [])
         record[f"documents_{split}"] = sum(len(pool) for pool in pools)
         record[f"tokens_{split}"] = sum(len(s) for pool in pools for s in pool)

@@ -69,7 +69,7 @@ def test_a_prompt_that_is_not_utf8_is_one_line(command):
 def test_the_prompt_check_is_the_engines_too(world_tiny):
     """The library (and the serve page's trace box, through it) refuses the same prompt."""
     from circuits.errors import CircuitsError
-    from circuits.prompts import tokenize_prompt
+    from circuits.replacement.prompts import tokenize_prompt
 
     with pytest.raises(CircuitsError, match="not valid UTF-8"):
         tokenize_prompt(world_tiny.model, "calc: \udcff")
