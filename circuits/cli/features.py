@@ -28,8 +28,9 @@ def _feature_arg(text: str) -> tuple[int, int]:
 def index_cmd(
     model: str = MODEL_OPTION,
     transcoders: Optional[Path] = TRANSCODERS_OPTION,
-    tokens: int = number_option(30_000, "--tokens", min=1, max=10**10, help="Corpus tokens to read (BOS not "
-                                 "counted); the time is about one model forward pass per token."),
+    tokens: Optional[int] = number_option(None, "--tokens", min=1, max=10**10, help="Corpus tokens to read (BOS "
+                                          "not counted; default: 30000, or what the corpus has if less); the "
+                                          "time is about one model forward pass per token."),
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Text file (one document per line) or dataset "
                                          "name (default: the built-in model's own corpus)."),
     top: int = number_option(10, "--top", min=1, max=1000, help="Contexts kept per feature."),
@@ -47,8 +48,8 @@ def index_cmd(
 
     rm = ReplacementModel.load(model, transcoders, pick_device(device), dtype=dtype)
     check_outputs(*(Path(rm.transcoder_dir) / name for name in (INDEX_NPZ, INDEX_JSON)))  # before the pass
-    built = index(rm, corpus, max_tokens=tokens, progress=not json_out, k=top, before=before, after=after,
-                  batch_size=batch_size)
+    built = index(rm, corpus, max_tokens=tokens or 30_000, strict_tokens=tokens is not None, progress=not json_out,
+                  k=top, before=before, after=after, batch_size=batch_size)
     path = Path(rm.transcoder_dir) / INDEX_NPZ
     freq = built.frequency_layer_feat
     summary = {"path": str(path), "n_tokens": built.meta["n_tokens"], "n_docs": built.meta["n_docs"],

@@ -20,7 +20,8 @@ def fidelity_cmd(
     plot: Optional[Path] = output_file_option("--plot", help="Write a PNG of FVU and L0 by layer."),
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Held-out text: file or dataset name "
                                          "(default: the built-in model's own corpus)."),
-    tokens: int = number_option(32768, "--tokens", min=64, max=10**10, help="Evaluation tokens."),
+    tokens: Optional[int] = number_option(None, "--tokens", min=64, max=10**10, help="Evaluation tokens "
+                                          "(default: 32768, or what the held-out text has if less)."),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (stderr)."),
@@ -32,7 +33,8 @@ def fidelity_cmd(
 
     check_outputs(plot)
     loaded = load_model(model, device=pick_device(device), dtype=dtype)
-    report = fidelity_report(loaded, transcoders, corpus=corpus, max_tokens=tokens, progress=progress)
+    report = fidelity_report(loaded, transcoders, corpus=corpus, max_tokens=tokens or 32768, progress=progress,
+                             strict_tokens=tokens is not None)
     if plot is not None:
         report["plot"] = str(plot_fidelity(report, plot))
     if json_out:

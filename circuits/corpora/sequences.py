@@ -214,24 +214,28 @@ def corpus_sequences(loaded, corpus: str | None, seq_len: int, heldout: bool = F
 REPEAT_LIMIT = 10  # an endless sampler of a finite pool (`world`) may repeat each token this often on average
 
 
-def check_token_supply(sequences: Iterable[list[int]], tokens: int, what: str = "--tokens") -> None:
-    """Refuse, before the pass, a token count the corpus cannot supply: a text file (its split) has
-    fewer tokens, or an endless sampler (`world`'s corpus) would repeat its pool more than
-    REPEAT_LIMIT times. A corpus that cannot say (a streamed dataset) is not checked."""
+def fit_token_supply(sequences: Iterable[list[int]], tokens: int, strict: bool, what: str = "--tokens") -> int:
+    """The token count to read: `tokens`, or what the corpus can supply when that is less (a text
+    file's split is bounded by its bytes; an endless sampler of a finite pool, `world`'s corpus, by
+    REPEAT_LIMIT repeats of it). strict (the user asked for this count): more than the corpus can
+    supply is refused, before the pass, with one line saying how many it has. A corpus that cannot
+    say (a streamed dataset) is read as asked."""
     if hasattr(sequences, "token_supply"):
         supply, said = sequences.token_supply()
         if supply == 0:
             raise CircuitsError(f"the corpus has no text to read: {said}")
-        if tokens > supply:
-            raise CircuitsError(f"{what} {tokens:,} is more than the corpus can supply: {said}; "
-                                f"ask for at most {supply:,}")
     elif hasattr(sequences, "pools"):
         distinct = sum(len(s) for pool in sequences.pools for s in pool)
-        if tokens > REPEAT_LIMIT * distinct:
-            split = "held-out" if getattr(sequences, "heldout", False) else "training"
-            raise CircuitsError(f"{what} {tokens:,} is more than the corpus can supply: its {split} text has "
-                                f"{distinct:,} tokens, drawn with repetition up to {REPEAT_LIMIT}x "
-                                f"({REPEAT_LIMIT * distinct:,}); ask for at most that")
+        supply = REPEAT_LIMIT * distinct
+        split = "held-out" if getattr(sequences, "heldout", False) else "training"
+        said = (f"its {split} text has {distinct:,} tokens, drawn with repetition up to {REPEAT_LIMIT}x "
+                f"({supply:,})")
+    else:
+        return tokens
+    if tokens > supply and strict:
+        raise CircuitsError(f"{what} {tokens:,} is more than the corpus can supply: {said}; "
+                            f"ask for at most {supply:,}")
+    return min(tokens, supply)
 
 
 def take_sequences(seqs: Iterable[list[int]], max_tokens: int) -> list[list[int]]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 import numpy as np
 import torch
 
-from circuits.corpora.sequences import check_token_supply, corpus_sequences
+from circuits.corpora.sequences import corpus_sequences, fit_token_supply
 from circuits.errors import CircuitsError
 from circuits.features.store import FeatureIndex, save_feature_index
 from circuits.interventions import encode_inputs
@@ -161,12 +161,13 @@ def index(rm: ReplacementModel, corpus: str | None = None, max_tokens: int = 30_
 
 
 def index_corpus(loaded, transcoder, transcoder_dir: str | Path, corpus: str | None = None,
-                 max_tokens: int = 30_000, progress: bool = False, **kwargs) -> FeatureIndex:
+                 max_tokens: int = 30_000, progress: bool = False, strict_tokens: bool = False,
+                 **kwargs) -> FeatureIndex:
     """Build the index of `transcoder` over `corpus` (default: the built-in model's own corpus, read
     in windows of INDEX_SEQ_LEN tokens) and save it into `transcoder_dir` (kwargs: build_feature_index's)."""
 
     sequences, source = corpus_sequences(loaded, corpus, seq_len=min(INDEX_SEQ_LEN, loaded.model.cfg.n_ctx))
-    check_token_supply(sequences, max_tokens)
+    max_tokens = fit_token_supply(sequences, max_tokens, strict_tokens)  # strict: the user's own --tokens
     docs = (torch.tensor(seq, dtype=torch.long) for seq in sequences)
     index = build_feature_index(loaded.model, transcoder, docs, max_tokens=max_tokens,
                                 meta={"model": loaded.name, "corpus": source}, progress=progress, **kwargs)

@@ -103,15 +103,16 @@ def _score_predictions(logits_o, logits_r, tokens, mask, sums: dict) -> None:
 
 
 def fidelity_report(loaded, transcoders: str | Path, corpus: str | None = None, max_tokens: int = 32768,
-                    seq_len: int = 128, progress: bool = False) -> dict:
-    """`circuits fidelity`: load the transcoder directory, check it fits, measure on held-out text."""
-    from circuits.corpora.sequences import check_token_supply, corpus_sequences
+                    seq_len: int = 128, progress: bool = False, strict_tokens: bool = False) -> dict:
+    """`circuits fidelity`: load the transcoder directory, check it fits, measure on held-out text
+    (at most max_tokens, and at most what the corpus can supply; strict_tokens: refuse more)."""
+    from circuits.corpora.sequences import corpus_sequences, fit_token_supply
     from transcoders.loading import check_transcoder_weights
 
     tc = load_fitting_transcoder(loaded.model, transcoders, device=str(loaded.model.cfg.device))
     check_transcoder_weights(transcoders)  # NaN / inf weights would give NaN metrics: refuse them
     seqs, corpus_id = corpus_sequences(loaded, corpus, seq_len, heldout=True)
-    check_token_supply(seqs, max_tokens)
+    max_tokens = fit_token_supply(seqs, max_tokens, strict_tokens)  # strict: the user's own --tokens
     report = measure_fidelity(loaded.model, tc, seqs, max_tokens=max_tokens, seq_len=seq_len, progress=progress)
     return {**report, "model": loaded.name, "transcoders": str(transcoders), "corpus": corpus_id,
             "kind": tc.cfg.kind, "n_features": tc.n_features}

@@ -83,8 +83,10 @@ def test_the_serve_page_refuses_a_prompt_that_is_not_utf8():
 
     state = ViewerState()
     state.live = object()  # the prompt is refused before the model is used
-    response = TestClient(create_app(state)).post(
-        "/api/trace", content=b'{"prompt": "calc: \\udcff"}', headers={"content-type": "application/json"})
+    app = create_app(state)
+    client = TestClient(app, base_url="http://127.0.0.1:8000", headers={"X-Circuits-Token": app.state.token})
+    response = client.post("/api/trace", content=b'{"prompt": "calc: \\udcff"}',
+                           headers={"content-type": "application/json"})
     assert response.status_code == 400 and "not valid UTF-8" in response.text
 
 
@@ -179,7 +181,7 @@ TRAIN = ["transcoders", "train", "--model", "world-tiny", "--features", "32", "-
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_a_log_that_cannot_be_written_never_loses_the_training(world_tiny, tmp_path):
     """`--log /dev/full` died mid-training (rc 1) and saved nothing."""
-    from transcoders.formats import load_transcoder
+    from transcoders.loading import load_transcoder
 
     result = _run(*TRAIN, "--out", str(tmp_path / "tc"), "--log", "/dev/full", "--log-every", "1")
     assert result.exit_code == 0, (result.output, result.exception)
@@ -212,7 +214,7 @@ def test_a_second_writer_of_the_same_folder_fails_at_once(world_tiny, tmp_path):
 
 
 def test_concurrent_trainings_into_one_folder_leave_one_whole_transcoder(world_tiny, tmp_path):
-    from transcoders.formats import load_transcoder
+    from transcoders.loading import load_transcoder
 
     out = tmp_path / "tc"
     procs = [_program(*TRAIN, "--out", str(out)) for _ in range(2)]
