@@ -94,7 +94,7 @@ def save_transcoder(tc: Transcoder, out_dir: str | Path, model_name: str | None 
         "feature_input_hook": cfg.input_hook, "feature_output_hook": cfg.output_hook,
         "scan": f"circuits/{model_name or 'unknown'}/{cfg.kind}-{cfg.n_features}",
         **({"activation": "topk", "k": cfg.topk} if cfg.activation == "topk" else {}),
-        "circuits": {"activation": cfg.activation, "topk": cfg.topk,
+        "circuits": {"activation": cfg.activation, "topk": cfg.topk, "skip": cfg.skip,
                      "jumprelu_bandwidth": cfg.jumprelu_bandwidth},
     }
     atomic_write_bytes(out / CONFIG_YAML, yaml.safe_dump(config, sort_keys=False).encode())
@@ -126,13 +126,17 @@ def read_transcoder_config_yaml(path: str | Path) -> dict:
 
 
 def load_transcoder(path: str | Path, device: str | torch.device = "cpu", lazy: bool = False,
-                    dtype: torch.dtype = torch.float32):
+                    dtype: torch.dtype = torch.float32, stamp_dir: Path | None = None):
     """Load transcoders as circuit-tracer does: a local directory, a hub repo id (owner/repo[/sub][@rev]),
-    or a config.yaml. Lazy (default): a LazyTranscoder over the memory-mapped files, weights kept in their
-    dtype and cast to `dtype` per use. Not lazy: an in-memory `Transcoder` in `dtype`."""
+    or a config.yaml. Lazy: a LazyTranscoder over the memory-mapped files, weights kept in their
+    dtype and cast to `dtype` per use. Not lazy: an in-memory `Transcoder` in `dtype`.
+    The one loader check: config and files agree (transcoders/agreement.py) and every weight is a
+    finite float (transcoders/weights_check.py; `stamp_dir` remembers files already checked)."""
     from transcoders.published import read_published
+    from transcoders.weights_check import check_finite_once
 
     pub = read_published(path)
+    check_finite_once(pub.layers, stamp_dir)
     if lazy:
         from transcoders.lazy import LazyTranscoder
 
