@@ -123,9 +123,30 @@ def load_transcoders(tdir: Path, device, eager: bool):
         tc = load_transcoder_set(paths, **common, **lazy)
     elif kind == "cross_layer_transcoder":
         tc = load_clt(str(tdir), **common, **lazy)
+        attach_clt_skip(tc, tdir, device)
     else:
         die(f"{tdir}/config.yaml: unknown model_kind {kind!r}")
     return tc, config
+
+
+def attach_clt_skip(tc, tdir: Path, device) -> None:
+    """circuit-tracer 0.5.0's `load_clt` reads no skip term from a CLT directory (its `to_safetensors`
+    writes none); its CrossLayerTranscoder takes one, W_skip [L, d, d] with y += x @ W_skip[l] (set by
+    `load_gemma_scope_2_clt` from affine_skip_connection). When the encoder files carry W_skip_{i}
+    (our `save_transcoder`, the fixture's clt-*-skip), give them to circuit-tracer's own class."""
+    import torch
+    from safetensors import safe_open
+
+    skips = []
+    for i in range(tc.n_layers):
+        with safe_open(str(tdir / f"W_enc_{i}.safetensors"), framework="pt", device="cpu") as f:
+            if f"W_skip_{i}" not in f.keys():
+                return
+            skips.append(f.get_tensor(f"W_skip_{i}").float())
+    if getattr(tc, "W_skip", None) is not None:
+        return
+    tc.W_skip = torch.nn.Parameter(torch.stack(skips).to(device), requires_grad=False)
+    tc.skip_connection = True
 
 
 def remap_state_dict(state: dict, target_keys: set) -> dict:
