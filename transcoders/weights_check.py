@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from transcoders.checkpoint import atomic_write_bytes
 from transcoders.errors import TranscoderError
 from transcoders.formats_read import LayerViews
 
@@ -59,13 +60,6 @@ def check_finite(layers: list[LayerViews]) -> None:
             release(path)
 
 
-def check_transcoder_weights(path) -> None:
-    """Read the transcoder at `path` (directory, config.yaml or hub id) and check every weight."""
-    from transcoders.published import read_published
-
-    check_finite(read_published(path).layers)
-
-
 _CHECKED: set[str] = set()  # keys of file sets found finite in this process
 
 
@@ -95,8 +89,6 @@ def check_finite_once(layers: list[LayerViews], stamp_dir: Path | None = None) -
     _CHECKED.add(key)
     if stamp is not None:
         try:  # only a cache: a folder we cannot write means the next process checks again
-            from transcoders.checkpoint import atomic_write_bytes
-
             stamp.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(stamp, key.encode())
         except (OSError, TranscoderError):

@@ -71,11 +71,13 @@ def run_training(model: str, out: Path | None, *, resume: bool, overwrite: bool,
     """What `transcoders train` does, in checking order: settings, output folder, model, corpus,
     then training. Every user mistake stops with one line before anything is written."""
     from circuits.models import load_model
+    from circuits.training.defaults import make_default_transcoder
     from circuits.training.train import train_for_model
     from transcoders.threads import check_threads
     from transcoders.trainer import prepare_outputs
 
-    if out is None:
+    default = out is None
+    if default:
         out, resume = default_out(model, overrides, resume, overwrite)
         if progress:
             console.print(f"{'resuming' if resume else 'training'} the default transcoder in {out}", markup=False)
@@ -83,6 +85,9 @@ def run_training(model: str, out: Path | None, *, resume: bool, overwrite: bool,
     check_threads(cfg.threads)
     prepare_outputs(out, cfg, resume=resume, overwrite=overwrite, log_path=log)
     loaded = load_model(model, device=device, progress=progress)
+    if default:  # the one way to make a default transcoder (also first use's): trains, then indexes
+        return make_default_transcoder(loaded, cfg, out, resume=resume, overwrite=overwrite, progress=progress,
+                                       device=device, corpus=corpus, log_path=log)
     return train_for_model(loaded, cfg, out, corpus, resume=resume, overwrite=overwrite, progress=progress,
                            log_path=log, device=device)
 
@@ -129,7 +134,8 @@ def info_cmd(path: Path = typer.Argument(..., help="Transcoder directory."),
              json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show a transcoder directory's architecture, training config and metrics."""
     from circuits.paths import checked_weights_dir
-    from transcoders.formats import load_transcoder, read_training_files
+    from transcoders.formats import read_training_files
+    from transcoders.loading import load_transcoder
 
     tc = load_transcoder(path, lazy=True, stamp_dir=checked_weights_dir())  # the loader's checks, NaN included
     out = {"path": str(path), "transcoder": tc.cfg.model_dump(), **read_training_files(path)}

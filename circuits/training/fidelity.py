@@ -19,8 +19,8 @@ from typing import Iterable, Sequence
 import torch
 
 from circuits.errors import CircuitsError
-from circuits.hooks import capture_layers, load_fitting_transcoder
-from circuits.replacement import replacement_hooks
+from circuits.replacement.hooks import capture_layers, load_fitting_transcoder
+from circuits.replacement.local import replacement_hooks
 from transcoders.activation_source import pad_right
 from transcoders.metrics import ReconstructionStats
 
@@ -105,7 +105,7 @@ def _score_predictions(logits_o, logits_r, tokens, mask, sums: dict) -> None:
 def fidelity_report(loaded, transcoders: str | Path, corpus: str | None = None, max_tokens: int = 32768,
                     seq_len: int = 128, progress: bool = False) -> dict:
     """`circuits fidelity`: load the transcoder directory, check it fits, measure on held-out text."""
-    from circuits.training.corpus import corpus_sequences
+    from circuits.corpora.sequences import corpus_sequences
 
     tc = load_fitting_transcoder(loaded.model, transcoders, device=str(loaded.model.cfg.device))  # NaN refused there
     seqs, corpus_id = corpus_sequences(loaded, corpus, seq_len, heldout=True)

@@ -15,10 +15,10 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from circuits.attribution.engine import attribute, dense_adjacency
-from circuits.hooks import block_hook, load_fitting_transcoder
-from circuits.replacement import build_local_replacement, frozen_forward, replacement_hooks
-from tests.circuits.attribution_checks import edge_errors, random_transcoder
+from circuits.replacement.hooks import block_hook, load_fitting_transcoder
+from circuits.replacement.local import build_local_replacement, replacement_hooks
+from tests.circuits.attribution_checks import attribute, dense_adjacency, edge_errors, random_transcoder
+from tests.helpers.oracles import frozen_forward
 from tests.helpers.published_transcoders import write_layout
 
 TOL = 5e-4

@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from tests.helpers.published_transcoders import LAYOUTS, reference_transcoder, write_layout
 from transcoders.errors import TranscoderError
-from transcoders.formats import load_transcoder, save_transcoder
+from transcoders.formats import save_transcoder
+from transcoders.loading import load_transcoder
 
 L, D, F = 3, 16, 32
 YAML_LAYOUTS = sorted(name for name in LAYOUTS if name != "saelens")
