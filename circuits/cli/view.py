@@ -43,9 +43,10 @@ def _feature_source(transcoders: Optional[Path], graphs: list):
         return FeatureSource()
     if not Path(folder).is_dir():
         raise CircuitsError(f"transcoder directory {folder} does not exist")
+    from circuits.paths import checked_weights_dir
     from transcoders.loading import load_transcoder
 
-    transcoder = load_transcoder(folder, lazy=True)  # memory-mapped: only the rows a page reads
+    transcoder = load_transcoder(folder, lazy=True, stamp_dir=checked_weights_dir())  # memory-mapped: only the rows a page reads
     return FeatureSource(index=load_feature_index(folder), transcoder=transcoder, transcoder_id=str(folder))
 
 

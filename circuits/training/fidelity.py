@@ -107,10 +107,8 @@ def fidelity_report(loaded, transcoders: str | Path, corpus: str | None = None, 
     """`circuits fidelity`: load the transcoder directory, check it fits, measure on held-out text
     (at most max_tokens, and at most what the corpus can supply; strict_tokens: refuse more)."""
     from circuits.corpora.sequences import corpus_sequences, fit_token_supply
-    from transcoders.loading import check_transcoder_weights
 
-    tc = load_fitting_transcoder(loaded.model, transcoders, device=str(loaded.model.cfg.device))
-    check_transcoder_weights(transcoders)  # NaN / inf weights would give NaN metrics: refuse them
+    tc = load_fitting_transcoder(loaded.model, transcoders, device=str(loaded.model.cfg.device))  # NaN refused there
     seqs, corpus_id = corpus_sequences(loaded, corpus, seq_len, heldout=True)
     max_tokens = fit_token_supply(seqs, max_tokens, strict_tokens)  # strict: the user's own --tokens
     report = measure_fidelity(loaded.model, tc, seqs, max_tokens=max_tokens, seq_len=seq_len, progress=progress)
