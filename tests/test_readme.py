@@ -56,7 +56,9 @@ def test_readme_example_runs(world_tiny, tmp_path, monkeypatch, capsys):
     # intervening through the bundle equals the low-level call on the same tokens
     from circuits.interventions import intervene, parse_set
 
-    direct = intervene(rm, "calc: 36+59=", [parse_set("0:5:96=x3")])
+    fid = scope["fid"]
+    assert any(f"{n['layer']}:{n['position']}:{n['feature']}" == fid for n in result.summary["path"]["nodes"])
+    direct = intervene(rm, "calc: 36+59=", [parse_set(f"{fid}=x3")])
     assert after.top_after == direct.top_after and after.kl == direct.kl
     assert "->" in capsys.readouterr().out
 
@@ -71,6 +73,6 @@ def test_readme_example_runs_verbatim_on_world(tmp_path, monkeypatch):
     assert rm.name == "world" and (tmp_path / "graph.json").is_file()
     printed = {f"{f['layer']}:{entry['position']}:{f['feature']}" for entry in result.summary["positions"]
                for f in entry["features"]}
-    assert "0:5:96" in printed
+    assert scope["fid"] in printed
     assert after.top_before[0]["token"] == "95" and after.top_before[0]["prob"] > 0.9
     assert after.top_after[0]["token"] != "95" and after.kl > 1.0
