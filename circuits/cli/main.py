@@ -102,7 +102,7 @@ app = typer.Typer(
 app.add_typer(models_cli.app, name="models")
 
 # Each module registers its commands; a new command group is one more name here.
-for _module in ("transcoders", "fidelity", "trace", "trace_batch", "prune", "intervene", "features", "demo",
+for _module in ("transcoders", "fidelity", "trace", "trace_batch", "evaluate", "prune", "intervene", "features", "demo",
                 "view"):
     __import__(f"circuits.cli.{_module}", fromlist=["register"]).register(app)
 

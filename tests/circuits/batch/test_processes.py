@@ -89,3 +89,14 @@ def test_two_local_nodes_meet_by_c10d_rendezvous(batch, tmp_path):
     printed = [json.loads(t[t.index("{"):]) for t in texts if "{" in t]
     assert len(printed) == 1 and printed[0]["ranks"] == 2  # rank 0 reports, the other rank is silent
     assert_same_outputs(ref, out)
+
+
+def test_evaluate_on_two_ranks_scores_what_one_process_scores(batch, tmp_path):
+    prompts, tc, _ = batch
+    one, two = tmp_path / "one", tmp_path / "two"
+    finish(cli("evaluate", str(prompts), "--out", str(one), *_args(tc)))
+    finish(cli("evaluate", str(prompts), "--out", str(two), *_args(tc),
+               torchrun=["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port())]))
+    for name in ("faithfulness.jsonl", "faithfulness.json"):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    assert len((one / "faithfulness.jsonl").read_text().splitlines()) == N_PROMPTS
