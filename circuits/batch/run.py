@@ -4,6 +4,7 @@ guarantees: circuits.batch.manifest."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from circuits.batch import manifest as mf
@@ -25,6 +26,7 @@ def trace_batch(rm, items: list[PromptItem], out: str | Path, config=None, progr
     done = on_rank0(lambda: _finished_records(items, out, config), info)  # {index: record}
     pending = [item for item in items if item.index not in done]
     bar = _bar(len(items), len(done)) if progress and info.is_main else None
+    t0 = time.perf_counter()
     try:
         for r in range(rounds(len(pending), info)):
             k = r * info.world_size + info.rank
@@ -44,7 +46,7 @@ def trace_batch(rm, items: list[PromptItem], out: str | Path, config=None, progr
         mf.rewrite_manifest(out, [done[item.index] for item in items])
     barrier(info)
     return {"total": len(items), "traced": len(pending), "skipped": len(items) - len(pending),
-            "manifest": str(out / mf.MANIFEST)}
+            "manifest": str(out / mf.MANIFEST), "trace_seconds": round(time.perf_counter() - t0, 3)}
 
 
 def _finished_records(items: list[PromptItem], out: Path, config) -> dict[int, dict]:
