@@ -56,14 +56,15 @@ def _word_tokens(tokenizer) -> list[int]:
         if 3 <= len(word) <= 10 and word.isascii() and word.isalpha():
             if tokenizer.encode(text, add_special_tokens=False) == [token_id]:
                 ids.append(token_id)
-    return ids
+    spaced = [i for i in ids if tokenizer.decode([i]).startswith(" ")]
+    return spaced if len(spaced) >= 100 else ids  # BPE: words that carry their space; word-level: all
 
 
 def _spelled(tokenizer, ids: list[int]) -> str | None:
     """Text that tokenizes to exactly `ids` (BPE words carry their space; word-level tokenizers
     need one between words), or None."""
     parts = [tokenizer.decode([i]) for i in ids]
-    for text in ("".join(parts).lstrip(), " ".join(p.strip() for p in parts)):
+    for text in ("".join(parts), " ".join(p.strip() for p in parts)):
         if tokenizer.encode(text, add_special_tokens=False) == ids:
             return text
     return None
