@@ -72,8 +72,9 @@ def evaluate_cmd(
         items = load_dataset(dataset, n, seed, rm.tokenizer)
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            write_text(out / "prompts.jsonl", "".join(json.dumps({"id": i.id, "prompt": i.prompt, "target": i.targets[0],
-                                                                   "contrast": i.contrast}) + "\n" for i in items))
+            lines = (json.dumps({"id": i.id, "prompt": i.prompt, "target": i.targets[0], "contrast": i.contrast})
+                     for i in items)
+            write_text(out / "prompts.jsonl", "".join(line + "\n" for line in lines))
     check_items(rm, items, config)
     title = f"{dataset or prompts.name} on {rm.name}, {len(items)} prompts, metric {metric}"
     summary = evaluate_dataset(rm, items, out, metric, config, info=info, progress=not json_out, title=title)
@@ -84,7 +85,8 @@ def evaluate_cmd(
             for key, c in summary["curves"].items():
                 if c["n"]:
                     console.print(f"{key:<12} CPR {c['cpr_mean']:.3f} ± {c['cpr_std']:.3f}   "
-                                  f"CMD {c['cmd_mean']:.3f} ± {c['cmd_std']:.3f}   (n={c['n']}, left out {c['left_out']})")
+                                  f"CMD {c['cmd_mean']:.3f} ± {c['cmd_std']:.3f}   "
+                                  f"(n={c['n']}, left out {c['left_out']})")
             console.print(f"wrote {out / 'faithfulness.json'}, {out / 'faithfulness.png'}")
     leave(info)
 

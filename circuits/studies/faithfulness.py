@@ -82,7 +82,8 @@ def keep_masks(graph, nodes: np.ndarray | None, shape: tuple[int, int, int], dev
 
     P, L, F = shape
     if nodes is None:
-        return Keep(torch.ones(P, L, F, dtype=torch.bool, device=device), torch.ones(L, P, dtype=torch.bool, device=device))
+        return Keep(torch.ones(P, L, F, dtype=torch.bool, device=device),
+                    torch.ones(L, P, dtype=torch.bool, device=device))
     feats = torch.zeros(P, L, F, dtype=torch.bool, device=device)
     errs = torch.zeros(L, P, dtype=torch.bool, device=device)
     kind = graph.kind[nodes]
@@ -192,10 +193,9 @@ def answer_tokens(model, logits_vocab: torch.Tensor, targets, contrast) -> tuple
     """(target, contrast) ids: the prompt's own, else the clean run's top token and runner-up."""
     from circuits.prompts import token_id
 
-    ranked = [int(i) for i in logits_vocab.topk(2).indices]
+    ranked = logits_vocab.argsort(descending=True)[:2].tolist()
     t = token_id(model, targets[0]) if targets else ranked[0]
-    c = token_id(model, contrast) if contrast is not None else next(i for i in logits_vocab.argsort(descending=True).tolist()
-                                                                    if i != t)
+    c = token_id(model, contrast) if contrast is not None else (ranked[1] if ranked[0] == t else ranked[0])
     return t, c
 
 
@@ -292,7 +292,8 @@ def plot(summary: dict, path, title: str = "") -> None:
             if not c or c["f_mean"] is None:
                 continue
             mean, std = np.asarray(c["f_mean"]), np.asarray(c["f_std"])
-            ax.plot(x, mean, marker="o", label=f"{model} (CPR {c['cpr_mean']:.2f}, CMD {c['cmd_mean']:.2f}, n={c['n']})")
+            label = f"{model} (CPR {c['cpr_mean']:.2f}, CMD {c['cmd_mean']:.2f}, n={c['n']})"
+            ax.plot(x, mean, marker="o", label=label)
             ax.fill_between(x, mean - std, mean + std, alpha=0.2)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.set_xscale("log")

@@ -35,8 +35,10 @@ def test_nothing_ablated_is_the_model_in_both(prompt_state):
     everything = fa.keep_masks(None, None, shape, "cpu")
     zero = fa.zero_values(rm.transcoder, "cpu")
     truth = rm.model(rep.tokens[None])[0, -1].float()
-    torch.testing.assert_close(fa.local_logits(rm.model, rm.transcoder, rep, everything, zero), truth, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(fa.real_logits(rm.model, rm.transcoder, clean, everything, zero), truth, rtol=1e-5, atol=1e-4)
+    local = fa.local_logits(rm.model, rm.transcoder, rep, everything, zero)
+    real = fa.real_logits(rm.model, rm.transcoder, clean, everything, zero)
+    torch.testing.assert_close(local, truth, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(real, truth, rtol=1e-5, atol=1e-4)
 
 
 def test_one_feature_ablated_in_the_real_model_is_that_intervention(prompt_state):
@@ -87,8 +89,6 @@ def test_datasets_are_reproducible_with_ground_truth():
 
 
 def test_induction_set_repeats_a_sequence_of_single_tokens(world_tiny):
-    from transformers import AutoTokenizer  # noqa: F401 - the world tokenizer is a transformers tokenizer
-
     tok = world_tiny.model.tokenizer
     items = dataset("smollm2-induction", 3, seed=1, tokenizer=tok)
     for item in items:
@@ -115,5 +115,6 @@ def test_evaluate_cli_writes_curves_summary_and_plot(setup, tmp_path, one_thread
 def test_evaluate_needs_prompts_or_dataset(tmp_path):
     result = CliRunner().invoke(app, ["evaluate", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "give a prompts file or --dataset" in result.output
-    result = CliRunner().invoke(app, ["evaluate", "--dataset", "nope", "--model", "world-tiny", "--out", str(tmp_path / "x")])
+    result = CliRunner().invoke(app, ["evaluate", "--dataset", "nope", "--model", "world-tiny",
+                                      "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "unknown dataset 'nope'" in result.output

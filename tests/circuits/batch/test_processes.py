@@ -11,9 +11,14 @@ import time
 import pytest
 
 from circuits.batch import manifest as mf
-from tests.circuits.batch.helpers import addition_prompts, assert_same_outputs, cli, finish, free_port, save_tiny_transcoder
+from tests.circuits.batch.helpers import (addition_prompts, assert_same_outputs, cli, finish, free_port,
+                                         save_tiny_transcoder)
 
 N_PROMPTS = 6
+
+
+def two_ranks() -> list[str]:
+    return ["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port())]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +76,7 @@ def test_two_gloo_ranks_write_what_one_process_writes(batch, tmp_path):
     prompts, tc, ref = batch
     out = tmp_path / "two"
     text = finish(cli("trace-batch", str(prompts), "--out", str(out), *_args(tc),
-                      torchrun=["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port())]))
+                      torchrun=two_ranks()))
     assert json.loads(text[text.index("{"):])["ranks"] == 2
     assert_same_outputs(ref, out)
 
@@ -96,7 +101,7 @@ def test_evaluate_on_two_ranks_scores_what_one_process_scores(batch, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     finish(cli("evaluate", str(prompts), "--out", str(one), *_args(tc)))
     finish(cli("evaluate", str(prompts), "--out", str(two), *_args(tc),
-               torchrun=["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port())]))
+               torchrun=two_ranks()))
     for name in ("faithfulness.jsonl", "faithfulness.json"):
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
     assert len((one / "faithfulness.jsonl").read_text().splitlines()) == N_PROMPTS

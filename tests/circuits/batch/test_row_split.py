@@ -20,8 +20,10 @@ def test_each_row_has_one_owner_and_a_rank_computes_only_its_batches(setup, monk
     calls = []
     real = engine.compute_rows
     monkeypatch.setattr(engine, "compute_rows", lambda *a: calls.append(len(a[-1])) or real(*a))
-    monkeypatch.setattr(RowSplit, "all_gather", lambda self, block: [block if r == self.rank else torch.zeros_like(block)
-                                                                     for r in range(self.world_size)])  # no peers here
+    def no_peers(self, block):  # the other ranks' rows stay zero: only this rank's share is computed
+        return [block if r == self.rank else torch.zeros_like(block) for r in range(self.world_size)]
+
+    monkeypatch.setattr(RowSplit, "all_gather", no_peers)
     rm = setup
     whole = rm.trace("calc: 36+59=", batch_size=4)
     n_rows = sum(calls)
