@@ -128,29 +128,42 @@ def dataset_means(rm, prompts: list[str]) -> AblationValues:
     return AblationValues((feat_sum / count).float(), (err_sum / count).float())
 
 
-# --- the two ablated models ---------------------------------------------------------------------
+# --- the two ablated models (a batch of circuits in one forward pass) ---------------------------
+def stack(keeps: list[Keep]) -> Keep:
+    """Several circuits as one batch: features [B, P, L, F], errors [B, L, P]."""
+    return Keep(torch.stack([k.features for k in keeps]), torch.stack([k.errors for k in keeps]))
+
+
+def _frozen_batch_hook(tensor: torch.Tensor):
+    """Replace an activation of the batched run by the clean run's value (batch 1), on every row."""
+    def hook(value, hook):  # noqa: ARG001
+        return tensor.reshape(value.shape[1:]).expand(value.shape).to(value.dtype)
+    return hook
+
+
 @torch.no_grad()
 def local_logits(model, transcoder, rep, keep: Keep, values: AblationValues) -> torch.Tensor:
-    """Last-position logits [vocab] of the local replacement model with the nodes outside `keep`
-    set to `values` (features re-read from the live residual at every layer, then ablated)."""
-    from circuits.hooks import transcoder_hooks
-    from circuits.replacement import _freeze_hooks
+    """Last-position logits [B, vocab] of the local replacement model, one row per circuit of the
+    batch `keep` (stack()), with the nodes outside it set to `values`: features are re-read from
+    the live residual at every layer, then ablated; attention patterns and norm scales frozen."""
+    from circuits.hooks import block_hook, transcoder_hooks
 
     dtype = transcoder.dtype
+    B = keep.features.shape[0]
     live_x: dict[int, torch.Tensor] = {}
     live_acts: dict[int, torch.Tensor] = {}
 
     def read_input(layer):
         def hook(x, hook):  # noqa: ARG001
             live_x[layer] = x.to(dtype)
-            acts = transcoder.layer_features(live_x[layer], layer)                       # [1, P, F]
-            live_acts[layer] = torch.where(keep.features[:, layer][None], acts, values.features[layer].to(dtype))
+            acts = transcoder.layer_features(live_x[layer], layer)                            # [B, P, F]
+            live_acts[layer] = torch.where(keep.features[:, :, layer], acts, values.features[layer].to(dtype))
         return hook
 
     def write_output(layer):
         def hook(y, hook):  # noqa: ARG001
-            y_hat = transcoder.decode_layer(live_acts, layer, live_x[layer])                 # [1, P, d]
-            err = torch.where(keep.errors[layer][:, None], rep.error_layer_pos_d[layer], values.errors[layer])
+            y_hat = transcoder.decode_layer(live_acts, layer, live_x[layer])                 # [B, P, d]
+            err = torch.where(keep.errors[:, layer, :, None], rep.error_layer_pos_d[layer], values.errors[layer])
             y_hat = y_hat + err
             y_hat[..., 0, :] = rep.mlp_out_layer_pos_d[layer, 0]
             return y_hat.to(y.dtype)
@@ -159,25 +172,39 @@ def local_logits(model, transcoder, rep, keep: Keep, values: AblationValues) -> 
     hooks = []
     for l in range(model.cfg.n_layers):
         inp, out = transcoder_hooks(transcoder, l)
-        hooks += [(inp, read_input(l)), (out, write_output(l))]
-    hooks += _freeze_hooks(model, rep)
-    return model.run_with_hooks(rep.tokens[None], fwd_hooks=hooks)[0, -1].float()
+        hooks += [(inp, read_input(l)), (out, write_output(l)),
+                  (block_hook(l, "attn.hook_pattern"), _frozen_batch_hook(rep.patterns[l]))]
+    hooks += [(name, _frozen_batch_hook(scale)) for name, scale in rep.norm_scales.items()]
+    tokens = rep.tokens[None].expand(B, -1)
+    return model.run_with_hooks(tokens, fwd_hooks=hooks)[:, -1].float()
 
 
 @torch.no_grad()
 def real_logits(model, transcoder, clean, keep: Keep, values: AblationValues) -> torch.Tensor:
-    """Last-position logits [vocab] of the real model with the features outside `keep` set to
-    `values` by constrained patching (attention and MLPs run freely; BOS untouched)."""
-    from circuits.interventions import patch_hooks
+    """Last-position logits [B, vocab] of the real model, one row per circuit of `keep`, with the
+    features outside it set to `values` by constrained patching as circuits.interventions does it
+    (patch_hooks with attention and MLPs running freely): each changed feature's decoder change
+    is added to the MLP outputs it writes. BOS untouched."""
+    from circuits.hooks import block_hook
 
     acts = clean.acts_pos_layer_feat                                                       # [P, L, F]
-    target = torch.where(keep.features, acts, values.features[None].to(acts.dtype))
-    target[0] = acts[0]
+    target = torch.where(keep.features, acts, values.features[None].to(acts.dtype))       # [B, P, L, F]
+    target[:, 0] = acts[0]
     delta = target - acts
-    zeros_x = torch.zeros(acts.shape[0], acts.shape[1], transcoder.cfg.d_model, dtype=acts.dtype, device=acts.device)
-    deltas = transcoder.decode(delta, zeros_x) - transcoder.decode(torch.zeros_like(delta), zeros_x)  # [P, L, d]
-    hooks = patch_hooks(model, transcoder, clean, deltas, (0, model.cfg.n_layers - 1), freeze_attention=False)
-    return model.run_with_hooks(clean.tokens[None], fwd_hooks=hooks)[0, -1].float()
+    zeros_x = torch.zeros(*delta.shape[:-1], transcoder.cfg.d_model, dtype=acts.dtype, device=acts.device)
+    deltas = transcoder.decode(delta, zeros_x) - transcoder.decode(torch.zeros_like(delta), zeros_x)  # [B, P, L, d]
+    n_pos = acts.shape[0]
+
+    def mlp_hook(layer):
+        def hook(mlp_out, hook):  # noqa: ARG001
+            mlp_out = mlp_out.clone()
+            mlp_out[:, :n_pos] = mlp_out[:, :n_pos] + deltas[:, :, layer].to(mlp_out.dtype)
+            return mlp_out
+        return hook
+
+    hooks = [(block_hook(l, transcoder.cfg.output_hook), mlp_hook(l)) for l in range(model.cfg.n_layers)]
+    tokens = clean.tokens[None].expand(delta.shape[0], -1)
+    return model.run_with_hooks(tokens, fwd_hooks=hooks)[:, -1].float()
 
 
 # --- one prompt -----------------------------------------------------------------------------------
@@ -230,15 +257,15 @@ def evaluate_prompt(rm, graph, targets, contrast, metric: str, means: AblationVa
     m_full = m(clean.logits_pos_vocab[-1])
     targets_e, sources_e = ranked_edges(graph)
     kept = [keep_masks(graph, circuit_nodes(graph, targets_e, sources_e, x), shape, dev) for x in levels]
-    empty = keep_masks(graph, np.zeros(0, dtype=np.int64), shape, dev)
+    batch = stack([keep_masks(graph, np.zeros(0, dtype=np.int64), shape, dev), *kept])  # row 0: empty
     runners = {"local": lambda k, v: local_logits(model, tc, rep, k, v),
                "real": lambda k, v: real_logits(model, tc, clean, k, v)}
     curves = {}
     for ablation in ablations:
         values = zero_values(tc, dev) if ablation == "zero" else means
         for name, run in runners.items():
-            m_empty = m(run(empty, values))
-            ms = [m(run(k, values)) for k in kept]
+            logits = run(batch, values)
+            m_empty, ms = m(logits[0]), [m(row) for row in logits[1:]]
             denom = m_full - m_empty
             f = [(v - m_empty) / denom for v in ms] if abs(denom) >= EPS else None
             curve = {"m": ms, "m_empty": m_empty, "f": f}

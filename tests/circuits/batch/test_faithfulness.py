@@ -32,11 +32,11 @@ def prompt_state(setup, one_thread):
 def test_nothing_ablated_is_the_model_in_both(prompt_state):
     rm, rep, clean = prompt_state
     shape = tuple(clean.acts_pos_layer_feat.shape)
-    everything = fa.keep_masks(None, None, shape, "cpu")
+    everything = fa.stack([fa.keep_masks(None, None, shape, "cpu")] * 2)
     zero = fa.zero_values(rm.transcoder, "cpu")
     truth = rm.model(rep.tokens[None])[0, -1].float()
-    local = fa.local_logits(rm.model, rm.transcoder, rep, everything, zero)
-    real = fa.real_logits(rm.model, rm.transcoder, clean, everything, zero)
+    local = fa.local_logits(rm.model, rm.transcoder, rep, everything, zero)[1]
+    real = fa.real_logits(rm.model, rm.transcoder, clean, everything, zero)[1]
     torch.testing.assert_close(local, truth, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(real, truth, rtol=1e-5, atol=1e-4)
 
@@ -49,7 +49,8 @@ def test_one_feature_ablated_in_the_real_model_is_that_intervention(prompt_state
     shape = tuple(clean.acts_pos_layer_feat.shape)
     keep = fa.keep_masks(None, None, shape, "cpu")
     keep.features[pos, layer, feat] = False
-    got = fa.real_logits(rm.model, rm.transcoder, clean, keep, fa.zero_values(rm.transcoder, "cpu"))
+    batch = fa.stack([fa.keep_masks(None, None, shape, "cpu"), keep])  # row 1 is the ablation
+    got = fa.real_logits(rm.model, rm.transcoder, clean, batch, fa.zero_values(rm.transcoder, "cpu"))[1]
     want = intervene(rm.model, rm.transcoder, rep.tokens, [Intervention(layer, pos, feat, value=0.0)],
                      layers=(0, None), freeze_attention=False).logits_after[-1]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
