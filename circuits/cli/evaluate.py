@@ -86,7 +86,9 @@ def evaluate_cmd(
                 if c["n"]:
                     console.print(f"{key:<12} CPR {c['cpr_mean']:.3f} ± {c['cpr_std']:.3f}   "
                                   f"CMD {c['cmd_mean']:.3f} ± {c['cmd_std']:.3f}   "
-                                  f"(n={c['n']}, left out {c['left_out']})")
+                                  f"(n={c['n']}, left out {c['left_out']})"
+                                  + (f";  f of means: CPR {c['cpr_of_means']:.3f} CMD {c['cmd_of_means']:.3f}"
+                                     if c.get("f_of_means") else ""))
             console.print(f"wrote {out / 'faithfulness.json'}, {out / 'faithfulness.png'}")
     leave(info)
 

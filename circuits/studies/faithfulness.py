@@ -24,6 +24,10 @@ For one prompt and its full attribution graph:
 - CPR = area under f over the edge fraction x in [0, 1] (trapezoids through (0, 0) and the levels),
   CMD = area between f and 1 over the same points (MIB: CPR higher is better, CMD lower is better).
 A prompt whose |m(full) - m(empty)| < 1e-6 has no defined f and is left out of the means (counted).
+Over the dataset: the mean and standard deviation of the per-prompt f, CPR and CMD (the spread), and
+MIB's dataset faithfulness, f of the means = (mean m(circuit) - mean m(empty)) / (mean m(full) -
+mean m(empty)) with its CPR and CMD: a prompt whose m(full) is close to m(empty) has a huge
+per-prompt f that dominates the mean of the f's, not the f of the means.
 """
 
 from __future__ import annotations
@@ -287,6 +291,12 @@ def summarize_curves(records: list[dict], levels=LEVELS) -> dict:
     out = {"levels": list(levels), "n_prompts": len(records), "curves": {}}
     for key in keys:
         good = [r["curves"][key] for r in records if r["curves"].get(key, {}).get("f") is not None]
+        # MIB's dataset faithfulness: the ratio of the means, robust to prompts whose m(full) is
+        # close to m(empty) (their per-prompt f is huge and dominates the mean of the f's)
+        full = np.mean([r["m_full"] for r in records if key in r["curves"]])
+        empty = np.mean([r["curves"][key]["m_empty"] for r in records if key in r["curves"]])
+        m_mean = np.mean([r["curves"][key]["m"] for r in records if key in r["curves"]], axis=0)
+        of_means = ((m_mean - empty) / (full - empty)).tolist() if abs(full - empty) >= EPS else None
         f = np.array([g["f"] for g in good], dtype=np.float64).reshape(len(good), len(levels))
         cpr = np.array([g["cpr"] for g in good])
         cmd = np.array([g["cmd"] for g in good])
@@ -295,6 +305,8 @@ def summarize_curves(records: list[dict], levels=LEVELS) -> dict:
             "f_mean": f.mean(0).tolist() if len(good) else None, "f_std": f.std(0).tolist() if len(good) else None,
             "cpr_mean": float(cpr.mean()) if len(good) else None, "cpr_std": float(cpr.std()) if len(good) else None,
             "cmd_mean": float(cmd.mean()) if len(good) else None, "cmd_std": float(cmd.std()) if len(good) else None,
+            "f_of_means": of_means,
+            **({f"{k}_of_means": v for k, v in curve_scores(levels, of_means).items()} if of_means else {}),
         }
     return out
 
@@ -319,9 +331,12 @@ def plot(summary: dict, path, title: str = "") -> None:
             if not c or c["f_mean"] is None:
                 continue
             mean, std = np.asarray(c["f_mean"]), np.asarray(c["f_std"])
-            label = f"{model} (CPR {c['cpr_mean']:.2f}, CMD {c['cmd_mean']:.2f}, n={c['n']})"
-            ax.plot(x, mean, marker="o", label=label)
-            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+            label = f"{model}: mean of f (CPR {c['cpr_mean']:.2f}, CMD {c['cmd_mean']:.2f}, n={c['n']})"
+            line = ax.plot(x, mean, marker="o", label=label)[0]
+            ax.fill_between(x, mean - std, mean + std, alpha=0.15, color=line.get_color())
+            if c.get("f_of_means"):
+                ax.plot(x, c["f_of_means"], ls=":", marker="s", color=line.get_color(),
+                        label=f"{model}: f of means (CPR {c['cpr_of_means']:.2f}, CMD {c['cmd_of_means']:.2f})")
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.set_xscale("log")
         ax.set_xlabel("fraction of edges kept")

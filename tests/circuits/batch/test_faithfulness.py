@@ -109,6 +109,10 @@ def test_evaluate_cli_writes_curves_summary_and_plot(setup, tmp_path, one_thread
     records = [json.loads(x) for x in (out / "faithfulness.jsonl").read_text().splitlines()]
     cprs = [r["curves"]["real/zero"]["cpr"] for r in records]
     assert summary["curves"]["real/zero"]["cpr_mean"] == pytest.approx(np.mean(cprs))
+    c, m_full = summary["curves"]["real/zero"], np.mean([r["m_full"] for r in records])
+    m_empty = np.mean([r["curves"]["real/zero"]["m_empty"] for r in records])
+    m_last = np.mean([r["curves"]["real/zero"]["m"][-1] for r in records])
+    assert c["f_of_means"][-1] == pytest.approx((m_last - m_empty) / (m_full - m_empty))
     assert (out / "faithfulness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 3  # traced through trace-batch
 
