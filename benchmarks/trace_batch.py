@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's circuits, also when another is installed
 
 
 def prompts_file(folder: Path, model: str, n: int) -> Path:
