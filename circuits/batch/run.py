@@ -17,7 +17,7 @@ def trace_batch(rm, items: list[PromptItem], out: str | Path, config=None, progr
                 info: DistInfo | None = None) -> dict:
     """Trace every prompt of `items` not finished in `out` yet; returns {total, traced, skipped,
     manifest}. With `info` of several ranks each traces its shard; rank 0 writes the manifest."""
-    from circuits.trace import TraceConfig
+    from circuits.attribution.config import TraceConfig
 
     config = config or TraceConfig()
     info = info or DistInfo()

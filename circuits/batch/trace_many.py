@@ -12,7 +12,7 @@ from circuits.batch.inputs import PromptItem, as_items
 def check_items(rm, items: list[PromptItem], config) -> None:
     """Raise the first prompt's one-line error (empty, unknown words, too long, bad target token)."""
     from circuits.errors import CircuitsError
-    from circuits.trace import custom_targets
+    from circuits.attribution.targets import custom_targets
 
     for item in items:
         try:
@@ -26,7 +26,8 @@ def check_items(rm, items: list[PromptItem], config) -> None:
 def trace_many(rm, prompts: Iterable, config=None, progress: bool = False) -> Iterator[tuple[PromptItem, object]]:
     """Yield (PromptItem, TraceResult) for each prompt (strings, dicts or PromptItems), in order.
     Each prompt's own target/contrast replace the config's; the graphs equal `rm.trace(prompt)`."""
-    from circuits.trace import TraceConfig, trace_prompt
+    from circuits.attribution.config import TraceConfig
+    from circuits.trace import trace_prompt
 
     config = config or TraceConfig()
     items = as_items(prompts)

@@ -11,7 +11,7 @@ import typer
 
 from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, console, pick_device, print_json
 from circuits.cli.options import build_config, given, with_config_options
-from circuits.trace_config import TraceConfig
+from circuits.attribution.config import TraceConfig
 
 
 def _metric(value: str) -> str:

@@ -9,7 +9,7 @@ from rich import markup
 
 from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, check_outputs, console, pick_device, print_json
 from circuits.cli.options import build_config, given, with_config_options
-from circuits.trace_config import TraceConfig
+from circuits.attribution.config import TraceConfig
 
 
 def write_outputs(result, out_json: Path | None, full: Path | None, graphml: Path | None) -> None:

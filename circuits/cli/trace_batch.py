@@ -11,7 +11,7 @@ import typer
 
 from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, console, pick_device, print_json
 from circuits.cli.options import build_config, given, with_config_options
-from circuits.trace_config import TraceConfig
+from circuits.attribution.config import TraceConfig
 
 
 def load_on_ranks(model: str, transcoders: Path | None, device: str, dtype: str | None, info):
@@ -19,7 +19,7 @@ def load_on_ranks(model: str, transcoders: Path | None, device: str, dtype: str 
     built on first use, once), then the others from the cache; a user error stops every rank."""
     from circuits.batch.sharding import agree, barrier
     from circuits.errors import CircuitsError
-    from circuits.replacement_model import ReplacementModel
+    from circuits.replacement.model import ReplacementModel
     from safeio import OutputError
     from transcoders.errors import TranscoderError
 

@@ -117,14 +117,16 @@ def zero_values(transcoder, device) -> AblationValues:
 def dataset_means(rm, prompts: list[str]) -> AblationValues:
     """Mean feature activation [L, F] and mean error vector [L, d] over every non-BOS position of
     the prompts (summed in prompt order: every rank computes the same numbers)."""
-    from circuits.replacement import build_local_replacement, dense_activations
+    from circuits.replacement.local import build_local_replacement
 
     tc = rm.transcoder
     feat_sum = err_sum = None
     count = 0
     for prompt in prompts:
         rep = build_local_replacement(rm.model, tc, rm.tokens(prompt))
-        acts = dense_activations(rep, tc)[1:].double().sum(0)             # [L, F]
+        f = rep.features
+        acts = torch.zeros(tc.cfg.n_layers, tc.cfg.n_features, dtype=torch.float64, device=f.activation.device)
+        acts.index_put_((f.layer, f.feature), f.activation.double(), accumulate=True)  # [L, F], BOS has none
         errs = rep.error_layer_pos_d[:, 1:].double().sum(1)                # [L, d]
         feat_sum = acts if feat_sum is None else feat_sum + acts
         err_sum = errs if err_sum is None else err_sum + errs
@@ -150,7 +152,7 @@ def local_logits(model, transcoder, rep, keep: Keep, values: AblationValues) -> 
     """Last-position logits [B, vocab] of the local replacement model, one row per circuit of the
     batch `keep` (stack()), with the nodes outside it set to `values`: features are re-read from
     the live residual at every layer, then ablated; attention patterns and norm scales frozen."""
-    from circuits.hooks import block_hook, transcoder_hooks
+    from circuits.replacement.hooks import block_hook, transcoder_hooks
 
     dtype = transcoder.dtype
     B = keep.features.shape[0]
@@ -189,7 +191,7 @@ def real_logits(model, transcoder, clean, keep: Keep, values: AblationValues) ->
     features outside it set to `values` by constrained patching as circuits.interventions does it
     (patch_hooks with attention and MLPs running freely): each changed feature's decoder change
     is added to the MLP outputs it writes. BOS untouched."""
-    from circuits.hooks import block_hook
+    from circuits.replacement.hooks import block_hook
 
     acts = clean.acts_pos_layer_feat                                                       # [P, L, F]
     target = torch.where(keep.features, acts, values.features[None].to(acts.dtype))       # [B, P, L, F]
@@ -222,7 +224,7 @@ def metric_fn(metric: str, target: int, contrast: int):
 
 def answer_tokens(model, logits_vocab: torch.Tensor, targets, contrast) -> tuple[int, int]:
     """(target, contrast) ids: the prompt's own, else the clean run's top token and runner-up."""
-    from circuits.prompts import token_id
+    from circuits.replacement.prompts import token_id
 
     ranked = logits_vocab.argsort(descending=True)[:2].tolist()
     t = token_id(model, targets[0]) if targets else ranked[0]
@@ -248,7 +250,7 @@ def evaluate_prompt(rm, graph, targets, contrast, metric: str, means: AblationVa
                     levels=LEVELS, ablations=ABLATIONS) -> dict:
     """Faithfulness curves of one prompt's graph: {curves: {"local/zero": {m, f, m_empty, cpr, cmd}, ...}}."""
     from circuits.interventions import clean_run
-    from circuits.replacement import build_local_replacement
+    from circuits.replacement.local import build_local_replacement
 
     model, tc = rm.model, rm.transcoder
     tokens = rm.tokens(graph.prompt)

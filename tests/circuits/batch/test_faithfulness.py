@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from circuits.batch.datasets import dataset
 from circuits.cli.main import app
 from circuits.interventions import Intervention, clean_run, intervene
-from circuits.replacement import build_local_replacement
+from circuits.replacement.local import build_local_replacement
 from circuits.studies import faithfulness as fa
 
 PROMPT = "calc: 36+59="
@@ -51,7 +51,7 @@ def test_one_feature_ablated_in_the_real_model_is_that_intervention(prompt_state
     keep.features[pos, layer, feat] = False
     batch = fa.stack([fa.keep_masks(None, None, shape, "cpu"), keep])  # row 1 is the ablation
     got = fa.real_logits(rm.model, rm.transcoder, clean, batch, fa.zero_values(rm.transcoder, "cpu"))[1]
-    want = intervene(rm.model, rm.transcoder, rep.tokens, [Intervention(layer, pos, feat, value=0.0)],
+    want = intervene(rm, rep.tokens, [Intervention(layer, pos, feat, value=0.0)],
                      layers=(0, None), freeze_attention=False).logits_after[-1]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert (got - clean.logits_pos_vocab[-1]).abs().max() > 1e-3  # the ablation did something

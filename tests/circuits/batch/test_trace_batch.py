@@ -83,7 +83,7 @@ def test_a_changed_prompts_file_or_other_settings_are_refused_not_overwritten(se
     trace_batch(rm, read_prompts(_write(tmp_path / "a.txt", PROMPTS[:2])), out)
     before = (out / "graphs" / "p000000.npz").read_bytes()
     from circuits.errors import CircuitsError
-    from circuits.trace_config import TraceConfig
+    from circuits.attribution.config import TraceConfig
 
     with pytest.raises(CircuitsError, match="another prompt"):
         trace_batch(rm, read_prompts(_write(tmp_path / "b.txt", PROMPTS[1:])), out)
