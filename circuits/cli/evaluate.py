@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, console, pick_device, print_json
-from circuits.cli.options import build_config, given, with_config_options
+from circuits.cli.options import build_config, given, number_option, with_config_options
 from circuits.attribution.config import TraceConfig
 
 
@@ -30,15 +30,15 @@ def evaluate_cmd(
                                    "or give --dataset."),
     dataset: str = typer.Option(None, "--dataset", help="Built-in set: world-addition, world-two-hop, "
                                 "smollm2-induction, smollm2-capitals."),
-    n: int = typer.Option(50, "--n", min=1, max=100_000, help="Prompts drawn from --dataset."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed of --dataset's draw."),
+    n: int = number_option(50, "--n", min=1, max=100_000, help="Prompts drawn from --dataset."),
+    seed: int = number_option(0, "--seed", min=0, max=2**31 - 1, help="Seed of --dataset's draw."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (graphs, manifest, faithfulness.*)."),
     metric: str = typer.Option("logit-diff", "--metric", parser=_metric, metavar="[logit-diff|prob]",
                                help="m: logit(target) - logit(contrast), or the target's probability."),
     model: str = typer.Option(None, "--model", "-m", help="Model (default: world, or the dataset's model)."),
     transcoders: Path = typer.Option(None, "--transcoders", "-t", help="Transcoder directory (default: the "
                                      "model's default transcoders)."),
-    threads: int = typer.Option(None, "--threads", min=1, max=4096, help="torch threads per rank."),
+    threads: int = number_option(None, "--threads", min=1, max=4096, help="torch threads per rank."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,

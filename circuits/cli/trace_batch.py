@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, console, pick_device, print_json
-from circuits.cli.options import build_config, given, with_config_options
+from circuits.cli.options import build_config, given, number_option, with_config_options
 from circuits.attribution.config import TraceConfig
 
 
@@ -57,8 +57,8 @@ def trace_batch_cmd(
     transcoders: Path = typer.Option(None, "--transcoders", "-t", help="Transcoder directory (default: the built-in "
                                      "model's default CLT)."),
     json_out: bool = typer.Option(False, "--json", help="Print the run's summary as JSON."),
-    threads: int = typer.Option(None, "--threads", min=1, max=4096,
-                                help="torch threads per rank (default: torch's; torchrun sets 1). The graphs' last "
+    threads: int = number_option(None, "--threads", min=1, max=4096,
+                                 help="torch threads per rank (default: torch's; torchrun sets 1). The graphs' last "
                                 "float bits depend on it: pin it for byte-identical reruns."),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
