@@ -23,6 +23,7 @@ import torch
 from circuits.attribution.config import TraceConfig
 from circuits.attribution.frozen_backward import FrozenBlocks
 from circuits.attribution.memory import TraceShape, choose_feature_cap
+from circuits.attribution.row_split import current_row_split
 from circuits.attribution.rows import Attribution, SourceLayout, compute_rows
 from circuits.attribution.targets import (CustomTarget, TargetSeeds, choose_targets, custom_targets,
                                           feature_seeds, logit_seeds)
@@ -73,10 +74,15 @@ def _rows_in_batches(rep, blocks, transcoder, layout, seeds: TargetSeeds, batch_
     if out is None:
         out = torch.empty(len(seeds), layout.n_sources, device=seeds.vec_d.device)
     order = torch.argsort(seeds.layer * (rep.n_pos + 1) + seeds.position)  # group causal cones
-    for sl in _batches(len(seeds), batch_size):
-        idx = order[sl]
-        out[idx] = compute_rows(rep, blocks, transcoder, layout, seeds.select(idx))
+    split = current_row_split()  # torchrun: this rank computes its share of the batches (row_split.py)
+    batches = list(_batches(len(seeds), batch_size))
+    for j, sl in enumerate(batches):
+        if split is None or split.mine(j):
+            idx = order[sl]
+            out[idx] = compute_rows(rep, blocks, transcoder, layout, seeds.select(idx))
         progress(sl.stop - sl.start)
+    if split is not None:
+        split.gather(out, order, batches)
     return out
 
 

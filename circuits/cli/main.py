@@ -124,7 +124,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_show_versio
     pass
 
 # Each module registers its commands; a new command group is one more name here.
-for _module in ("transcoders", "fidelity", "trace", "prune", "intervene", "features", "demo", "view"):
+for _module in ("transcoders", "fidelity", "trace", "trace_batch", "evaluate", "prune", "intervene", "features", "demo",
+                "view"):
     __import__(f"circuits.cli.{_module}", fromlist=["register"]).register(app)
 
 

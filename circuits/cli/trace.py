@@ -84,15 +84,22 @@ def trace_cmd(
     **settings,
 ) -> None:
     """Trace PROMPT: compute its attribution graph, prune and score it, print a summary, export it."""
-    from circuits.replacement.model import ReplacementModel
+    from circuits.attribution.row_split import RowSplit, split_rows
+    from circuits.batch.sharding import join
+    from circuits.cli.trace_batch import leave, load_on_ranks
     from circuits.replacement.prompts import check_text
     from circuits.trace import trace_prompt
 
     check_text(prompt)  # before the model loads (a first use builds it for minutes)
     check_outputs(out, full, graphml)
     config = build_config(TraceConfig, given(TraceConfig, settings))
-    rm = ReplacementModel.load(model, transcoders, pick_device(device), progress=True, dtype=dtype)
-    result = trace_prompt(rm, prompt, config, progress=not json_out)
+    info, dev = join(pick_device(device))  # under torchrun the prompt's rows are split over the ranks
+    rm = load_on_ranks(model, transcoders, dev, dtype, info)
+    with split_rows(RowSplit(info.rank, info.world_size)):
+        result = trace_prompt(rm, prompt, config, progress=not json_out and info.is_main)
+    if not info.is_main:
+        leave(info)
+        return
     write_outputs(result, out, full, graphml)
     if json_out:
         print_json(result.summary)
@@ -101,6 +108,7 @@ def trace_cmd(
         for label, p in (("viewer JSON", out), ("full graph", full), ("GraphML", graphml)):
             if p is not None:
                 console.print(f"wrote {label}: {p}")
+    leave(info)
 
 
 def register(app: typer.Typer) -> None:

@@ -109,6 +109,13 @@ class ReplacementModel:
             config = TraceConfig.model_validate(config.model_dump())
         return trace_prompt(self, prompt, config, progress=progress)
 
+    def trace_many(self, prompts, config: TraceConfig | None = None, progress: bool = False):
+        """Yield (PromptItem, TraceResult) per prompt, in order (circuits.batch.trace_many): strings,
+        or dicts with prompt and optional target/contrast/id; every prompt is checked first."""
+        from circuits.batch.trace_many import trace_many
+
+        return trace_many(self, prompts, config, progress)
+
     def intervene(self, prompt: str, sets: Mapping[str, float | str] | Sequence[Intervention],
                   layers: tuple[int, int | None] | None = None, freeze_attention: bool = True,
                   clamp_mlps: bool = False, top: int = 10, generate: int = 0) -> InterventionResult:

@@ -1,0 +1,91 @@
+"""Prompts per minute of `circuits trace-batch`: one process vs N torchrun ranks (gloo on CPU),
+with the CPU seconds of all processes alongside.
+
+    python benchmarks/trace_batch.py --model world --n 100 [--ranks 2] [--threads 1] [--transcoders DIR]
+
+Each configuration traces the same prompts (world-addition for `world`, else the smollm2-capitals
+and induction prompt shapes) into a fresh folder. `trace` is the tracing loop's wall time on rank 0
+(trace-batch's trace_seconds: model loading excluded), `wall` the whole command (imports, loading,
+the torchrun agent), `cpu` the user+system seconds of every process of the command.
+Batched rows of several prompts in shared backward passes are not implemented (issue 21 item 2):
+no row for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's circuits, also when another is installed
+
+
+def prompts_file(folder: Path, model: str, n: int) -> Path:
+    from circuits.batch.datasets import world_addition
+
+    path = folder / "prompts.jsonl"
+    if model.startswith("world"):
+        records = world_addition(n, seed=0)
+    else:
+        from circuits.models.world.facts import STATE_CAPITAL
+
+        states = sorted(STATE_CAPITAL)
+        records = [{"prompt": f"The capital of {states[i % len(states)]} is", "id": f"c{i:04d}"} for i in range(n)]
+    path.write_text("".join(json.dumps({"prompt": r["prompt"], "id": r["id"]}) + "\n" for r in records))
+    return path
+
+
+def run(cmd: list[str], threads: int) -> tuple[dict, float, float]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    out = proc.stdout
+    summary = json.loads(out[out.index("{"):])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return summary, wall, cpu
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="world")
+    ap.add_argument("--transcoders", default=None)
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    args = ap.parse_args()
+    extra = ["--model", args.model, "--json", "--threads", str(args.threads)]
+    if args.transcoders:
+        extra += ["--transcoders", args.transcoders]
+    print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1/5/15 min), "
+          f"{os.cpu_count()} cores; model {args.model}, {args.n} prompts, {args.threads} thread(s) per process")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        prompts = prompts_file(tmp, args.model, args.n)
+        base = [sys.executable, "-m", "circuits", "trace-batch", str(prompts)]
+        configs = [("1 process", base + ["--out", str(tmp / "one")] + extra)]
+        configs.append((f"{args.ranks} ranks", [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                                                str(args.ranks), "--master-addr", "127.0.0.1", "--master-port", "29517",
+                                                "-m", "circuits", "trace-batch", str(prompts), "--out",
+                                                str(tmp / "ranks")] + extra))
+        print(f"{'configuration':<14} {'prompts/min':>12} {'trace s':>9} {'wall s':>8} {'cpu s':>8}")
+        for name, cmd in configs:
+            summary, wall, cpu = run(cmd, args.threads)
+            rate = 60 * summary["traced"] / summary["trace_seconds"]
+            print(f"{name:<14} {rate:>12.1f} {summary['trace_seconds']:>9.1f} {wall:>8.1f} {cpu:>8.1f}", flush=True)
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
