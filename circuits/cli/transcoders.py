@@ -115,6 +115,36 @@ def train_cmd(
 app.command("train")(train_cmd)
 
 
+@app.command("cache-activations")
+def cache_activations_cmd(
+    model: str = typer.Option(..., "--model", help="Model: built-in name, checkpoint dir or hub id."),
+    tokens: int = typer.Option(..., "--tokens", min=1, max=10**12, help="Training positions to store."),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="Text file or dataset name; default: the "
+                                         "built-in model's own corpus."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Cache folder; default "
+                                       "$CIRCUITS_HOME/activations/<model>/<key>."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=2, max=1 << 20, help="Window length "
+                                          "(default: the model's default training config)."),
+    cache_dtype: Optional[str] = typer.Option(None, "--cache-dtype", help="bfloat16 (default) or float32."),
+    device: str = DEVICE_OPTION,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Run the model over the corpus once and store every layer's (input, MLP output) activations,
+    memory-mapped; `train --cache-dir DIR` then trains from them without the model forward."""
+    from circuits.models import load_model
+    from circuits.training.activations import cache_activations
+
+    overrides = {k: v for k, v in {"seq_len": seq_len, "cache_dtype": cache_dtype}.items() if v is not None}
+    cfg = resolve_config(model, Path("."), False, overrides)
+    if out is not None:
+        from transcoders.activation_cache import check_cache_dir
+
+        check_cache_dir(out)
+    loaded = load_model(model, device=pick_device(device), progress=progress)
+    path = cache_activations(loaded, cfg, tokens, corpus, out, progress=progress)
+    print(path)
+
+
 @app.command("info")
 def info_cmd(path: Path = typer.Argument(..., help="Transcoder directory."),
              json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
