@@ -5,8 +5,8 @@ held-out FVU, L0 and dead fraction per layer, and the training's CPU seconds.
     CIRCUITS_HOME=... PYTHONPATH=. nice -n 10 python benchmarks/trainer_sweep.py --model smollm2-135m \\
         --corpus python-docstrings --tokens 30720 --layers 0,6,12,18,24,29 base batchtopk batchtopk+fvu ...
 
-Each variant is the model's default PLT config updated by the settings named in VARIANTS (or
-`name:key=value,key=value`). The model runs once over the corpus and once over held-out text (two
+Each variant is the JumpReLU PLT recipe that was SmolLM2's default before issue 23
+(registry.SMOLLM2_JUMPRELU_PLT) updated by the settings named in VARIANTS (or `name:key=value,...`). The model runs once over the corpus and once over held-out text (two
 activation caches, circuits.training.activations, reused by every variant and later invocations);
 each variant runs the trainer's own step (TrainState.train_step with lr_at / sparsity_at) on the
 chosen layers. CPU seconds: the process's CPU time during training only. Top-1 and KL need every
@@ -51,6 +51,17 @@ VARIANTS.update({
     "btk-nw+centred": dict(NW, encoder_bias_init="centred"),
     "btk-nw+unitnorm": dict(NW, decoder_unit_norm=True, decoder_init="encoder"),
     "btk-nw+nodecay": dict(NW, lr_decay_frac=0.0),
+})
+NW8 = dict(NW, lr=8e-3)  # round 3: on top of BatchTopK, no warm-up, lr 8e-3
+VARIANTS.update({
+    "jumprelu-nw+lr8e-3": dict(lr_warmup_steps=0, lr=8e-3),
+    "btk-nw8+k78": dict(NW8, topk=78),
+    "btk-nw8+lr1.2e-2": dict(NW8, lr=1.2e-2),
+    "btk-nw8+auxk": dict(NW8, auxk_coef=1 / 8, revive_after_tokens=2048),
+    "btk-nw8+auxk+fvu": dict(NW8, auxk_coef=1 / 8, revive_after_tokens=2048, recon_loss="fvu"),
+    "btk-nw8+datainit": dict(NW8, **DATA_INIT),
+    "btk-nw8+datainit+lr1.2e-2": dict(NW8, **DATA_INIT, lr=1.2e-2),
+    "btk-nw8+datainit+k78": dict(NW8, **DATA_INIT, topk=78),
 })
 
 
@@ -137,14 +148,14 @@ def main() -> None:
     from circuits.models import load_model
     from circuits.training.activations import activation_cache_dir, cache_activations
     from circuits.training.corpus import corpus_sequences
-    from circuits.training.defaults import default_train_config
+    from circuits.models.registry import SMOLLM2_JUMPRELU_PLT
     from transcoders.activation_cache import build_activation_cache, cache_matches
     from transcoders.activation_source import ModelActivationSource
     from circuits.training.train import ModelLayers, source_id_for
 
     torch.set_num_threads(1)
     loaded = load_model(args.model, progress=False)
-    base = default_train_config(args.model).updated(dict(tokens=args.tokens, threads=1))
+    base = SMOLLM2_JUMPRELU_PLT.updated(dict(tokens=args.tokens, threads=1))  # variants are relative to it
     cpu0 = time.process_time()
     cache = cache_activations(loaded, base, args.cache_tokens or args.tokens, args.corpus, progress=False)
     seqs, corpus_id = corpus_sequences(loaded, args.corpus, base.seq_len, heldout=True)
