@@ -147,7 +147,7 @@ def main() -> None:
 
     from circuits.models import load_model
     from circuits.training.activations import activation_cache_dir, cache_activations
-    from circuits.training.corpus import corpus_sequences
+    from circuits.corpora.sequences import corpus_sequences
     from circuits.models.registry import SMOLLM2_JUMPRELU_PLT
     from transcoders.activation_cache import build_activation_cache, cache_matches
     from transcoders.activation_source import ModelActivationSource

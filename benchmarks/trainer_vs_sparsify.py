@@ -160,7 +160,7 @@ def main() -> None:
 
     from circuits.models import load_model
     from circuits.training.activations import cache_activations
-    from circuits.training.corpus import corpus_sequences
+    from circuits.corpora.sequences import corpus_sequences
     from circuits.training.defaults import default_train_config
     from circuits.training.fidelity import measure_fidelity
     from transcoders.formats import load_transcoder

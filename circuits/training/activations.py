@@ -15,7 +15,7 @@ import hashlib
 from pathlib import Path
 
 from circuits.paths import circuits_home
-from circuits.training.corpus import corpus_sequences
+from circuits.corpora.sequences import corpus_sequences
 from circuits.training.train import ModelLayers, source_id_for
 from transcoders.train_config import TrainConfig
 
