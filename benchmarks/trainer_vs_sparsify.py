@@ -163,7 +163,7 @@ def main() -> None:
     from circuits.corpora.sequences import corpus_sequences
     from circuits.training.defaults import default_train_config
     from circuits.training.fidelity import measure_fidelity
-    from transcoders.formats import load_transcoder
+    from transcoders.loading import load_transcoder
 
     torch.set_num_threads(1)
     loaded = load_model(args.model, progress=False)
