@@ -72,11 +72,12 @@ def read_cache_meta(cache_dir: Path) -> dict | None:
 def cache_matches(cache_dir: Path, source_id: str, input_hook: str, output_hook: str, n_tokens: int = 0,
                   seq_len: int | None = None, dtype: str | None = None) -> bool:
     """An existing cache of the same model, corpus, hooks (and, when given, window length and
-    storage dtype) with at least n_tokens rows."""
+    storage dtype) with at least n_tokens rows. A cache that recorded no window length (built
+    outside a training run, or before it was recorded) matches any."""
     meta = read_cache_meta(cache_dir)
     return bool(meta) and meta.get("source_id") == source_id and meta.get("input_hook") == input_hook \
         and meta.get("output_hook") == output_hook and meta.get("n_tokens", 0) >= n_tokens \
-        and (seq_len is None or meta.get("seq_len", seq_len) == seq_len) \
+        and (seq_len is None or meta.get("seq_len") in (None, seq_len)) \
         and (dtype is None or meta.get("dtype", "float32") == dtype)
 
 
