@@ -108,7 +108,7 @@ def test_data_starts_and_unit_norm_decoders(model, seqs, tmp_path):
     src = ModelActivationSource(ModelLayers(model), seqs, "ln2.hook_normalized", "hook_mlp_out", 16, 32, 3_072)
     x, _ = ShuffleBuffer(src, 256, 0).current_group()
     init_from_data(tc, cfg, x.mean(0))
-    assert all(float(W.abs().max()) == 0 for W in tc.W_dec)
+    assert all(float(W.detach().abs().max()) == 0 for W in tc.W_dec)
     pre = encode_layer_major(tc, x.transpose(0, 1).contiguous())
     assert float(pre.mean(1).abs().max()) < 1e-4  # every feature starts centred on the data
     res = train_tiny(model, seqs, tmp_path / "u", BASE, activation="topk", topk=4, decoder_unit_norm=True,
