@@ -3,7 +3,9 @@
 Layout of a cache folder:
   x.npy      [N, L, d] input-hook activations (numpy .npy, opened with mmap)
   y.npy      [N, L, d] output-hook activations
-  meta.json  {source_id, n_tokens, n_layers, d_model, dtype, input_hook, output_hook} (written last)
+  meta.json  {source_id, n_tokens, n_layers, d_model, dtype, input_hook, output_hook, seq_len} (written last)
+dtype "bfloat16" (the default: half the disk and read traffic of float32) is stored as the raw 16-bit
+patterns in an int16 .npy (numpy has no bfloat16) and read back through torch's bfloat16 view.
 Tokens are stored group by group as the source produced them; `CachedActivationSource` reads groups of consecutive rows and the
 shuffle buffer permutes them, wrapping around at the end (epochs).
   .circuits-activation-cache  marker: this folder was made by this tool
@@ -67,11 +69,16 @@ def read_cache_meta(cache_dir: Path) -> dict | None:
         return None
 
 
-def cache_matches(cache_dir: Path, source_id: str, input_hook: str, output_hook: str, n_tokens: int = 0) -> bool:
-    """An existing cache of the same model, corpus and hooks with at least n_tokens rows."""
+def cache_matches(cache_dir: Path, source_id: str, input_hook: str, output_hook: str, n_tokens: int = 0,
+                  seq_len: int | None = None, dtype: str | None = None) -> bool:
+    """An existing cache of the same model, corpus, hooks (and, when given, window length and
+    storage dtype) with at least n_tokens rows. A cache that recorded no window length (built
+    outside a training run, or before it was recorded) matches any."""
     meta = read_cache_meta(cache_dir)
     return bool(meta) and meta.get("source_id") == source_id and meta.get("input_hook") == input_hook \
-        and meta.get("output_hook") == output_hook and meta.get("n_tokens", 0) >= n_tokens
+        and meta.get("output_hook") == output_hook and meta.get("n_tokens", 0) >= n_tokens \
+        and (seq_len is None or meta.get("seq_len") in (None, seq_len)) \
+        and (dtype is None or meta.get("dtype", "float32") == dtype)
 
 
 def check_room(n_rows: int, n_layers: int, d_model: int, bytes_per_value: int, cache_dir: Path | None) -> None:
@@ -118,9 +125,25 @@ def collect_progress(enabled: bool, total: int):
     return update
 
 
+def _stored(t: torch.Tensor, dtype: str) -> np.ndarray:
+    """A float tensor as the array stored for `dtype` (bfloat16: its bit patterns as int16)."""
+    if dtype == "bfloat16":
+        return t.to(torch.bfloat16).view(torch.int16).numpy()
+    return t.numpy().astype(dtype, copy=False)
+
+
+def _loaded(a: np.ndarray, dtype: str) -> torch.Tensor:
+    """Stored rows back as a float32 tensor."""
+    a = np.ascontiguousarray(a)
+    if dtype == "bfloat16":
+        return torch.from_numpy(a).view(torch.bfloat16).float()
+    return torch.from_numpy(a.astype(np.float32, copy=False))
+
+
 def build_activation_cache(source, n_tokens: int, cache_dir: Path, source_id: str,
-                           dtype: str = "float32", progress=None) -> Path:
-    """Write `n_tokens` rows from `source` (a ModelActivationSource) into `cache_dir`."""
+                           dtype: str = "bfloat16", progress=None, seq_len: int | None = None) -> Path:
+    """Write `n_tokens` rows from `source` (a ModelActivationSource) into `cache_dir`, stored as
+    `dtype` ("bfloat16" or "float32")."""
     cache_dir = Path(cache_dir)
     check_cache_dir(cache_dir)
     tmp = cache_dir.with_name(f".{cache_dir.name}.building")
@@ -134,11 +157,12 @@ def build_activation_cache(source, n_tokens: int, cache_dir: Path, source_id: st
         x, y, start = source.read_group(start)
         if x_mm is None:
             shape = (n_tokens, x.shape[1], x.shape[2])
-            x_mm = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=dtype, shape=shape)
-            y_mm = np.lib.format.open_memmap(tmp / "y.npy", mode="w+", dtype=dtype, shape=shape)
+            np_dtype = np.int16 if dtype == "bfloat16" else dtype
+            x_mm = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np_dtype, shape=shape)
+            y_mm = np.lib.format.open_memmap(tmp / "y.npy", mode="w+", dtype=np_dtype, shape=shape)
         take = min(x.shape[0], n_tokens - written)
-        x_mm[written:written + take] = x[:take].numpy()
-        y_mm[written:written + take] = y[:take].numpy()
+        x_mm[written:written + take] = _stored(x[:take], dtype)
+        y_mm[written:written + take] = _stored(y[:take], dtype)
         written += take
         if progress is not None:
             progress(written, n_tokens)
@@ -146,7 +170,7 @@ def build_activation_cache(source, n_tokens: int, cache_dir: Path, source_id: st
     y_mm.flush()
     meta = {"source_id": source_id, "n_tokens": n_tokens, "n_layers": x_mm.shape[1],
             "d_model": x_mm.shape[2], "dtype": dtype,
-            "input_hook": source.input_hook, "output_hook": source.output_hook}
+            "input_hook": source.input_hook, "output_hook": source.output_hook, "seq_len": seq_len}
     del x_mm, y_mm
     (tmp / META).write_text(json.dumps(meta, indent=2))
     if cache_dir.exists():
@@ -160,11 +184,13 @@ class CachedActivationSource:
     The rows come from a cache folder (memory-mapped) or from arrays in memory (`in_memory`)."""
 
     def __init__(self, cache_dir: Path | None, group_tokens: int, arrays=None, hooks=None):
+        self.dtype = "float32"
         if arrays is None:
             meta = read_cache_meta(cache_dir)
             if meta is None:
                 raise TranscoderError(f"activation cache {cache_dir} is incomplete (no meta.json): delete it")
             hooks = (meta["input_hook"], meta["output_hook"])
+            self.dtype = meta.get("dtype", "float32")
             arrays = (np.load(Path(cache_dir) / "x.npy", mmap_mode="r"), np.load(Path(cache_dir) / "y.npy", mmap_mode="r"))
         self.input_hook, self.output_hook = hooks
         self.x, self.y = arrays
@@ -196,6 +222,5 @@ class CachedActivationSource:
     def read_group(self, start: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
         row = int(start["row"]) % self.n
         rows = np.arange(row, row + self.group_tokens) % self.n
-        x = torch.from_numpy(np.ascontiguousarray(self.x[rows], dtype=np.float32))
-        y = torch.from_numpy(np.ascontiguousarray(self.y[rows], dtype=np.float32))
+        x, y = _loaded(self.x[rows], self.dtype), _loaded(self.y[rows], self.dtype)
         return x, y, {"row": int((row + self.group_tokens) % self.n)}

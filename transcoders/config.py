@@ -22,8 +22,11 @@ class TranscoderArchitecture(BaseModel):
     kind: Literal["clt", "plt"] = Field("clt", description="clt: features write to every later layer; plt: own layer only")
     n_features: int = Field(1024, gt=0, le=1 << 20, description="features per layer",
                             json_schema_extra={"flag": "--features"})
-    activation: Literal["jumprelu", "relu", "topk"] = Field("jumprelu", description="feature nonlinearity")
-    topk: int | None = Field(None, gt=0, le=1 << 20, description="k per layer and token (activation topk)")
+    activation: Literal["jumprelu", "relu", "topk", "batchtopk"] = Field(
+        "jumprelu", description="feature nonlinearity (batchtopk: the k * batch largest activations of each layer "
+        "over the batch while training, saved as JumpReLU with the learnt per-layer threshold)")
+    topk: int | None = Field(None, gt=0, le=1 << 20, description="k per layer and token (activation topk; "
+                             "batchtopk: on average)")
     skip: bool = Field(False, description="add a linear skip term W_skip x")
     jumprelu_bandwidth: float = Field(0.5, gt=0, le=1e12, description="STE rectangle width for the threshold gradient")
     input_hook: str = Field("ln2.hook_normalized", description="hook the features read, per block")
@@ -31,11 +34,11 @@ class TranscoderArchitecture(BaseModel):
 
     @model_validator(mode="after")
     def _topk_needs_k(self):
-        if self.activation == "topk" and self.topk is None:
-            raise ValueError("activation 'topk' needs --topk K")
-        if self.activation != "topk" and self.topk is not None:  # an option that would do nothing
+        if self.activation in ("topk", "batchtopk") and self.topk is None:
+            raise ValueError(f"activation '{self.activation}' needs --topk K")
+        if self.activation not in ("topk", "batchtopk") and self.topk is not None:  # an option that would do nothing
             raise ValueError(f"--topk {self.topk} does nothing with activation '{self.activation}': "
-                             "add --activation topk, or drop --topk")
+                             "add --activation topk (or batchtopk), or drop --topk")
         if self.topk is not None and self.topk > self.n_features:
             raise ValueError(f"--topk {self.topk} is more than the {self.n_features} features per layer "
                              "(--features): k active features per layer cannot hold")

@@ -3,7 +3,9 @@
   loss = sum_l ||y_hat_l - y_l||^2                                   (reconstruction)
        + lambda   * sum_l sum_i tanh(c * ||W_dec_i|| * a_i)           (sparsity)
        + lambda_p * sum_l sum_i m_i * relu(theta_i - h_i) * ||W_dec_i|| (pre-activation; keeps features alive)
-each averaged over tokens. ||W_dec_i|| is feature i's decoders concatenated over its output layers.
+each averaged over tokens (options: the reconstruction as d * sum_l FVU_l, each layer weighted equally;
+TopK / BatchTopK instead of the penalties; the AuxK term for dead features, `auxk_loss`).
+||W_dec_i|| is feature i's decoders concatenated over its output layers.
 m_i is 1 for every feature (METHOD.md), or, with `preact_mask`, 1 only for the features the trainer
 counts as dead (silent for `revive_after_tokens`): those are pushed back towards firing while the
 live ones are left to the reconstruction and sparsity terms (the idea of reviving only dead latents
@@ -105,11 +107,42 @@ def layer_major_forward(tc: Transcoder, x_tok_layer_d: torch.Tensor, acts_lnf: t
     pre_lnf = None
     if acts_lnf is None:
         pre_lnf = encode_layer_major(tc, x_lnd)
-        acts_lnf = pre_lnf.relu() if cfg.activation == "relu" else topk_relu(pre_lnf, cfg.topk)
+        if cfg.activation == "relu":
+            acts_lnf = pre_lnf.relu()
+        elif cfg.activation == "batchtopk":
+            acts_lnf = batch_topk(pre_lnf, cfg.topk)
+        else:
+            acts_lnf = topk_relu(pre_lnf, cfg.topk)
     y_hat = _LayerMajorDecode.apply(acts_lnf, tc.b_dec, *tc.W_dec)
     if tc.W_skip is not None:
         y_hat = y_hat + torch.bmm(x_lnd, tc.W_skip).transpose(0, 1)
     return y_hat, acts_lnf, pre_lnf
+
+
+def batch_topk(pre_lnf: torch.Tensor, k: int) -> torch.Tensor:
+    """BatchTopK (Bussmann et al. 2024): per layer, the k * N largest positive pre-activations over
+    the whole batch [L, N, F] are kept, the rest are 0 (an average of k per token)."""
+    L, N, F = pre_lnf.shape
+    flat = pre_lnf.relu().reshape(L, N * F)
+    values, idx = flat.topk(min(k * N, N * F), dim=1, sorted=False)
+    return torch.zeros_like(flat).scatter(1, idx, values).view(L, N, F)
+
+
+def auxk_loss(tc: Transcoder, pre_lnf: torch.Tensor, residual_nld: torch.Tensor, var_l: torch.Tensor,
+              dead_lf: torch.Tensor, k_aux: int) -> torch.Tensor:
+    """AuxK (Gao et al. 2024, appendix B.1): the k_aux largest pre-activations among each layer's dead
+    features decode (without b_dec) the residual y - y_hat the live ones leave; returns
+    d * sum_l min(n_dead_l / k_aux, 1) * ||e_hat_l - e_l||^2 / var_l. Gradient reaches only dead
+    features' encoders and decoders."""
+    L, N, F = pre_lnf.shape
+    dead_l1f = dead_lf.bool()[:, None, :]
+    masked = pre_lnf.masked_fill(~dead_l1f, float("-inf"))
+    values, idx = masked.topk(min(k_aux, F), dim=-1, sorted=False)
+    acts = torch.zeros_like(pre_lnf).scatter(-1, idx, values.clamp_min(0.0))
+    e_hat = _LayerMajorDecode.apply(acts, torch.zeros_like(tc.b_dec), *tc.W_dec)
+    err_l = (e_hat - residual_nld).pow(2).sum(dim=(0, 2))
+    scale_l = (dead_lf.sum(1).to(err_l) / k_aux).clamp(max=1.0)
+    return residual_nld.shape[-1] * (scale_l * err_l / var_l.clamp_min(1e-12)).sum()
 
 
 def encode_layer_major(tc: Transcoder, x_lnd: torch.Tensor) -> torch.Tensor:
@@ -118,21 +151,27 @@ def encode_layer_major(tc: Transcoder, x_lnd: torch.Tensor) -> torch.Tensor:
 
 
 class TranscoderObjective(nn.Module):
-    def __init__(self, transcoder: Transcoder, sparsity_c: float, preact_coef: float):
+    def __init__(self, transcoder: Transcoder, sparsity_c: float, preact_coef: float, recon_loss: str = "sum",
+                 auxk_coef: float = 0.0, auxk_k: int | None = None):
         super().__init__()
         self.transcoder = transcoder
         self.sparsity_c = sparsity_c
         self.preact_coef = preact_coef
+        self.recon_loss, self.auxk_coef = recon_loss, auxk_coef
+        self.auxk_k = auxk_k or max(transcoder.cfg.d_model // 2, 1)
 
     def forward(self, x_tok_layer_d: torch.Tensor, y_tok_layer_d: torch.Tensor, sparsity_coef: float,
-                preact_mask_lf: torch.Tensor | None = None):
-        """Returns (loss, parts {recon, sparsity, preact} detached, y_hat [N, L, d], acts [L, N, F]).
-        preact_mask_lf [L, F] (0/1): the features the pre-activation loss applies to (None: all)."""
+                preact_mask_lf: torch.Tensor | None = None, dead_mask_lf: torch.Tensor | None = None):
+        """Returns (loss, parts {recon, sparsity, preact, auxk} detached, y_hat [N, L, d], acts [L, N, F]).
+        preact_mask_lf [L, F] (0/1): the features the pre-activation loss applies to (None: all);
+        dead_mask_lf [L, F] (0/1): the features the AuxK term revives (used when auxk_coef > 0)."""
         tc = self.transcoder
         n_tok = x_tok_layer_d.shape[0]
-        norms_l1f = tc.decoder_norms()[:, None, :]
-        p_weights_l1f = norms_l1f if preact_mask_lf is None else norms_l1f * preact_mask_lf[:, None, :].to(norms_l1f)
+        zero = x_tok_layer_d.new_zeros(())
+        sparsity = preact = zero
         if tc.cfg.activation == "jumprelu":
+            norms_l1f = tc.decoder_norms()[:, None, :]
+            p_weights_l1f = norms_l1f if preact_mask_lf is None else norms_l1f * preact_mask_lf[:, None, :].to(norms_l1f)
             pre_lnf = encode_layer_major(tc, x_tok_layer_d.transpose(0, 1).contiguous())
             acts_lnf, sparsity_sum, preact_sum = _JumpReLUWithPenalties.apply(
                 pre_lnf, tc.threshold[:, None, :], norms_l1f, p_weights_l1f, self.sparsity_c,
@@ -141,13 +180,26 @@ class TranscoderObjective(nn.Module):
             sparsity, preact = sparsity_sum / n_tok, preact_sum / n_tok
         else:
             y_hat, acts_lnf, pre_lnf = layer_major_forward(tc, x_tok_layer_d)
-            sparsity = torch.tanh(acts_lnf * (self.sparsity_c * norms_l1f)).sum() / n_tok
-            preact = (-pre_lnf).relu().mul(p_weights_l1f).sum() / n_tok if tc.cfg.activation == "relu" else None
-        recon = torch.nn.functional.mse_loss(y_hat, y_tok_layer_d, reduction="sum") / n_tok
+            if tc.cfg.activation == "relu":  # topk / batchtopk: sparsity is the constraint, no penalty
+                norms_l1f = tc.decoder_norms()[:, None, :]
+                p_weights_l1f = norms_l1f if preact_mask_lf is None else norms_l1f * preact_mask_lf[:, None, :].to(norms_l1f)
+                sparsity = torch.tanh(acts_lnf * (self.sparsity_c * norms_l1f)).sum() / n_tok
+                preact = (-pre_lnf).relu().mul(p_weights_l1f).sum() / n_tok
+        var_l = None
+        if self.recon_loss == "fvu" or self.auxk_coef > 0:
+            var_l = (y_tok_layer_d - y_tok_layer_d.mean(0, keepdim=True)).pow(2).sum(dim=(0, 2))
+        if self.recon_loss == "fvu":  # each layer weighted equally; d * sum_l FVU_l ~ the sum's scale
+            err_l = (y_hat - y_tok_layer_d).pow(2).sum(dim=(0, 2))
+            recon = y_tok_layer_d.shape[-1] * (err_l / var_l.clamp_min(1e-12)).sum()
+        else:
+            recon = torch.nn.functional.mse_loss(y_hat, y_tok_layer_d, reduction="sum") / n_tok
         loss = recon + sparsity_coef * sparsity
-        if preact is None:  # topk: no threshold to keep features alive with
-            preact = torch.zeros((), device=loss.device)
-        elif self.preact_coef > 0:
+        if self.preact_coef > 0 and tc.cfg.activation in ("jumprelu", "relu"):
             loss = loss + self.preact_coef * preact
-        parts = {"recon": recon.detach(), "sparsity": sparsity.detach(), "preact": preact.detach()}
+        auxk = zero
+        if self.auxk_coef > 0 and dead_mask_lf is not None and bool(dead_mask_lf.any()):
+            auxk = auxk_loss(tc, pre_lnf, (y_tok_layer_d - y_hat).detach(), var_l, dead_mask_lf, self.auxk_k)
+            loss = loss + self.auxk_coef * auxk
+        parts = {"recon": recon.detach(), "sparsity": sparsity.detach(), "preact": preact.detach(),
+                 "auxk": auxk.detach()}
         return loss, parts, y_hat.detach(), acts_lnf.detach()

@@ -21,7 +21,7 @@ class TranscoderRules:
     def activate_layer(self, pre_feat: torch.Tensor, layer: int) -> torch.Tensor:
         """Activations a [..., F] of one layer's features (same rule as `activate`)."""
         act = self.cfg.activation
-        if act == "jumprelu":
+        if act in ("jumprelu", "batchtopk"):  # batchtopk outside training: JumpReLU at its learnt threshold
             return pre_feat * (pre_feat > self.threshold[layer])
         if act == "relu":
             return pre_feat.relu()

@@ -55,6 +55,20 @@ class TrainConfig(BaseModel):
     preact_coef: float = Field(3e-6, ge=0, le=1e12, description="pre-activation loss coefficient (keeps features alive)")
     revive_after_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS, description="apply the pre-activation loss only to "
                                             "features silent for this many tokens (unset or 0: to every feature)")
+    recon_loss: Literal["sum", "fvu"] = Field("sum", description="reconstruction term: sum of squared errors over "
+                                              "layers (sum), or d * sum_l FVU_l on the batch, each layer weighted "
+                                              "equally (fvu)")
+    decoder_init: Literal["uniform", "zero", "encoder"] = Field(
+        "uniform", description="decoder start: uniform random, zero, or each feature's unit-norm encoder row "
+        "(at its own layer; zero elsewhere)")
+    encoder_bias_init: Literal["zero", "centred"] = Field(
+        "zero", description="encoder bias start: zero, or -W_enc E[x] (features read centred inputs at the start)")
+    decoder_unit_norm: bool = Field(False, description="rescale every feature's decoder to norm 1 after each step "
+                                    "(TopK / BatchTopK; the tanh penalty of JumpReLU reads the norms)")
+    auxk_coef: float = Field(0.0, ge=0, le=1e12, description="AuxK coefficient: the top --auxk-k dead features "
+                             "(silent for --revive-after-tokens, default --dead-after-tokens) reconstruct the residual")
+    auxk_k: int | None = Field(None, gt=0, le=1 << 20, description="dead features per token in the AuxK term "
+                               "(default d_model / 2)")
     threshold_init: float = Field(0.5, ge=0, le=1e12, description="initial JumpReLU threshold (normalised units)")
     dead_after_tokens: int = Field(1_000_000, gt=0, le=MAX_TOKENS, description="a feature silent this many tokens counts as dead")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="random seed (init, shuffling)")
@@ -64,7 +78,10 @@ class TrainConfig(BaseModel):
     log_every: int = Field(25, gt=0, le=10**12, description="steps between progress / JSONL log lines")
     eval_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS, description="held-out tokens scored after training "
                                     "(default: a tenth of --tokens, 2048 to 32768; 0: no score)")
-    cache_dir: str | None = Field(None, description="memory-mapped activation cache folder (reused across runs)")
+    cache_dir: str | None = Field(None, description="memory-mapped activation cache folder (reused across runs; "
+                                  "`circuits transcoders cache-activations` builds one)")
+    cache_dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="storage precision of --cache-dir "
+                                                        "(bfloat16: half the disk and reads)")
     threads: int | None = Field(None, ge=1, le=4096, description="CPU threads for training (default: measure 1 vs torch's "
                                 "default on this machine and keep the faster; a busy machine often favours 1)")
 
@@ -72,6 +89,8 @@ class TrainConfig(BaseModel):
     def _check(self) -> "TrainConfig":
         if self.buffer_tokens is not None and self.buffer_tokens < self.batch_size:
             raise ValueError(f"buffer_tokens ({self.buffer_tokens}) must be >= batch_size ({self.batch_size})")
+        if self.decoder_unit_norm and self.transcoder.activation == "jumprelu":
+            raise ValueError("--decoder-unit-norm is for topk / batchtopk / relu (JumpReLU's penalty reads decoder norms)")
         return self
 
     def training_fields(self) -> dict:

@@ -40,7 +40,7 @@ class TrainLogger:
         self.t0 = time.perf_counter()
 
     def step(self, parts: dict, batch_size: int) -> None:
-        for key in ("loss", "recon", "sparsity", "preact", "err_layer", "var_layer", "active_layer"):
+        for key in ("loss", "recon", "sparsity", "preact", "auxk", "err_layer", "var_layer", "active_layer"):
             value = parts[key].detach().double().cpu()
             self.sums[key] = self.sums.get(key, 0) + (value if key.endswith("_layer") else value * parts["n"])
         self.sums["n"] = self.sums.get("n", 0) + parts["n"]
@@ -52,16 +52,16 @@ class TrainLogger:
     def flush(self, state) -> dict:
         if not self.n_steps:
             return {}
-        keys = ("loss", "recon", "sparsity", "preact", "n")
+        keys = ("loss", "recon", "sparsity", "preact", "auxk", "n")
         scal = all_reduce_sum(torch.tensor([float(self.sums[k]) for k in keys], dtype=torch.float64), self.info)
         err, var, act = (all_reduce_sum(self.sums[k], self.info) for k in ("err_layer", "var_layer", "active_layer"))
-        n = float(scal[4])
+        n = float(scal[5])
         fvu = err / var.clamp_min(1e-12)
         l0 = act / n
         secs = time.perf_counter() - self.t0
         rec = {"run": self.run_id, "step": state.step, "tokens": state.tokens_seen,
                "loss": float(scal[0] / n), "recon": float(scal[1] / n), "sparsity": float(scal[2] / n),
-               "preact": float(scal[3] / n), "lambda": self.last["lambda"], "lr": self.last["lr"],
+               "preact": float(scal[3] / n), "auxk": float(scal[4] / n), "lambda": self.last["lambda"], "lr": self.last["lr"],
                "fvu_mean": float(fvu.mean()), "fvu_per_layer": [round(float(v), 5) for v in fvu],
                "l0_total": float(l0.sum()), "l0_per_layer": [round(float(v), 2) for v in l0],
                "dead_fraction": state.dead_fraction(), "tokens_per_s": n / max(secs, 1e-9),

@@ -18,6 +18,33 @@ from transcoders.train_config import TrainConfig
 from transcoders.transcoder import Transcoder
 
 
+@torch.no_grad()
+def init_from_data(tc: Transcoder, cfg: TrainConfig, x_mean_ld: torch.Tensor) -> None:
+    """--decoder-init and --encoder-bias-init on normalised data (x_mean_ld [L, d]: mean input)."""
+    if cfg.decoder_init == "zero":
+        for W in tc.W_dec:
+            W.zero_()
+    elif cfg.decoder_init == "encoder":
+        unit_lfd = tc.W_enc / tc.W_enc.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        for l, W in enumerate(tc.W_dec):
+            W.zero_()
+            W[:, 0].copy_(unit_lfd[l])
+    if cfg.encoder_bias_init == "centred":
+        tc.b_enc.copy_(-torch.einsum("lfd,ld->lf", tc.W_enc, x_mean_ld))
+
+
+@torch.no_grad()
+def update_batchtopk_threshold(tc: Transcoder, acts_lnf: torch.Tensor, step: int, decay: float = 0.9) -> None:
+    """theta_l <- running mean (EMA) of the smallest activation BatchTopK kept at layer l; outside
+    training a feature fires when its pre-activation exceeds theta_l (Bussmann et al. 2024). The
+    time constant is ~10 steps: on runs of a few hundred steps a slower average (0.99) remembered
+    the first steps' small activations and gave 4x the L0 at inference."""
+    kept_min_l = acts_lnf.masked_fill(acts_lnf <= 0, float("inf")).amin(dim=(1, 2))
+    kept_min_l = torch.where(torch.isfinite(kept_min_l), kept_min_l, tc.threshold[:, 0])
+    rate = 1.0 if step == 0 else 1 - decay
+    tc.threshold.mul_(1 - rate).add_(rate * kept_min_l[:, None])
+
+
 class TrainState:
     def __init__(self, cfg: TrainConfig, n_layers: int, d_model: int, device: str, info: DistInfo,
                  model_name: str, source_id: str):
@@ -34,10 +61,11 @@ class TrainState:
         self.silent_tokens_layer_feat = torch.zeros(L, F, dtype=torch.long)
         torch.manual_seed(cfg.seed)
         self.tc = Transcoder(self.tcfg, device=device)
-        if self.tc.threshold is not None:
+        if self.tc.cfg.activation == "jumprelu":  # batchtopk: its threshold is set from the first batch
             with torch.no_grad():
                 self.tc.threshold.fill_(cfg.threshold_init)
-        self.objective = TranscoderObjective(self.tc, cfg.sparsity_c, cfg.preact_coef)
+        self.objective = TranscoderObjective(self.tc, cfg.sparsity_c, cfg.preact_coef, cfg.recon_loss,
+                                             cfg.auxk_coef, cfg.auxk_k)
         self.module = wrap_ddp(self.objective, info, device)
         self.opt = torch.optim.Adam(self.objective.parameters(), lr=cfg.lr, fused=True)
 
@@ -48,6 +76,8 @@ class TrainState:
         self.s_in, self.s_out = estimate_scales(x0_tok_layer_d), estimate_scales(y0_tok_layer_d)
         y_mean = (y0_tok_layer_d * self.s_out[None, :, None]).mean(0)
         self.tc.b_dec.copy_(y_mean.to(self.tc.b_dec.device))
+        x_mean_ld = (x0_tok_layer_d * self.s_in[None, :, None]).mean(0).to(self.tc.W_enc.device)
+        init_from_data(self.tc, self.cfg, x_mean_ld)
 
     # --- one optimisation step -------------------------------------------------------------------
     def train_step(self, x_tok_layer_d: torch.Tensor, y_tok_layer_d: torch.Tensor, lr: float, lam: float) -> dict:
@@ -56,12 +86,18 @@ class TrainState:
         y = (y_tok_layer_d.to(dev) * self.s_out.to(dev)[None, :, None])
         for group in self.opt.param_groups:
             group["lr"] = lr
-        loss, parts, y_hat, acts = self.module(x, y, lam, self.preact_mask())
+        dead = self.dead_mask() if self.cfg.auxk_coef > 0 else None
+        loss, parts, y_hat, acts = self.module(x, y, lam, self.preact_mask(), dead)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.objective.parameters(), self.cfg.grad_clip)
         self.opt.step()
         with torch.no_grad():
+            if self.cfg.decoder_unit_norm:
+                for W in self.tc.W_dec:
+                    W.div_(W.pow(2).sum(dim=(1, 2), keepdim=True).sqrt().clamp_min(1e-8))
+            if self.tc.cfg.activation == "batchtopk":
+                update_batchtopk_threshold(self.tc, acts, self.step)
             active_lnf = acts != 0  # acts [L, N, F]
             fired = all_reduce_sum(active_lnf.any(1).long(), self.info).cpu() > 0
             n_global = x.shape[0] * self.info.world_size
@@ -81,6 +117,11 @@ class TrainState:
             return None
         return (self.silent_tokens_layer_feat >= self.cfg.revive_after_tokens).float().to(self.device)
 
+    def dead_mask(self) -> torch.Tensor:
+        """[L, F] 0/1: features silent for --revive-after-tokens (default --dead-after-tokens), for AuxK."""
+        window = self.cfg.revive_after_tokens or self.cfg.dead_after_tokens
+        return (self.silent_tokens_layer_feat >= window).float().to(self.device)
+
     def dead_fraction(self) -> float:
         window = min(self.cfg.dead_after_tokens, max(self.tokens_seen // 2, 1))
         return float((self.silent_tokens_layer_feat >= window).float().mean())
@@ -93,7 +134,8 @@ class TrainState:
 
     # --- results -------------------------------------------------------------------------------
     def raw_transcoder(self) -> Transcoder:
-        return fold_normalization(self.tc, self.s_in, self.s_out)
+        """The transcoder on raw activations (a BatchTopK one as JumpReLU at its learnt thresholds)."""
+        return fold_normalization(self.tc, self.s_in, self.s_out).as_jumprelu()
 
     def summary(self) -> dict:
         secs = self.elapsed()

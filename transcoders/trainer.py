@@ -164,9 +164,11 @@ def _make_source(read_layers: LayerReader, sequences, cfg: TrainConfig, source_i
         except NonFiniteActivations as exc:
             raise TranscoderError(f"{exc} while collecting activations (before step 0)") from None
     cache = Path(cfg.cache_dir)
-    if info.is_main and not cache_matches(cache, source_id, arch.input_hook, arch.output_hook, n_rows):
-        check_room(n_rows, read_layers.n_layers, read_layers.d_model, 4, cache)
-        build_activation_cache(live, n_rows, cache, source_id, progress=collect_progress(progress, n_rows))
+    if info.is_main and not cache_matches(cache, source_id, arch.input_hook, arch.output_hook, n_rows,
+                                          cfg.seq_len, cfg.cache_dtype):
+        check_room(n_rows, read_layers.n_layers, read_layers.d_model, 2 if cfg.cache_dtype == "bfloat16" else 4, cache)
+        build_activation_cache(live, n_rows, cache, source_id, dtype=cfg.cache_dtype,
+                               progress=collect_progress(progress, n_rows), seq_len=cfg.seq_len)
     barrier(info)
     return CachedActivationSource(cache, group)
 

@@ -35,6 +35,8 @@ class Transcoder(TranscoderRules, nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(L, d, **kw))
         if cfg.activation == "jumprelu":
             self.threshold = nn.Parameter(torch.zeros(L, F, **kw))
+        elif cfg.activation == "batchtopk":  # learnt from batch statistics, not by gradient
+            self.threshold = nn.Parameter(torch.zeros(L, F, **kw), requires_grad=False)
         else:
             self.register_parameter("threshold", None)
         if cfg.skip:
@@ -65,6 +67,8 @@ class Transcoder(TranscoderRules, nn.Module):
             return jumprelu(pre_layer_feat, self.threshold, self.cfg.jumprelu_bandwidth)
         if act == "relu":
             return pre_layer_feat.relu()
+        if act == "batchtopk":  # outside training: JumpReLU at the learnt threshold
+            return pre_layer_feat * (pre_layer_feat > self.threshold)
         return topk_relu(pre_layer_feat, self.cfg.topk)
 
     def encode_layer(self, x_pos_d: torch.Tensor, layer: int) -> torch.Tensor:
@@ -108,6 +112,16 @@ class Transcoder(TranscoderRules, nn.Module):
         pre = self.encode(x_layer_d)
         acts = self.activate(pre)
         return self.decode(acts, x_layer_d), acts, pre
+
+    def as_jumprelu(self) -> "Transcoder":
+        """This transcoder as a JumpReLU one with the same weights and thresholds (a BatchTopK
+        transcoder outside training is exactly that); other activations are returned unchanged."""
+        if self.cfg.activation != "batchtopk":
+            return self
+        out = Transcoder(self.cfg.model_copy(update={"activation": "jumprelu"}), dtype=self.dtype,
+                         device=self.W_enc.device)
+        out.load_state_dict(self.state_dict())
+        return out
 
     # --- views used by attribution and the loss ----------------------------------------------
     def decoder_norms(self) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from circuits.cli.common import DEVICE_OPTION, HELP, console, output_file_option, pick_device, print_json
-from circuits.cli.options import build_config, flag, given, with_config_options
+from circuits.cli.options import build_config, flag, given, number_option, with_config_options
 from transcoders.train_config import TrainConfig
 
 app = typer.Typer(**HELP, help="Train and inspect transcoders (CLT / PLT).", no_args_is_help=True)
@@ -128,6 +128,37 @@ def train_cmd(
 
 
 app.command("train")(train_cmd)
+
+
+@app.command("cache-activations")
+def cache_activations_cmd(
+    model: str = typer.Option(..., "--model", help="Model: built-in name, checkpoint dir or hub id."),
+    tokens: Optional[int] = number_option(None, "--tokens", min=1, max=10**12, help="Training positions to store "
+                                          "(default: the model's default training config's)."),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="Text file or dataset name; default: the "
+                                         "built-in model's own corpus."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Cache folder; default "
+                                       "$CIRCUITS_HOME/activations/<model>/<key>."),
+    seq_len: Optional[int] = number_option(None, "--seq-len", min=2, max=1 << 20, help="Window length "
+                                           "(default: the model's default training config)."),
+    cache_dtype: Optional[str] = typer.Option(None, "--cache-dtype", help="bfloat16 (default) or float32."),
+    device: str = DEVICE_OPTION,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Run the model over the corpus once and store every layer's (input, MLP output) activations,
+    memory-mapped; `train --cache-dir DIR` then trains from them without the model forward."""
+    from circuits.models import load_model
+    from circuits.training.activations import cache_activations
+
+    overrides = {k: v for k, v in {"seq_len": seq_len, "cache_dtype": cache_dtype}.items() if v is not None}
+    cfg = resolve_config(model, Path("."), False, overrides)
+    if out is not None:
+        from transcoders.activation_cache import check_cache_dir
+
+        check_cache_dir(out)
+    loaded = load_model(model, device=pick_device(device), progress=progress)
+    path = cache_activations(loaded, cfg, tokens or cfg.tokens, corpus, out, progress=progress)
+    print(path)
 
 
 @app.command("info")

@@ -144,3 +144,29 @@ def test_a_training_hook_the_model_lacks_is_one_line_naming_the_option(world_tin
     line = _one_error_line(err)
     assert code == 2 and "input hook 'hook_nowhere' does not exist in the model (no blocks.0.hook_nowhere)" in line
     assert "set --input-hook to one of" in line and not (tmp_path / "h").exists()
+
+
+def test_cache_activations_then_train_from_the_cache(world_tiny, tmp_path, capsys):
+    """`transcoders cache-activations` runs the model once; `train --cache-dir` reads that cache (a
+    matching cache is reused, not rebuilt); a folder of the user's files is refused, untouched."""
+    cache = tmp_path / "acts"
+    code, out, err = run(["transcoders", "cache-activations", "--model", "world-tiny", "--tokens", "3000",
+                          "--out", str(cache), "--no-progress"], capsys)
+    assert code == 0, err
+    meta = json.loads((cache / "meta.json").read_text())
+    assert meta["n_tokens"] == 3000 and meta["dtype"] == "bfloat16" and out.strip().endswith(str(cache))
+    stamp = (cache / "x.npy").stat().st_mtime_ns
+    code, _, err = run(["transcoders", "train", "--model", "world-tiny", "--out", str(tmp_path / "t"),
+                        "--cache-dir", str(cache), "--activation-tokens", "3000", "--eval-tokens", "0", *FAST], capsys)
+    assert code == 0, err
+    assert (cache / "x.npy").stat().st_mtime_ns == stamp  # reused by train
+    code, _, err = run(["transcoders", "cache-activations", "--model", "world-tiny", "--tokens", "2000",
+                        "--out", str(cache), "--no-progress"], capsys)
+    assert code == 0 and (cache / "x.npy").stat().st_mtime_ns == stamp  # holds enough rows: kept
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    code, _, err = run(["transcoders", "cache-activations", "--model", "world-tiny", "--tokens", "100",
+                        "--out", str(mine), "--no-progress"], capsys)
+    assert code == 2 and "not an activation cache" in _one_error_line(err)
+    assert (mine / "notes.txt").read_text() == "keep"

@@ -115,7 +115,7 @@ def test_bad_settings_are_rejected():
 def test_plt_topk_and_activation_cache(model, seqs, tmp_path):
     cache = tmp_path / "cache"
     res = _train(model, seqs, tmp_path / "t", kind="plt", activation="topk", topk=4, cache_dir=str(cache),
-                 tokens=6_000)
+                 cache_dtype="float32", tokens=6_000)
     assert (cache / "meta.json").exists() and res.metrics["training"]["l0_total"] == pytest.approx(8, abs=0.01)
     import numpy as np
 
