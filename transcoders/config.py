@@ -38,7 +38,7 @@ class TranscoderArchitecture(BaseModel):
             raise ValueError(f"activation '{self.activation}' needs --topk K")
         if self.activation not in ("topk", "batchtopk") and self.topk is not None:  # an option that would do nothing
             raise ValueError(f"--topk {self.topk} does nothing with activation '{self.activation}': "
-                             "add --activation topk (or batchtopk), or drop --topk")
+                             "add --activation topk, or drop --topk")
         if self.topk is not None and self.topk > self.n_features:
             raise ValueError(f"--topk {self.topk} is more than the {self.n_features} features per layer "
                              "(--features): k active features per layer cannot hold")
