@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from circuits.attribution.frozen_backward import FrozenBlocks
+from circuits.attribution.influence import feature_influence, logit_flow, next_round
 from circuits.attribution.memory import TraceShape, choose_feature_cap
+from circuits.attribution.row_store import RowStore
 from circuits.attribution.rows import SourceLayout, compute_rows
 from circuits.attribution.targets import (LogitTargets, TargetSeeds, add_custom_target, feature_seeds,
                                           logit_seeds, select_logits)
@@ -37,14 +39,16 @@ class CustomTarget:
 
 @dataclass
 class Attribution:
-    """The raw result: rows for the logit targets and the chosen features, over all sources."""
+    """The raw result: rows for the logit targets and the chosen features, over the graph's
+    sources (the chosen features, errors, tokens: `source_cols` of the layout's columns)."""
 
     rep: LocalReplacement
     logits: LogitTargets
     feature_idx: torch.Tensor  # [n_chosen] indices into rep.features, in node order
-    logit_rows: torch.Tensor  # [n_logits, n_sources]
-    feature_rows: torch.Tensor  # [n_chosen, n_sources]
+    logit_rows: torch.Tensor  # [n_logits, n_graph_sources]
+    feature_rows: torch.Tensor  # [n_chosen, n_graph_sources]
     layout: SourceLayout
+    source_cols: torch.Tensor  # [n_graph_sources] the layout's columns the rows keep
     timing_seconds: dict = field(default_factory=dict)
     threads: list[int] = field(default_factory=list)  # torch threads used, in order of change
 
@@ -79,34 +83,6 @@ def _rows_in_batches(rep, blocks, transcoder, layout, seeds: TargetSeeds, batch_
 
 
 INFLUENCE_UPDATE_DIVISOR = 4
-INFLUENCE_CHUNK_ROWS = 1024  # rows normalised at a time: no full-size copies of the feature rows
-
-
-def _normalised_flow(flow_r: torch.Tensor, rows_r_s: torch.Tensor, n_features: int) -> torch.Tensor:
-    """flow @ A_hat[:, :n_features], A_hat = |rows| with each row scaled to sum 1, in row chunks."""
-    out = torch.zeros(n_features, dtype=rows_r_s.dtype, device=rows_r_s.device)
-    for start in range(0, rows_r_s.shape[0], INFLUENCE_CHUNK_ROWS):
-        a = rows_r_s[start:start + INFLUENCE_CHUNK_ROWS].abs()
-        scale = flow_r[start:start + INFLUENCE_CHUNK_ROWS] / a.sum(1).clamp_min(1e-30)
-        out += scale @ a[:, :n_features]
-    return out
-
-
-def _feature_influence(logit_rows: torch.Tensor, logit_weights: torch.Tensor, feature_rows: torch.Tensor,
-                       visited: torch.Tensor, n_features: int, max_depth: int) -> torch.Tensor:
-    """Influence w^T (A_hat + A_hat^2 + ...) on every active feature, from the rows known so far
-    (unvisited features have no rows yet, so paths through them are not counted). feature_rows
-    [len(visited), n_sources] holds the visited features' rows, in `visited` order."""
-    flow = _normalised_flow(logit_weights, logit_rows, n_features)  # [n_features]
-    influence = flow.clone()
-    for _ in range(max_depth):
-        if not len(visited):
-            break
-        flow = _normalised_flow(flow[visited], feature_rows, n_features)
-        influence += flow
-        if float(flow.abs().max()) < 1e-12:
-            break
-    return influence
 
 
 @torch.no_grad()
@@ -160,9 +136,17 @@ def _attribute(model, transcoder, tokens_pos, max_n_logits, desired_logit_prob, 
     else:
         chosen, feature_rows = _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows,
                                                     n_chosen, batch_size, bar)
+        logit_rows = logit_rows[:, graph_source_columns(chosen, layout)]
     bar.close()
     timing["attribution"] = time.perf_counter() - t1
-    return Attribution(rep, logits, chosen, logit_rows, feature_rows, layout, timing)
+    return Attribution(rep, logits, chosen, logit_rows, feature_rows, layout,
+                       graph_source_columns(chosen, layout), timing)
+
+
+def graph_source_columns(chosen: torch.Tensor, layout: SourceLayout) -> torch.Tensor:
+    """The layout's columns the graph keeps: the chosen features, then every error and token."""
+    rest = torch.arange(layout.n_features, layout.n_sources, device=chosen.device)
+    return torch.cat([chosen, rest])
 
 
 def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int) -> TraceShape:
@@ -176,27 +160,24 @@ def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int)
 
 
 def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_chosen, batch_size, bar):
+    """(chosen features in node order, their rows over the graph's sources): rounds of the most
+    influential unvisited features (circuits.attribution.influence), their rows kept in a RowStore."""
     n_active = len(rep.features)
-    device = logit_rows.device
-    visited = torch.empty(n_chosen, dtype=torch.long, device=device)
-    feature_rows = torch.empty(n_chosen, layout.n_sources, device=device)  # filled in visiting order
-    weights = logits.weights.to(device).float()
-    n_done = 0
-    while n_done < n_chosen:
-        influence = _feature_influence(logit_rows, weights, feature_rows[:n_done], visited[:n_done], n_active,
-                                       rep.error_layer_pos_d.shape[0] + 1)
-        influence[visited[:n_done]] = -1.0
-        # influence is re-estimated after every quarter of growth (at least one batch): the cost of
-        # re-estimating grows with the rows known, so per-batch updates made long prompts quadratic
-        k = min(max(batch_size, n_done // INFLUENCE_UPDATE_DIVISOR), n_chosen - n_done)
-        new = influence.topk(k).indices
-        _rows_in_batches(rep, blocks, transcoder, layout, feature_seeds(rep, blocks, transcoder, new), batch_size,
-                         bar, out=feature_rows[n_done:n_done + k])
-        visited[n_done:n_done + k] = new
-        n_done += k
-    order = torch.argsort(visited)  # node order follows rep.features (layer, position, feature)
-    permute_rows_in_place(feature_rows, order)
-    return visited[order], feature_rows
+    store = RowStore(rep.features.layer, blocks.n_layers, layout.n_sources)
+    flow_f = logit_flow(logits.weights.to(logit_rows.device).float(), logit_rows, n_active)
+    max_depth = rep.error_layer_pos_d.shape[0] + 1
+    batch = bounded_batch_size(batch_size, rep.n_pos, blocks.n_layers, rep.embed_pos_d.shape[1])
+    while store.n_rows < n_chosen:
+        influence = feature_influence(flow_f, store, max_depth)
+        new = next_round(influence, store.visited, store.n_rows, n_chosen, batch_size, INFLUENCE_UPDATE_DIVISOR)
+        seeds = feature_seeds(rep, blocks, transcoder, new)
+        order = torch.argsort(seeds.layer * (rep.n_pos + 1) + seeds.position)  # group causal cones
+        for sl in _batches(len(new), batch):
+            idx = order[sl]
+            store.add(new[idx], compute_rows(rep, blocks, transcoder, layout, seeds.select(idx)))
+            bar(len(idx))
+    chosen = store.visited.sort().values  # node order follows rep.features (layer, position, feature)
+    return chosen, store.chosen_rows(chosen)
 
 
 def permute_rows_in_place(rows: torch.Tensor, order: torch.Tensor) -> None:
@@ -249,23 +230,14 @@ def _progress_bar(enabled: bool, total: int, on_batch):
     return update
 
 
-EDGE_CHUNK_ROWS = 1024  # rows gathered at a time: no second full-size copy of the rows
-
-
 def graph_edges(attr: Attribution) -> np.ndarray:
     """The graph's edges, float32 [n_targets, n_sources] (graphs.Graph.edges): rows = the chosen
-    features then the logits, columns = the chosen features, errors, embeddings. A copy of the
-    rows' entries (no arithmetic), gathered in row chunks."""
-    layout = attr.layout
-    device = attr.logit_rows.device
-    source_cols = torch.cat([attr.feature_idx.to(device),
-                             torch.arange(layout.n_features, layout.n_sources, device=device)])
+    features then the logits, columns = the chosen features, errors, embeddings (the rows' own
+    columns: a copy, no arithmetic)."""
     n_f = len(attr.feature_idx)
-    edges = np.empty((n_f + attr.logit_rows.shape[0], source_cols.shape[0]), dtype=np.float32)
-    for offset, rows in ((0, attr.feature_rows), (n_f, attr.logit_rows)):
-        for start in range(0, rows.shape[0], EDGE_CHUNK_ROWS):
-            chunk = rows[start:start + EDGE_CHUNK_ROWS][:, source_cols]
-            edges[offset + start:offset + start + chunk.shape[0]] = chunk.float().cpu().numpy()
+    edges = np.empty((n_f + attr.logit_rows.shape[0], attr.source_cols.shape[0]), dtype=np.float32)
+    edges[:n_f] = attr.feature_rows.float().cpu().numpy()
+    edges[n_f:] = attr.logit_rows.float().cpu().numpy()
     return edges
 
 

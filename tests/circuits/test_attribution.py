@@ -143,9 +143,12 @@ def test_max_feature_nodes_keeps_the_same_rows(ln_model):
     some = attribute(ln_model, tc, tokens, max_feature_nodes=20, batch_size=8)
     assert len(some.feature_idx) == 20 < len(full.feature_idx)
     assert torch.equal(some.feature_idx, some.feature_idx.sort().values)
-    assert torch.allclose(some.feature_rows, full.feature_rows[some.feature_idx], atol=1e-5)
+    # the capped rows keep the graph's columns: the chosen features, errors and tokens
+    assert torch.equal(some.source_cols[:20], some.feature_idx)
+    assert torch.allclose(some.feature_rows, full.feature_rows[some.feature_idx][:, some.source_cols], atol=1e-5)
+    assert torch.allclose(some.logit_rows, full.logit_rows[:, some.source_cols], atol=1e-5)
     # the chosen features are those with the most influence on the logits, not arbitrary ones:
-    direct = some.logit_rows[:, : some.layout.n_features].abs().sum(0)
+    direct = full.logit_rows[:, : full.layout.n_features].abs().sum(0)
     assert direct[some.feature_idx].mean() > direct.mean()
 
 
