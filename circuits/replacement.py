@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from circuits.errors import CircuitsError
+from circuits.frozen_patterns import FrozenPatterns
 from circuits.hooks import block_hook, capture_layers, check_transcoder_fits, transcoder_hooks
 
 
@@ -40,7 +41,7 @@ class LocalReplacement:
 
     tokens: torch.Tensor  # [P]
     embed_pos_d: torch.Tensor  # [P, d] token embeddings W_E[token] (learned position embeddings are a constant)
-    patterns: list[torch.Tensor]  # L x [H, P, P] attention patterns (query, key)
+    patterns: FrozenPatterns  # L x [H, P, P] attention patterns (query, key), kept causally
     ln1_scale_layer_pos: torch.Tensor  # [L, P] frozen scale of each block's attention-input norm
     ln2_scale_layer_pos: torch.Tensor  # [L, P] frozen scale of each block's MLP-input norm
     lnf_scale_pos: torch.Tensor  # [P] frozen scale of the final norm
@@ -148,13 +149,16 @@ def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> Loca
     tokens_pos = tokens_pos.to(model.cfg.device)
     extra = {"hook_embed", "ln_final.hook_scale", block_hook(L - 1, "hook_resid_post")}
     for l in range(L):
-        extra |= {block_hook(l, "attn.hook_pattern"), block_hook(l, "ln1.hook_scale"), block_hook(l, "ln2.hook_scale")}
-    missing = [n for n in sorted(extra) if n not in model.hook_dict and "hook_scale" not in n]
+        extra |= {block_hook(l, "ln1.hook_scale"), block_hook(l, "ln2.hook_scale")}
+    pattern_hooks = [block_hook(l, "attn.hook_pattern") for l in range(L)]
+    missing = [n for n in sorted(extra) + pattern_hooks if n not in model.hook_dict and "hook_scale" not in n]
     if missing:
         raise CircuitsError(f"the model has no hook {missing[0]}: its architecture is not supported for tracing")
     extra |= {n for n in model.hook_dict if _is_norm_scale(n)}
+    patterns = FrozenPatterns(L, int(tokens_pos.shape[0]))  # kept causally as each layer runs
     with logits_before_soft_cap(model):
-        cap = capture_layers(model, tokens_pos[None], transcoder.cfg.input_hook, transcoder.cfg.output_hook, extra)
+        cap = capture_layers(model, tokens_pos[None], transcoder.cfg.input_hook, transcoder.cfg.output_hook, extra,
+                             fwd_hooks=[(name, patterns.hook(l)) for l, name in enumerate(pattern_hooks)])
     cache, node_logits = cap.extra, cap.logits
     logits = soft_cap(node_logits, model)
     P = tokens_pos.shape[0]
@@ -181,7 +185,7 @@ def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> Loca
     return LocalReplacement(
         tokens=tokens_pos,
         embed_pos_d=cache["hook_embed"][0].float(),
-        patterns=[cache[block_hook(l, "attn.hook_pattern")][0].float() for l in range(L)],
+        patterns=patterns,
         ln1_scale_layer_pos=torch.stack([_scale_or_ones(cache, block_hook(l, "ln1.hook_scale"), P, dev)
                                          for l in range(L)]).float(),
         ln2_scale_layer_pos=torch.stack([_scale_or_ones(cache, block_hook(l, "ln2.hook_scale"), P, dev)

@@ -19,7 +19,8 @@ import torch
 
 from circuits.attribution.frozen_backward import FrozenBlocks
 from circuits.attribution.influence import feature_influence, logit_flow, next_round
-from circuits.attribution.memory import TraceShape, choose_feature_cap
+from circuits.attribution.memory import (TraceShape, check_forward_fits, choose_feature_cap, forward_bytes,
+                                         plan_decoders, resident_bytes)
 from circuits.attribution.row_store import RowStore
 from circuits.attribution.rows import SourceLayout, compute_rows
 from circuits.attribution.targets import (LogitTargets, TargetSeeds, add_custom_target, feature_seeds,
@@ -50,6 +51,7 @@ class Attribution:
     layout: SourceLayout
     source_cols: torch.Tensor  # [n_graph_sources] the layout's columns the rows keep
     timing_seconds: dict = field(default_factory=dict)
+    memory_plan: dict = field(default_factory=dict)  # the memory model's cap and predicted peak
     threads: list[int] = field(default_factory=list)  # torch threads used, in order of change
 
 
@@ -109,14 +111,22 @@ def _attribute(model, transcoder, tokens_pos, max_n_logits, desired_logit_prob, 
                max_feature_nodes, batch_size, progress, recheck_threads, memory_gb) -> Attribution:
     timing = {}
     t0 = time.perf_counter()
+    baseline = resident_bytes() if memory_gb is not None else 0
+    check_forward_fits(_forward_bytes(model, transcoder, len(tokens_pos)), len(tokens_pos), memory_gb, baseline)
     rep = build_local_replacement(model, transcoder, tokens_pos)
     blocks = FrozenBlocks(model)
     n_active = len(rep.features)
+    cache_decoders, plan = True, {}
     if memory_gb is not None:
         n_logits = max_n_logits + len(custom_targets or [])
-        shape = _trace_shape(rep, transcoder, blocks.n_layers, n_logits, batch_size)
+        shape = plan_decoders(_trace_shape(rep, transcoder, blocks.n_layers, n_logits, batch_size, baseline),
+                              memory_gb)
         max_feature_nodes = choose_feature_cap(shape, max_feature_nodes, memory_gb)
-    layout = SourceLayout(rep, transcoder)
+        cache_decoders = shape.cache_decoders
+        plan = {"budget_gb": memory_gb, "n_active": n_active, "n_chosen": max_feature_nodes,
+                "cache_decoders": cache_decoders, "baseline_bytes": baseline,
+                "predicted_bytes": shape.bytes_for(max_feature_nodes)}
+    layout = SourceLayout(rep, transcoder, cache_decoders)
     logits = select_logits(rep, blocks.W_U_d_vocab, max_n_logits, desired_logit_prob)
     x_final = _final_norm_output(model, rep)
     for target in custom_targets or []:
@@ -140,7 +150,7 @@ def _attribute(model, transcoder, tokens_pos, max_n_logits, desired_logit_prob, 
     bar.close()
     timing["attribution"] = time.perf_counter() - t1
     return Attribution(rep, logits, chosen, logit_rows, feature_rows, layout,
-                       graph_source_columns(chosen, layout), timing)
+                       graph_source_columns(chosen, layout), timing, plan)
 
 
 def graph_source_columns(chosen: torch.Tensor, layout: SourceLayout) -> torch.Tensor:
@@ -149,14 +159,21 @@ def graph_source_columns(chosen: torch.Tensor, layout: SourceLayout) -> torch.Te
     return torch.cat([chosen, rest])
 
 
-def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int) -> TraceShape:
+def _forward_bytes(model, transcoder, n_pos: int) -> int:
+    cfg = model.cfg
+    return forward_bytes(cfg.n_layers, cfg.n_heads, cfg.d_model, n_pos, transcoder.cfg.n_features, cfg.d_vocab)
+
+
+def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int, baseline: int) -> TraceShape:
     f, d = rep.features, rep.embed_pos_d.shape[1]
     per_layer = torch.bincount(f.layer.cpu(), minlength=n_layers).tolist()
     n_out = [transcoder.W_dec[l].shape[1] for l in range(n_layers)]  # [F, n_out, d]
     batch = bounded_batch_size(batch_size, rep.n_pos, n_layers, d)
+    kept = rep.patterns.nbytes + 4 * rep.error_layer_pos_d.numel() * rep.error_layer_pos_d.element_size()
     return TraceShape(n_active=len(f), n_errors=n_layers * (rep.n_pos - 1), n_pos=rep.n_pos, n_logits=n_logits,
                       decoder_floats=sum(c * o * d for c, o in zip(per_layer, n_out)),
-                      gradient_bytes=4 * batch * rep.n_pos * (n_layers + 1) * d)
+                      gradient_bytes=4 * batch * rep.n_pos * (n_layers + 1) * d, batch_rows=batch,
+                      fixed_bytes=kept, baseline_bytes=baseline)
 
 
 def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_chosen, batch_size, bar):

@@ -75,7 +75,7 @@ def to_graph(attr: Attribution, model, transcoder, prompt: str, *, model_identit
         logit_labels=logit_labels, prompt=prompt, token_ids=rep.tokens.tolist(), token_strs=token_strs,
         n_layers=L, model=model_identity or {"d_vocab": model.cfg.d_vocab},
         transcoders=transcoder_identity(transcoder, transcoder_path),
-        settings={**(settings or {}), "threads": attr.threads},
+        settings={**(settings or {}), "threads": attr.threads, "memory_plan": attr.memory_plan},
         timing_seconds={k: round(v, 4) for k, v in attr.timing_seconds.items()}, feature_labels=labels)
     if output_views:
         add_output_view_labels(graph, model, transcoder, range(len(feat_lpf)))
