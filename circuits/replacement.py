@@ -140,6 +140,14 @@ def _scale_or_ones(cache: dict, name: str, n_pos: int, device) -> torch.Tensor:
     return torch.ones(n_pos, device=device)
 
 
+def _with_norm_weight(model, normalized: torch.Tensor) -> torch.Tensor:
+    """ln_final's output from its hook_normalized (taken before its weight and bias)."""
+    norm = getattr(model, "ln_final", None)
+    w, b = getattr(norm, "w", None), getattr(norm, "b", None)
+    out = normalized * w if w is not None else normalized
+    return out + b if b is not None else out
+
+
 @torch.no_grad()
 def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> LocalReplacement:
     """Run the model on `tokens_pos` [P] and freeze what the local replacement model needs."""
@@ -156,10 +164,13 @@ def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> Loca
         raise CircuitsError(f"the model has no hook {missing[0]}: its architecture is not supported for tracing")
     extra |= {n for n in model.hook_dict if _is_norm_scale(n)}
     patterns = FrozenPatterns(L, int(tokens_pos.shape[0]))  # kept causally as each layer runs
-    with logits_before_soft_cap(model):
+    final = "ln_final.hook_normalized" if "ln_final.hook_normalized" in model.hook_dict else block_hook(L - 1, "hook_resid_post")
+    extra.add(final)
+    with logits_before_soft_cap(model):  # logits at the last position only: [P, vocab] is GBs at long prompts
         cap = capture_layers(model, tokens_pos[None], transcoder.cfg.input_hook, transcoder.cfg.output_hook, extra,
-                             fwd_hooks=[(name, patterns.hook(l)) for l, name in enumerate(pattern_hooks)])
-    cache, node_logits = cap.extra, cap.logits
+                             logits=False, fwd_hooks=[(name, patterns.hook(l)) for l, name in enumerate(pattern_hooks)])
+        cache = cap.extra
+        node_logits = model.unembed(_with_norm_weight(model, cache[final][:, -1:]))  # [1, 1, vocab]
     logits = soft_cap(node_logits, model)
     P = tokens_pos.shape[0]
     dev = logits.device

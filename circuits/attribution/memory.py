@@ -8,7 +8,8 @@ Before the forward pass (known from the prompt's length and the model's shape, `
 - the frozen attention patterns, kept causally (circuits.frozen_patterns), and the forward's own
   per-layer scores and pattern ([H, P, P] each, one layer at a time);
 - the captured activations ([L, P, d]: inputs, outputs, reconstruction, errors and their copies),
-  the transcoder's dense activations per layer ([L, P, F], twice while decoding), all logits [P, V].
+  the transcoder's dense activations per layer ([L, P, F], twice while decoding); logits only at
+  the last position.
 After it (`TraceShape`, once the active features are known), the larger of two phases:
 - attribution: what the local replacement model keeps; the logit rows over every source; the
   activation-scaled decoders (kept when they take at most DECODER_CACHE_SHARE of the budget, else
@@ -52,7 +53,7 @@ def forward_bytes(n_layers: int, n_heads: int, d_model: int, n_pos: int, n_trans
     patterns = causal_pattern_bytes(n_layers, n_heads, n_pos) + 3 * n_heads * n_pos * n_pos * _F32
     activations = 8 * n_layers * n_pos * d_model * _F32
     dense_features = 2 * n_layers * n_pos * n_transcoder_features * _F32
-    return patterns + activations + dense_features + n_pos * d_vocab * _F32
+    return patterns + activations + dense_features + 2 * d_vocab * _F32
 
 
 def check_forward_fits(n_bytes: int, n_pos: int, memory_gb: float | None, baseline_bytes: int) -> None:
