@@ -19,8 +19,8 @@ import torch
 
 from circuits.attribution.frozen_backward import FrozenBlocks
 from circuits.attribution.influence import feature_influence, logit_flow, next_round
-from circuits.attribution.memory import (TraceShape, check_forward_fits, choose_feature_cap, forward_bytes,
-                                         plan_decoders, resident_bytes)
+from circuits.attribution.memory import (TraceShape, check_forward_fits, forward_bytes, plan_decoders, plan_rows,
+                                         resident_bytes)
 from circuits.attribution.row_store import RowStore
 from circuits.attribution.rows import SourceLayout, compute_rows
 from circuits.attribution.targets import (LogitTargets, TargetSeeds, add_custom_target, feature_seeds,
@@ -116,16 +116,18 @@ def _attribute(model, transcoder, tokens_pos, max_n_logits, desired_logit_prob, 
     rep = build_local_replacement(model, transcoder, tokens_pos)
     blocks = FrozenBlocks(model)
     n_active = len(rep.features)
-    cache_decoders, plan = True, {}
+    cache_decoders, plan, store_limit = True, {}, None
     if memory_gb is not None:
         n_logits = max_n_logits + len(custom_targets or [])
-        shape = plan_decoders(_trace_shape(rep, transcoder, blocks.n_layers, n_logits, batch_size, baseline),
-                              memory_gb)
-        max_feature_nodes = choose_feature_cap(shape, max_feature_nodes, memory_gb)
+        W_O = blocks.W_O_head_e_d[0]
+        shape = plan_decoders(_trace_shape(rep, transcoder, blocks.n_layers, n_logits, batch_size, baseline,
+                                           (W_O.shape[0], W_O.shape[1])), memory_gb)
+        rows_plan = plan_rows(shape, max_feature_nodes, memory_gb)
+        max_feature_nodes, store_limit = rows_plan.n_chosen, rows_plan.store_limit
         cache_decoders = shape.cache_decoders
-        plan = {"budget_gb": memory_gb, "n_active": n_active, "n_chosen": max_feature_nodes,
+        plan = {"budget_gb": memory_gb, "n_active": n_active, "cap": max_feature_nodes, "store_limit": store_limit,
                 "cache_decoders": cache_decoders, "baseline_bytes": baseline,
-                "predicted_bytes": shape.bytes_for(max_feature_nodes)}
+                "predicted_bytes": rows_plan.predicted_bytes}
     layout = SourceLayout(rep, transcoder, cache_decoders)
     logits = select_logits(rep, blocks.W_U_d_vocab, max_n_logits, desired_logit_prob)
     x_final = _final_norm_output(model, rep)
@@ -139,15 +141,16 @@ def _attribute(model, transcoder, tokens_pos, max_n_logits, desired_logit_prob, 
     bar = _progress_bar(progress, len(logits.labels) + n_chosen, recheck_threads)
     logit_rows = _rows_in_batches(rep, blocks, transcoder, layout, logit_seeds(rep, blocks, logits),
                                   batch_size, bar)
-    if n_chosen == n_active:
+    if n_chosen == n_active and store_limit is None:
         chosen = torch.arange(n_active, device=logit_rows.device)
         feature_rows = _rows_in_batches(rep, blocks, transcoder, layout,
                                         feature_seeds(rep, blocks, transcoder, chosen), batch_size, bar)
     else:
         chosen, feature_rows = _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows,
-                                                    n_chosen, batch_size, bar)
+                                                    n_chosen, batch_size, bar, store_limit)
         logit_rows = logit_rows[:, graph_source_columns(chosen, layout)]
     bar.close()
+    plan["n_chosen"] = len(chosen)
     timing["attribution"] = time.perf_counter() - t1
     return Attribution(rep, logits, chosen, logit_rows, feature_rows, layout,
                        graph_source_columns(chosen, layout), timing, plan)
@@ -164,21 +167,26 @@ def _forward_bytes(model, transcoder, n_pos: int) -> int:
     return forward_bytes(cfg.n_layers, cfg.n_heads, cfg.d_model, n_pos, transcoder.cfg.n_features, cfg.d_vocab)
 
 
-def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int, baseline: int) -> TraceShape:
+def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int, baseline: int,
+                 W_O_shape: tuple[int, int]) -> TraceShape:
     f, d = rep.features, rep.embed_pos_d.shape[1]
     per_layer = torch.bincount(f.layer.cpu(), minlength=n_layers).tolist()
     n_out = [transcoder.W_dec[l].shape[1] for l in range(n_layers)]  # [F, n_out, d]
     batch = bounded_batch_size(batch_size, rep.n_pos, n_layers, d)
     kept = rep.patterns.nbytes + 4 * rep.error_layer_pos_d.numel() * rep.error_layer_pos_d.element_size()
+    H, e = W_O_shape
+    sweep_temps = 4 * batch * rep.n_pos * (2 * H * e + 6 * d)  # z and v per head; the [B, P, d] terms
     return TraceShape(n_active=len(f), n_errors=n_layers * (rep.n_pos - 1), n_pos=rep.n_pos, n_logits=n_logits,
                       decoder_floats=sum(c * o * d for c, o in zip(per_layer, n_out)),
                       gradient_bytes=4 * batch * rep.n_pos * (n_layers + 1) * d, batch_rows=batch,
-                      fixed_bytes=kept, baseline_bytes=baseline)
+                      sweep_temp_bytes=sweep_temps, fixed_bytes=kept, baseline_bytes=baseline)
 
 
-def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_chosen, batch_size, bar):
+def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_chosen, batch_size, bar,
+                         store_limit: int | None = None):
     """(chosen features in node order, their rows over the graph's sources): rounds of the most
-    influential unvisited features (circuits.attribution.influence), their rows kept in a RowStore."""
+    influential unvisited features (circuits.attribution.influence), their rows kept in a RowStore;
+    with a `store_limit` (bytes) the choice stops before the store would pass it."""
     n_active = len(rep.features)
     store = RowStore(rep.features.layer, blocks.n_layers, layout.n_sources)
     flow_f = logit_flow(logits.weights.to(logit_rows.device).float(), logit_rows, n_active)
@@ -187,6 +195,12 @@ def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_
     while store.n_rows < n_chosen:
         influence = feature_influence(flow_f, store, max_depth)
         new = next_round(influence, store.visited, store.n_rows, n_chosen, batch_size, INFLUENCE_UPDATE_DIVISOR)
+        if store_limit is not None:  # the most influential of them that the store still has room for
+            fits = int((store.nbytes + store.row_bytes(new).cumsum(0) <= store_limit).sum())
+            if fits < len(new):
+                new, n_chosen = new[:fits], store.n_rows + fits
+                if fits == 0:
+                    break
         seeds = feature_seeds(rep, blocks, transcoder, new)
         order = torch.argsort(seeds.layer * (rep.n_pos + 1) + seeds.position)  # group causal cones
         for sl in _batches(len(new), batch):

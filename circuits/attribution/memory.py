@@ -13,8 +13,8 @@ Before the forward pass (known from the prompt's length and the model's shape, `
 After it (`TraceShape`, once the active features are known), the larger of two phases:
 - attribution: what the local replacement model keeps; the logit rows over every source; the
   activation-scaled decoders (kept when they take at most DECODER_CACHE_SHARE of the budget, else
-  read in blocks); one backward batch (gradients, its rows over every source, the |rows| buffer of
-  influence); the row store (a chosen feature's row over every source, an upper bound: a row keeps
+  read in blocks); one backward batch (gradients, the attention backward's temporaries, its rows
+  over every source, their |rows|, the |rows| buffer of influence); the row store (a chosen feature's row over every source, an upper bound: a row keeps
   the features below its layer); influence's visited block (twice) and the chosen rows over the
   graph's columns, alive beside the store at the end;
 - the graph: its targets x sources edges, (chosen + logits) x (chosen + errors + tokens),
@@ -74,6 +74,7 @@ class TraceShape:
     decoder_floats: int  # sum over active features of (layers written to) x d_model
     gradient_bytes: int  # one backward sweep's stored gradients
     batch_rows: int = 64  # rows per backward batch
+    sweep_temp_bytes: int = 0  # one sweep's temporaries (attention backward per layer)
     fixed_bytes: int = 0  # what the local replacement model keeps (patterns, activations)
     baseline_bytes: int = 0  # resident before the trace (model, transcoder, interpreter)
     cache_decoders: bool = True
@@ -82,10 +83,13 @@ class TraceShape:
     def n_sources(self) -> int:
         return self.n_active + self.n_errors + self.n_pos
 
-    def attribution_bytes(self, n_chosen: int) -> int:
+    def attribution_bytes(self, n_chosen: int, store_bytes: int | None = None) -> int:
+        """The attribution phase; the row store at its upper bound unless `store_bytes` is given."""
         decoders = self.decoder_floats * _F32 if self.cache_decoders else 0
-        batch = self.gradient_bytes + 2 * self.batch_rows * self.n_sources * _F32
-        store = n_chosen * (self.n_sources + 2) * _F32
+        # one batch: its gradients and the attention's temporaries; its rows, their |rows| (norms)
+        # and the influence buffer of |rows| (kept between rounds)
+        batch = self.gradient_bytes + self.sweep_temp_bytes + 3 * self.batch_rows * self.n_sources * _F32
+        store = n_chosen * (self.n_sources + 2) * _F32 if store_bytes is None else store_bytes
         visited_block = 2 * n_chosen * n_chosen * _F32
         chosen_rows = n_chosen * (n_chosen + self.n_errors + self.n_pos) * _F32
         logit_rows = self.n_logits * self.n_sources * _F32 + 3 * self.n_active * _F32
@@ -95,9 +99,13 @@ class TraceShape:
         edges = (n_chosen + self.n_logits) * (n_chosen + self.n_errors + self.n_pos) * _F32
         return GRAPH_COPIES * edges
 
-    def bytes_for(self, n_chosen: int) -> int:
+    def bytes_for(self, n_chosen: int, store_bytes: int | None = None) -> int:
         """Predicted peak resident bytes of the trace with n_chosen features."""
-        return self.baseline_bytes + max(self.attribution_bytes(n_chosen), self.graph_bytes(n_chosen))
+        return self.baseline_bytes + max(self.attribution_bytes(n_chosen, store_bytes), self.graph_bytes(n_chosen))
+
+    def min_row_bytes(self) -> int:
+        """The least a stored row takes: a feature of the lowest layer keeps only errors and tokens."""
+        return (self.n_errors + self.n_pos + 2) * _F32
 
     def largest_fitting(self, budget_bytes: int, upper: int) -> int:
         """The most features (<= upper) whose trace fits budget_bytes (0 if not even one)."""
@@ -117,6 +125,41 @@ def plan_decoders(shape: TraceShape, memory_gb: float | None) -> TraceShape:
     if memory_gb is not None:
         shape.cache_decoders = shape.decoder_floats * _F32 <= DECODER_CACHE_SHARE * memory_gb * _GB
     return shape
+
+
+@dataclass
+class RowPlan:
+    n_chosen: int  # the cap
+    store_limit: int | None  # bytes the row store may take (None: the cap's upper bound fits)
+    predicted_bytes: int | None  # predicted peak (None without a budget)
+
+
+def plan_rows(shape: TraceShape, requested: int | None, memory_gb: float | None) -> RowPlan:
+    """The cap and the row store's allowance. An explicit cap (or no budget) is checked at the
+    store's upper bound (choose_feature_cap). The default cap is DEFAULT_MAX_FEATURE_NODES (or
+    every active feature if fewer), lowered until everything but the store fits beside the store's
+    least (one row per chosen feature of the lowest layer); the store then gets what is left of the
+    budget and influence-ordered choice stops when it is full: the same features, in the same
+    order, as that many chosen with the cap set to them (the last round's most influential ones)."""
+    if requested is not None or memory_gb is None:
+        n = choose_feature_cap(shape, requested, memory_gb)
+        return RowPlan(n, None, shape.bytes_for(n) if memory_gb is not None else None)
+    budget = int(memory_gb * _GB)
+    upper = min(shape.n_active, DEFAULT_MAX_FEATURE_NODES)
+    if shape.bytes_for(upper) <= budget:
+        return RowPlan(upper, None, shape.bytes_for(upper))
+
+    def fits(n: int) -> bool:
+        return shape.bytes_for(n, n * shape.min_row_bytes()) <= budget
+
+    lo, hi = 0, upper
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    if lo == 0:
+        choose_feature_cap(shape, None, memory_gb)  # raises: not even one feature fits
+    store_limit = budget - shape.baseline_bytes - shape.attribution_bytes(lo, 0)
+    return RowPlan(lo, store_limit, shape.bytes_for(lo, store_limit))
 
 
 def choose_feature_cap(shape: TraceShape, requested: int | None, memory_gb: float | None) -> int:

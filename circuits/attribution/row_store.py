@@ -4,7 +4,7 @@ Influence ordering (circuits.attribution.influence) reads each visited feature's
 active feature; the finished graph needs only the chosen features' columns, the errors and the
 tokens. A feature at layer l has no edge from a feature at layer >= l, and the active features are
 sorted by layer, so the feature part of its row is the prefix [0, layer_start[l]) of the columns:
-the store keeps, per block of rows (one backward batch), that prefix and the error and token
+the store keeps, per block of rows (one layer's rows of a backward batch), that prefix and the error and token
 columns in float32 (exact: the edges are these numbers), and caches each row's L1 norm over all
 sources, which influence divides by in every round.
 
@@ -49,13 +49,19 @@ class RowStore:
         """Feature columns kept for a block of rows `idx`: those below its top layer."""
         return self.layer_start[int(self.feature_layer[idx].max())] if len(idx) else 0
 
-    def bytes_for(self, idx: torch.Tensor) -> int:
-        """Bytes the rows of `idx` will take here, stored as one block."""
-        return len(idx) * (self.prefix(idx) + self.n_rest + 2) * _F32
+    def row_bytes(self, idx: torch.Tensor) -> torch.Tensor:
+        """[len(idx)] bytes each row of `idx` takes here (rows are stored in blocks of one layer)."""
+        start = torch.tensor(self.layer_start, device=idx.device)[self.feature_layer[idx]]
+        return (start + self.n_rest + 2) * _F32
 
     def add(self, idx: torch.Tensor, rows_b_s: torch.Tensor) -> None:
-        """Keep the rows [B, n_sources] of features `idx` (one backward batch)."""
-        p = self.prefix(idx)
+        """Keep the rows [B, n_sources] of features `idx` (one backward batch), a block per layer."""
+        layer = self.feature_layer[idx]
+        for l in layer.unique().tolist():
+            r = (layer == l).nonzero(as_tuple=True)[0]
+            self._add_block(idx[r], rows_b_s[r], self.layer_start[l])
+
+    def _add_block(self, idx: torch.Tensor, rows_b_s: torch.Tensor, p: int) -> None:
         assert not rows_b_s[:, p:self.n_features].any(), "a row has an edge from its own layer or above"
         norm = rows_b_s.abs().sum(1)
         inv_norm = 1.0 / norm.clamp_min(1e-30)
@@ -63,7 +69,7 @@ class RowStore:
         block = RowBlock(idx.clone(), rows_b_s[:, :p].clone(), rows_b_s[:, self.n_features:].clone(), inv_norm, share)
         self.blocks.append(block)
         self.n_rows += len(idx)
-        self.nbytes += self.bytes_for(idx)
+        self.nbytes += int(self.row_bytes(idx).sum())
 
     @property
     def visited(self) -> torch.Tensor:

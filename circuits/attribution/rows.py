@@ -132,11 +132,10 @@ def compute_rows(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layout
     rows = torch.zeros(B, layout.n_sources, device=device)
     emb_start = layout.embedding_column(0)
     rows[:, emb_start:emb_start + P] = (grad_b_p_d * rep.embed_pos_d[:P]).sum(-1)
-    if P > 1:
-        err_b_l_p = torch.einsum("pbld,lpd->blp", grad_p_b_l_d[1:], rep.error_layer_pos_d[:l_top, 1:P])
+    if P > 1:  # one layer at a time: no permuted copy of the whole gradient block
         for l in range(l_top):
             c0 = layout.error_column(l, 1)
-            rows[:, c0:c0 + P - 1] = err_b_l_p[:, l]
+            rows[:, c0:c0 + P - 1] = torch.einsum("pbd,pd->bp", grad_p_b_l_d[1:, :, l], rep.error_layer_pos_d[l, 1:P])
     for l_s in range(l_top):
         for dec, s0, ranges in layout.decoder_blocks(l_s, P):
             n_out = min(dec.shape[1], l_top - l_s)

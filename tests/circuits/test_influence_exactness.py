@@ -97,3 +97,25 @@ def test_tiny_checkpoints_capped_choice_equals_the_reference(tiny_models, name):
     n_active = len(build_local_replacement(model, tc, tokens).features)
     assert n_active > 40
     assert_same_as_reference(model, tc, tokens, n_active // 3, batch_size=3)
+
+
+def test_a_full_row_store_stops_where_that_cap_would(world_tiny, monkeypatch):
+    """The default cap under a budget: choice stops when the row store is full, and the features
+    chosen (and their edges) are those of the reference run with the cap set to their number."""
+    from circuits.attribution import engine
+    from circuits.attribution.memory import RowPlan
+    from circuits.prompts import tokenize_prompt
+
+    model = world_tiny.model
+    tc = random_transcoder(model.cfg.n_layers, model.cfg.d_model, "plt", n_features=48, seed=11, threshold=0.5)
+    tokens = tokenize_prompt(model, "calc: 36+59= calc: 12+30=")
+    rep = build_local_replacement(model, tc, tokens)
+    n_active, n_sources = len(rep.features), len(rep.features) + (model.cfg.n_layers + 1) * len(tokens)
+    limit = (n_active // 40) * n_sources * 4  # room for fewer rows than the cap below
+    monkeypatch.setattr(engine, "plan_rows", lambda shape, requested, memory_gb: RowPlan(n_active // 2, limit, None))
+    attr = attribute(model, tc, tokens, batch_size=4, memory_gb=64)
+    n = len(attr.feature_idx)
+    assert n_active // 40 <= n < n_active // 2  # the store, not the cap, stopped the choice
+    chosen, edges = reference_choice(model, tc, tokens, n, batch_size=4)
+    assert torch.equal(attr.feature_idx, chosen)
+    assert np.abs(graph_edges(attr) - edges).max() <= 1e-6 * np.abs(edges).max()
