@@ -50,9 +50,9 @@ def child(args) -> None:
     import torch
 
     from circuits.errors import CircuitsError
-    from circuits.replacement_model import ReplacementModel
+    from circuits.replacement.model import ReplacementModel
     from circuits.trace import trace_prompt
-    from circuits.trace_config import TraceConfig
+    from circuits.attribution.config import TraceConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)

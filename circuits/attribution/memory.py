@@ -5,7 +5,7 @@ The budget is the trace process's peak resident memory: what is resident when th
 all float32:
 
 Before the forward pass (known from the prompt's length and the model's shape, `forward_bytes`):
-- the frozen attention patterns, kept causally (circuits.frozen_patterns), and the forward's own
+- the frozen attention patterns, kept causally (circuits.replacement.frozen_patterns), and the forward's own
   per-layer scores and pattern ([H, P, P] each, one layer at a time);
 - the captured activations ([L, P, d]: inputs, outputs, reconstruction, errors and their copies),
   the transcoder's dense activations per layer ([L, P, F], twice while decoding); logits only at
@@ -48,7 +48,7 @@ def resident_bytes() -> int:
 def forward_bytes(n_layers: int, n_heads: int, d_model: int, n_pos: int, n_transcoder_features: int,
                   d_vocab: int) -> int:
     """The forward pass's and local replacement model's large arrays for a prompt of n_pos tokens."""
-    from circuits.frozen_patterns import causal_pattern_bytes
+    from circuits.replacement.frozen_patterns import causal_pattern_bytes
 
     patterns = causal_pattern_bytes(n_layers, n_heads, n_pos) + 3 * n_heads * n_pos * n_pos * _F32
     activations = 8 * n_layers * n_pos * d_model * _F32

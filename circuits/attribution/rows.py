@@ -13,11 +13,13 @@ positions 1..P-1), then token embeddings (positions 0..P-1).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
-from circuits.attribution.frozen_backward import FrozenBlocks, norm_backward
-from circuits.attribution.targets import TargetSeeds
-from circuits.replacement import LocalReplacement
+from circuits.attribution.frozen_backward import FrozenBlocks
+from circuits.attribution.targets import LogitTargets, TargetSeeds
+from circuits.replacement.local import LocalReplacement
 
 
 DECODER_BLOCK_FEATURES = 8192  # activation-scaled decoders read this many features at a time
@@ -148,4 +150,24 @@ def compute_rows(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layout
     return rows
 
 
-__all__ = ["SourceLayout", "compute_rows", "norm_backward"]
+@dataclass
+class Attribution:
+    """The raw result: rows for the logit targets and the chosen features, over the graph's
+    sources (the chosen features, errors, tokens: `source_cols` of the layout's columns)."""
+
+    rep: LocalReplacement
+    logits: LogitTargets
+    feature_idx: torch.Tensor  # [n_chosen] indices into rep.features, in node order
+    logit_rows: torch.Tensor  # [n_logits, n_graph_sources]
+    feature_rows: torch.Tensor  # [n_chosen, n_graph_sources]
+    layout: SourceLayout
+    source_cols: torch.Tensor  # [n_graph_sources] the layout's columns the rows keep
+    timing_seconds: dict = field(default_factory=dict)
+    memory_plan: dict = field(default_factory=dict)  # the memory model's cap and predicted peak
+    threads: list[int] = field(default_factory=list)  # torch threads used, in order of change
+
+
+def graph_source_columns(chosen: torch.Tensor, layout: SourceLayout) -> torch.Tensor:
+    """The layout's columns the graph keeps: the chosen features, then every error and token."""
+    rest = torch.arange(layout.n_features, layout.n_sources, device=chosen.device)
+    return torch.cat([chosen, rest])

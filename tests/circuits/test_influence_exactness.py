@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from circuits.attribution.engine import attribute, graph_edges
+from circuits.attribution.to_graph import graph_edges
 from circuits.attribution.frozen_backward import FrozenBlocks
 from circuits.attribution.rows import SourceLayout, compute_rows
 from circuits.attribution.targets import feature_seeds, logit_seeds, select_logits
-from circuits.replacement import build_local_replacement
-from tests.circuits.attribution_checks import random_transcoder
+from circuits.replacement.local import build_local_replacement
+from tests.circuits.attribution_checks import attribute, random_transcoder
 from tests.circuits.test_attribution import ARCHITECTURES, tiny_models  # noqa: F401 (fixture)
 
 
@@ -78,7 +78,7 @@ def _tokens(model, length: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", ["plt", "clt"])
 def test_world_tiny_capped_choice_equals_the_reference(world_tiny, kind):
-    from circuits.prompts import tokenize_prompt
+    from circuits.replacement.prompts import tokenize_prompt
 
     model = world_tiny.model
     tc = random_transcoder(model.cfg.n_layers, model.cfg.d_model, kind, n_features=48, seed=11, threshold=0.5)
@@ -104,7 +104,7 @@ def test_a_full_row_store_stops_where_that_cap_would(world_tiny, monkeypatch):
     chosen (and their edges) are those of the reference run with the cap set to their number."""
     from circuits.attribution import engine
     from circuits.attribution.memory import RowPlan
-    from circuits.prompts import tokenize_prompt
+    from circuits.replacement.prompts import tokenize_prompt
 
     model = world_tiny.model
     tc = random_transcoder(model.cfg.n_layers, model.cfg.d_model, "plt", n_features=48, seed=11, threshold=0.5)

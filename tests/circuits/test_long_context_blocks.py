@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from circuits import frozen_patterns
+from circuits.replacement import frozen_patterns
 from circuits.attribution import memory, rows
-from circuits.attribution.engine import attribute, dense_adjacency
-from circuits.replacement import build_local_replacement
-from tests.circuits.attribution_checks import edge_errors, random_transcoder
+from circuits.replacement.local import build_local_replacement
+from tests.circuits.attribution_checks import attribute, dense_adjacency, edge_errors, random_transcoder
 from tests.circuits.test_attribution import ARCHITECTURES, tiny_models  # noqa: F401 (fixture)
 
 

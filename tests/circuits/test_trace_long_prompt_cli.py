@@ -65,7 +65,7 @@ def test_prompt_past_the_context_is_refused_naming_the_limit(world_tiny, tc_dir,
 
 
 def test_budget_the_forward_cannot_fit_is_refused_before_it(world_tiny, tc_dir, tmp_path, monkeypatch):  # noqa: F811
-    from circuits.replacement_model import ReplacementModel
+    from circuits.replacement.model import ReplacementModel
 
     def no_forward(*args, **kwargs):
         raise AssertionError("the forward pass ran")
