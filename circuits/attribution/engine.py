@@ -197,6 +197,10 @@ def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_
             idx = order[sl]
             store.add(new[idx], compute_rows(rep, blocks, transcoder, layout, seeds.select(idx)))
             bar(len(idx))
+        if store_limit is not None and store.n_rows < n_chosen:  # the rows the store will hold, at this mean
+            expected = store.n_rows * store_limit // max(store.nbytes, 1)
+            bar.set_total(len(logits.labels) + int(min(n_chosen, expected)))
+    bar.set_total(len(logits.labels) + store.n_rows)
     chosen = store.visited.sort().values  # node order follows rep.features (layer, position, feature)
     return chosen, store.chosen_rows(chosen)
 
@@ -233,5 +237,11 @@ def _progress_bar(enabled: bool, total: int, on_batch):
         if bar is not None:
             bar.update(n)
 
+    def set_total(total: int) -> None:  # the rows expected, once a full row store tells
+        if bar is not None and total != bar.total:
+            bar.total = total
+            bar.refresh()
+
     update.close = bar.close if bar is not None else (lambda: None)  # type: ignore[attr-defined]
+    update.set_total = set_total  # type: ignore[attr-defined]
     return update
