@@ -141,8 +141,12 @@ def _scale_or_ones(cache: dict, name: str, n_pos: int, device) -> torch.Tensor:
 
 
 def _with_norm_weight(model, normalized: torch.Tensor) -> torch.Tensor:
-    """ln_final's output from its hook_normalized (taken before its weight and bias)."""
+    """ln_final's output from its hook_normalized (taken before its weight and bias, and before
+    the cast back to the model's dtype), as TransformerLens computes it."""
     norm = getattr(model, "ln_final", None)
+    if norm is None:
+        return normalized
+    normalized = normalized.to(model.cfg.dtype)
     w, b = getattr(norm, "w", None), getattr(norm, "b", None)
     out = normalized * w if w is not None else normalized
     return out + b if b is not None else out
