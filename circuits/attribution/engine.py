@@ -62,17 +62,24 @@ def _batches(n: int, batch_size: int):
 GRADIENT_BUDGET_BYTES = 1 << 30  # per batch: the stored gradients [P, B, L, d] stay below this
 
 
-def bounded_batch_size(batch_size: int, n_pos: int, n_layers: int, d_model: int) -> int:
-    """Shrink the batch so one sweep's stored gradients fit GRADIENT_BUDGET_BYTES (long prompts)."""
+GRADIENT_BUDGET_SHARE = 1 / 16  # under a memory budget, one sweep's gradients take at most this share of it
+
+
+def bounded_batch_size(batch_size: int, n_pos: int, n_layers: int, d_model: int,
+                       memory_gb: float | None = None) -> int:
+    """Shrink the batch so one sweep's stored gradients fit GRADIENT_BUDGET_BYTES, and
+    GRADIENT_BUDGET_SHARE of a memory budget (long prompts: the rest holds more chosen rows)."""
     per_row = 4 * n_pos * (n_layers + 1) * d_model
-    return max(1, min(batch_size, GRADIENT_BUDGET_BYTES // per_row))
+    budget = GRADIENT_BUDGET_BYTES
+    if memory_gb is not None:
+        budget = min(budget, int(memory_gb * 2 ** 30 * GRADIENT_BUDGET_SHARE))
+    return max(1, min(batch_size, budget // per_row))
 
 
 def _rows_in_batches(rep, blocks, transcoder, layout, seeds: TargetSeeds, batch_size: int,
                      progress, out: torch.Tensor | None = None) -> torch.Tensor:
     """Rows [len(seeds), n_sources] in seed order, written into `out` when given (a view of a
     larger preallocated block: no temporary copy)."""
-    batch_size = bounded_batch_size(batch_size, rep.n_pos, blocks.n_layers, rep.embed_pos_d.shape[1])
     if out is None:
         out = torch.empty(len(seeds), layout.n_sources, device=seeds.vec_d.device)
     order = torch.argsort(seeds.layer * (rep.n_pos + 1) + seeds.position)  # group causal cones
@@ -116,11 +123,13 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
     rep = build_local_replacement(model, transcoder, tokens_pos)
     blocks = FrozenBlocks(model)
     n_active = len(rep.features)
+    # rows per backward sweep; influence rounds still grow by at least config.batch_size
+    sweep = bounded_batch_size(batch_size, rep.n_pos, blocks.n_layers, rep.embed_pos_d.shape[1], memory_gb)
     cache_decoders, plan, store_limit = True, {}, None
     if memory_gb is not None:
         n_logits = config.max_n_logits + len(customs)
         W_O = blocks.W_O_head_e_d[0]
-        shape = plan_decoders(_trace_shape(rep, transcoder, blocks.n_layers, n_logits, batch_size, baseline,
+        shape = plan_decoders(_trace_shape(rep, transcoder, blocks.n_layers, n_logits, sweep, baseline,
                                            (W_O.shape[0], W_O.shape[1])), memory_gb)
         rows_plan = plan_rows(shape, max_feature_nodes, memory_gb)
         max_feature_nodes, store_limit = rows_plan.n_chosen, rows_plan.store_limit
@@ -136,14 +145,14 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
     n_chosen = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
     bar = _progress_bar(progress, len(logits.labels) + n_chosen, recheck_threads)
     logit_rows = _rows_in_batches(rep, blocks, transcoder, layout, logit_seeds(rep, blocks, logits),
-                                  batch_size, bar)
+                                  sweep, bar)
     if n_chosen == n_active and store_limit is None:
         chosen = torch.arange(n_active, device=logit_rows.device)
         feature_rows = _rows_in_batches(rep, blocks, transcoder, layout,
-                                        feature_seeds(rep, blocks, transcoder, chosen), batch_size, bar)
+                                        feature_seeds(rep, blocks, transcoder, chosen), sweep, bar)
     else:
         chosen, feature_rows = _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows,
-                                                    n_chosen, batch_size, bar, store_limit)
+                                                    n_chosen, batch_size, bar, store_limit, sweep)
         logit_rows = logit_rows[:, graph_source_columns(chosen, layout)]
     bar.close()
     plan["n_chosen"] = len(chosen)
@@ -162,7 +171,7 @@ def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int,
     f, d = rep.features, rep.embed_pos_d.shape[1]
     per_layer = torch.bincount(f.layer.cpu(), minlength=n_layers).tolist()
     n_out = [transcoder.W_dec[l].shape[1] for l in range(n_layers)]  # [F, n_out, d]
-    batch = bounded_batch_size(batch_size, rep.n_pos, n_layers, d)
+    batch = batch_size  # rows per sweep, already bounded
     kept = rep.patterns.nbytes + 4 * rep.error_layer_pos_d.numel() * rep.error_layer_pos_d.element_size()
     H, e = W_O_shape
     sweep_temps = 4 * batch * rep.n_pos * (2 * H * e + 6 * d)  # z and v per head; the [B, P, d] terms
@@ -173,7 +182,7 @@ def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int,
 
 
 def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_chosen, batch_size, bar,
-                         store_limit: int | None = None):
+                         store_limit: int | None = None, sweep: int | None = None):
     """(chosen features in node order, their rows over the graph's sources): rounds of the most
     influential unvisited features (circuits.attribution.influence), their rows kept in a RowStore;
     with a `store_limit` (bytes) the choice stops before the store would pass it."""
@@ -181,7 +190,7 @@ def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_
     store = RowStore(rep.features.layer, blocks.n_layers, layout.n_sources)
     flow_f = logit_flow(logits.weights.to(logit_rows.device).float(), logit_rows, n_active)
     max_depth = rep.error_layer_pos_d.shape[0] + 1
-    batch = bounded_batch_size(batch_size, rep.n_pos, blocks.n_layers, rep.embed_pos_d.shape[1])
+    batch = sweep or bounded_batch_size(batch_size, rep.n_pos, blocks.n_layers, rep.embed_pos_d.shape[1])
     while store.n_rows < n_chosen:
         influence = feature_influence(flow_f, store, max_depth)
         new = next_round(influence, store.visited, store.n_rows, n_chosen, batch_size, INFLUENCE_UPDATE_DIVISOR)

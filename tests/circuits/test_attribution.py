@@ -212,3 +212,14 @@ def test_thread_count_does_not_change_the_edges(ln_model):
     assert one.threads == [1] and two.threads == [2]
     torch.testing.assert_close(one.feature_rows, two.feature_rows, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(one.logit_rows, two.logit_rows, rtol=1e-5, atol=1e-6)
+
+
+def test_sweeps_shrink_under_a_memory_budget():
+    """A budget bounds one sweep's gradients to a share of it, so more of it holds chosen rows."""
+    from circuits.attribution.engine import GRADIENT_BUDGET_SHARE, bounded_batch_size
+
+    per_row = 4 * 1000 * 31 * 576  # SmolLM2's shape at 1,000 tokens
+    free = bounded_batch_size(64, 1000, 30, 576)
+    budgeted = bounded_batch_size(64, 1000, 30, 576, memory_gb=4)
+    assert budgeted * per_row <= 4 * 2 ** 30 * GRADIENT_BUDGET_SHARE < (budgeted + 1) * per_row
+    assert 1 <= budgeted < free
