@@ -70,7 +70,9 @@ def run(engine: str, python: str, args, tokens: list[int], out: Path) -> dict:
            "--threads", str(args.threads), "--batch-size", str(batch or args.batch_size)]
     if args.max_feature_nodes:
         cmd += ["--max-feature-nodes", str(args.max_feature_nodes)]
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent) if engine == "ours" else ""}
+    if args.hf_checkpoint:
+        cmd += ["--hf-checkpoint"]
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent) if engine == "ours" else args.ref_pythonpath}
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
@@ -114,8 +116,11 @@ def adjacency_gap(ours: dict, ref: dict) -> dict:
 
 
 def prompt_tokens(model_dir: Path, length: int, seed: int, kind: str) -> list[int]:
-    meta = json.loads((model_dir / "meta.json").read_text())
     cfg = json.loads((model_dir / "config.json").read_text())
+    if "bos_token_id" in cfg and not (model_dir / "meta.json").exists():  # a transformers checkpoint
+        rng = np.random.default_rng(seed)
+        return [int(cfg["bos_token_id"])] + rng.integers(8, cfg["vocab_size"], size=length - 1).tolist()
+    meta = json.loads((model_dir / "meta.json").read_text())
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -209,6 +214,10 @@ def main() -> None:
     ap.add_argument("--ref-batch-size", type=int, default=None, help="override for circuit-tracer")
     ap.add_argument("--max-feature-nodes", type=int, default=None, help="both engines' cap (default: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hf-checkpoint", action="store_true",
+                    help="--model-dir is a transformers checkpoint: circuit-tracer's nnsight backend (random ids)")
+    ap.add_argument("--ref-pythonpath", default="",
+                    help="PYTHONPATH for the reference runner (e.g. a folder with an nnsight its backend imports)")
     ap.add_argument("--out-dir", type=Path, default=WORK)
     ap.add_argument("--table", type=Path, nargs="+", default=None, help="print the table of results.json files and exit")
     ap.add_argument("--import-pair", type=Path, nargs=2, metavar=("OURS_NPZ", "REF_NPZ"), default=None,

@@ -11,6 +11,9 @@ Writes (all plain files, no pickle):
                                (config.yaml, W_enc_{i}.safetensors, W_dec_{i}.safetensors)
   OUT/plt-<hook>/              random per-layer transcoders, circuit-tracer layout
                                (config.yaml, layer_{i}.safetensors)
+  OUT/clt-<hook>-skip/, OUT/plt-<hook>-skip/   the same transcoders plus a random skip term
+                               (CLT: W_skip_{i} beside W_enc_{i}; PLT: W_skip in layer_{i}), for the
+                               BOS rule of skip transcoders (issue 22: the skip path stays live at BOS)
 for <hook> in {ln2.hook_normalized -> "norm", hook_resid_mid -> "resid"}.
 
 JumpReLU thresholds are calibrated per layer on random prompts so that about --firing of the
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 SPECIAL = {"bos_token": "<bos>", "unk_token": "<unk>", "pad_token": "<pad>", "eos_token": "<eos>"}
 HOOKS = {"norm": "ln2.hook_normalized", "resid": "hook_resid_mid"}
@@ -67,6 +70,8 @@ def main() -> None:
     ap.add_argument("--n-features", type=int, default=256, help="transcoder features per layer")
     ap.add_argument("--firing", type=float, default=0.08, help="target fraction of features firing")
     ap.add_argument("--unembed-scale", type=float, default=6.0, help="multiplies TL's random W_U")
+    ap.add_argument("--skip-scale", type=float, default=0.5,
+                    help="skip variants: |x W_skip| about this fraction of |mlp_out|")
     args = ap.parse_args()
 
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -145,7 +150,26 @@ def main() -> None:
             "model_kind": "transcoder_set", "feature_input_hook": hook, "feature_output_hook": "hook_mlp_out",
             "scan": f"bench-fixture-plt-{short}",
             "transcoders": [f"layer_{i}.safetensors" for i in range(L)]}, sort_keys=False))
-    print(f"fixture written to {args.out}: model/, " + ", ".join(f"clt-{s}/, plt-{s}/" for s in HOOKS))
+
+        # skip variants: the same files plus W_skip (its own generator: the files above are unchanged)
+        g_skip = torch.Generator().manual_seed(args.seed + 2)
+        x_rms = x.pow(2).mean(dim=(1, 2)).sqrt()
+        W_skip = torch.randn(L, d, d, generator=g_skip) / d**0.5 * (args.skip_scale * y_rms / x_rms)[:, None, None]
+        for src, key in ((cdir, "W_skip_{i}"), (pdir, "W_skip")):
+            sdir = args.out / f"{src.name}-skip"
+            sdir.mkdir(parents=True, exist_ok=True)
+            for f in src.iterdir():
+                (sdir / f.name).write_bytes(f.read_bytes())
+            for i in range(L):
+                path = sdir / (f"W_enc_{i}.safetensors" if src is cdir else f"layer_{i}.safetensors")
+                tensors = load_file(str(path))
+                tensors[key.format(i=i)] = W_skip[i].contiguous()
+                save_file(tensors, str(path))
+            config = yaml.safe_load((sdir / "config.yaml").read_text())
+            config["scan"] += "-skip"
+            (sdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    print(f"fixture written to {args.out}: model/, " + ", ".join(f"{k}-{s}{v}/" for s in HOOKS for k in ("clt", "plt")
+                                                                   for v in ("", "-skip")))
 
 
 if __name__ == "__main__":

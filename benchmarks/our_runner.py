@@ -41,6 +41,8 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--hf-checkpoint", action="store_true",
+                    help="--model-dir is a transformers checkpoint (published hooks such as mlp.hook_in mapped)")
     args = ap.parse_args(argv)
     rss_start = rss_now_bytes()
     t_process = time.perf_counter()
@@ -57,8 +59,15 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model = load_cached_model(args.model_dir, args.model_dir.name, args.device)
-    tc = load_transcoder(args.transcoders, device=args.device)
+    if args.hf_checkpoint:
+        from circuits.replacement.hooks import load_fitting_transcoder
+        from circuits.models.pretrained import load_hf_checkpoint
+
+        model = load_hf_checkpoint(args.model_dir, args.device)
+        tc = load_fitting_transcoder(model, args.transcoders, device=args.device)
+    else:
+        model = load_cached_model(args.model_dir, args.model_dir.name, args.device)
+        tc = load_transcoder(args.transcoders, device=args.device)
     for p in tc.parameters():
         p.requires_grad_(False)
     setup_seconds = time.perf_counter() - t0

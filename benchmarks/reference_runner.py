@@ -67,6 +67,9 @@ def parse_args(argv=None):
                     help="load all transcoder weights into memory (default: circuit-tracer's own default "
                          "lazy_encoder=False, lazy_decoder=True, i.e. decoder rows read from disk when needed)")
     ap.add_argument("--verbose", action="store_true", help="echo circuit-tracer's phase log")
+    ap.add_argument("--hf-checkpoint", action="store_true",
+                    help="--model-dir is a transformers checkpoint, run with circuit-tracer's nnsight backend "
+                         "(what GemmaScope-2's mlp.hook_in / mlp.hook_out need on Gemma-2)")
     return ap.parse_args(argv)
 
 
@@ -108,24 +111,65 @@ def load_transcoders(tdir: Path, device, eager: bool):
     common = dict(feature_input_hook=config["feature_input_hook"],
                   feature_output_hook=config["feature_output_hook"],
                   scan=config.get("scan", str(tdir)), device=device, dtype=torch.float32)
+    paths = {}
+    for i, p in enumerate(config.get("transcoders") or []):
+        if str(p).startswith("hf://"):
+            die(f"{tdir}/config.yaml names a hub file ({p}); the benchmark runs offline")
+        paths[i] = str(p if Path(p).is_absolute() else tdir / p)
+    gemma_scope_2 = bool(paths) and _has_tensor(paths[0], "w_enc")  # GemmaScope-2: w_enc, affine_skip_connection
+    if gemma_scope_2:  # circuit-tracer's GemmaScope-2 loaders do not load lazily
+        lazy = dict(lazy_encoder=False, lazy_decoder=False)
     if kind == "transcoder_set":
-        if "transcoders" in config:
-            paths = {}
-            for i, p in enumerate(config["transcoders"]):
-                if str(p).startswith("hf://"):
-                    die(f"{tdir}/config.yaml names a hub file ({p}); the benchmark runs offline")
-                paths[i] = str(p if Path(p).is_absolute() else tdir / p)
+        if paths:
+            if gemma_scope_2:
+                common["special_load_fn"] = "gemma-scope-2"
         else:
             n = len(list(tdir.glob("layer_*.safetensors")))
             paths = {i: str(tdir / f"layer_{i}.safetensors") for i in range(n)}
         if not paths:
             die(f"no per-layer transcoder files in {tdir}")
         tc = load_transcoder_set(paths, **common, **lazy)
+    elif kind == "cross_layer_transcoder" and gemma_scope_2:
+        from circuit_tracer.transcoder.cross_layer_transcoder import load_gemma_scope_2_clt
+
+        # circuit-tracer 0.5.0 reads layers range(max(paths)), one short of a full set: one extra key
+        # (never read) makes it read every layer
+        tc = load_gemma_scope_2_clt({**paths, len(paths): paths[len(paths) - 1]}, **common, **lazy)
     elif kind == "cross_layer_transcoder":
         tc = load_clt(str(tdir), **common, **lazy)
+        attach_clt_skip(tc, tdir, device)
     else:
         die(f"{tdir}/config.yaml: unknown model_kind {kind!r}")
     return tc, config
+
+
+def _has_tensor(path: str, name: str) -> bool:
+    from safetensors import safe_open
+
+    if not path.endswith(".safetensors"):
+        return False
+    with safe_open(path, framework="pt", device="cpu") as f:
+        return name in f.keys()
+
+
+def attach_clt_skip(tc, tdir: Path, device) -> None:
+    """circuit-tracer 0.5.0's `load_clt` reads no skip term from a CLT directory (its `to_safetensors`
+    writes none); its CrossLayerTranscoder takes one, W_skip [L, d, d] with y += x @ W_skip[l] (set by
+    `load_gemma_scope_2_clt` from affine_skip_connection). When the encoder files carry W_skip_{i}
+    (our `save_transcoder`, the fixture's clt-*-skip), give them to circuit-tracer's own class."""
+    import torch
+    from safetensors import safe_open
+
+    skips = []
+    for i in range(tc.n_layers):
+        with safe_open(str(tdir / f"W_enc_{i}.safetensors"), framework="pt", device="cpu") as f:
+            if f"W_skip_{i}" not in f.keys():
+                return
+            skips.append(f.get_tensor(f"W_skip_{i}").float())
+    if getattr(tc, "W_skip", None) is not None:
+        return
+    tc.W_skip = torch.nn.Parameter(torch.stack(skips).to(device), requires_grad=False)
+    tc.skip_connection = True
 
 
 def remap_state_dict(state: dict, target_keys: set) -> dict:
@@ -182,8 +226,9 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         die("--device cuda but CUDA is not available")
-    for p in (args.model_dir / "config.json", args.model_dir / "model.safetensors",
-              args.model_dir / "tokenizer.json", args.model_dir / "meta.json", args.transcoders / "config.yaml"):
+    needed = ("config.json", "model.safetensors") if args.hf_checkpoint else \
+        ("config.json", "model.safetensors", "tokenizer.json", "meta.json")
+    for p in (*(args.model_dir / n for n in needed), args.transcoders / "config.yaml"):
         if not p.is_file():
             die(f"missing {p}")
     try:
@@ -196,24 +241,32 @@ def main(argv=None) -> None:
     # ---- setup: config, tokenizer, transcoders, ReplacementModel, weights ----
     t0 = time.perf_counter()
     device = torch.device(args.device)
-    cfg, dropped = load_cfg(args.model_dir, args.device)
-    if max(tokens) >= cfg.d_vocab or min(tokens) < 0:
-        die(f"token ids must be in [0, {cfg.d_vocab})")
-    if len(tokens) > cfg.n_ctx:
-        die(f"{len(tokens)} tokens exceed the model's context n_ctx={cfg.n_ctx}")
-    tokenizer = load_tokenizer(args.model_dir)
     transcoders, tc_config = load_transcoders(args.transcoders, device, args.eager)
-    model = ReplacementModel.from_config(cfg, transcoders, backend="transformerlens", tokenizer=tokenizer)
-    target_state = model.state_dict()
-    target_keys = set(target_state.keys())
-    state = remap_state_dict(load_file(str(args.model_dir / "model.safetensors")), target_keys)
-    check_rotary_tables(state, target_state)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith(("IGNORE", "mask", "rotary_sin", "rotary_cos"))
-               and not k.startswith("transcoders.")]
-    if missing or unexpected:
-        die(f"weights do not match config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.to(device)
+    if args.hf_checkpoint:  # a transformers checkpoint through circuit-tracer's nnsight backend
+        from circuit_tracer.replacement_model.replacement_model_nnsight import NNSightReplacementModel
+
+        model = NNSightReplacementModel.from_pretrained_and_transcoders(
+            str(args.model_dir), transcoders, device=device, dtype=torch.float32)
+        n_layers, dropped = int(transcoders.n_layers), []
+    else:
+        cfg, dropped = load_cfg(args.model_dir, args.device)
+        if max(tokens) >= cfg.d_vocab or min(tokens) < 0:
+            die(f"token ids must be in [0, {cfg.d_vocab})")
+        if len(tokens) > cfg.n_ctx:
+            die(f"{len(tokens)} tokens exceed the model's context n_ctx={cfg.n_ctx}")
+        tokenizer = load_tokenizer(args.model_dir)
+        model = ReplacementModel.from_config(cfg, transcoders, backend="transformerlens", tokenizer=tokenizer)
+        target_state = model.state_dict()
+        target_keys = set(target_state.keys())
+        state = remap_state_dict(load_file(str(args.model_dir / "model.safetensors")), target_keys)
+        check_rotary_tables(state, target_state)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith(("IGNORE", "mask", "rotary_sin", "rotary_cos"))
+                   and not k.startswith("transcoders.")]
+        if missing or unexpected:
+            die(f"weights do not match config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        n_layers = int(cfg.n_layers)
+        model.to(device)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -255,7 +308,7 @@ def main(argv=None) -> None:
 
     # ---- node ordering, as circuit-tracer lays out graph.adjacency_matrix ----
     A = graph.adjacency_matrix.detach().float().cpu().numpy()
-    n_layers, n_pos = int(cfg.n_layers), len(tokens)
+    n_pos = len(tokens)
     active = graph.active_features.detach().cpu().numpy().astype(np.int64)          # (n_active, 3)
     act_vals = graph.activation_values.detach().float().cpu().numpy()              # (n_active,)
     selected = graph.selected_features.detach().cpu().numpy().astype(np.int64)     # (n_sel,) sorted
@@ -279,7 +332,10 @@ def main(argv=None) -> None:
     node_activation = np.concatenate([act_vals[selected], np.full(n_err + n_tok + n_logit, np.nan)]).astype(np.float32)
 
     with torch.no_grad():  # the real model's logits at the last position (for cross-checks)
-        logits_last = model(input_ids[None])[0, -1].float().cpu().numpy()
+        if args.hf_checkpoint:
+            logits_last = model._model(input_ids[None]).logits[0, -1].float().cpu().numpy()
+        else:
+            logits_last = model(input_ids[None])[0, -1].float().cpu().numpy()
 
     versions = {}
     for name in ("circuit-tracer", "transformer-lens", "transformers", "torch", "numpy"):
@@ -294,8 +350,8 @@ def main(argv=None) -> None:
         "transcoders": str(args.transcoders.resolve()),
         "transcoder_config": {k: v for k, v in tc_config.items() if k != "transcoders"},
         "transcoder_kind": type(transcoders).__name__,
-        "feature_input_hook": model.feature_input_hook,
-        "feature_output_hook": model.original_feature_output_hook,
+        "feature_input_hook": tc_config["feature_input_hook"],
+        "feature_output_hook": tc_config["feature_output_hook"],
         "skip_connection": bool(model.skip_transcoder),
         "config_keys_dropped": dropped,
         "device": str(device),

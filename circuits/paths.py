@@ -40,3 +40,8 @@ def models_dir() -> Path:
 
 def transcoders_dir() -> Path:
     return circuits_home() / "transcoders"
+
+
+def checked_weights_dir() -> Path:
+    """Stamps of transcoder files whose weights were found finite (transcoders/weights_check.py)."""
+    return circuits_home() / "checked-weights"

@@ -33,6 +33,12 @@ class TranscoderArchitecture(BaseModel):
     def _topk_needs_k(self):
         if self.activation == "topk" and self.topk is None:
             raise ValueError("activation 'topk' needs --topk K")
+        if self.activation != "topk" and self.topk is not None:  # an option that would do nothing
+            raise ValueError(f"--topk {self.topk} does nothing with activation '{self.activation}': "
+                             "add --activation topk, or drop --topk")
+        if self.topk is not None and self.topk > self.n_features:
+            raise ValueError(f"--topk {self.topk} is more than the {self.n_features} features per layer "
+                             "(--features): k active features per layer cannot hold")
         return self
 
     def fitted(self, n_layers: int, d_model: int) -> "TranscoderConfig":

@@ -94,7 +94,7 @@ def save_transcoder(tc: Transcoder, out_dir: str | Path, model_name: str | None 
         "feature_input_hook": cfg.input_hook, "feature_output_hook": cfg.output_hook,
         "scan": f"circuits/{model_name or 'unknown'}/{cfg.kind}-{cfg.n_features}",
         **({"activation": "topk", "k": cfg.topk} if cfg.activation == "topk" else {}),
-        "circuits": {"activation": cfg.activation, "topk": cfg.topk,
+        "circuits": {"activation": cfg.activation, "topk": cfg.topk, "skip": cfg.skip,
                      "jumprelu_bandwidth": cfg.jumprelu_bandwidth},
     }
     atomic_write_bytes(out / CONFIG_YAML, yaml.safe_dump(config, sort_keys=False).encode())

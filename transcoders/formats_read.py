@@ -42,6 +42,10 @@ class LayerViews:
 
 
 def _pick(tensors: dict, path: Path, *keys: str, required: bool = True) -> torch.Tensor | None:
+    present = [key for key in keys if key in tensors]
+    if len(present) > 1:
+        raise TranscoderError(f"{path} has both {' and '.join(repr(k) for k in present)}: "
+                              "which one is meant is not clear")
     for key in keys:
         if key in tensors:
             return tensors[key]
@@ -97,6 +101,8 @@ def read_layer_file(path: Path, layer: int, n_layers: int, kind: str, hint: str 
                                   "set model_kind: transcoder_set in config.yaml")
     thr = _pick(t, path, "activation_function.threshold", "threshold", required=False)
     skip = None
+    if "affine_skip_connection" in t and "W_skip" in t:
+        raise TranscoderError(f"{path} has both 'affine_skip_connection' and 'W_skip': which one is meant is not clear")
     if "affine_skip_connection" in t:
         skip = _matrix(t["affine_skip_connection"], d, d, path, "affine_skip_connection", False)
     elif "W_skip" in t:
@@ -142,6 +148,7 @@ def read_clt_dir(d: Path) -> list[LayerViews]:
             enc, dec, _vector(b_enc, F, pe, f"b_enc_{i}"), _vector(b_dec, dm, pe, f"b_dec_{i}"),
             None if thr is None else _vector(thr, F, pe, f"threshold_{i}"),
             None if skip is None else _matrix(skip, dm, dm, pe, f"W_skip_{i}", False), (pe, pd)))
+    check_same_shape(layers, enc_files)
     return layers
 
 

@@ -15,16 +15,19 @@ from transcoders.config import TranscoderConfig
 from transcoders.lazy import LazyTranscoder
 from transcoders.published import read_published
 from transcoders.transcoder import Transcoder
-from transcoders.weights_check import check_finite
+from transcoders.weights_check import check_finite, check_finite_once
 
 
 def load_transcoder(path: str | Path, device: str | torch.device = "cpu", lazy: bool = False,
-                    dtype: torch.dtype = torch.float32):
+                    dtype: torch.dtype = torch.float32, stamp_dir: Path | None = None):
     """Load transcoders as circuit-tracer does: a local directory, a hub repo id (owner/repo[/sub][@rev]),
     or a config.yaml. Lazy (`lazy=True`, what tracing uses): a LazyTranscoder over the memory-mapped
     files, weights kept in their dtype and cast to `dtype` per use. Not lazy: an in-memory
-    `Transcoder` in `dtype`."""
+    `Transcoder` in `dtype`. The one loader check every command goes through: config and files
+    agree (transcoders/agreement.py, in read_published) and every weight is a finite float
+    (transcoders/weights_check.py; `stamp_dir` remembers files already found finite)."""
     pub = read_published(path)
+    check_finite_once(pub.layers, stamp_dir)
     if lazy:
         return LazyTranscoder(pub.cfg, pub.layers, source=pub.source, dtype=dtype, device=device)
     return materialise(pub.cfg, pub.layers, dtype).to(device)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from transcoders.agreement import required_hook, resolve_activation, resolve_skip
 from transcoders.config import TranscoderConfig
 from transcoders.errors import TranscoderError
 from transcoders.formats import CONFIG_YAML, normalize_hook, read_config_file
@@ -21,8 +22,6 @@ from transcoders.formats_read import (LayerViews, check_same_shape, numbered_fil
 from transcoders.hub import HubRef, download_file, download_folder, parse_hf_uri, parse_repo_ref
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
-_ACTIVATIONS = {"relu": "relu", "jump_relu": "jumprelu", "jumprelu": "jumprelu", "topk": "topk",
-                "top_k": "topk", "batchtopk": "topk", "batch_topk": "topk"}
 # circuit-tracer's own exception: this release's config.yaml says topk without k
 KNOWN_K = {"facebook/crv-8b-instruct-transcoders": 128}
 
@@ -49,24 +48,18 @@ def _locate(spec: str | Path) -> tuple[Path, HubRef | None]:
     return download_file(ref, CONFIG_YAML), ref
 
 
-def _activation(config: dict, cfg_path: Path, layers: list[LayerViews], scan: str) -> tuple[str, int | None]:
-    extras = config.get("circuits") or {}
-    raw = config.get("activation") or extras.get("activation")
-    if raw is None:
-        act = "jumprelu" if layers[0].threshold is not None else "relu"
-    else:
-        act = _ACTIVATIONS.get(str(raw).lower().replace("-", "_"))
-        if act is None:
-            raise TranscoderError(f"{cfg_path}: activation '{raw}' is not one of relu, jump_relu, topk")
-    k = None
-    if act == "topk":
-        k = config.get("k") or extras.get("topk") or layers[0].k or KNOWN_K.get(scan)
-        if not isinstance(k, int) or k <= 0:
-            raise TranscoderError(f"{cfg_path}: activation topk needs k (add `k: <features per token>` "
-                                  "to config.yaml)")
-    if act == "jumprelu" and layers[0].threshold is None:
-        raise TranscoderError(f"{cfg_path}: activation jump_relu but the weight files have no threshold")
-    return act, k
+def _declared_activation(config: dict, extras: dict, scan: str) -> tuple[dict, dict]:
+    """({place: activation}, {place: k}) as config.yaml states them (transcoders/agreement.py)."""
+    acts = {"activation": config.get("activation"), "circuits: activation": extras.get("activation")}
+    ks = {"k": config.get("k"), "topk": config.get("topk"), "circuits: topk": extras.get("topk")}
+    if str(extras.get("activation")) in ("jumprelu", "relu") and config.get("k") is None and config.get("topk") is None:
+        # `transcoders train --topk K` without --activation topk wrote this before it was refused; it
+        # never had an effect (the one documented exception to "k only with TopK")
+        ks.pop("circuits: topk")
+    if all(v is None for v in ks.values()) and scan in KNOWN_K and \
+            str(config.get("activation", "")).lower().replace("-", "_") in ("topk", "batchtopk", "batch_topk", "top_k"):
+        ks[f"circuit-tracer's k of {scan}"] = KNOWN_K[scan]
+    return acts, ks
 
 
 def _listed_files(config: dict, base: Path, ref: HubRef | None) -> list[Path]:
@@ -99,6 +92,13 @@ def _layer_file(p: Path) -> tuple[Path, str]:
     return p, ""
 
 
+def _no_other_layout(base: Path, other: str, model_kind: str, cfg_path: Path) -> None:
+    """A folder holding both layouts' files: model_kind would silently pick one of them."""
+    if (base / other).exists():
+        raise TranscoderError(f"{cfg_path}: model_kind {model_kind} but {base} also holds {other} (the other "
+                              "layout's files): keep one transcoder per folder")
+
+
 def _read_config_yaml(cfg_path: Path, ref: HubRef | None) -> Published:
     config = read_config_file(cfg_path)
     base = cfg_path.parent
@@ -112,21 +112,29 @@ def _read_config_yaml(cfg_path: Path, ref: HubRef | None) -> Published:
     elif kind == "clt":
         if ref is not None:
             base = download_folder(ref, ["*.safetensors"])
+        _no_other_layout(base, "layer_0.safetensors", config["model_kind"], cfg_path)
         layers = read_clt_dir(base)
     else:
         if ref is not None:
             base = download_folder(ref, ["layer_*.safetensors"])
+        _no_other_layout(base, "W_enc_0.safetensors", config["model_kind"], cfg_path)
         paths = numbered_files(base, "layer_{i}.safetensors")
         layers = [read_layer_file(p, i, len(paths), kind) for i, p in enumerate(paths)]
         check_same_shape(layers, paths)
-    act, k = _activation(config, cfg_path, layers, scan)
+    where = str(cfg_path)
     extras = config.get("circuits") or {}
+    if not isinstance(extras, dict):
+        raise TranscoderError(f"{where}: `circuits:` must be a mapping (activation, topk, skip, jumprelu_bandwidth)")
+    acts, ks = _declared_activation(config, extras, scan)
+    act, k = resolve_activation(acts, ks, layers, where)
+    skip = resolve_skip({"skip": config.get("skip"), "circuits: skip": extras.get("skip")}, layers, where)
+    in_hook = required_hook(config.get("feature_input_hook"), "feature_input_hook", True, where)
+    out_hook = required_hook(config.get("feature_output_hook"), "feature_output_hook", False, where)
     F, d = layers[0].enc.shape
-    cfg = TranscoderConfig(
-        kind=kind, n_layers=len(layers), d_model=d, n_features=F, activation=act, topk=k,
-        skip=layers[0].skip is not None, jumprelu_bandwidth=extras.get("jumprelu_bandwidth") or 0.1,
-        input_hook=normalize_hook(config.get("feature_input_hook", "hook_resid_mid")),
-        output_hook=normalize_hook(config.get("feature_output_hook", "hook_mlp_out")))
+    cfg = _config(
+        where, kind=kind, n_layers=len(layers), d_model=d, n_features=F, activation=act, topk=k, skip=skip,
+        jumprelu_bandwidth=extras.get("jumprelu_bandwidth") or 0.1,
+        input_hook=normalize_hook(in_hook), output_hook=normalize_hook(out_hook))
     return Published(cfg, layers, str(cfg_path), scan)
 
 
@@ -150,14 +158,44 @@ def _read_saelens_dir(d: Path) -> Published:
     files = [by_layer[l][0] / SAELENS_WEIGHTS for l in range(L)]
     layers = [read_layer_file(p, l, L, "plt", "saelens") for l, p in enumerate(files)]
     check_same_shape(layers, files)
-    act = "jumprelu" if "jumprelu" in arch else "topk" if "topk" in arch else "relu"
-    k = first.get("k") if act == "topk" else None
+    for l in range(L):
+        _check_saelens_layer(by_layer[l][0], by_layer[l][1], first, layers[l])
+    where = str(by_layer[0][0] / "cfg.json")
+    declared = "jumprelu" if "jumprelu" in arch else "topk" if "topk" in arch else "relu"
+    act, k = resolve_activation({"architecture": declared}, {"k": first.get("k")}, layers, where)
+    skip = resolve_skip({"architecture": "skip" in arch}, layers, where)
+    out_hook = required_hook(first.get("hook_name_out"), "hook_name_out", False, where)
     F, dm = layers[0].enc.shape
-    cfg = TranscoderConfig(kind="plt", n_layers=L, d_model=dm, n_features=F, activation=act, topk=k,
-                           skip=layers[0].skip is not None,
-                           input_hook=normalize_hook(first["hook_name"]),
-                           output_hook=normalize_hook(first.get("hook_name_out") or "hook_mlp_out"))
+    cfg = _config(where, kind="plt", n_layers=L, d_model=dm, n_features=F, activation=act, topk=k, skip=skip,
+                  input_hook=normalize_hook(first["hook_name"]), output_hook=normalize_hook(out_hook))
     return Published(cfg, layers, str(d), str(first.get("neuronpedia_id") or d.name))
+
+
+def _check_saelens_layer(folder: Path, cfg: dict, first: dict, lv: LayerViews) -> None:
+    """One layer's cfg.json agrees with the first layer's and with its own tensors."""
+    where = folder / "cfg.json"
+    for key in ("architecture", "k"):
+        if cfg.get(key) != first.get(key):
+            raise TranscoderError(f"{where}: {key} {cfg.get(key)!r} differs from layer 0's {first.get(key)!r}: "
+                                  "the folders belong to different transcoders")
+    for key in ("hook_name", "hook_name_out"):
+        if normalize_hook(str(cfg.get(key))) != normalize_hook(str(first.get(key))):
+            raise TranscoderError(f"{where}: {key} {cfg.get(key)!r} is not layer 0's hook "
+                                  f"({first.get(key)!r}) in another block")
+    F, d = lv.enc.shape
+    for key, n in (("d_in", d), ("d_sae", F), ("d_out", lv.b_dec.numel())):
+        if key in cfg and cfg[key] != n:
+            raise TranscoderError(f"{where}: {key} is {cfg[key]!r} but {folder / SAELENS_WEIGHTS} has {n}")
+
+
+def _config(where: str, **fields) -> TranscoderConfig:
+    from pydantic import ValidationError
+
+    try:
+        return TranscoderConfig(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise TranscoderError(f"{where}: {'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}") from None
 
 
 def read_published(spec: str | Path) -> Published:

@@ -119,9 +119,8 @@ def compute_rows(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layout
         if l < l_top:  # gradient at MLP l's output hook (zero for l >= l_top)
             g_out = blocks.output_hook_backward(l, grad_b_p_d, None if post_mlp is None else post_mlp[l, :P])
             grad_p_b_l_d[:, :, l] = g_out.transpose(0, 1)
-        if has_skip and l < l_top:  # linear skip path resid_mid -> mlp_out (not at BOS)
+        if has_skip and l < l_top:  # linear skip path resid_mid -> mlp_out (live at BOS too, as in circuit-tracer)
             g_x = g_out @ transcoder.skip_matrix(l).float().to(device).T
-            g_x[:, 0] = 0
             grad_b_p_d = grad_b_p_d + blocks.input_hook_backward(
                 l, g_x, rep.ln2_scale_layer_pos[l, :P], transcoder.cfg.input_hook)
         if l in rows_at:  # features of layer l read resid_mid of block l

@@ -22,6 +22,9 @@ def resolve_config(model: str, out: Path, resume: bool, overrides: dict) -> Trai
     """TrainConfig from the model's defaults (fresh) or the checkpoint (resume) plus explicit options."""
     from circuits.models.registry import BUILTIN_MODELS, default_transcoder_fields
     from transcoders.checkpoint import CHECKPOINT_FILE, load_checkpoint
+    from pydantic import ValidationError
+
+    from circuits.cli.options import describe_validation_error
     from transcoders.errors import TranscoderError
 
     options = given(TrainConfig, overrides)
@@ -33,7 +36,11 @@ def resolve_config(model: str, out: Path, resume: bool, overrides: dict) -> Trai
     ckpt = out / CHECKPOINT_FILE
     if not ckpt.exists():
         return build_config(TrainConfig, options)  # prepare_outputs reports the missing checkpoint
-    saved = TrainConfig.from_flat(load_checkpoint(ckpt)[1]["train_config"])  # flat before the nesting
+    try:
+        saved = TrainConfig.from_flat(load_checkpoint(ckpt)[1]["train_config"])  # flat before the nesting
+    except ValidationError as exc:  # e.g. --topk with JumpReLU, accepted before it was refused
+        raise TranscoderError(f"{ckpt}: the run's settings are refused now "
+                              f"({describe_validation_error(TrainConfig, exc)}): start again with --overwrite") from None
     wanted = build_config(TrainConfig, {**saved.flat(), **options})
     before, after = saved.flat(), wanted.flat()
     diff = [k for k in options if after[k] != before[k] and k not in TrainConfig.RUNTIME_FIELDS]
@@ -66,6 +73,7 @@ def run_training(model: str, out: Path | None, *, resume: bool, overwrite: bool,
     from circuits.models import load_model
     from circuits.training.defaults import make_default_transcoder
     from circuits.training.train import train_for_model
+    from transcoders.threads import check_threads
     from transcoders.trainer import prepare_outputs
 
     default = out is None
@@ -74,6 +82,7 @@ def run_training(model: str, out: Path | None, *, resume: bool, overwrite: bool,
         if progress:
             console.print(f"{'resuming' if resume else 'training'} the default transcoder in {out}", markup=False)
     cfg = resolve_config(model, out, resume, overrides)
+    check_threads(cfg.threads)
     prepare_outputs(out, cfg, resume=resume, overwrite=overwrite, log_path=log)
     loaded = load_model(model, device=device, progress=progress)
     if default:  # the one way to make a default transcoder (also first use's): trains, then indexes
@@ -124,12 +133,11 @@ app.command("train")(train_cmd)
 def info_cmd(path: Path = typer.Argument(..., help="Transcoder directory."),
              json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show a transcoder directory's architecture, training config and metrics."""
+    from circuits.paths import checked_weights_dir
     from transcoders.formats import read_training_files
     from transcoders.loading import load_transcoder
-    from transcoders.loading import check_transcoder_weights
 
-    tc = load_transcoder(path)
-    check_transcoder_weights(path)  # NaN / inf weights: say the transcoder is corrupt, do not describe it
+    tc = load_transcoder(path, lazy=True, stamp_dir=checked_weights_dir())  # the loader's checks, NaN included
     out = {"path": str(path), "transcoder": tc.cfg.model_dump(), **read_training_files(path)}
     if json_out:
         print_json(out)

@@ -10,8 +10,9 @@ import typer
 from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, console, err_console, pick_device
 from circuits.cli.options import number_option
 
-HOST_OPTION = typer.Option("127.0.0.1", "--host", help="Address to listen on (anything but loopback "
-                           "exposes the viewer, and with serve the model, to the network).")
+HOST_OPTION = typer.Option("127.0.0.1", "--host", help="Address to listen on, and the host name the server "
+                           "answers to besides localhost (anything but loopback exposes the viewer, and with "
+                           "serve the model, to the network).")
 PORT_OPTION = number_option(8000, "--port", min=0, max=65_535, help="Port to listen on (0: any free port).")
 OPEN_OPTION = typer.Option(False, "--open", help="Open the page in the default browser.")
 
@@ -24,7 +25,7 @@ def _start(state, host: str, port: int, open_browser: bool) -> None:
         err_console.print(f"warning: listening on {host}: anyone who can reach this address can use the "
                           "viewer (no authentication)", markup=False, highlight=False)
     sock = bind(host, port)
-    run(create_app(state), sock, url_of(sock, host), open_browser,
+    run(create_app(state, host), sock, url_of(sock, host), open_browser,
         echo=lambda text: console.print(text, markup=False, highlight=False))
 
 
@@ -42,9 +43,10 @@ def _feature_source(transcoders: Optional[Path], graphs: list):
         return FeatureSource()
     if not Path(folder).is_dir():
         raise CircuitsError(f"transcoder directory {folder} does not exist")
+    from circuits.paths import checked_weights_dir
     from transcoders.loading import load_transcoder
 
-    transcoder = load_transcoder(folder, lazy=True)  # memory-mapped: only the rows a page reads
+    transcoder = load_transcoder(folder, lazy=True, stamp_dir=checked_weights_dir())  # memory-mapped: only the rows a page reads
     return FeatureSource(index=load_feature_index(folder), transcoder=transcoder, transcoder_id=str(folder))
 
 
@@ -66,14 +68,9 @@ def view_cmd(
 ) -> None:
     """Explore attribution graphs in the browser, offline (no model needed)."""
     from circuits.viewer.app import ViewerState
-    from circuits.viewer.graphs_held import open_graph_file
 
     state = ViewerState()
-    opened = []
-    for path in graph_files:
-        graph, qparams, source = open_graph_file(path)
-        state.shelf.add(path.name, graph, qparams, source)
-        opened.append(graph)
+    opened = [state.shelf.open(path).graph for path in graph_files]
     state.features = _feature_source(transcoders, opened)
     if export_features is not None:
         _export(state.features, opened, export_features)
@@ -108,15 +105,10 @@ def serve_cmd(
     from circuits.replacement.model import ReplacementModel
     from circuits.viewer.app import ViewerState
     from circuits.viewer.feature_pages import FeatureSource
-    from circuits.viewer.graphs_held import open_graph_file
     from circuits.viewer.live import LiveModel
 
     state = ViewerState()
-    opened = []
-    for path in graph_files or []:
-        graph, qparams, source = open_graph_file(path)
-        state.shelf.add(path.name, graph, qparams, source)
-        opened.append(graph)
+    opened = [state.shelf.open(path).graph for path in graph_files or []]
     if not export_features:  # bind before the (slow) model load: a busy port fails at once
         from circuits.viewer.server import bind
 

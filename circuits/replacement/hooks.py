@@ -137,9 +137,10 @@ def add_mlp_output_hooks(model) -> None:
 def load_fitting_transcoder(model, path: str | Path, device: str = "cpu"):
     """Load transcoders (a directory, config.yaml or hub repo id; memory-mapped), map published hook names onto the model's
     (adapt_hooks), check it fits `model`, and freeze it (eval, no gradients)."""
+    from circuits.paths import checked_weights_dir
     from transcoders.loading import load_transcoder
 
-    tc = load_transcoder(path, device=device, lazy=True)
+    tc = load_transcoder(path, device=device, lazy=True, stamp_dir=checked_weights_dir())
     source = getattr(tc, "source", "") or f"transcoder directory {path}"
     if (tc.cfg.n_layers, tc.cfg.d_model) == (model.cfg.n_layers, model.cfg.d_model):
         adapt_hooks(model, tc, source)

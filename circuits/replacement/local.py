@@ -2,8 +2,10 @@
 
 Run the original model once and keep what the replacement model freezes: attention patterns,
 every normalisation scale, the transcoder's active features and the error terms
-e[l, c] = mlp_out[l, c] - y_hat[l, c]. Position 0 (BOS) carries no features and no error nodes:
-its MLP output is kept as a constant.
+e[l, c] = mlp_out[l, c] - y_hat[l, c]. Position 0 (BOS) carries no features and no error nodes, as
+in circuit-tracer: its error e[l, 0] is a constant and, with a skip transcoder, its skip term
+x[l, 0] W_skip stays live (so the BOS MLP output is e[l, 0] + b_dec + x[l, 0] W_skip; without a skip
+term it is the constant true output).
 
 Shapes: P positions, L layers, d residual width, H heads, F features per layer. The frozen per-layer
 state is layer-major ([L, P, d], [L, P]) because the attribution reads it one layer at a time; the
@@ -50,8 +52,8 @@ class LocalReplacement:
     ln2_post_scale_layer_pos: torch.Tensor | None
     mlp_in_layer_pos_d: torch.Tensor  # [L, P, d] transcoder inputs (the input hook)
     mlp_out_layer_pos_d: torch.Tensor  # [L, P, d] true MLP outputs (at the output hook)
-    recon_layer_pos_d: torch.Tensor  # [L, P, d] transcoder reconstruction (BOS: the true output)
-    error_layer_pos_d: torch.Tensor  # [L, P, d] mlp_out - recon (zero at BOS)
+    recon_layer_pos_d: torch.Tensor  # [L, P, d] transcoder reconstruction (BOS: b_dec + skip, no features)
+    error_layer_pos_d: torch.Tensor  # [L, P, d] mlp_out - recon (at BOS a constant, never a node)
     features: ActiveFeatures
     logits_vocab: torch.Tensor  # [vocab] the model's logits at the last position (soft-capped if it caps)
     node_logits_vocab: torch.Tensor  # [vocab] what logit nodes read: the logits before soft-capping
@@ -188,7 +190,6 @@ def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> Loca
         acts_by_layer.append(acts_pos_feat)
     recon = transcoder.decode(torch.stack(acts_by_layer, dim=1), mlp_in.transpose(0, 1).to(tc_dtype))
     recon = recon.transpose(0, 1).float().contiguous()  # [L, P, d]
-    recon[:, 0] = mlp_out[:, 0]
     layer_idx, pos_idx, feat_idx, values = [], [], [], []
     for l, acts_pos_feat in enumerate(acts_by_layer):
         pos, feat = acts_pos_feat.nonzero(as_tuple=True)
@@ -227,8 +228,9 @@ def replacement_hooks(model, transcoder, rep: LocalReplacement | None = None, fr
 
     Without `rep` (the global replacement model, scored by fidelity) position 0 keeps its true MLP
     output. With `rep` (the local replacement model of its prompt) the frozen error term is added
-    and position 0 gets its frozen true output; with `freeze` the attention patterns and norm
-    scales are also held at their clean values. Works on any batch shape [..., P, d].
+    and position 0 has no features (its output is its error constant + b_dec + live skip term, the
+    module doc); with `freeze` the attention patterns and norm scales are also held at their clean
+    values. Works on any batch shape [..., P, d].
     """
     live_x: dict[int, torch.Tensor] = {}
     live_acts: dict[int, torch.Tensor] = {}
@@ -238,6 +240,8 @@ def replacement_hooks(model, transcoder, rep: LocalReplacement | None = None, fr
         def hook(x, hook):  # noqa: ARG001 - TransformerLens hook signature
             live_x[layer] = x.to(dtype)
             live_acts[layer] = transcoder.layer_features(live_x[layer], layer)
+            if rep is not None:
+                live_acts[layer][..., 0, :] = 0  # BOS carries no features
         return hook
 
     def write_output(layer):
@@ -247,7 +251,6 @@ def replacement_hooks(model, transcoder, rep: LocalReplacement | None = None, fr
                 y_hat[..., 0, :] = y[..., 0, :]
             else:
                 y_hat = y_hat + rep.error_layer_pos_d[layer]
-                y_hat[..., 0, :] = rep.mlp_out_layer_pos_d[layer, 0]
             return y_hat.to(y.dtype)
         return hook
 

@@ -106,10 +106,8 @@ def fidelity_report(loaded, transcoders: str | Path, corpus: str | None = None, 
                     seq_len: int = 128, progress: bool = False) -> dict:
     """`circuits fidelity`: load the transcoder directory, check it fits, measure on held-out text."""
     from circuits.corpora.sequences import corpus_sequences
-    from transcoders.loading import check_transcoder_weights
 
-    tc = load_fitting_transcoder(loaded.model, transcoders, device=str(loaded.model.cfg.device))
-    check_transcoder_weights(transcoders)  # NaN / inf weights would give NaN metrics: refuse them
+    tc = load_fitting_transcoder(loaded.model, transcoders, device=str(loaded.model.cfg.device))  # NaN refused there
     seqs, corpus_id = corpus_sequences(loaded, corpus, seq_len, heldout=True)
     report = measure_fidelity(loaded.model, tc, seqs, max_tokens=max_tokens, seq_len=seq_len, progress=progress)
     return {**report, "model": loaded.name, "transcoders": str(transcoders), "corpus": corpus_id,

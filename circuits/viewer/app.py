@@ -3,10 +3,13 @@
 Only the page's own files are served, from a fixed list (no path from a request ever reaches the
 file system); graphs are the files the user named on the command line or traces made here.
 Every error is a JSON {"error": "one line"} with a 4xx status; the page shows it.
+guard.py checks every request first (Host, Origin, JSON content type, the per-run token the page
+carries, body size); here every body is checked for nesting, sizes and the schema of its fields.
 """
 
 from __future__ import annotations
 
+import json
 import traceback
 from dataclasses import dataclass, field
 from importlib import resources
@@ -14,21 +17,28 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from circuits.errors import CircuitsError
 from circuits.viewer.feature_pages import FeatureSource
-from circuits.viewer.graphs_held import GraphShelf, node_details, pruned_view
+from circuits.viewer.graphs_held import GraphShelf, checked_qparams, node_details, pruned_view
+from circuits.viewer.guard import MAX_BODY_BYTES, AllowedHosts, ApiError, Guard, new_token
 from circuits.viewer.live import Jobs, LiveModel
 from graphs import GraphError
+from graphs.viewer_read import MAX_JSON_DEPTH, json_depth
 
 STATIC = {"index.html": "text/html; charset=utf-8", "viewer.js": "text/javascript; charset=utf-8",
           "viewer.css": "text/css; charset=utf-8"}
 # The page may only talk to this server: no script, style, image or connection from elsewhere.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+TOKEN_SLOT = "__CIRCUITS_TOKEN__"  # in index.html: <meta name="circuits-token" content="...">
+MAX_FIELD_CHARS = 1_000  # a node id, a supernode name, clickedId, sg_pos, linkType
+MAX_PROMPT_CHARS = 20_000
+__all__ = ["MAX_BODY_BYTES", "MAX_FIELD_CHARS", "MAX_PROMPT_CHARS", "ViewerState", "create_app"]
 
 
 @dataclass
@@ -39,18 +49,14 @@ class ViewerState:
     jobs: Jobs = field(default_factory=Jobs)
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
 def _static_file(name: str) -> bytes:
     return resources.files("circuits.viewer").joinpath("static", name).read_bytes()
 
 
-def create_app(state: ViewerState) -> Starlette:
-    """The ASGI app serving `state`."""
+def create_app(state: ViewerState, host: str = "127.0.0.1") -> Starlette:
+    """The ASGI app serving `state` on a server bound to `host` (which Host names it answers to);
+    its per-run token is `app.state.token`."""
+    token = new_token()
 
     async def page(request: Request) -> Response:
         return _static(request, "index.html")
@@ -62,7 +68,10 @@ def create_app(state: ViewerState) -> Starlette:
         return _static(request, name)
 
     def _static(request: Request, name: str) -> Response:
-        return Response(_static_file(name), media_type=STATIC[name],
+        content = _static_file(name)
+        if name == "index.html":
+            content = content.replace(TOKEN_SLOT.encode(), token.encode())
+        return Response(content, media_type=STATIC[name],
                         headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"})
 
     async def info(request: Request) -> Response:
@@ -93,19 +102,7 @@ def create_app(state: ViewerState) -> Starlette:
     async def qparams(request: Request) -> Response:
         held = _held(request)
         body = await _json_body(request)
-        pinned, supernodes = body.get("pinnedIds", []), body.get("supernodes", [])
-        if not (isinstance(pinned, list) and all(isinstance(p, str) for p in pinned)):
-            raise ApiError(400, "pinnedIds must be a list of node ids")
-        if not (isinstance(supernodes, list) and all(
-                isinstance(s, list) and len(s) >= 2 and all(isinstance(x, str) for x in s) for s in supernodes)):
-            raise ApiError(400, "supernodes must be lists [name, node_id, ...]")
-        for node_id in pinned + [x for s in supernodes for x in s[1:]]:
-            try:
-                held.index_of(node_id)
-            except KeyError:
-                raise ApiError(400, f"unknown node id {node_id!r} in graph {held.gid}") from None
-        held.qparams = {**held.qparams, "pinnedIds": pinned, "supernodes": supernodes,
-                        "clickedId": str(body.get("clickedId", ""))}
+        held.qparams = {**held.qparams, **checked_qparams(held, body, MAX_FIELD_CHARS)}
         return JSONResponse(held.qparams)
 
     async def feature(request: Request) -> Response:
@@ -157,6 +154,8 @@ def create_app(state: ViewerState) -> Starlette:
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ApiError(400, no_prompt)
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ApiError(400, f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
         return state.live, body, prompt
 
     routes = [
@@ -170,7 +169,10 @@ def create_app(state: ViewerState) -> Starlette:
     ]
     handlers = {ApiError: _api_error, CircuitsError: _user_error, GraphError: _user_error,
                 404: _not_found, 405: _not_allowed, Exception: _internal_error}
-    return Starlette(routes=routes, exception_handlers=handlers)
+    app = Starlette(routes=routes, exception_handlers=handlers,
+                    middleware=[Middleware(Guard, allowed=AllowedHosts(host), token=token)])
+    app.state.token = token
+    return app
 
 
 def _float_param(request: Request, name: str, default: float) -> float:
@@ -192,10 +194,17 @@ def _int_path(request: Request, name: str) -> int:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object (the guard has limited its size): nesting deeper than any request
+    needs is refused before anything reads it."""
+    raw = await request.body()
     try:
-        body = await request.json()
+        body = json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, f"the request body is nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
     except ValueError:
-        raise ApiError(400, "the request body is not valid JSON") from None
+        raise ApiError(400, "the request body is not valid JSON (UTF-8)") from None
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"the request body is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     return body

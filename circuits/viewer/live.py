@@ -119,6 +119,10 @@ class Jobs:
         threading.Thread(target=run, daemon=True, name=f"job-{job.id}").start()
         return job
 
+    def list(self) -> list[Job]:
+        with self._lock:
+            return list(self._jobs.values())
+
     def get(self, job_id: str) -> Job:
         with self._lock:
             if job_id not in self._jobs:

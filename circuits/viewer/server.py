@@ -1,11 +1,14 @@
 """Run the viewer: bind the address first (a port in use is one clear error), then uvicorn on it.
 
-Ctrl-C (SIGINT) or SIGTERM: uvicorn finishes open requests and returns; the command exits 0.
+Ctrl-C (SIGINT) or SIGTERM: uvicorn finishes open requests and returns; the command prints
+"viewer stopped" and exits 0. (uvicorn re-raises the signal it caught once it has shut down: for
+SIGTERM that would kill the process with status 143, so SIGTERM is turned into an exception here.)
 """
 
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
 import threading
 import webbrowser
@@ -55,9 +58,17 @@ def url_of(sock: socket.socket, host: str) -> str:
     return f"http://{shown}:{port}/"
 
 
+class Terminated(Exception):
+    """SIGTERM arrived (raised by the handler `run` installs)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def run(app, sock: socket.socket, url: str, open_browser: bool = False,
         echo: Callable[[str], None] = print) -> None:
-    """Serve `app` on `sock` until Ctrl-C."""
+    """Serve `app` on `sock` until Ctrl-C or SIGTERM (from the main thread)."""
     import uvicorn
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
@@ -68,11 +79,15 @@ def run(app, sock: socket.socket, url: str, open_browser: bool = False,
             if not webbrowser.open(url):
                 echo(f"no browser found here: open {url} yourself")
         threading.Timer(0.5, open_page).start()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the Ctrl-C
+    except (KeyboardInterrupt, Terminated):  # uvicorn shut down gracefully, then re-raised the signal
         pass
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         sock.close()
     echo("viewer stopped")
 
@@ -86,6 +101,7 @@ class ServerThread:
         import uvicorn
 
         sock = bind(host, 0)
+        self.app = app
         self.url = url_of(sock, host)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)

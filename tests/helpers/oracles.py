@@ -51,8 +51,7 @@ def frozen_forward(model, transcoder, rep: LocalReplacement, acts_pos_layer_feat
             x_all = torch.zeros(P, L, transcoder.cfg.d_model, dtype=transcoder.W_enc.dtype, device=value.device)
             for l, x in inputs.items():
                 x_all[:, l] = x
-            y = transcoder.decode(acts_pos_layer_feat, x_all)[:, layer] + errors[layer]
-            y[0] = rep.mlp_out_layer_pos_d[layer, 0]
+            y = transcoder.decode(acts_pos_layer_feat, x_all)[:, layer] + errors[layer]  # BOS: no features, live skip
             return y[None].to(value.dtype)
         return hook
 

@@ -54,8 +54,7 @@ def view_server(graph_files, tiny_rm, tiny_index):
     state = ViewerState(features=FeatureSource(index=tiny_index, transcoder=tiny_rm.transcoder,
                                                transcoder_id=str(tiny_rm.transcoder_dir)))
     for path in graph_files[::-1]:  # the .npz first: the page opens it
-        graph, qparams, source = open_graph_file(path)
-        state.shelf.add(path.name, graph, qparams, source)
+        state.shelf.open(path)
     server = RunningServer(state)
     yield server
     server.stop()
@@ -143,7 +142,7 @@ def test_pins_and_supernodes_saved_in_qparams(browser, view_server, tmp_path):
     assert doc["qParams"]["supernodes"] == [["my group", *ids]]
     saved = tmp_path / "saved.json"
     saved.write_text(json.dumps(doc))
-    _, qparams, _ = open_graph_file(saved)  # reopening the file gives the same state back
+    qparams = open_graph_file(saved).qparams  # reopening the file gives the same state back
     assert qparams["pinnedIds"] == ids and qparams["supernodes"] == [["my group", *ids]]
     # "show pinned only": the supernode is one node; its edge to a fourth pinned node sums its members'
     links = browser.execute_script("return window.circuitsViewer.state.doc.links")

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
+from typer.testing import CliRunner
 
+from circuits.cli.main import app as cli_app
 from circuits.viewer.app import ViewerState, create_app
-from circuits.viewer.graphs_held import open_graph_file
 from graphs import prune_graph, save_graph, write_viewer_json
 from tests.graphs.hand_graph import hand_graph
 
@@ -54,6 +55,47 @@ def test_view_bad_file_is_one_line(tmp_path, content, fragment):
     path = tmp_path / "bad.json"
     path.write_text(content)
     one_line_error(circuits("view", str(path)), fragment)
+
+
+def _hand_doc(hand_files) -> dict:
+    return json.loads(hand_files[0].read_text())
+
+
+def _bad_node_id(doc: dict) -> dict:
+    feature = next(n for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder")
+    feature["node_id"] = "7"  # no "_": was an IndexError
+    return doc
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda doc: '{"metadata": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    (lambda doc: {**doc, "metadata": {"model": json.loads("[" * 200 + "]" * 200)}}, "nested too deeply"),
+    (_bad_node_id, "not of the form {layer}_{feature}_{pos}"),
+    (lambda doc: {**doc, "metadata": "a string"}, "'metadata' must be an object"),
+    (lambda doc: {**doc, "qParams": {"pinnedIds": [1, 2]}}, "qParams.pinnedIds"),
+    (lambda doc: {**doc, "nodes": doc["nodes"] + ["x"]}, "must be an object"),
+], ids=["deep", "deep-model", "node-id", "metadata-string", "qparams", "node-string"])
+@pytest.mark.parametrize("export", [False, True], ids=["view", "export"])
+def test_view_damaged_graph_is_one_line(hand_files, tmp_path, monkeypatch, damage, fragment, export):
+    def serve_forever(*args, **kwargs):
+        raise AssertionError("a damaged graph was served")
+
+    monkeypatch.setattr("circuits.viewer.server.run", serve_forever)
+    doc = damage(_hand_doc(hand_files))
+    path = tmp_path / "bad.json"
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    extra = ["--export-features", str(tmp_path / "pages")] if export else ["--port", "0"]
+    result = CliRunner().invoke(cli_app, ["view", str(path), *extra])  # in-process: fast
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: ") and fragment in lines[0], result.output
+
+
+def test_view_fifo_refused_at_once(tmp_path):
+    fifo = tmp_path / "g.json"
+    os.mkfifo(fifo)
+    result = circuits("view", str(fifo), "--port", "0", timeout=60)  # no writer: opening it would block
+    one_line_error(result, "FIFO")
 
 
 def test_view_missing_file_and_directory(tmp_path):
@@ -96,13 +138,45 @@ def test_view_serves_until_ctrl_c(hand_files):
     assert "warning: listening on 0.0.0.0" in err and "Traceback" not in err
 
 
+def _started(argv: list[str]) -> tuple[subprocess.Popen, int]:
+    """`python -m circuits ...argv --port 0` running, and its port (from its first line)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "circuits", *argv, "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    line = proc.stdout.readline()
+    assert line.startswith("viewer at http://127.0.0.1:"), (line, proc.poll())
+    return proc, int(line.split(":")[2].split("/")[0])
+
+
+def _stopped_by_sigterm(proc: subprocess.Popen, port: int) -> None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=30) as response:
+            assert response.status == 200
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, (proc.returncode, err)
+    assert out.strip().endswith("viewer stopped") and "Traceback" not in err
+
+
+def test_view_sigterm_exits_0(hand_files):
+    _stopped_by_sigterm(*_started(["view", str(hand_files[0])]))
+
+
+def test_serve_sigterm_exits_0(tiny_rm):
+    """`serve` with the world-tiny model (built by the fixture, in this session's CIRCUITS_HOME)."""
+    _stopped_by_sigterm(*_started(["serve", "--model", "world-tiny", "--device", "cpu"]))
+
+
 @pytest.fixture(scope="module")
 def client(hand_files):
     state = ViewerState()
     for path in hand_files:
-        graph, qparams, source = open_graph_file(path)
-        state.shelf.add(path.name, graph, qparams, source)
-    return TestClient(create_app(state))
+        state.shelf.open(path)
+    app = create_app(state)
+    return TestClient(app, base_url="http://127.0.0.1:8000", headers={"X-Circuits-Token": app.state.token})
 
 
 def test_api_graph_and_node(client):
@@ -135,8 +209,10 @@ def test_api_errors_are_one_line_json(client, path, status, fragment):
 def test_api_live_endpoints_need_serve(client):
     response = client.post("/api/trace", json={"prompt": "calc: 1+2="})
     assert response.status_code == 409 and "circuits serve" in response.json()["error"]
-    response = client.post("/api/trace", content=b"{not json")
+    response = client.post("/api/trace", content=b"{not json", headers={"Content-Type": "application/json"})
     assert response.status_code in (400, 409)
+    response = client.post("/api/trace", content=b"{not json")  # no JSON content type
+    assert response.status_code == 415
 
 
 def test_api_qparams_checked(client):

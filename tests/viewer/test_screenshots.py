@@ -62,12 +62,9 @@ def test_case_study_screenshots(browser, tmp_path, monkeypatch):
 def done_when(browser, rm, tmp_path) -> None:
     """The issue's newcomer: trace calc to g.json, view it, click the "95" logit, walk back to the
     operand tokens through the panel."""
-    from circuits.viewer.graphs_held import open_graph_file
-
     rm.trace(PROMPTS["calc"]).write_json(tmp_path / "g.json")
     state = ViewerState()
-    graph, qparams, source = open_graph_file(tmp_path / "g.json")
-    state.shelf.add("g.json", graph, qparams, source)
+    state.shelf.open(tmp_path / "g.json")
     server = RunningServer(state)
     try:
         browser.get("about:blank")

@@ -13,7 +13,14 @@ const S = {
 const $ = (id) => document.getElementById(id);
 
 // ---- helpers ------------------------------------------------------------------------------
+// Requests that do work carry this run's token (from the page the server served) and JSON.
+const TOKEN = (document.querySelector('meta[name="circuits-token"]') || {}).content || "";
+
 async function api(path, options) {
+  options = options || {};
+  if (options.method && options.method !== "GET") {
+    options.headers = { ...(options.headers || {}), "Content-Type": "application/json", "X-Circuits-Token": TOKEN };
+  }
   const response = await fetch(path, options);
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
@@ -294,10 +301,23 @@ function render(fit) {
   vp.append(grid, edgeG, nodeG);
   $("node-count").textContent = String(nodes.length);
   $("edge-count").textContent = String(links.length);
-  const s = S.doc.metadata.scores || {};
-  $("scores").textContent = `· replacement ${fmt(s.replacement_pruned)} (full ${fmt(s.replacement)}), ` +
-    `completeness ${fmt(s.completeness_pruned)} (full ${fmt(s.completeness)})`;
+  renderScores();
   if (fit) fitView(); else applyView();
+}
+
+// The scores and where they come from: recomputed from a full graph, or (a graph JSON) the file's
+// own metadata, plus what this view keeps of the file's graph when the sliders show less.
+function renderScores() {
+  const s = S.doc.metadata.scores || {}, v = S.doc.metadata.viewer || {};
+  let line = `· replacement ${fmt(s.replacement_pruned)} (full ${fmt(s.replacement)}), ` +
+    `completeness ${fmt(s.completeness_pruned)} (full ${fmt(s.completeness)})`;
+  if (v.scores_basis === "file") {
+    line += " from the file's metadata";
+    const w = v.scores_within_file;
+    if (w) line += ` · this view within the file: replacement ${fmt(w.replacement)}, completeness ${fmt(w.completeness)}`;
+  }
+  $("scores").textContent = line;
+  $("scores").title = v.scores_note || "";
 }
 
 function drawNode(n) {
