@@ -1,13 +1,15 @@
 """A trace's FLOP floor beside its measured time: how far attribution is from the machine's peak.
 
     python benchmarks/flop_floor.py --model smollm2-135m --transcoders DIR \
-        [--prompt "The capital of France is"] [--threads 1]
+        [--prompt "The capital of France is" | --tokens 256] [--max-feature-nodes 128] [--threads 1]
 
-Floor = the multiply-adds no exact method can skip, for every target row (logits and active
-features), counted from the prompt's shape:
+Floor = the multiply-adds no exact method can skip, for every target row (logits and the features
+attributed: every active feature, or with --max-feature-nodes the ones the trace chose, whose rows
+still run over every active source since influence reads them), counted from the prompt's shape:
 - the backward sweep through the frozen blocks below the target's layer, over the positions up to
-  the target's (its causal cone): per layer and position, the attention's value and output maps
-  transposed (2 x d x d_attn) and mixing by the frozen pattern (positions x d_attn);
+  the target's (its causal cone): per layer and position, the attention's output map (d x d_attn)
+  and value map per value head (d x d_kv) transposed, and mixing by the frozen causal pattern
+  (each query with the keys at or before it: P (P + 1) / 2 x d_attn);
 - the decoder contractions: per source feature in the cone, one d-vector per layer it writes to
   inside the cone;
 - the error and token-embedding dot products (d each).
@@ -34,19 +36,22 @@ def matmul_peak_flops(threads: int, n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 / best
 
 
-def floor_flops(rep, transcoder, n_layers: int, d: int, d_attn: int, d_kv: int, n_logits: int) -> float:
-    """Multiply-adds x 2 of the floor described in the module docstring."""
+def floor_flops(rep, transcoder, n_layers: int, d: int, d_attn: int, d_kv: int, n_logits: int,
+                chosen: torch.Tensor | None = None) -> float:
+    """Multiply-adds x 2 of the floor described in the module docstring (`chosen`: the feature
+    targets, indices into rep.features; None: every active feature)."""
     f = rep.features
     layer, pos = f.layer.cpu(), f.position.cpu()
     n_out = torch.tensor([transcoder.W_dec[l].shape[1] for l in range(n_layers)])
     total = 0.0
-    targets = [(int(l), int(p)) for l, p in zip(layer, pos)] + [(n_layers, rep.n_pos - 1)] * n_logits
+    t_layer, t_pos = (layer, pos) if chosen is None else (layer[chosen.cpu()], pos[chosen.cpu()])
+    targets = [(int(l), int(p)) for l, p in zip(t_layer, t_pos)] + [(n_layers, rep.n_pos - 1)] * n_logits
     counts: dict[tuple[int, int], int] = {}
     for t in targets:
         counts[t] = counts.get(t, 0) + 1
     for (l_t, p_t), n_rows in counts.items():
         P = p_t + 1
-        sweep = l_t * P * (d * d_attn + d * d_kv) + l_t * P * P * d_attn
+        sweep = l_t * P * (d * d_attn + d * d_kv) + l_t * (P * (P + 1) // 2) * d_attn
         in_cone = (layer < l_t) & (pos <= p_t)
         written = torch.clamp(torch.minimum(n_out[layer[in_cone]], l_t - layer[in_cone]), min=0)
         decoders = int(written.sum()) * d
@@ -60,6 +65,9 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--transcoders", required=True)
     ap.add_argument("--prompt", default="The capital of France is")
+    ap.add_argument("--tokens", type=int, default=None, help="instead of --prompt: this many tokens of the "
+                    "standard library's docstrings (benchmarks/long_context.py's document)")
+    ap.add_argument("--max-feature-nodes", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
@@ -69,18 +77,24 @@ def main() -> None:
     from circuits.replacement.model import ReplacementModel
 
     rm = ReplacementModel.load(args.model, args.transcoders, "cpu", False)
+    if args.tokens:
+        from long_context import prompt_of_length
+
+        args.prompt = prompt_of_length(rm.model, args.tokens)
     tokens = tokenize_prompt(rm.model, args.prompt)
     t0 = time.perf_counter()
-    attr = attribution_rows(rm.model, rm.transcoder, tokens, TraceConfig(memory_gb=None), threads=args.threads)
+    attr = attribution_rows(rm.model, rm.transcoder, tokens,
+                            TraceConfig(memory_gb=None, max_feature_nodes=args.max_feature_nodes), threads=args.threads)
     seconds = time.perf_counter() - t0
     cfg = rm.model.cfg
     n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
     flops = floor_flops(attr.rep, rm.transcoder, cfg.n_layers, cfg.d_model, cfg.n_heads * cfg.d_head,
-                        n_kv * cfg.d_head, len(attr.logits.labels))
+                        n_kv * cfg.d_head, len(attr.logits.labels), attr.feature_idx)
     peak = matmul_peak_flops(args.threads)
     floor_s = flops / peak
-    print(f"prompt {args.prompt!r}: {len(tokens)} tokens, {len(attr.rep.features)} active features, "
-          f"{len(attr.logits.labels)} logits, {args.threads} thread(s)")
+    shown = args.prompt if len(args.prompt) < 80 else args.prompt[:60] + "..."
+    print(f"prompt {shown!r}: {len(tokens)} tokens, {len(attr.rep.features)} active features, "
+          f"{len(attr.feature_idx)} attributed, {len(attr.logits.labels)} logits, {args.threads} thread(s)")
     print(f"| measured s | floor GFLOP | peak GFLOP/s | floor s | measured / floor |")
     print(f"| --- | --- | --- | --- | --- |")
     print(f"| {seconds:.2f} | {flops / 1e9:.1f} | {peak / 1e9:.1f} | {floor_s:.2f} | {seconds / floor_s:.1f}x |")

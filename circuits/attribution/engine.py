@@ -22,9 +22,12 @@ import torch
 
 from circuits.attribution.config import TraceConfig
 from circuits.attribution.frozen_backward import FrozenBlocks
-from circuits.attribution.memory import TraceShape, choose_feature_cap
+from circuits.attribution.influence import feature_influence, logit_flow, next_round
+from circuits.attribution.memory import (TraceShape, check_forward_fits, forward_bytes, plan_decoders, plan_rows,
+                                         resident_bytes)
 from circuits.attribution.row_split import current_row_split
-from circuits.attribution.rows import Attribution, SourceLayout, compute_rows
+from circuits.attribution.row_store import RowStore
+from circuits.attribution.rows import Attribution, SourceLayout, compute_rows, graph_source_columns
 from circuits.attribution.targets import (CustomTarget, TargetSeeds, choose_targets, custom_targets,
                                           feature_seeds, logit_seeds)
 from circuits.attribution.to_graph import label_features, to_graph
@@ -60,17 +63,24 @@ def _batches(n: int, batch_size: int):
 GRADIENT_BUDGET_BYTES = 1 << 30  # per batch: the stored gradients [P, B, L, d] stay below this
 
 
-def bounded_batch_size(batch_size: int, n_pos: int, n_layers: int, d_model: int) -> int:
-    """Shrink the batch so one sweep's stored gradients fit GRADIENT_BUDGET_BYTES (long prompts)."""
+GRADIENT_BUDGET_SHARE = 1 / 16  # under a memory budget, one sweep's gradients take at most this share of it
+
+
+def bounded_batch_size(batch_size: int, n_pos: int, n_layers: int, d_model: int,
+                       memory_gb: float | None = None) -> int:
+    """Shrink the batch so one sweep's stored gradients fit GRADIENT_BUDGET_BYTES, and
+    GRADIENT_BUDGET_SHARE of a memory budget (long prompts: the rest holds more chosen rows)."""
     per_row = 4 * n_pos * (n_layers + 1) * d_model
-    return max(1, min(batch_size, GRADIENT_BUDGET_BYTES // per_row))
+    budget = GRADIENT_BUDGET_BYTES
+    if memory_gb is not None:
+        budget = min(budget, int(memory_gb * 2 ** 30 * GRADIENT_BUDGET_SHARE))
+    return max(1, min(batch_size, budget // per_row))
 
 
 def _rows_in_batches(rep, blocks, transcoder, layout, seeds: TargetSeeds, batch_size: int,
                      progress, out: torch.Tensor | None = None) -> torch.Tensor:
     """Rows [len(seeds), n_sources] in seed order, written into `out` when given (a view of a
     larger preallocated block: no temporary copy)."""
-    batch_size = bounded_batch_size(batch_size, rep.n_pos, blocks.n_layers, rep.embed_pos_d.shape[1])
     if out is None:
         out = torch.empty(len(seeds), layout.n_sources, device=seeds.vec_d.device)
     order = torch.argsort(seeds.layer * (rep.n_pos + 1) + seeds.position)  # group causal cones
@@ -87,34 +97,6 @@ def _rows_in_batches(rep, blocks, transcoder, layout, seeds: TargetSeeds, batch_
 
 
 INFLUENCE_UPDATE_DIVISOR = 4
-INFLUENCE_CHUNK_ROWS = 1024  # rows normalised at a time: no full-size copies of the feature rows
-
-
-def _normalised_flow(flow_r: torch.Tensor, rows_r_s: torch.Tensor, n_features: int) -> torch.Tensor:
-    """flow @ A_hat[:, :n_features], A_hat = |rows| with each row scaled to sum 1, in row chunks."""
-    out = torch.zeros(n_features, dtype=rows_r_s.dtype, device=rows_r_s.device)
-    for start in range(0, rows_r_s.shape[0], INFLUENCE_CHUNK_ROWS):
-        a = rows_r_s[start:start + INFLUENCE_CHUNK_ROWS].abs()
-        scale = flow_r[start:start + INFLUENCE_CHUNK_ROWS] / a.sum(1).clamp_min(1e-30)
-        out += scale @ a[:, :n_features]
-    return out
-
-
-def _feature_influence(logit_rows: torch.Tensor, logit_weights: torch.Tensor, feature_rows: torch.Tensor,
-                       visited: torch.Tensor, n_features: int, max_depth: int) -> torch.Tensor:
-    """Influence w^T (A_hat + A_hat^2 + ...) on every active feature, from the rows known so far
-    (unvisited features have no rows yet, so paths through them are not counted). feature_rows
-    [len(visited), n_sources] holds the visited features' rows, in `visited` order."""
-    flow = _normalised_flow(logit_weights, logit_rows, n_features)  # [n_features]
-    influence = flow.clone()
-    for _ in range(max_depth):
-        if not len(visited):
-            break
-        flow = _normalised_flow(flow[visited], feature_rows, n_features)
-        influence += flow
-        if float(flow.abs().max()) < 1e-12:
-            break
-    return influence
 
 
 @torch.no_grad()
@@ -141,15 +123,27 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
                recheck_threads) -> Attribution:
     timing = {}
     t0 = time.perf_counter()
-    batch_size, max_feature_nodes = config.batch_size, config.max_feature_nodes
+    batch_size, max_feature_nodes, memory_gb = config.batch_size, config.max_feature_nodes, config.memory_gb
+    baseline = resident_bytes() if memory_gb is not None else 0
+    check_forward_fits(_forward_bytes(model, transcoder, len(tokens_pos)), len(tokens_pos), memory_gb, baseline)
     rep = build_local_replacement(model, transcoder, tokens_pos)
     blocks = FrozenBlocks(model)
     n_active = len(rep.features)
-    if config.memory_gb is not None:
+    # rows per backward sweep; influence rounds still grow by at least config.batch_size
+    sweep = bounded_batch_size(batch_size, rep.n_pos, blocks.n_layers, rep.embed_pos_d.shape[1], memory_gb)
+    cache_decoders, plan, store_limit = True, {}, None
+    if memory_gb is not None:
         n_logits = config.max_n_logits + len(customs)
-        shape = _trace_shape(rep, transcoder, blocks.n_layers, n_logits, batch_size)
-        max_feature_nodes = choose_feature_cap(shape, max_feature_nodes, config.memory_gb)
-    layout = SourceLayout(rep, transcoder)
+        W_O = blocks.W_O_head_e_d[0]
+        shape = plan_decoders(_trace_shape(rep, transcoder, blocks.n_layers, n_logits, sweep, baseline,
+                                           (W_O.shape[0], W_O.shape[1])), memory_gb)
+        rows_plan = plan_rows(shape, max_feature_nodes, memory_gb)
+        max_feature_nodes, store_limit = rows_plan.n_chosen, rows_plan.store_limit
+        cache_decoders = shape.cache_decoders
+        plan = {"budget_gb": memory_gb, "n_active": n_active, "cap": max_feature_nodes, "store_limit": store_limit,
+                "cache_decoders": cache_decoders, "baseline_bytes": baseline,
+                "predicted_bytes": rows_plan.predicted_bytes}
+    layout = SourceLayout(rep, transcoder, cache_decoders)
     logits = choose_targets(model, rep, blocks, config, customs)
     timing["forward"] = time.perf_counter() - t0
 
@@ -157,51 +151,73 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
     n_chosen = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
     bar = _progress_bar(progress, len(logits.labels) + n_chosen, recheck_threads)
     logit_rows = _rows_in_batches(rep, blocks, transcoder, layout, logit_seeds(rep, blocks, logits),
-                                  batch_size, bar)
-    if n_chosen == n_active:
+                                  sweep, bar)
+    if n_chosen == n_active and store_limit is None:
         chosen = torch.arange(n_active, device=logit_rows.device)
         feature_rows = _rows_in_batches(rep, blocks, transcoder, layout,
-                                        feature_seeds(rep, blocks, transcoder, chosen), batch_size, bar)
+                                        feature_seeds(rep, blocks, transcoder, chosen), sweep, bar)
     else:
         chosen, feature_rows = _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows,
-                                                    n_chosen, batch_size, bar)
+                                                    n_chosen, batch_size, bar, store_limit, sweep)
+        logit_rows = logit_rows[:, graph_source_columns(chosen, layout)]
     bar.close()
+    plan["n_chosen"] = len(chosen)
     timing["attribution"] = time.perf_counter() - t1
-    return Attribution(rep, logits, chosen, logit_rows, feature_rows, layout, timing)
+    return Attribution(rep, logits, chosen, logit_rows, feature_rows, layout,
+                       graph_source_columns(chosen, layout), timing, plan)
 
 
-def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int) -> TraceShape:
+def _forward_bytes(model, transcoder, n_pos: int) -> int:
+    cfg = model.cfg
+    return forward_bytes(cfg.n_layers, cfg.n_heads, cfg.d_model, n_pos, transcoder.cfg.n_features, cfg.d_vocab)
+
+
+def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int, baseline: int,
+                 W_O_shape: tuple[int, int]) -> TraceShape:
     f, d = rep.features, rep.embed_pos_d.shape[1]
     per_layer = torch.bincount(f.layer.cpu(), minlength=n_layers).tolist()
     n_out = [transcoder.W_dec[l].shape[1] for l in range(n_layers)]  # [F, n_out, d]
-    batch = bounded_batch_size(batch_size, rep.n_pos, n_layers, d)
+    batch = batch_size  # rows per sweep, already bounded
+    kept = rep.patterns.nbytes + 4 * rep.error_layer_pos_d.numel() * rep.error_layer_pos_d.element_size()
+    H, e = W_O_shape
+    sweep_temps = 4 * batch * rep.n_pos * (2 * H * e + 6 * d)  # z and v per head; the [B, P, d] terms
     return TraceShape(n_active=len(f), n_errors=n_layers * (rep.n_pos - 1), n_pos=rep.n_pos, n_logits=n_logits,
                       decoder_floats=sum(c * o * d for c, o in zip(per_layer, n_out)),
-                      gradient_bytes=4 * batch * rep.n_pos * (n_layers + 1) * d)
+                      gradient_bytes=4 * batch * rep.n_pos * (n_layers + 1) * d, batch_rows=batch,
+                      sweep_temp_bytes=sweep_temps, fixed_bytes=kept, baseline_bytes=baseline)
 
 
-def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_chosen, batch_size, bar):
+def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_chosen, batch_size, bar,
+                         store_limit: int | None = None, sweep: int | None = None):
+    """(chosen features in node order, their rows over the graph's sources): rounds of the most
+    influential unvisited features (circuits.attribution.influence), their rows kept in a RowStore;
+    with a `store_limit` (bytes) the choice stops before the store would pass it."""
     n_active = len(rep.features)
-    device = logit_rows.device
-    visited = torch.empty(n_chosen, dtype=torch.long, device=device)
-    feature_rows = torch.empty(n_chosen, layout.n_sources, device=device)  # filled in visiting order
-    weights = logits.weights.to(device).float()
-    n_done = 0
-    while n_done < n_chosen:
-        influence = _feature_influence(logit_rows, weights, feature_rows[:n_done], visited[:n_done], n_active,
-                                       rep.error_layer_pos_d.shape[0] + 1)
-        influence[visited[:n_done]] = -1.0
-        # influence is re-estimated after every quarter of growth (at least one batch): the cost of
-        # re-estimating grows with the rows known, so per-batch updates made long prompts quadratic
-        k = min(max(batch_size, n_done // INFLUENCE_UPDATE_DIVISOR), n_chosen - n_done)
-        new = influence.topk(k).indices
-        _rows_in_batches(rep, blocks, transcoder, layout, feature_seeds(rep, blocks, transcoder, new), batch_size,
-                         bar, out=feature_rows[n_done:n_done + k])
-        visited[n_done:n_done + k] = new
-        n_done += k
-    order = torch.argsort(visited)  # node order follows rep.features (layer, position, feature)
-    permute_rows_in_place(feature_rows, order)
-    return visited[order], feature_rows
+    store = RowStore(rep.features.layer, blocks.n_layers, layout.n_sources)
+    flow_f = logit_flow(logits.weights.to(logit_rows.device).float(), logit_rows, n_active)
+    max_depth = rep.error_layer_pos_d.shape[0] + 1
+    batch = sweep or bounded_batch_size(batch_size, rep.n_pos, blocks.n_layers, rep.embed_pos_d.shape[1])
+    while store.n_rows < n_chosen:
+        influence = feature_influence(flow_f, store, max_depth)
+        new = next_round(influence, store.visited, store.n_rows, n_chosen, batch_size, INFLUENCE_UPDATE_DIVISOR)
+        if store_limit is not None:  # the most influential of them that the store still has room for
+            fits = int((store.nbytes + store.row_bytes(new).cumsum(0) <= store_limit).sum())
+            if fits < len(new):
+                new, n_chosen = new[:fits], store.n_rows + fits
+                if fits == 0:
+                    break
+        seeds = feature_seeds(rep, blocks, transcoder, new)
+        order = torch.argsort(seeds.layer * (rep.n_pos + 1) + seeds.position)  # group causal cones
+        for sl in _batches(len(new), batch):
+            idx = order[sl]
+            store.add(new[idx], compute_rows(rep, blocks, transcoder, layout, seeds.select(idx)))
+            bar(len(idx))
+        if store_limit is not None and store.n_rows < n_chosen:  # the rows the store will hold, at this mean
+            expected = store.n_rows * store_limit // max(store.nbytes, 1)
+            bar.set_total(len(logits.labels) + int(min(n_chosen, expected)))
+    bar.set_total(len(logits.labels) + store.n_rows)
+    chosen = store.visited.sort().values  # node order follows rep.features (layer, position, feature)
+    return chosen, store.chosen_rows(chosen)
 
 
 def permute_rows_in_place(rows: torch.Tensor, order: torch.Tensor) -> None:
@@ -236,5 +252,11 @@ def _progress_bar(enabled: bool, total: int, on_batch):
         if bar is not None:
             bar.update(n)
 
+    def set_total(total: int) -> None:  # the rows expected, once a full row store tells
+        if bar is not None and total != bar.total:
+            bar.total = total
+            bar.refresh()
+
     update.close = bar.close if bar is not None else (lambda: None)  # type: ignore[attr-defined]
+    update.set_total = set_total  # type: ignore[attr-defined]
     return update

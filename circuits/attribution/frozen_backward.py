@@ -36,7 +36,8 @@ class FrozenBlocks:
         self.centered = norm.startswith("LN")  # LN / LNPre center; RMS / RMSPre do not
         self.has_norm = bool(norm)
         self.W_O_head_e_d = [b.attn.W_O.detach().float() for b in model.blocks]  # [H, e, d]
-        self.W_V_head_d_e = [b.attn.W_V.detach().float() for b in model.blocks]  # [H, d, e]
+        # [G, d, e]: one per value head (grouped-query attention: TransformerLens' W_V repeats them)
+        self.W_V_kv_d_e = [getattr(b.attn, "_W_V", b.attn.W_V).detach().float() for b in model.blocks]
         self.ln1_w = [self._weight(b.ln1) for b in model.blocks]
         self.ln2_w = [self._weight(b.ln2) for b in model.blocks]
         # Gemma-2/3: a norm on the attention output before it joins the residual stream
@@ -51,18 +52,29 @@ class FrozenBlocks:
         w = getattr(norm, "w", None)
         return None if w is None else w.detach().float()
 
-    def attention_backward(self, layer: int, grad_pos_d: torch.Tensor, pattern_head_q_k: torch.Tensor,
+    def attention_backward(self, layer: int, grad_pos_d: torch.Tensor, pattern_blocks,
                            ln1_scale_pos: torch.Tensor, ln1_post_scale_pos: torch.Tensor | None = None
                            ) -> torch.Tensor:
         """Gradient at the attention input (resid_pre) from the gradient at its output (resid_mid),
         through the OV path only (and the frozen post-attention norm where the model has one);
-        grad [B, P, d], pattern [H, P, P] -> [B, P, d]. Excludes the residual connection (the
-        caller adds it)."""
-        W_O, W_V = self.W_O_head_e_d[layer], self.W_V_head_d_e[layer]
+        grad [B, P, d], the pattern as causal query blocks (q0, [H, Q, q0 + Q]) (circuits.
+        frozen_patterns) -> [B, P, d]: a key only receives from queries at or after it, so the masked
+        half is never touched. Query heads sharing a value head (grouped-query attention) are summed
+        before the value projection, which then runs once per value head. Excludes the residual
+        connection (the caller adds it)."""
+        W_O, W_V = self.W_O_head_e_d[layer], self.W_V_kv_d_e[layer]
         if self.has_ln1_post:
             grad_pos_d = norm_backward(grad_pos_d, ln1_post_scale_pos, self.ln1_post_w[layer], self.centered)
+        B, P, _ = grad_pos_d.shape
+        H, e = W_O.shape[0], W_O.shape[1]
         z_b_h_q_e = torch.einsum("bqd,hed->bhqe", grad_pos_d, W_O)
-        v_b_h_k_e = torch.einsum("hqk,bhqe->bhke", pattern_head_q_k, z_b_h_q_e)
+        v_b_h_k_e = torch.zeros(B, H, P, e, device=grad_pos_d.device)
+        for q0, block_h_q_k in pattern_blocks:
+            q1, k1 = q0 + block_h_q_k.shape[1], block_h_q_k.shape[2]
+            v_b_h_k_e[:, :, :k1] += torch.einsum("hqk,bhqe->bhke", block_h_q_k, z_b_h_q_e[:, :, q0:q1])
+        G = W_V.shape[0]
+        if G != H:  # query heads g*H/G .. (g+1)*H/G - 1 read value head g
+            v_b_h_k_e = v_b_h_k_e.view(B, G, H // G, P, e).sum(2)
         g_ln_b_k_d = torch.einsum("bhke,hde->bkd", v_b_h_k_e, W_V)
         if not self.has_norm:
             return g_ln_b_k_d

@@ -22,11 +22,18 @@ from circuits.attribution.targets import LogitTargets, TargetSeeds
 from circuits.replacement.local import LocalReplacement
 
 
-class SourceLayout:
-    """Column indices of the sources, and each source layer's activation-scaled decoders."""
+DECODER_BLOCK_FEATURES = 8192  # activation-scaled decoders read this many features at a time
 
-    def __init__(self, rep: LocalReplacement, transcoder):
+
+class SourceLayout:
+    """Column indices of the sources, and each source layer's activation-scaled decoders: kept for
+    every active feature when `cache_decoders` (short prompts), else read from the (lazy)
+    transcoder in blocks of DECODER_BLOCK_FEATURES per backward batch (long prompts)."""
+
+    def __init__(self, rep: LocalReplacement, transcoder, cache_decoders: bool = True):
         f = rep.features
+        self.features = f
+        self.transcoder = transcoder
         self.n_layers = rep.error_layer_pos_d.shape[0]
         self.n_pos = rep.n_pos
         self.n_features = len(f)
@@ -35,7 +42,6 @@ class SourceLayout:
         # per source layer: [start, end) of its features and, per position, their sub-ranges
         self.layer_ranges: list[tuple[int, int]] = []
         self.pos_ranges: list[list[tuple[int, int, int]]] = []  # (pos, start, end)
-        self.scaled_decoders: list[torch.Tensor] = []  # per layer: [n_l, n_out, d] = a * W_dec
         for l in range(self.n_layers):
             rows = (f.layer == l).nonzero(as_tuple=True)[0]
             start, end = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
@@ -49,8 +55,41 @@ class SourceLayout:
                     bounds.append((p, offset, offset + c))
                     offset += c
             self.pos_ranges.append(bounds)
-            W = transcoder.decoder_rows(l, f.feature[start:end]).float()
-            self.scaled_decoders.append(W * f.activation[start:end, None, None])
+        self._cache: list[torch.Tensor] | None = None
+        if cache_decoders:
+            self._cache = [self._read(l, *self.layer_ranges[l]) for l in range(self.n_layers)]
+
+    def _read(self, layer: int, start: int, end: int) -> torch.Tensor:
+        """a * W_dec of the active features [start, end) of `layer` [n, n_out, d], float32."""
+        f = self.features
+        W = self.transcoder.decoder_rows(layer, f.feature[start:end]).float().to(f.activation.device)
+        return W * f.activation[start:end, None, None]
+
+    def scaled_decoders(self, layer: int, start: int, end: int) -> torch.Tensor:
+        """a * W_dec [end - start, n_out, d] of the active features [start, end) (one layer's)."""
+        if self._cache is not None:
+            s0 = self.layer_ranges[layer][0]
+            return self._cache[layer][start - s0:end - s0]
+        return self._read(layer, start, end)
+
+    def decoder_blocks(self, layer: int, n_pos: int):
+        """The layer's position ranges below `n_pos`, grouped into blocks of at most
+        DECODER_BLOCK_FEATURES features (a single position may exceed it): yields (scaled decoders
+        of the block [n, n_out, d], its first column, its [(pos, start, end)] in columns)."""
+        group: list[tuple[int, int, int]] = []
+        for pos, start, end in self.pos_ranges[layer]:
+            if pos >= n_pos:
+                break
+            if group and end - group[0][1] > DECODER_BLOCK_FEATURES:
+                yield self._block(layer, group)
+                group = []
+            group.append((pos, start, end))
+        if group:
+            yield self._block(layer, group)
+
+    def _block(self, layer, group):
+        s0 = group[0][1]
+        return self.scaled_decoders(layer, s0, group[-1][2]), s0, group
 
     def error_column(self, layer: int, pos: int) -> int:
         return self.n_features + layer * (self.n_pos - 1) + (pos - 1)
@@ -89,40 +128,45 @@ def compute_rows(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layout
             grad_b_p_d[r, seeds.position[r]] += seeds.vec_d[r]
         post = None if rep.ln1_post_scale_layer_pos is None else rep.ln1_post_scale_layer_pos[l, :P]
         grad_b_p_d = grad_b_p_d + blocks.attention_backward(
-            l, grad_b_p_d, rep.patterns[l][:, :P, :P], rep.ln1_scale_layer_pos[l, :P], post)
+            l, grad_b_p_d, rep.patterns.blocks(l, P), rep.ln1_scale_layer_pos[l, :P], post)
 
     rows = torch.zeros(B, layout.n_sources, device=device)
     emb_start = layout.embedding_column(0)
     rows[:, emb_start:emb_start + P] = (grad_b_p_d * rep.embed_pos_d[:P]).sum(-1)
-    if P > 1:
-        err_b_l_p = torch.einsum("pbld,lpd->blp", grad_p_b_l_d[1:], rep.error_layer_pos_d[:l_top, 1:P])
+    if P > 1:  # one layer at a time: no permuted copy of the whole gradient block
         for l in range(l_top):
             c0 = layout.error_column(l, 1)
-            rows[:, c0:c0 + P - 1] = err_b_l_p[:, l]
+            rows[:, c0:c0 + P - 1] = torch.einsum("pbd,pd->bp", grad_p_b_l_d[1:, :, l], rep.error_layer_pos_d[l, 1:P])
     for l_s in range(l_top):
-        dec = layout.scaled_decoders[l_s]
-        n_out = min(dec.shape[1], l_top - l_s)
-        if n_out <= 0:
-            continue
-        for pos, start, end in layout.pos_ranges[l_s]:
-            if pos >= P:
+        for dec, s0, ranges in layout.decoder_blocks(l_s, P):
+            n_out = min(dec.shape[1], l_top - l_s)
+            if n_out <= 0:
                 break
-            g_b_k = grad_p_b_l_d[pos, :, l_s:l_s + n_out].reshape(B, -1)
-            s0 = layout.layer_ranges[l_s][0]
-            dec_n_k = dec[start - s0:end - s0, :n_out].reshape(end - start, -1)
-            rows[:, start:end] = g_b_k @ dec_n_k.T
+            for pos, start, end in ranges:
+                g_b_k = grad_p_b_l_d[pos, :, l_s:l_s + n_out].reshape(B, -1)
+                dec_n_k = dec[start - s0:end - s0, :n_out].reshape(end - start, -1)
+                rows[:, start:end] = g_b_k @ dec_n_k.T
     return rows
 
 
 @dataclass
 class Attribution:
-    """The raw result: rows for the logit targets and the chosen features, over all sources."""
+    """The raw result: rows for the logit targets and the chosen features, over the graph's
+    sources (the chosen features, errors, tokens: `source_cols` of the layout's columns)."""
 
     rep: LocalReplacement
     logits: LogitTargets
     feature_idx: torch.Tensor  # [n_chosen] indices into rep.features, in node order
-    logit_rows: torch.Tensor  # [n_logits, n_sources]
-    feature_rows: torch.Tensor  # [n_chosen, n_sources]
+    logit_rows: torch.Tensor  # [n_logits, n_graph_sources]
+    feature_rows: torch.Tensor  # [n_chosen, n_graph_sources]
     layout: SourceLayout
+    source_cols: torch.Tensor  # [n_graph_sources] the layout's columns the rows keep
     timing_seconds: dict = field(default_factory=dict)
+    memory_plan: dict = field(default_factory=dict)  # the memory model's cap and predicted peak
     threads: list[int] = field(default_factory=list)  # torch threads used, in order of change
+
+
+def graph_source_columns(chosen: torch.Tensor, layout: SourceLayout) -> torch.Tensor:
+    """The layout's columns the graph keeps: the chosen features, then every error and token."""
+    rest = torch.arange(layout.n_features, layout.n_sources, device=chosen.device)
+    return torch.cat([chosen, rest])

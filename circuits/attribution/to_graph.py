@@ -17,23 +17,14 @@ from graphs.graph import Graph, NodeKind, make_node_table
 from graphs.prune import nodes_by_influence
 
 
-EDGE_CHUNK_ROWS = 1024  # rows gathered at a time: no second full-size copy of the rows
-
-
 def graph_edges(attr: Attribution) -> np.ndarray:
     """The graph's edges, float32 [n_targets, n_sources] (graphs.Graph.edges): rows = the chosen
-    features then the logits, columns = the chosen features, errors, embeddings. A copy of the
-    rows' entries (no arithmetic), gathered in row chunks."""
-    layout = attr.layout
-    device = attr.logit_rows.device
-    source_cols = torch.cat([attr.feature_idx.to(device),
-                             torch.arange(layout.n_features, layout.n_sources, device=device)])
+    features then the logits, columns = the chosen features, errors, embeddings (the rows' own
+    columns: a copy, no arithmetic)."""
     n_f = len(attr.feature_idx)
-    edges = np.empty((n_f + attr.logit_rows.shape[0], source_cols.shape[0]), dtype=np.float32)
-    for offset, rows in ((0, attr.feature_rows), (n_f, attr.logit_rows)):
-        for start in range(0, rows.shape[0], EDGE_CHUNK_ROWS):
-            chunk = rows[start:start + EDGE_CHUNK_ROWS][:, source_cols]
-            edges[offset + start:offset + start + chunk.shape[0]] = chunk.float().cpu().numpy()
+    edges = np.empty((n_f + attr.logit_rows.shape[0], attr.source_cols.shape[0]), dtype=np.float32)
+    edges[:n_f] = attr.feature_rows.float().cpu().numpy()
+    edges[n_f:] = attr.logit_rows.float().cpu().numpy()
     return edges
 
 
@@ -91,6 +82,6 @@ def to_graph(attr: Attribution, model, transcoder, prompt: str, *, model_identit
         logit_labels=logit_labels, prompt=prompt, token_ids=rep.tokens.tolist(), token_strs=token_strs,
         n_layers=L, model=model_identity or {"d_vocab": model.cfg.d_vocab},
         transcoders=transcoder_identity(transcoder, transcoder_path),
-        settings={**(settings or {}), "threads": attr.threads},
+        settings={**(settings or {}), "threads": attr.threads, "memory_plan": attr.memory_plan},
         timing_seconds={k: round(v, 4) for k, v in attr.timing_seconds.items()})
     return graph

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -28,7 +32,9 @@ def write_outputs(result, out_json: Path | None, full: Path | None, graphml: Pat
 
 def print_summary(summary: dict) -> None:
     c, s = summary["counts"], summary["scores"]
-    console.print(f"[bold]prompt[/bold] {summary['prompt']!r}  ({len(summary['tokens'])} tokens)")
+    prompt = summary["prompt"]
+    shown = repr(prompt) if len(prompt) <= 240 else f"{prompt[:100]!r} ... {prompt[-100:]!r}"
+    console.print(f"[bold]prompt[/bold] {markup.escape(shown)}  ({len(summary['tokens'])} tokens)")
     console.print("[bold]top logits[/bold]")
     for lg in summary["logits"]:
         console.print(f"  {lg['label']!r:>24}  p={lg['probability']:.3f}")
@@ -70,9 +76,46 @@ def print_summary(summary: dict) -> None:
         console.print("[dim]timing " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()) + "[/dim]")
 
 
+def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
+    """The prompt: the argument, or the text of --prompt-file (`-`: standard input), exactly one."""
+    from circuits.errors import CircuitsError
+
+    if (prompt is None) == (prompt_file is None):
+        raise CircuitsError("give the prompt as an argument or with --prompt-file (one of them)")
+    if prompt_file is None:
+        return prompt
+    try:
+        raw = sys.stdin.buffer.read() if str(prompt_file) == "-" else Path(prompt_file).read_bytes()
+    except OSError as exc:
+        raise CircuitsError(f"cannot read --prompt-file {prompt_file}: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CircuitsError(f"--prompt-file {prompt_file} is not UTF-8 text (byte {exc.start})") from None
+
+
+@contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C while the outputs are written, so they are all written or none is (each file is
+    atomic already); an interrupt that came meanwhile is raised after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 @with_config_options(TraceConfig)
 def trace_cmd(
-    prompt: str = typer.Argument(..., help="Prompt to trace."),
+    prompt: str = typer.Argument(None, help="Prompt to trace (or give --prompt-file)."),
+    prompt_file: Path = typer.Option(None, "--prompt-file", help="Read the prompt from this UTF-8 file (`-`: "
+                                     "standard input), for documents too long for an argument."),
     model: str = typer.Option("world", "--model", "-m", help="Built-in name, local checkpoint dir or hub id."),
     transcoders: Path = typer.Option(None, "--transcoders", "-t", help="Transcoder directory (default: the built-in model's default CLT, trained on first use)."),
     out: Path = output_file_option("-o", "--out", help="Write the pruned graph as viewer JSON here."),
@@ -90,9 +133,10 @@ def trace_cmd(
     from circuits.replacement.prompts import check_text
     from circuits.trace import trace_prompt
 
-    check_text(prompt)  # before the model loads (a first use builds it for minutes)
-    check_outputs(out, full, graphml)
+    check_outputs(out, full, graphml, inputs=(prompt_file,))
     config = build_config(TraceConfig, given(TraceConfig, settings))
+    prompt = read_prompt(prompt, prompt_file)
+    check_text(prompt)  # before the model loads (a first use builds it for minutes)
     info, dev = join(pick_device(device))  # under torchrun the prompt's rows are split over the ranks
     rm = load_on_ranks(model, transcoders, dev, dtype, info)
     with split_rows(RowSplit(info.rank, info.world_size)):
@@ -100,7 +144,8 @@ def trace_cmd(
     if not info.is_main:
         leave(info)
         return
-    write_outputs(result, out, full, graphml)
+    with interrupts_deferred():
+        write_outputs(result, out, full, graphml)
     if json_out:
         print_json(result.summary)
     else:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from circuits.errors import CircuitsError
+from circuits.replacement.frozen_patterns import FrozenPatterns
 from circuits.replacement.hooks import block_hook, capture_layers, check_transcoder_fits, transcoder_hooks
 
 
@@ -42,7 +43,7 @@ class LocalReplacement:
 
     tokens: torch.Tensor  # [P]
     embed_pos_d: torch.Tensor  # [P, d] token embeddings W_E[token] (learned position embeddings are a constant)
-    patterns: list[torch.Tensor]  # L x [H, P, P] attention patterns (query, key)
+    patterns: FrozenPatterns  # L x [H, P, P] attention patterns (query, key), kept causally
     ln1_scale_layer_pos: torch.Tensor  # [L, P] frozen scale of each block's attention-input norm
     ln2_scale_layer_pos: torch.Tensor  # [L, P] frozen scale of each block's MLP-input norm
     lnf_scale_pos: torch.Tensor  # [P] frozen scale of the final norm
@@ -141,6 +142,18 @@ def _scale_or_ones(cache: dict, name: str, n_pos: int, device) -> torch.Tensor:
     return torch.ones(n_pos, device=device)
 
 
+def _with_norm_weight(model, normalized: torch.Tensor) -> torch.Tensor:
+    """ln_final's output from its hook_normalized (taken before its weight and bias, and before
+    the cast back to the model's dtype), as TransformerLens computes it."""
+    norm = getattr(model, "ln_final", None)
+    if norm is None:
+        return normalized
+    normalized = normalized.to(model.cfg.dtype)
+    w, b = getattr(norm, "w", None), getattr(norm, "b", None)
+    out = normalized * w if w is not None else normalized
+    return out + b if b is not None else out
+
+
 @torch.no_grad()
 def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> LocalReplacement:
     """Run the model on `tokens_pos` [P] and freeze what the local replacement model needs."""
@@ -150,14 +163,20 @@ def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> Loca
     tokens_pos = tokens_pos.to(model.cfg.device)
     extra = {"hook_embed", "ln_final.hook_scale", block_hook(L - 1, "hook_resid_post")}
     for l in range(L):
-        extra |= {block_hook(l, "attn.hook_pattern"), block_hook(l, "ln1.hook_scale"), block_hook(l, "ln2.hook_scale")}
-    missing = [n for n in sorted(extra) if n not in model.hook_dict and "hook_scale" not in n]
+        extra |= {block_hook(l, "ln1.hook_scale"), block_hook(l, "ln2.hook_scale")}
+    pattern_hooks = [block_hook(l, "attn.hook_pattern") for l in range(L)]
+    missing = [n for n in sorted(extra) + pattern_hooks if n not in model.hook_dict and "hook_scale" not in n]
     if missing:
         raise CircuitsError(f"the model has no hook {missing[0]}: its architecture is not supported for tracing")
     extra |= {n for n in model.hook_dict if _is_norm_scale(n)}
-    with logits_before_soft_cap(model):
-        cap = capture_layers(model, tokens_pos[None], transcoder.cfg.input_hook, transcoder.cfg.output_hook, extra)
-    cache, node_logits = cap.extra, cap.logits
+    patterns = FrozenPatterns(L, int(tokens_pos.shape[0]))  # kept causally as each layer runs
+    final = "ln_final.hook_normalized" if "ln_final.hook_normalized" in model.hook_dict else block_hook(L - 1, "hook_resid_post")
+    extra.add(final)
+    with logits_before_soft_cap(model):  # logits at the last position only: [P, vocab] is GBs at long prompts
+        cap = capture_layers(model, tokens_pos[None], transcoder.cfg.input_hook, transcoder.cfg.output_hook, extra,
+                             logits=False, fwd_hooks=[(name, patterns.hook(l)) for l, name in enumerate(pattern_hooks)])
+        cache = cap.extra
+        node_logits = model.unembed(_with_norm_weight(model, cache[final][:, -1:]))  # [1, 1, vocab]
     logits = soft_cap(node_logits, model)
     P = tokens_pos.shape[0]
     dev = logits.device
@@ -182,7 +201,7 @@ def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> Loca
     return LocalReplacement(
         tokens=tokens_pos,
         embed_pos_d=cache["hook_embed"][0].float(),
-        patterns=[cache[block_hook(l, "attn.hook_pattern")][0].float() for l in range(L)],
+        patterns=patterns,
         ln1_scale_layer_pos=torch.stack([_scale_or_ones(cache, block_hook(l, "ln1.hook_scale"), P, dev)
                                          for l in range(L)]).float(),
         ln2_scale_layer_pos=torch.stack([_scale_or_ones(cache, block_hook(l, "ln2.hook_scale"), P, dev)

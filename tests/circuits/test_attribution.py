@@ -144,9 +144,12 @@ def test_max_feature_nodes_keeps_the_same_rows(ln_model):
     some = attribute(ln_model, tc, tokens, max_feature_nodes=20, batch_size=8)
     assert len(some.feature_idx) == 20 < len(full.feature_idx)
     assert torch.equal(some.feature_idx, some.feature_idx.sort().values)
-    assert torch.allclose(some.feature_rows, full.feature_rows[some.feature_idx], atol=1e-5)
+    # the capped rows keep the graph's columns: the chosen features, errors and tokens
+    assert torch.equal(some.source_cols[:20], some.feature_idx)
+    assert torch.allclose(some.feature_rows, full.feature_rows[some.feature_idx][:, some.source_cols], atol=1e-5)
+    assert torch.allclose(some.logit_rows, full.logit_rows[:, some.source_cols], atol=1e-5)
     # the chosen features are those with the most influence on the logits, not arbitrary ones:
-    direct = some.logit_rows[:, : some.layout.n_features].abs().sum(0)
+    direct = full.logit_rows[:, : full.layout.n_features].abs().sum(0)
     assert direct[some.feature_idx].mean() > direct.mean()
 
 
@@ -211,3 +214,14 @@ def test_thread_count_does_not_change_the_edges(ln_model):
     assert one.threads == [1] and two.threads == [2]
     torch.testing.assert_close(one.feature_rows, two.feature_rows, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(one.logit_rows, two.logit_rows, rtol=1e-5, atol=1e-6)
+
+
+def test_sweeps_shrink_under_a_memory_budget():
+    """A budget bounds one sweep's gradients to a share of it, so more of it holds chosen rows."""
+    from circuits.attribution.engine import GRADIENT_BUDGET_SHARE, bounded_batch_size
+
+    per_row = 4 * 1000 * 31 * 576  # SmolLM2's shape at 1,000 tokens
+    free = bounded_batch_size(64, 1000, 30, 576)
+    budgeted = bounded_batch_size(64, 1000, 30, 576, memory_gb=4)
+    assert budgeted * per_row <= 4 * 2 ** 30 * GRADIENT_BUDGET_SHARE < (budgeted + 1) * per_row
+    assert 1 <= budgeted < free

@@ -23,10 +23,11 @@ def square_from_rows(attr: Attribution) -> np.ndarray:
     n_f = len(attr.feature_idx)
     n_rest = layout.n_errors + layout.n_pos
     n = n_f + n_rest + attr.logit_rows.shape[0]
-    source_cols = torch.cat([attr.feature_idx, torch.arange(layout.n_features, layout.n_sources)])
+    # the rows keep the graph's columns: the chosen features, then every error and token
+    assert torch.equal(attr.source_cols, torch.cat([attr.feature_idx, torch.arange(layout.n_features, layout.n_sources)]))
     A = torch.zeros(n, n, dtype=torch.float32)
-    A[:n_f, : n_f + n_rest] = attr.feature_rows[:, source_cols].float()
-    A[n_f + n_rest:, : n_f + n_rest] = attr.logit_rows[:, source_cols].float()
+    A[:n_f, : n_f + n_rest] = attr.feature_rows.float()
+    A[n_f + n_rest:, : n_f + n_rest] = attr.logit_rows.float()
     return A.numpy()
 
 

@@ -194,7 +194,7 @@ def test_trace_and_intervene_through_the_page(browser, live_server):
     prompt.clear()
     prompt.send_keys("calc: 12+34=")
     browser.find_element(By.ID, "trace-btn").click()
-    wait(browser, lambda d: "calc: 12+34=" in text(d, "prompt-line") and int(text(d, "node-count")) > 0, 60)
+    wait(browser, lambda d: "calc : 12 + 34 =" in text(d, "prompt-line") and int(text(d, "node-count")) > 0, 60)
     held = live_server.state.shelf.get(live_server.state.shelf.list()[-1]["id"])
     assert held.graph.prompt == "calc: 12+34="
     assert int(text(browser, "node-count")) == len(pruned_view(held, 0.8, 0.98)["nodes"])
@@ -213,3 +213,46 @@ def test_trace_and_intervene_through_the_page(browser, live_server):
     assert len(rows) > 2
     assert "before:" in text(browser, "generated-before") and "after:" in text(browser, "generated-after")
     assert_clean(browser, live_server)
+
+
+def long_prompt_graph(n_pos: int = 400, kept=(3, 4, 150, 399)):
+    """Two layers over `n_pos` positions; a feature at each `kept` position reads its token and
+    writes to the one logit: every other position carries no node once pruned."""
+    import numpy as np
+
+    from graphs import Graph, make_node_table
+
+    kept = list(kept)
+    lpf = np.array([(0, p, i) for i, p in enumerate(kept)])
+    errors = np.array([(l, p) for l in range(2) for p in range(1, n_pos)])
+    table = make_node_table(lpf, np.ones(len(kept)), errors, list(range(n_pos)), [7], 2)
+    n_f, n_err = len(kept), len(errors)
+    edges = np.zeros((n_f + 1, n_f + n_err + n_pos), dtype=np.float32)
+    edges[np.arange(n_f), n_f + n_err + np.array(kept)] = 1.0
+    edges[n_f, :n_f] = 1.0
+    tokens = ["<bos>"] + [f" w{p}" for p in range(1, n_pos)]
+    return Graph(edges=edges, **table, logit_probabilities=np.array([0.9]), logit_labels=["w"],
+                 prompt="".join(tokens[1:]), token_ids=list(range(n_pos)), token_strs=tokens, n_layers=2)
+
+
+def test_long_prompt_folds_positions_without_nodes(browser):
+    """A 400-token prompt whose graph lives at 4 positions: 4 token columns and 3 folded runs
+    (1-2, 5-149, 151-398) on the axis; the prompt is shown whole with those 4 tokens highlighted."""
+    state = ViewerState()
+    held = state.shelf.add("long", long_prompt_graph(), {}, "npz")
+    held.node_threshold = held.edge_threshold = 1.0
+    server = RunningServer(state)
+    try:
+        open_page(browser, server)
+        labels = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#viewport text.token")]
+        assert labels == ["w3", "w4", "w150", "w399"]
+        folds = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#viewport text.fold-label")]
+        assert folds == ["0–2", "5–149", "151–398"]
+        kept = [e.text.strip() for e in browser.find_elements(By.CSS_SELECTOR, "#prompt-line .kept")]
+        assert kept == ["w3", "w4", "w150", "w399"]
+        assert " w200 w201" in text(browser, "prompt-line")
+        width = browser.execute_script("return window.circuitsViewer.state.size.w")
+        assert width < 4 * 200 + 3 * 40 + 100  # not 400 columns wide
+        assert_clean(browser, server)
+    finally:
+        server.stop()

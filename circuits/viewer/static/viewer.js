@@ -3,7 +3,7 @@
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
-const ROW_H = 46, NODE_GAP = 16, LOGIT_GAP = 40, MIN_COL_W = 70, LEFT = 44, TOP = 34, BOTTOM = 56;
+const ROW_H = 46, NODE_GAP = 16, LOGIT_GAP = 40, MIN_COL_W = 70, LEFT = 44, TOP = 34, BOTTOM = 56, FOLD_W = 28;
 
 const S = {
   info: null, gid: null, doc: null, nodes: new Map(), inEdges: new Map(), outEdges: new Map(),
@@ -115,7 +115,6 @@ async function loadGraph(fresh) {
   }
   indexGraph();
   showMessage("");
-  $("prompt-line").textContent = `prompt: ${doc.metadata.prompt}`;
   render(fresh);
   renderSubgraph();
   const wanted = new URLSearchParams(location.hash.slice(1)).get("node");
@@ -190,16 +189,28 @@ function layout(nodes) {
     if (!cells.has(key)) cells.set(key, []);
     cells.get(key).push(n);
   }
-  const nPos = Math.max(tokens.length, ...nodes.map((n) => n.ctx_idx + 1));
-  const colW = new Array(nPos).fill(MIN_COL_W);
+  const nPos = nodes.reduce((m, n) => Math.max(m, n.ctx_idx + 1), tokens.length);
+  // positions that carry no drawn node fold into one narrow column per run (long prompts)
+  const used = new Array(nPos).fill(false);
+  for (const n of nodes) used[n.ctx_idx] = true;
+  const colW = used.map((u) => (u ? MIN_COL_W : 0));
   const gapOf = (row) => (row === nLayers + 1 ? LOGIT_GAP : NODE_GAP);  // logits carry their token labels
   for (const [key, list] of cells) {
     const [pos, row] = key.split("|").map(Number);
     colW[pos] = Math.max(colW[pos], list.length * gapOf(row) + 20);
   }
-  const colX = [];
+  const colX = [], folds = [];
   let x = LEFT;
-  for (const w of colW) { colX.push(x); x += w; }
+  for (let pos = 0; pos < nPos; pos++) {
+    if (!used[pos] && (pos === 0 || used[pos - 1])) {  // a run of unused positions starts here
+      let end = pos;
+      while (end + 1 < nPos && !used[end + 1]) end++;
+      folds.push({ x, first: pos, last: end });
+      x += FOLD_W;
+    }
+    colX.push(x);
+    x += colW[pos];
+  }
   // rows fill the view's height when the graph is wide (the fit then scales both ways alike)
   const box = $("graph").getBoundingClientRect();
   const rowH = Math.max(ROW_H, ((x + 20) * (box.height / Math.max(box.width, 1)) - TOP - BOTTOM) / (nLayers + 1));
@@ -213,7 +224,30 @@ function layout(nodes) {
     const start = colX[pos] + colW[pos] / 2 - ((list.length - 1) * gap) / 2;
     list.forEach((n, i) => S.pos.set(n.node_id, { x: start + i * gap, y: rowY(row) }));
   }
-  return { nLayers, colX, colW, width: x + 20, height: rowY(0) + BOTTOM, rowY, tokens };
+  return { nLayers, colX, colW, width: x + 20, height: rowY(0) + BOTTOM, rowY, tokens, used, folds };
+}
+
+// the prompt as wrapped text, the positions with a drawn node highlighted (hover: the position)
+function renderPrompt(used) {
+  const line = $("prompt-line");
+  const tokens = S.doc.metadata.prompt_tokens || [];
+  const prompt = S.doc.metadata.prompt || "";
+  const spans = [document.createTextNode("prompt: ")];
+  // tokens that spell the prompt are shown as it (a word-level tokenizer's are spaced instead)
+  const spells = tokens.join("").endsWith(prompt);
+  const sep = spells ? "" : " ";
+  let plain = "";
+  const flush = () => { if (plain) { spans.push(document.createTextNode(plain)); plain = ""; } };
+  tokens.forEach((tok, pos) => {
+    const text = (pos ? sep : "") + tok;
+    if (!used[pos]) { plain += text; return; }
+    plain += text.slice(0, text.length - tok.length);
+    flush();
+    spans.push(el("span", { class: "kept", title: `position ${pos}` }, tok));
+  });
+  flush();
+  if (!tokens.length) spans.push(document.createTextNode(prompt));
+  line.replaceChildren(...spans);
 }
 
 function render(fit) {
@@ -239,10 +273,18 @@ function render(fit) {
     grid.append(t);
   }
   L.tokens.forEach((tok, pos) => {
+    if (!L.used[pos]) return;
     const t = svgEl("text", { x: L.colX[pos] + L.colW[pos] / 2, y: L.rowY(0) + 24, class: "token", "text-anchor": "middle" });
     t.textContent = tok.length > 12 ? tok.slice(0, 11) + "…" : tok;
     grid.append(t);
   });
+  for (const f of L.folds) {  // a folded run of positions: a dotted band and how many it hides
+    grid.append(svgEl("line", { x1: f.x + FOLD_W / 2, x2: f.x + FOLD_W / 2, y1: L.rowY(L.nLayers + 1), y2: L.rowY(0), class: "fold" }));
+    const t = svgEl("text", { x: f.x + FOLD_W / 2, y: L.rowY(0) + 24, class: "fold-label", "text-anchor": "middle" });
+    t.textContent = f.last > f.first ? `${f.first}–${f.last}` : `${f.first}`;
+    grid.append(t);
+  }
+  renderPrompt(L.used);
   const maxW = Math.max(1e-12, ...links.map((l) => Math.abs(l.weight)));
   for (const link of links) {
     const a = S.pos.get(link.source), b = S.pos.get(link.target);
