@@ -31,7 +31,7 @@ GRAPHS = "graphs"
 TIMING_KEYS = ("timing_seconds",)  # the only fields that differ between two runs of one batch
 # Graph settings that record the run's environment, not a choice: the engine writes the torch thread
 # counts it used (adapted to the free cores) there. Pin them (--threads) for byte-identical reruns.
-ENVIRONMENT_SETTINGS = ("threads",)
+ENVIRONMENT_SETTINGS = ("threads", "memory_plan")  # memory_plan starts from the process's resident bytes
 
 
 def graph_files(out: Path, item: PromptItem) -> tuple[Path, Path]:

@@ -53,10 +53,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+MEASURED = ("timing_seconds", "memory_plan")  # measurements of the process: seconds, and resident bytes
+
+
 def without_timing(obj):
-    """A graph's or record's JSON with every timing field removed (the only fields that may differ)."""
+    """A graph's or record's JSON with every measurement of the process removed (timing, and the
+    memory plan, which starts from the process's resident bytes): the only fields that may differ."""
     if isinstance(obj, dict):
-        return {k: without_timing(v) for k, v in obj.items() if k != "timing_seconds"}
+        return {k: without_timing(v) for k, v in obj.items() if k not in MEASURED}
     if isinstance(obj, list):
         return [without_timing(v) for v in obj]
     return obj
@@ -64,7 +68,9 @@ def without_timing(obj):
 
 def strip_timing_text(text: str) -> str:
     """JSON text with each `"timing_seconds": {...}` object (flat) cut out; the rest stays byte for byte."""
-    return re.sub(r'"timing_seconds": \{[^{}]*\}', '"timing_seconds": {}', text)
+    for key in MEASURED:
+        text = re.sub(r'"%s": \{[^{}]*\}' % key, f'"{key}": {{}}', text)
+    return text
 
 
 def npz_members(path: Path) -> dict[str, bytes | dict]:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from circuits.batch import manifest as mf
 from circuits.batch import read_prompts, trace_batch
 from circuits.cli.main import app
+from safeio.write import temp_name
 from tests.circuits.batch.helpers import addition_prompts, assert_same_outputs, npz_members
 
 PROMPTS = ["calc: 36+59=", "calc: 3+4=", "calc: 41+2="]
@@ -69,7 +70,7 @@ def test_resume_skips_finished_redoes_half_written_and_rebuilds_lost_lines(setup
     (part / "graphs" / "p000003.json").unlink()
     lines = (part / mf.MANIFEST).read_text().splitlines()
     (part / mf.MANIFEST).write_text("\n".join(lines[:2]) + "\n" + lines[2][:30])  # line of p000002 torn
-    (part / "graphs" / ".p000004.npz.999999999.abc.circuits-tmp").write_bytes(b"half")  # a dead writer's temp
+    (part / "graphs" / temp_name("p000004.npz", 999999999, "abcdef012345")).write_bytes(b"half")  # a dead writer's temp
     stamp = (part / "graphs" / "p000000.npz").stat().st_mtime_ns
     summary = trace_batch(rm, items, part)
     assert (summary["traced"], summary["skipped"]) == (2, 3)  # p000003 (half-written) and p000004
