@@ -249,7 +249,8 @@ def replacement_logits(model, transcoder, rep: LocalReplacement, freeze: bool = 
 
 @torch.no_grad()
 def frozen_forward(model, transcoder, rep: LocalReplacement, acts_pos_layer_feat: torch.Tensor | None = None,
-                   error_layer_pos_d: torch.Tensor | None = None, embed_pos_d: torch.Tensor | None = None):
+                   error_layer_pos_d: torch.Tensor | None = None, embed_pos_d: torch.Tensor | None = None,
+                   extra_hooks: list | None = None):
     """Run the real model with everything frozen: attention patterns, norm scales, feature
     activations (given, or the clean ones), error terms and embeddings (given, or clean).
 
@@ -257,6 +258,8 @@ def frozen_forward(model, transcoder, rep: LocalReplacement, acts_pos_layer_feat
     before any final soft-capping: what logit nodes read). This is the linear model whose direct
     effects the adjacency holds: scaling one source here changes every target exactly by that
     source's column of A. A test oracle: the edge-exactness tests compare every edge with it.
+    `extra_hooks` run after the freezing ones (circuits.attention.qk reads the constant part of
+    queries and keys from a run with every node zeroed).
     """
     L, P = model.cfg.n_layers, rep.n_pos
     if acts_pos_layer_feat is None:
@@ -289,7 +292,7 @@ def frozen_forward(model, transcoder, rep: LocalReplacement, acts_pos_layer_feat
     for l in range(L):
         inp, out = transcoder_hooks(transcoder, l)
         hooks += [(inp, read_input(l)), (out, write_output(l))]
-    hooks += _freeze_hooks(model, rep)
+    hooks += _freeze_hooks(model, rep) + list(extra_hooks or [])
     with logits_before_soft_cap(model):
         logits = model.run_with_hooks(rep.tokens[None], fwd_hooks=hooks)[0]
     return torch.stack(pre_acts), logits
