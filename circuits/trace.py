@@ -82,6 +82,8 @@ def trace_prompt(rm: ReplacementModel, prompt: str, config: TraceConfig | None =
     t1 = time.perf_counter()
     pruned = prune_graph(graph, config.node_threshold, config.edge_threshold)
     graph.timing_seconds["prune"] = round(time.perf_counter() - t1, 4)
+    if config.qk:
+        _attach_attention(rm, graph, pruned, config)
     with torch.no_grad():
         add_output_view_labels(graph, model, transcoder, np.flatnonzero(pruned.node_mask))
     graph.timing_seconds["total"] = round(time.perf_counter() - t0, 4)
@@ -107,6 +109,16 @@ def _attributed_graph(rm: ReplacementModel, prompt: str, config: TraceConfig, pr
     return to_graph(attr, model, transcoder, prompt, model_identity=rm.identity,
                     transcoder_path=str(rm.transcoder_dir) if rm.transcoder_dir else None,
                     settings=config.model_dump(), feature_labels=labels, output_views=False)
+
+
+def _attach_attention(rm: ReplacementModel, graph: Graph, pruned: PrunedGraph, config: TraceConfig) -> None:
+    """Head loadings of the kept edges and QK attributions of the busiest heads (circuits.attention)."""
+    from circuits.attention.attach import attach_attention
+
+    t0 = time.perf_counter()
+    directions = [t.direction_d for t in custom_targets(rm.model, config.targets, config.contrast)]
+    attach_attention(graph, pruned, rm.model, rm.transcoder, config.qk_heads, directions, rm.index)
+    graph.timing_seconds["attention"] = round(time.perf_counter() - t0, 4)
 
 
 def trace(prompt: str, model: str = "world", transcoders: str | Path | None = None,

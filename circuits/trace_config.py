@@ -25,3 +25,6 @@ class TraceConfig(BaseModel):
     targets: list[str] = Field(default_factory=list, description="extra target token",
                                json_schema_extra={"flag": "--target"})
     contrast: str | None = Field(None, description="with one --target: trace logit(target) - logit(contrast)")
+    qk: bool = Field(False, description="explain attention: head loadings on the kept edges, QK attributions of "
+                     "the heads carrying the most cross-position edges")
+    qk_heads: int = Field(8, gt=0, le=10_000, description="with --qk: explain this many heads")
