@@ -23,6 +23,7 @@ from graphs import Graph, PrunedGraph
 from graphs.attention import AttentionData, HeadLoadings, HeadQK
 from graphs.graph import NodeKind
 from graphs.neuronpedia import feature_json_index
+from transcoders.threads import free_core_threads
 
 TOP_PAIRS = 20
 TOP_MARGINALS = 20
@@ -184,7 +185,13 @@ def summarize_qk(a: QKAttribution, rep: LocalReplacement, layout: SourceLayout, 
 def attach_attention(graph: Graph, pruned: PrunedGraph, model, transcoder, n_heads: int = 8,
                      custom_directions: list[torch.Tensor] | None = None, index=None) -> AttentionData:
     """Compute and set graph.attention: loadings of the pruned graph's kept edges, QK attributions
-    of its `n_heads` busiest heads. `index` (a feature index) labels the QK contributors."""
+    of its `n_heads` busiest heads. `index` (a feature index) labels the QK contributors. Runs on
+    the CPU cores free now, as attribute() does (transcoders.threads)."""
+    with free_core_threads():
+        return _attach(graph, pruned, model, transcoder, n_heads, custom_directions, index)
+
+
+def _attach(graph, pruned, model, transcoder, n_heads, custom_directions, index) -> AttentionData:
     rep = build_local_replacement(model, transcoder, torch.tensor(graph.token_ids))
     blocks = FrozenBlocks(model)
     layout = SourceLayout(rep, transcoder)
