@@ -159,8 +159,9 @@ def summarize_qk(a: QKAttribution, rep: LocalReplacement, layout: SourceLayout, 
 
     def top(marg: torch.Tensor, bias: float, n: int) -> list[tuple[int, float]]:
         vals = torch.cat([marg, torch.tensor([bias])])
-        idx = vals.abs().topk(min(n, len(vals))).indices.tolist()
-        return [(-1 if i == len(marg) else i, float(vals[i])) for i in idx if vals[i] != 0]
+        top_vals, top_idx = vals.abs().topk(min(n, len(vals)))
+        values = vals[top_idx].tolist()
+        return [(-1 if i == len(marg) else i, v) for i, v, a in zip(top_idx.tolist(), values, top_vals.tolist()) if a > 0]
 
     q_top = top(q_marg, a.q_bias_marginal(), top_marginals)
     k_top = top(k_marg, a.k_bias_marginal(), top_marginals)
@@ -199,12 +200,13 @@ def _attach(graph, pruned, model, transcoder, n_heads, custom_directions, index)
     loadings = edge_loadings(graph, model, transcoder, rep, blocks, layout, np.asarray(targets), np.asarray(sources),
                              custom_directions or [])
     heads = []
-    cache: dict[int, tuple] = {}
     labels = {(int(graph.layer[i]), int(graph.feature[i])): text for i, text in graph.feature_labels.items()}
-    for layer, head, q, k, carried in choose_heads(graph, loadings, rep, n_heads):
-        if layer not in cache:
-            cache[layer] = (constant_qk(model, transcoder, rep, layer), model_qk(model, rep, layer))
-        a = qk_attribution(model, transcoder, rep, blocks, layout, layer, head, q, k, *cache[layer])
+    chosen = choose_heads(graph, loadings, rep, n_heads)
+    layers = sorted({c[0] for c in chosen})
+    constants = constant_qk(model, transcoder, rep, layers) if layers else {}
+    clean = model_qk(model, rep, layers) if layers else {}
+    for layer, head, q, k, carried in chosen:
+        a = qk_attribution(model, transcoder, rep, blocks, layout, layer, head, q, k, constants[layer], clean[layer])
         if index is not None:
             _add_index_labels(labels, a, rep, layout, index)
         heads.append(summarize_qk(a, rep, layout, graph.token_strs, labels, carried))

@@ -157,7 +157,7 @@ def _qk_hooks(model, layer: int) -> tuple[str, str]:
     return block_hook(layer, "attn.hook_q"), block_hook(layer, "attn.hook_k")
 
 
-def _capture(names: tuple[str, str], store: dict):
+def _capture(names: list[str], store: dict):
     def make(name):
         def hook(value, hook):  # noqa: ARG001 - TransformerLens hook signature
             store[name] = value[0].detach().float()
@@ -166,25 +166,26 @@ def _capture(names: tuple[str, str], store: dict):
 
 
 @torch.no_grad()
-def constant_qk(model, transcoder, rep: LocalReplacement, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Queries and keys [P, heads, e] of block `layer` in the frozen model with every node zeroed
-    (features, errors, embeddings): the constant part of each."""
-    names = _qk_hooks(model, layer)
+def constant_qk(model, transcoder, rep: LocalReplacement, layers: list[int]) -> dict[int, tuple]:
+    """{layer: (queries, keys) [P, heads, e]} of the frozen model with every node zeroed (features,
+    errors, embeddings): the constant part of each. One forward pass for all `layers`."""
+    names = {l: _qk_hooks(model, l) for l in layers}
     store: dict = {}
     acts = torch.zeros(rep.n_pos, transcoder.cfg.n_layers, transcoder.cfg.n_features,
                        dtype=transcoder.W_enc.dtype, device=rep.embed_pos_d.device)
     frozen_forward(model, transcoder, rep, acts, torch.zeros_like(rep.error_layer_pos_d),
-                   torch.zeros_like(rep.embed_pos_d), extra_hooks=_capture(names, store))
-    return store[names[0]], store[names[1]]
+                   torch.zeros_like(rep.embed_pos_d), extra_hooks=_capture([n for p in names.values() for n in p], store))
+    return {l: (store[q], store[k]) for l, (q, k) in names.items()}
 
 
 @torch.no_grad()
-def model_qk(model, rep: LocalReplacement, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The clean run's queries and keys [P, heads, e] of block `layer` (what the model scored)."""
-    names = _qk_hooks(model, layer)
+def model_qk(model, rep: LocalReplacement, layers: list[int]) -> dict[int, tuple]:
+    """{layer: (queries, keys) [P, heads, e]} of the clean run (what the model scored)."""
+    names = {l: _qk_hooks(model, l) for l in layers}
     store: dict = {}
-    model.run_with_hooks(rep.tokens[None], fwd_hooks=_capture(names, store), stop_at_layer=layer + 1)
-    return store[names[0]], store[names[1]]
+    model.run_with_hooks(rep.tokens[None], fwd_hooks=_capture([n for p in names.values() for n in p], store),
+                         stop_at_layer=max(layers) + 1)
+    return {l: (store[q], store[k]) for l, (q, k) in names.items()}
 
 
 @torch.no_grad()
@@ -204,8 +205,8 @@ def qk_attribution(model, transcoder, rep: LocalReplacement, blocks: FrozenBlock
     seeds = TargetSeeds(torch.full((2 * e,), layer, device=dev),
                         torch.tensor([query] * e + [key] * e, device=dev), torch.cat([e_q, e_k]))
     rows = compute_rows(cut, blocks, transcoder, layout, seeds)  # [2e, N]
-    q_const, k_const = constants if constants is not None else constant_qk(model, transcoder, rep, layer)
-    q_clean, k_clean = clean if clean is not None else model_qk(model, rep, layer)
+    q_const, k_const = constants if constants is not None else constant_qk(model, transcoder, rep, [layer])[layer]
+    q_clean, k_clean = clean if clean is not None else model_qk(model, rep, [layer])[layer]
     kv = _kv_head(model, head) if k_const.shape[1] != q_const.shape[1] else head
     scale = float(model.blocks[layer].attn.attn_scale)
     cap = getattr(model.cfg, "attn_scores_soft_cap", -1.0)
