@@ -137,11 +137,12 @@ def run_attention_two_hop(setup: ReplacementModel, prompt: str = DALLAS[0], city
         "the top head carries the most of the moved edges": report.head_shares[0][2] >= 0.3,
         "it attends to the city more than to any other non-BOS key": report.city_rank == 1,
         "its top key-side contributor sits at the city": top_k_pos == city_pos,
-        "removing the top query-side feature lowers its score for the city":
-            top_feature is not None and report.score_after < report.score,
-        "removing the top query-side feature lowers its attention to the city":
-            top_feature is not None and report.attention_after < report.attention_to_city,
     }
+    if top_feature is not None:  # a layer-0 head's query reads only the token embedding and constants
+        report.verdicts["removing the top query-side feature lowers its score for the city"] = \
+            report.score_after < report.score
+        report.verdicts["removing the top query-side feature lowers its attention to the city"] = \
+            report.attention_after < report.attention_to_city
     return report
 
 
@@ -158,7 +159,10 @@ def format_attention_two_hop(r: AttentionTwoHopReport) -> list[str]:
         lines += [f"  {i:<16} {v:+.3f}  {lab}" for i, v, lab in r.k_top]
         lines.append("top pairs (query node x key node):")
         lines += [f"  {a:<16} x {b:<16} {v:+.3f}" for a, b, v in r.pairs]
-        if r.inhibited:
+        if not r.inhibited:
+            lines.append("no feature raises the query side (a layer-0 head reads only the query token's embedding and "
+                         "the constant: biases, position terms): no feature to remove")
+        else:
             lines.append(f"removing query-side feature {r.inhibited} (marginal {r.inhibited_marginal:+.3f}): score "
                          f"{r.score:.3f} -> {r.score_after:.3f}, attention to the city {r.attention_to_city:.3f} -> "
                          f"{r.attention_after:.3f}")
