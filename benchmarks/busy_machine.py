@@ -24,10 +24,11 @@ import torch
 
 
 def _attribute_seconds(model, transcoder, tokens, threads: int | None) -> tuple[float, list[int]]:
-    from circuits.attribution.engine import attribute
+    from circuits.attribution.config import TraceConfig
+    from circuits.attribution.engine import attribution_rows
 
     t0 = time.perf_counter()
-    attr = attribute(model, transcoder, tokens, threads=threads)
+    attr = attribution_rows(model, transcoder, tokens, TraceConfig(memory_gb=None), threads=threads)
     return time.perf_counter() - t0, attr.threads
 
 
@@ -40,8 +41,8 @@ def main() -> None:
     ap.add_argument("--modes", default="adaptive,fixed")
     args = ap.parse_args()
 
-    from circuits.prompts import tokenize_prompt
-    from circuits.replacement_model import ReplacementModel
+    from circuits.replacement.prompts import tokenize_prompt
+    from circuits.replacement.model import ReplacementModel
 
     rm = ReplacementModel.load(args.model, args.transcoders, "cpu", False)
     model, tc = rm.model, rm.transcoder

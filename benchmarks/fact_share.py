@@ -1,7 +1,7 @@
 """How much of a fact's MLP signal a transcoder sees: for country pairs (A, B), the share of the
 difference between the MLP outputs at A's token in "The capital of A is" and at B's token in
 "The capital of B is" (every layer) that the transcoder's reconstruction explains,
-1 - |d_true - d_rec|^2 / |d_true|^2 (circuits.demos.capitals.mlp_reference, the reference row of
+1 - |d_true - d_rec|^2 / |d_true|^2 (circuits.studies.demos.capitals.mlp_reference, the reference row of
 `circuits demo capitals`), with p(B's capital) when the real MLP outputs are patched in.
 
     python benchmarks/fact_share.py --transcoders DIR [--model smollm2-135m]
@@ -21,8 +21,8 @@ PAIRS = [("France", "Paris", "Germany", "Berlin"), ("Japan", "Tokyo", "Italy", "
 
 def main() -> None:
     from circuits import ReplacementModel
-    from circuits.demos.capitals import answer_token, mlp_reference, subject_position
-    from circuits.prompts import tokenize_prompt
+    from circuits.studies.demos.capitals import answer_token, mlp_reference, subject_position
+    from circuits.replacement.prompts import tokenize_prompt
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--transcoders", required=True)

@@ -63,14 +63,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
-    from circuits.attribution.engine import attribute
-    from circuits.prompts import tokenize_prompt
-    from circuits.replacement_model import ReplacementModel
+    from circuits.attribution.config import TraceConfig
+    from circuits.attribution.engine import attribution_rows
+    from circuits.replacement.prompts import tokenize_prompt
+    from circuits.replacement.model import ReplacementModel
 
     rm = ReplacementModel.load(args.model, args.transcoders, "cpu", False)
     tokens = tokenize_prompt(rm.model, args.prompt)
     t0 = time.perf_counter()
-    attr = attribute(rm.model, rm.transcoder, tokens, threads=args.threads)
+    attr = attribution_rows(rm.model, rm.transcoder, tokens, TraceConfig(memory_gb=None), threads=args.threads)
     seconds = time.perf_counter() - t0
     cfg = rm.model.cfg
     n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads

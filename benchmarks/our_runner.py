@@ -48,9 +48,11 @@ def main(argv=None) -> None:
     import numpy as np
     import torch
 
-    from circuits.attribution.engine import attribute, dense_adjacency
+    from circuits.attribution.config import TraceConfig
+    from circuits.attribution.engine import attribution_rows
+    from circuits.attribution.to_graph import graph_edges
     from circuits.models.cache import load_cached_model
-    from transcoders.formats import load_transcoder
+    from transcoders.loading import load_transcoder
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -69,11 +71,14 @@ def main(argv=None) -> None:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         c0, w0 = time.process_time(), time.perf_counter()
-        attr = attribute(model, tc, tokens, max_n_logits=args.max_n_logits,
-                         desired_logit_prob=args.desired_logit_prob,
-                         max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size,
-                         threads=args.threads)  # fixed, as the reference's: no adaptive thread count
-        A = dense_adjacency(attr)
+        config = TraceConfig(max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob,
+                             max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size, memory_gb=None)
+        attr = attribution_rows(model, tc, tokens, config,
+                                threads=args.threads)  # fixed, as the reference's: no adaptive thread count
+        edges = graph_edges(attr)  # the reference's square: feature and logit rows over every node
+        n_f, n_l, n_src = len(attr.feature_idx), edges.shape[0] - len(attr.feature_idx), edges.shape[1]
+        A = np.zeros((n_src + n_l, n_src + n_l), dtype=np.float32)
+        A[:n_f, :n_src], A[n_src:, :n_src] = edges[:n_f], edges[n_f:]
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - w0)

@@ -42,8 +42,9 @@ def prompt_of(rm, n_tokens: int) -> str:
 
 
 def one(args) -> dict:
-    from circuits.replacement_model import ReplacementModel
-    from circuits.trace import TraceConfig, trace_prompt
+    from circuits.replacement.model import ReplacementModel
+    from circuits.attribution.config import TraceConfig
+    from circuits.trace import trace_prompt
 
     rm = ReplacementModel.load(args.model, args.transcoders, "cpu", progress=False)
     prompt = prompt_of(rm, args.length)

@@ -59,9 +59,9 @@ def phases(args) -> None:
     t, clock = {}, Clock()
     import torch  # noqa: F401
 
-    from circuits.replacement_model import ReplacementModel
+    from circuits.replacement.model import ReplacementModel
     from circuits.trace import trace_prompt
-    from circuits.trace_config import TraceConfig
+    from circuits.attribution.config import TraceConfig
 
     t["imports"] = clock.lap()
     rm = ReplacementModel.load(args.model, args.transcoders, "cpu", progress=False)

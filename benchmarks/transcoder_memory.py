@@ -113,10 +113,11 @@ def _rss_mib() -> float:
 
 def measure(tdir: Path, prompt: str, max_feature_nodes: int) -> dict:
     """In this (fresh) process: load the model, then the transcoders, then trace once."""
-    from circuits.hooks import load_fitting_transcoder
+    from circuits.replacement.hooks import load_fitting_transcoder
     from circuits.models import load_model
-    from circuits.replacement_model import ReplacementModel
-    from circuits.trace import TraceConfig, trace_prompt
+    from circuits.replacement.model import ReplacementModel
+    from circuits.attribution.config import TraceConfig
+    from circuits.trace import trace_prompt
 
     torch.set_num_threads(2)
     loaded = load_model("smollm2-135m", progress=False)

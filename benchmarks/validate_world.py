@@ -3,7 +3,7 @@
     python benchmarks/validate_world.py [--n 30] [--swaps 20] [--model world] [--json OUT.json]
 
 Graph influence vs ablation effects (Spearman), two-hop swap success rate, replacement and
-completeness scores; see circuits/validate.py for what each number is.
+completeness scores; see circuits/studies/validate.py for what each number is.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from circuits.replacement_model import ReplacementModel
-from circuits.validate import format_validation, validate
+from circuits.replacement.model import ReplacementModel
+from circuits.studies.validate import format_validation, validate
 
 
 def main() -> None:

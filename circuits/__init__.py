@@ -8,7 +8,7 @@ The public API is five names (imported on first use, so `import circuits` stays 
     result.prune(0.9, 0.98).write_json("graph.json")
     rm.intervene("calc: 36+59=", {"1:5:17": 2.0})     # ids exactly as `circuits trace` prints them
 
-    ReplacementModel  a model with its transcoders: trace, intervene (circuits.replacement_model)
+    ReplacementModel  a model with its transcoders: trace, intervene (circuits.replacement.model)
     TraceConfig       the settings of a trace (circuits.trace)
     TraceResult       a traced prompt: .graph, .pruned, .summary, .prune(), .write_json(), .save()
     Graph             the attribution graph as data (graphs.Graph)
@@ -23,7 +23,7 @@ from circuits.errors import CircuitsError
 
 __all__ = ["ReplacementModel", "TraceConfig", "TraceResult", "Graph", "CircuitsError"]
 
-_LAZY = {"ReplacementModel": "circuits.replacement_model", "TraceConfig": "circuits.trace_config",
+_LAZY = {"ReplacementModel": "circuits.replacement.model", "TraceConfig": "circuits.attribution.config",
          "TraceResult": "circuits.trace", "Graph": "graphs"}
 
 

@@ -10,7 +10,7 @@ clean values plus the decoder change. Layers after B always run freely. docs/int
 gives the reasoning and the exact semantics.
 
     acts = feature_activations(model, transcoder, tokens)              # [pos, L, F]
-    result = intervene(model, transcoder, tokens, [Intervention(3, -1, 120, multiplier=0.0)])
+    result = intervene(rm, "calc: 36+59=", [Intervention(3, -1, 120, multiplier=0.0)])
     result.top_before, result.top_after, result.kl
 """
 
@@ -19,14 +19,17 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 
 from circuits.errors import CircuitsError
-from circuits.hooks import block_hook, capture_layers, check_transcoder_fits
+from circuits.replacement.hooks import block_hook, capture_layers, check_transcoder_fits
 
 Pos = int | tuple[int, int]  # a position (negative: from the end) or an inclusive range (a, b)
+
+if TYPE_CHECKING:
+    from circuits.replacement.model import ReplacementModel
 
 
 FINAL_SCALE = "ln_final.hook_scale"
@@ -294,11 +297,23 @@ def greedy_generate(model, tokens: torch.Tensor, n_new: int, hooks: list | None 
 
 
 @torch.no_grad()
-def intervene(model, transcoder, tokens: torch.Tensor, interventions: Iterable[Intervention],
+def intervene(rm: ReplacementModel, prompt: str | torch.Tensor, interventions: Iterable[Intervention], *,
               layers: tuple[int, int | None] | None = None, freeze_attention: bool = True,
               clamp_mlps: bool = False, top: int = 10, generate: int = 0,
               freeze_final_norm: bool = False) -> InterventionResult:
-    """Constrained patching of `interventions` on the prompt `tokens` [pos]; see the module docstring."""
+    """Constrained patching of `interventions` on `prompt` (text, or token ids [pos]) in the
+    replacement model's real model; see the module docstring."""
+    tokens = rm.tokens(prompt) if isinstance(prompt, str) else prompt
+    return intervene_tokens(rm.model, rm.transcoder, tokens, interventions, layers=layers,
+                            freeze_attention=freeze_attention, clamp_mlps=clamp_mlps, top=top, generate=generate,
+                            freeze_final_norm=freeze_final_norm)
+
+
+def intervene_tokens(model, transcoder, tokens: torch.Tensor, interventions: Iterable[Intervention],
+                     layers: tuple[int, int | None] | None = None, freeze_attention: bool = True,
+                     clamp_mlps: bool = False, top: int = 10, generate: int = 0,
+                     freeze_final_norm: bool = False) -> InterventionResult:
+    """`intervene` on a model and transcoder pair (no ReplacementModel): tokens [pos]."""
     clean = clean_run(model, transcoder, tokens)
     changes = resolve_changes(interventions, clean.acts_pos_layer_feat)
     span = check_layer_range(layers, changes, transcoder)

@@ -1,43 +1,32 @@
 """graphs: the attribution graph as data (nodes, adjacency, pruning, scores, formats).
 
-numpy / scipy / pydantic / networkx only; no torch model code.
+numpy / scipy / pydantic / networkx only; no torch model code. Names load on first use, so a
+module that needs one name (or the CLI's --help) does not import scipy and networkx.
 """
 
-from graphs.atomic import atomic_write_bytes, atomic_write_text
-from graphs.errors import GraphError
-from graphs.graph import Graph, NodeKind, make_node_table
-from graphs.io import load_graph, save_graph
-from graphs.neuronpedia import to_viewer_json, write_viewer_json
-from graphs.prune import PrunedGraph, node_influence, prune_graph
-from graphs.scores import compute_scores
-from graphs.summary import format_summary, summarize
+from __future__ import annotations
 
-__all__ = [
-    "Graph",
-    "GraphError",
-    "NodeKind",
-    "PrunedGraph",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "compute_scores",
-    "format_summary",
-    "load_graph",
-    "make_node_table",
-    "node_influence",
-    "prune_graph",
-    "save_graph",
-    "summarize",
-    "to_networkx",
-    "to_viewer_json",
-    "write_graphml",
-    "write_viewer_json",
-]
+import importlib
+
+_WHERE = {
+    "atomic_write_bytes": "graphs.atomic", "atomic_write_text": "graphs.atomic",
+    "GraphError": "graphs.errors",
+    "Graph": "graphs.graph", "NodeKind": "graphs.graph", "make_node_table": "graphs.graph",
+    "load_graph": "graphs.io", "save_graph": "graphs.io",
+    "to_viewer_json": "graphs.neuronpedia", "write_viewer_json": "graphs.neuronpedia",
+    "PrunedGraph": "graphs.prune", "node_influence": "graphs.prune", "prune_graph": "graphs.prune",
+    "compute_scores": "graphs.scores",
+    "format_summary": "graphs.summary", "summarize": "graphs.summary",
+    "to_networkx": "graphs.graphml", "write_graphml": "graphs.graphml",
+}
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str):
-    """GraphML / networkx (a second of imports) load only when asked for."""
-    if name in ("to_networkx", "write_graphml"):
-        from graphs import graphml
-
-        return getattr(graphml, name)
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
     raise AttributeError(f"module 'graphs' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

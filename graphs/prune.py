@@ -32,6 +32,7 @@ from scipy import sparse
 
 from graphs.errors import GraphError
 from graphs.graph import Graph, NodeKind
+from graphs.thresholds import DEFAULT_EDGE_THRESHOLD, DEFAULT_NODE_THRESHOLD, check_threshold
 
 # Up to this many nodes A_hat is built in float64 (<= 134 MB); above it in float32 (a 10k-node
 # graph then needs 400 MB for A_hat besides the adjacency itself).
@@ -158,13 +159,21 @@ class PrunedGraph:
         }
 
 
-def prune_graph(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PrunedGraph:
+def nodes_by_influence(graph: Graph, node_threshold: float = DEFAULT_NODE_THRESHOLD,
+                       influence_node: np.ndarray | None = None) -> np.ndarray:
+    """bool [n_nodes]: the nodes pruning's first step keeps (module docstring, step 1)."""
+    check_threshold("node_threshold", node_threshold)
+    influence_node = node_influence(graph) if influence_node is None else influence_node
+    return _nodes_by_influence(graph, influence_node, node_threshold)
+
+
+def prune_graph(graph: Graph, node_threshold: float = DEFAULT_NODE_THRESHOLD,
+                edge_threshold: float = DEFAULT_EDGE_THRESHOLD) -> PrunedGraph:
     """Prune `graph` as described in the module docstring."""
-    for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
-        if not 0.0 <= value <= 1.0:
-            raise GraphError(f"{name} must lie in [0, 1], got {value}")
+    check_threshold("node_threshold", node_threshold)
+    check_threshold("edge_threshold", edge_threshold)
     influence_node = node_influence(graph)
-    node_mask_step1 = _nodes_by_influence(graph, influence_node, node_threshold)
+    node_mask_step1 = nodes_by_influence(graph, node_threshold, influence_node)
     kept_idx = np.flatnonzero(node_mask_step1)
     t_sub, s_sub = _edges_by_score(graph, kept_idx, edge_threshold)
     alive_sub = _drop_dangling(graph.kind[kept_idx], t_sub, s_sub)

@@ -56,7 +56,7 @@ def test_readme_example_runs(world_tiny, tmp_path, monkeypatch, capsys):
     # intervening through the bundle equals the low-level call on the same tokens
     from circuits.interventions import intervene, parse_set
 
-    direct = intervene(rm.model, rm.transcoder, rm.tokens("calc: 36+59="), [parse_set("1:5:17=2.0")])
+    direct = intervene(rm, "calc: 36+59=", [parse_set("1:5:17=2.0")])
     assert after.top_after == direct.top_after and after.kl == direct.kl
     assert "->" in capsys.readouterr().out
 

@@ -5,7 +5,7 @@ Layout: per-layer activations are token-major everywhere, the layer axis just be
 
 - `LayerReader` is how the trainer sees a model: given tokens [B, T] and two per-block hook names,
   it returns x, y [B, T, L, d]. This package never hooks a model itself; `circuits.training.train`
-  supplies a reader built on circuits.hooks.capture_layers (the one capture).
+  supplies a reader built on circuits.replacement.hooks.capture_layers (the one capture).
 - `ModelActivationSource` runs a reader over an iterable of token-id sequences (any re-iterable: a
   list, a corpus generator object, a text-file reader) and returns activations for every layer at
   once: x [N, L, d] (input hook) and y [N, L, d] (output hook).

@@ -13,15 +13,13 @@ before the encoder and the skip term, exactly as if it had been multiplied into 
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 from torch import nn
 
 from transcoders.config import TranscoderConfig
 from transcoders.formats_read import LayerViews
-from transcoders.tensor_files import head_bytes, release
-from transcoders.transcoder import Transcoder
+from transcoders.tensor_files import release
+from transcoders.rules import TranscoderRules, weight_digest
 
 ENC_CHUNK = 8192  # encoder rows cast to float32 at a time
 
@@ -97,7 +95,7 @@ class LayerStack:
         return self._owner.device
 
 
-class LazyTranscoder(nn.Module):
+class LazyTranscoder(TranscoderRules, nn.Module):
     """A CLT or PLT whose weight matrices live in mapped files (see the module doc)."""
 
     def __init__(self, cfg: TranscoderConfig, layers: list[LayerViews], source: str = "",
@@ -183,8 +181,6 @@ class LazyTranscoder(nn.Module):
         self._release(layer)
         return out + self.b_enc[layer]
 
-    activate_layer = Transcoder.activate_layer  # the same rule (reads cfg and the threshold buffer)
-
     def encode(self, x_layer_d: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.encode_layer(x_layer_d[..., l, :], l) for l in range(self.cfg.n_layers)], dim=-2)
 
@@ -212,9 +208,6 @@ class LazyTranscoder(nn.Module):
             for l in range(L):
                 y[:, l] += x[:, l].to(self._dtype) @ self.skip_matrix(l)
         return y.reshape(*batch, L, d)
-
-    # the same one-layer encoder as Transcoder (it reads only encode_layer and activate_layer)
-    layer_features = Transcoder.layer_features
 
     @torch.no_grad()
     def decode_layer(self, acts_by_layer, layer: int, x_pos_d: torch.Tensor | None = None) -> torch.Tensor:
@@ -279,23 +272,3 @@ class LazyTranscoder(nn.Module):
     def weight_digest(self) -> str:
         """sha256 of the first MiB (as float32) of W_enc (layer-stacked) and of each W_dec[l]."""
         return weight_digest([lv.enc for lv in self._views], [lv.dec for lv in self._views])
-
-    n_layers = Transcoder.n_layers  # the same properties (read cfg)
-    n_features = Transcoder.n_features
-
-
-def weight_digest(enc_layers: list[torch.Tensor], dec_layers: list[torch.Tensor], n_bytes: int = 1 << 20) -> str:
-    """Hash of the first `n_bytes` (float32) of the layer-stacked encoder and of each decoder, read
-    without copying whole matrices; equal to hashing W_enc [L, F, d] then each W_dec[l]."""
-    h = hashlib.sha256()
-    enc, left = b"", n_bytes
-    for W in enc_layers:
-        if left <= 0:
-            break
-        chunk = head_bytes(W, left)
-        enc += chunk
-        left -= len(chunk)
-    h.update(enc)
-    for W in dec_layers:
-        h.update(head_bytes(W, n_bytes))
-    return h.hexdigest()[:16]

@@ -1,9 +1,10 @@
-"""How many CPU threads to train with.
+"""How many CPU threads to run with, for training and for attribution.
 
-On a machine whose cores are shared with other work, multi-threaded kernels on the small tensors
-of transcoder training spend their time waiting for each other (measured here: 2 threads 2.4x
-slower than 1 on a busy 2-core machine). `pick_threads` times a step-sized workload at 1 thread
-and at torch's default and keeps the faster; `TrainConfig.threads` overrides it.
+On a machine whose cores are shared with other work, multi-threaded kernels spend their time
+waiting for each other (measured here: 2 threads 2.4x slower than 1 on a busy 2-core machine).
+Training: `pick_threads` times a step-sized workload at 1 thread and at torch's default and keeps
+the faster; `TrainConfig.threads` overrides it. Attribution: `free_core_threads` gives torch the
+cores that are free now and re-checks between batches (`AdaptiveThreads`).
 """
 
 from __future__ import annotations

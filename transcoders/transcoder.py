@@ -19,9 +19,10 @@ from torch import nn
 
 from transcoders.activations import jumprelu, topk_relu
 from transcoders.config import TranscoderConfig
+from transcoders.rules import TranscoderRules, weight_digest
 
 
-class Transcoder(nn.Module):
+class Transcoder(TranscoderRules, nn.Module):
     def __init__(self, cfg: TranscoderConfig, dtype: torch.dtype = torch.float32, device=None):
         super().__init__()
         self.cfg = cfg
@@ -69,19 +70,6 @@ class Transcoder(nn.Module):
     def encode_layer(self, x_pos_d: torch.Tensor, layer: int) -> torch.Tensor:
         """Pre-activations h [..., F] of one layer's features from that layer's input x [..., d]."""
         return x_pos_d @ self.W_enc[layer].T + self.b_enc[layer]
-
-    def activate_layer(self, pre_feat: torch.Tensor, layer: int) -> torch.Tensor:
-        """Activations a [..., F] of one layer's features (same rule as `activate`)."""
-        act = self.cfg.activation
-        if act == "jumprelu":
-            return pre_feat * (pre_feat > self.threshold[layer])
-        if act == "relu":
-            return pre_feat.relu()
-        return topk_relu(pre_feat, self.cfg.topk)
-
-    def layer_features(self, x_pos_d: torch.Tensor, layer: int) -> torch.Tensor:
-        """a_l [..., F] = act(W_enc_l x_l + b_enc_l): one layer's features from that layer's input."""
-        return self.activate_layer(self.encode_layer(x_pos_d, layer), layer)
 
     def decode_layer(self, acts_by_layer: Sequence[torch.Tensor], layer: int,
                      x_pos_d: torch.Tensor | None = None) -> torch.Tensor:
@@ -166,15 +154,5 @@ class Transcoder(nn.Module):
             self.W_skip.mul_(w[:, :, None])
 
     def weight_digest(self) -> str:
-        """sha256 of the first MiB (as float32) of W_enc and of each W_dec[l] (see lazy.weight_digest)."""
-        from transcoders.lazy import weight_digest
-
+        """sha256 of the first MiB (as float32) of W_enc and of each W_dec[l] (see rules.weight_digest)."""
         return weight_digest(list(self.W_enc.detach()), [W.detach() for W in self.W_dec])
-
-    @property
-    def n_layers(self) -> int:
-        return self.cfg.n_layers
-
-    @property
-    def n_features(self) -> int:
-        return self.cfg.n_features

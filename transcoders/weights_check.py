@@ -47,10 +47,3 @@ def check_finite(layers: list[LayerViews]) -> None:
                                           "weights: the transcoder is corrupt (train it again or download it again)")
         for path in lv.files:
             release(path)
-
-
-def check_transcoder_weights(path) -> None:
-    """Read the transcoder at `path` (directory, config.yaml or hub id) and check every weight."""
-    from transcoders.published import read_published
-
-    check_finite(read_published(path).layers)

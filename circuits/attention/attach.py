@@ -18,7 +18,7 @@ from circuits.attention.qk import QKAttribution, constant_qk, model_qk, qk_attri
 from circuits.attribution.frozen_backward import FrozenBlocks
 from circuits.attribution.rows import SourceLayout
 from circuits.attribution.targets import TargetSeeds, feature_seeds
-from circuits.replacement import LocalReplacement, build_local_replacement
+from circuits.replacement.local import LocalReplacement, build_local_replacement
 from graphs import Graph, PrunedGraph
 from graphs.attention import AttentionData, HeadLoadings, HeadQK
 from graphs.graph import NodeKind

@@ -10,7 +10,7 @@ from circuits.attribution.frozen_backward import FrozenBlocks
 from circuits.attribution.rows import SourceLayout
 from circuits.attribution.to_graph import token_strings
 from circuits.errors import CircuitsError
-from circuits.replacement import build_local_replacement
+from circuits.replacement.local import build_local_replacement
 from graphs.attention import HeadQK
 
 

@@ -31,7 +31,7 @@ from circuits.attention.heads import (attention_forward, head_readout, head_valu
 from circuits.attribution.frozen_backward import FrozenBlocks
 from circuits.attribution.rows import SourceLayout
 from circuits.attribution.targets import TargetSeeds
-from circuits.replacement import LocalReplacement
+from circuits.replacement.local import LocalReplacement
 
 
 @dataclass

@@ -14,7 +14,7 @@ So q_vec = sum_i Q_i + Q_bias, k_vec = sum_j K_j + K_bias, and
     score = sum_ij Q_i.K_j/s + sum_i Q_i.K_bias/s + sum_j Q_bias.K_j/s + Q_bias.K_bias/s   exactly.
 Q_i [e] comes from e backward rows seeded at resid_pre(l), position q, with the rows of the map
 x_q -> q_vec (compute_rows on the local replacement model with block l's pattern zeroed, so the
-seed sits before attention l). Q_bias is q_vec of a frozen run with every node set to zero.
+seed sits before attention l). Q_bias is q_vec of a frozen run with every node set to zero (`zeroed_hooks`).
 Gemma-2 soft-caps the score after this (cap * tanh(score / cap)); we split the score before the cap.
 
 Shapes: e head dim, N source columns (SourceLayout order: active features, errors, embeddings).
@@ -31,8 +31,9 @@ from circuits.attribution.frozen_backward import FrozenBlocks, norm_backward
 from circuits.attribution.rows import SourceLayout, compute_rows
 from circuits.attribution.targets import TargetSeeds
 from circuits.errors import CircuitsError
-from circuits.hooks import block_hook
-from circuits.replacement import LocalReplacement, frozen_forward
+from circuits.replacement.hooks import block_hook
+from circuits.replacement.hooks import transcoder_hooks
+from circuits.replacement.local import LocalReplacement, freeze_hooks
 
 
 @dataclass
@@ -165,16 +166,45 @@ def _capture(names: list[str], store: dict):
     return [(n, make(n)) for n in names]
 
 
+def zeroed_hooks(model, transcoder, rep: LocalReplacement) -> list:
+    """Hooks running the local replacement model with every node set to zero: embeddings zero, each
+    MLP output the transcoder's decoder bias plus its skip term of the live input (no feature, no
+    error), BOS's MLP output as frozen, every pattern and norm scale frozen. What remains is the
+    constant part of every activation."""
+    live_x: dict[int, torch.Tensor] = {}
+
+    def zero_embed(value, hook):  # noqa: ARG001 - TransformerLens hook signature
+        return torch.zeros_like(value)
+
+    def read_input(layer):
+        def hook(value, hook):  # noqa: ARG001
+            live_x[layer] = value.to(transcoder.dtype)
+        return hook
+
+    def write_output(layer):
+        def hook(value, hook):  # noqa: ARG001
+            zero = [torch.zeros(*value.shape[:-1], transcoder.cfg.n_features, dtype=transcoder.dtype,
+                                device=value.device)] * (layer + 1)
+            y = transcoder.decode_layer(zero, layer, live_x[layer])
+            y[..., 0, :] = rep.mlp_out_layer_pos_d[layer, 0]
+            return y.to(value.dtype)
+        return hook
+
+    hooks = [("hook_embed", zero_embed)]
+    for l in range(model.cfg.n_layers):
+        inp, out = transcoder_hooks(transcoder, l)
+        hooks += [(inp, read_input(l)), (out, write_output(l))]
+    return hooks + freeze_hooks(model, rep)
+
+
 @torch.no_grad()
 def constant_qk(model, transcoder, rep: LocalReplacement, layers: list[int]) -> dict[int, tuple]:
     """{layer: (queries, keys) [P, heads, e]} of the frozen model with every node zeroed (features,
     errors, embeddings): the constant part of each. One forward pass for all `layers`."""
     names = {l: _qk_hooks(model, l) for l in layers}
     store: dict = {}
-    acts = torch.zeros(rep.n_pos, transcoder.cfg.n_layers, transcoder.cfg.n_features,
-                       dtype=transcoder.W_enc.dtype, device=rep.embed_pos_d.device)
-    frozen_forward(model, transcoder, rep, acts, torch.zeros_like(rep.error_layer_pos_d),
-                   torch.zeros_like(rep.embed_pos_d), extra_hooks=_capture([n for p in names.values() for n in p], store))
+    model.run_with_hooks(rep.tokens[None], fwd_hooks=zeroed_hooks(model, transcoder, rep)
+                         + _capture([n for p in names.values() for n in p], store), stop_at_layer=max(layers) + 1)
     return {l: (store[q], store[k]) for l, (q, k) in names.items()}
 
 

@@ -1,52 +1,54 @@
-"""attribute(): the attribution graph of one prompt (METHOD.md section 3).
+"""attribute(rm, prompt, config) -> Graph: the attribution graph of one prompt (METHOD.md section 3).
 
-1. Freeze the local replacement model of the prompt (circuits.replacement).
+    graph = attribute(ReplacementModel.load("world"), "calc: 36+59=", TraceConfig())
+
+0. Tokens (the model's context checked) and the custom targets (checked) before any work.
+1. Freeze the local replacement model of the prompt (circuits.replacement.local).
 2. Targets: the top logits (and custom directions), then the active features - all of them, or
    the `max_feature_nodes` with the largest estimated influence on the logits, chosen in rounds
    from the rows computed so far (as the reference implementation does; a round adds a quarter of
    the rows known, at least one batch).
 3. Rows come from batched frozen backward sweeps (circuits.attribution.rows), batches sorted by
-   (layer, position) so each sweep only covers its causal cone.
+   (layer, position) so each sweep only covers its causal cone (`attribution_rows`).
+4. The graph (circuits.attribution.to_graph), labelled once the rows are freed.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
+from circuits.attribution.config import TraceConfig
 from circuits.attribution.frozen_backward import FrozenBlocks
 from circuits.attribution.memory import TraceShape, choose_feature_cap
-from circuits.attribution.rows import SourceLayout, compute_rows
-from circuits.attribution.targets import (LogitTargets, TargetSeeds, add_custom_target, feature_seeds,
-                                          logit_seeds, select_logits)
-from circuits.replacement import LocalReplacement, build_local_replacement
+from circuits.attribution.rows import Attribution, SourceLayout, compute_rows
+from circuits.attribution.targets import (CustomTarget, TargetSeeds, choose_targets, custom_targets,
+                                          feature_seeds, logit_seeds)
+from circuits.attribution.to_graph import label_features, to_graph
+from circuits.replacement.local import build_local_replacement
+from graphs import Graph
 from transcoders.threads import free_core_threads
 
-
-@dataclass
-class CustomTarget:
-    """A direction read after the final norm at the last position, e.g. a logit difference."""
-
-    label: str
-    direction_d: torch.Tensor
-    weight: float | None = None
+if TYPE_CHECKING:
+    from circuits.replacement.model import ReplacementModel
 
 
-@dataclass
-class Attribution:
-    """The raw result: rows for the logit targets and the chosen features, over all sources."""
-
-    rep: LocalReplacement
-    logits: LogitTargets
-    feature_idx: torch.Tensor  # [n_chosen] indices into rep.features, in node order
-    logit_rows: torch.Tensor  # [n_logits, n_sources]
-    feature_rows: torch.Tensor  # [n_chosen, n_sources]
-    layout: SourceLayout
-    timing_seconds: dict = field(default_factory=dict)
-    threads: list[int] = field(default_factory=list)  # torch threads used, in order of change
+def attribute(rm: ReplacementModel, prompt: str, config: TraceConfig | None = None, *, progress: bool = False,
+              threads: int | None = None) -> Graph:
+    """The prompt's full attribution graph, labelled (feature index, else output view for the
+    features the config's node threshold keeps). The rows (every active feature as a source) live
+    only inside this call."""
+    config = config or TraceConfig()
+    tokens = rm.tokens(prompt)
+    attr = attribution_rows(rm.model, rm.transcoder, tokens, config, progress=progress, threads=threads)
+    graph = to_graph(attr, rm.model, rm.transcoder, prompt, model_identity=rm.identity,
+                     transcoder_path=str(rm.transcoder_dir) if rm.transcoder_dir else None,
+                     settings=config.model_dump())
+    del attr
+    label_features(graph, rm.model, rm.transcoder, rm.index, config.node_threshold)
+    return graph
 
 
 def _batches(n: int, batch_size: int):
@@ -110,42 +112,39 @@ def _feature_influence(logit_rows: torch.Tensor, logit_weights: torch.Tensor, fe
 
 
 @torch.no_grad()
-def attribute(model, transcoder, tokens_pos: torch.Tensor, *, max_n_logits: int = 10,
-              desired_logit_prob: float = 0.95, custom_targets: list[CustomTarget] | None = None,
-              max_feature_nodes: int | None = None, batch_size: int = 64,
-              progress: bool = False, threads: int | None = None,
-              memory_gb: float | None = None) -> Attribution:
-    """Compute adjacency rows for the logit targets and the active features of one prompt.
-
-    max_feature_nodes None: every active feature; with a `memory_gb` budget it means the default
-    cap instead (circuits.attribution.memory), and an explicit cap that does not fit is refused.
+def attribution_rows(model, transcoder, tokens_pos: torch.Tensor, config: TraceConfig, *,
+                     customs: list[CustomTarget] | None = None, progress: bool = False,
+                     threads: int | None = None) -> Attribution:
+    """Adjacency rows for the logit targets and the active features of one prompt (the stage
+    before the graph). config.max_feature_nodes None: every active feature; with a
+    config.memory_gb budget it means the default cap instead (circuits.attribution.memory), and an
+    explicit cap that does not fit is refused. `customs`: the custom targets, when the caller made
+    them already (else from config.targets / config.contrast, checked before the forward pass).
 
     Runs on the CPU cores free now (at most torch's thread count; `threads` fixes it), re-checked
     between batches: see transcoders.threads for why a busy core must not get a thread."""
+    if customs is None:
+        customs = custom_targets(model, config.targets, config.contrast)
     with free_core_threads(threads) as adaptive:
-        attr = _attribute(model, transcoder, tokens_pos, max_n_logits, desired_logit_prob, custom_targets,
-                          max_feature_nodes, batch_size, progress, adaptive.recheck, memory_gb)
+        attr = _attribute(model, transcoder, tokens_pos, config, customs, progress, adaptive.recheck)
         attr.threads = adaptive.history
     return attr
 
 
-def _attribute(model, transcoder, tokens_pos, max_n_logits, desired_logit_prob, custom_targets,
-               max_feature_nodes, batch_size, progress, recheck_threads, memory_gb) -> Attribution:
+def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list[CustomTarget], progress,
+               recheck_threads) -> Attribution:
     timing = {}
     t0 = time.perf_counter()
+    batch_size, max_feature_nodes = config.batch_size, config.max_feature_nodes
     rep = build_local_replacement(model, transcoder, tokens_pos)
     blocks = FrozenBlocks(model)
     n_active = len(rep.features)
-    if memory_gb is not None:
-        n_logits = max_n_logits + len(custom_targets or [])
+    if config.memory_gb is not None:
+        n_logits = config.max_n_logits + len(customs)
         shape = _trace_shape(rep, transcoder, blocks.n_layers, n_logits, batch_size)
-        max_feature_nodes = choose_feature_cap(shape, max_feature_nodes, memory_gb)
+        max_feature_nodes = choose_feature_cap(shape, max_feature_nodes, config.memory_gb)
     layout = SourceLayout(rep, transcoder)
-    logits = select_logits(rep, blocks.W_U_d_vocab, max_n_logits, desired_logit_prob)
-    x_final = _final_norm_output(model, rep)
-    for target in custom_targets or []:
-        direction = target.direction_d.to(x_final.device).float()
-        logits = add_custom_target(logits, target.label, direction, float(direction @ x_final), target.weight)
+    logits = choose_targets(model, rep, blocks, config, customs)
     timing["forward"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -218,20 +217,6 @@ def permute_rows_in_place(rows: torch.Tensor, order: torch.Tensor) -> None:
         done[i] = True
 
 
-def _final_norm_output(model, rep: LocalReplacement) -> torch.Tensor:
-    """ln_final(resid_final) [d] at the last position, with its frozen scale."""
-    x = rep.resid_final_d
-    norm = getattr(model, "ln_final", None)
-    if norm is None:
-        return x
-    if (model.cfg.normalization_type or "").startswith("LN"):
-        x = x - x.mean()
-    x = x / rep.lnf_scale_pos[-1]
-    w, b = getattr(norm, "w", None), getattr(norm, "b", None)
-    x = x * w if w is not None else x
-    return x + b if b is not None else x
-
-
 def _progress_bar(enabled: bool, total: int, on_batch):
     """A callable run after each batch of rows: calls on_batch(), advances a tqdm bar if enabled."""
     bar = None
@@ -247,35 +232,3 @@ def _progress_bar(enabled: bool, total: int, on_batch):
 
     update.close = bar.close if bar is not None else (lambda: None)  # type: ignore[attr-defined]
     return update
-
-
-EDGE_CHUNK_ROWS = 1024  # rows gathered at a time: no second full-size copy of the rows
-
-
-def graph_edges(attr: Attribution) -> np.ndarray:
-    """The graph's edges, float32 [n_targets, n_sources] (graphs.Graph.edges): rows = the chosen
-    features then the logits, columns = the chosen features, errors, embeddings. A copy of the
-    rows' entries (no arithmetic), gathered in row chunks."""
-    layout = attr.layout
-    device = attr.logit_rows.device
-    source_cols = torch.cat([attr.feature_idx.to(device),
-                             torch.arange(layout.n_features, layout.n_sources, device=device)])
-    n_f = len(attr.feature_idx)
-    edges = np.empty((n_f + attr.logit_rows.shape[0], source_cols.shape[0]), dtype=np.float32)
-    for offset, rows in ((0, attr.feature_rows), (n_f, attr.logit_rows)):
-        for start in range(0, rows.shape[0], EDGE_CHUNK_ROWS):
-            chunk = rows[start:start + EDGE_CHUNK_ROWS][:, source_cols]
-            edges[offset + start:offset + start + chunk.shape[0]] = chunk.float().cpu().numpy()
-    return edges
-
-
-def dense_adjacency(attr: Attribution) -> np.ndarray:
-    """The all-nodes square over graph nodes (chosen features, errors, embeddings, logits),
-    float32 [n_nodes, n_nodes]: graph_edges placed in the rows of the features and logits."""
-    edges = graph_edges(attr)
-    n_f, n_l = len(attr.feature_idx), attr.logit_rows.shape[0]
-    n_sources = edges.shape[1]
-    square = np.zeros((n_sources + n_l, n_sources + n_l), dtype=np.float32)
-    square[:n_f, :n_sources] = edges[:n_f]
-    square[n_sources:, :n_sources] = edges[n_f:]
-    return square

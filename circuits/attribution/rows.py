@@ -13,11 +13,13 @@ positions 1..P-1), then token embeddings (positions 0..P-1).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
-from circuits.attribution.frozen_backward import FrozenBlocks, norm_backward
-from circuits.attribution.targets import TargetSeeds
-from circuits.replacement import LocalReplacement
+from circuits.attribution.frozen_backward import FrozenBlocks
+from circuits.attribution.targets import LogitTargets, TargetSeeds
+from circuits.replacement.local import LocalReplacement
 
 
 class SourceLayout:
@@ -113,4 +115,15 @@ def compute_rows(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layout
     return rows
 
 
-__all__ = ["SourceLayout", "compute_rows", "norm_backward"]
+@dataclass
+class Attribution:
+    """The raw result: rows for the logit targets and the chosen features, over all sources."""
+
+    rep: LocalReplacement
+    logits: LogitTargets
+    feature_idx: torch.Tensor  # [n_chosen] indices into rep.features, in node order
+    logit_rows: torch.Tensor  # [n_logits, n_sources]
+    feature_rows: torch.Tensor  # [n_chosen, n_sources]
+    layout: SourceLayout
+    timing_seconds: dict = field(default_factory=dict)
+    threads: list[int] = field(default_factory=list)  # torch threads used, in order of change

@@ -3,6 +3,9 @@
 A target is a linear read-out of the residual stream at one (layer, position): a feature's
 encoder row (read at its layer's input hook) or a logit direction (read after the final norm).
 Each is mapped through its frozen norm to a seed vector in the residual stream.
+
+`choose_targets` is the one place that decides a prompt's logit targets: the most likely next
+tokens (`select_logits`) and the config's custom directions (`--target`, `--contrast`).
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
+from circuits.attribution.config import TraceConfig
 from circuits.attribution.frozen_backward import FrozenBlocks
-from circuits.replacement import LocalReplacement
+from circuits.errors import CircuitsError
+from circuits.replacement.local import LocalReplacement
+from circuits.replacement.prompts import token_id
 
 
 @dataclass
@@ -93,3 +99,64 @@ def feature_seeds(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, idx: 
         scale = rep.ln2_scale_layer_pos[l, pos[rows]]  # [n]
         vec[rows] = blocks.input_hook_backward(l, enc_n_d, scale, transcoder.cfg.input_hook)
     return TargetSeeds(layer, pos, vec)
+
+
+@dataclass
+class CustomTarget:
+    """A direction read after the final norm at the last position, e.g. a logit difference."""
+
+    label: str
+    direction_d: torch.Tensor
+    weight: float | None = None
+
+
+def custom_targets(model, targets: list[str], contrast: str | None) -> list[CustomTarget]:
+    """Directions after the final norm: a demeaned unembedding column per target token, or with a
+    contrast token the difference of the two columns (a logit difference)."""
+    if contrast is not None and len(targets) != 1:
+        raise CircuitsError("--contrast needs exactly one --target")
+    W_U = model.W_U.detach().float()
+    out = []
+    for text in targets:
+        t = token_id(model, text)
+        if contrast is not None:
+            c = token_id(model, contrast)
+            if c == t:
+                raise CircuitsError(f"--target {text!r} and --contrast {contrast!r} are the same token: their "
+                                    "logit difference is zero by definition; give two different tokens")
+            out.append(CustomTarget(f"{text.strip()} - {contrast.strip()}", W_U[:, t] - W_U[:, c]))
+        else:
+            out.append(CustomTarget(f"{text.strip()} (target)", W_U[:, t] - W_U.mean(1)))
+    return out
+
+
+def final_norm_output(model, rep: LocalReplacement) -> torch.Tensor:
+    """ln_final(resid_final) [d] at the last position, with its frozen scale."""
+    x = rep.resid_final_d
+    norm = getattr(model, "ln_final", None)
+    if norm is None:
+        return x
+    if (model.cfg.normalization_type or "").startswith("LN"):
+        x = x - x.mean()
+    x = x / rep.lnf_scale_pos[-1]
+    w, b = getattr(norm, "w", None), getattr(norm, "b", None)
+    x = x * w if w is not None else x
+    return x + b if b is not None else x
+
+
+def choose_targets(model, rep: LocalReplacement, blocks: FrozenBlocks, config: TraceConfig,
+                   customs: list[CustomTarget] | None = None) -> LogitTargets:
+    """The logit targets of a trace: the top logits (config.max_n_logits, config.desired_logit_prob),
+    then one custom direction per config.targets (or the target - contrast difference), then
+    config.answer's direction when the answer is not a top logit already; `customs`:
+    those directions already made (custom_targets checks them before the forward pass)."""
+    logits = select_logits(rep, blocks.W_U_d_vocab, config.max_n_logits, config.desired_logit_prob)
+    x_final = final_norm_output(model, rep)
+    if customs is None:
+        customs = custom_targets(model, config.targets, config.contrast)
+    if config.answer is not None and token_id(model, config.answer) not in logits.token_ids:
+        customs = [*customs, *custom_targets(model, [config.answer], None)]
+    for target in customs:
+        direction = target.direction_d.to(x_final.device).float()
+        logits = add_custom_target(logits, target.label, direction, float(direction @ x_final), target.weight)
+    return logits

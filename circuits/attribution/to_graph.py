@@ -1,33 +1,59 @@
-"""Turn an Attribution into a graphs.Graph, with readable feature descriptions."""
+"""Turn an Attribution into a graphs.Graph, and label its features (one pass, once the rows are freed).
+
+A feature's label is its strongest context in the feature index (circuits.features) when the
+transcoders have one, else its output view ("-> tok, tok, tok": the tokens its decoders most
+promote) for the features the node threshold keeps (computing it for every feature of a long
+prompt would cost more than the trace).
+"""
 
 from __future__ import annotations
-
 
 import numpy as np
 import torch
 
-from circuits.attribution.engine import Attribution, graph_edges
-from circuits.feature_index import feature_logits
-from graphs import Graph, make_node_table
-from graphs.graph import NodeKind
+from circuits.attribution.rows import Attribution
+from circuits.features.output_view import promoted_tokens
+from graphs.graph import Graph, NodeKind, make_node_table
+from graphs.prune import nodes_by_influence
 
 
-def promoted_tokens(model, transcoder, layer_feat_pairs: list[tuple[int, int]], top: int = 3) -> list[list[str]]:
-    """For each feature, the `top` tokens its decoders most promote (feature_index.feature_logits):
-    the feature's "output" view, its label when the feature index has none."""
-    out = []
-    W_U_d_vocab = model.W_U.detach().float() if layer_feat_pairs else None  # cast once, not per feature
-    for layer, feat in layer_feat_pairs:
-        ids = feature_logits(model, transcoder, layer, feat, W_U_d_vocab).topk(top).indices.tolist()
-        out.append([model.tokenizer.decode([i]).strip() or repr(model.tokenizer.decode([i])) for i in ids])
-    return out
+EDGE_CHUNK_ROWS = 1024  # rows gathered at a time: no second full-size copy of the rows
 
 
-def add_output_view_labels(graph: Graph, model, transcoder, nodes) -> None:
-    """Label the feature nodes in `nodes` that have no label yet by their output view."""
-    todo = [int(i) for i in nodes if int(i) not in graph.feature_labels and graph.kind[int(i)] == NodeKind.FEATURE]
+def graph_edges(attr: Attribution) -> np.ndarray:
+    """The graph's edges, float32 [n_targets, n_sources] (graphs.Graph.edges): rows = the chosen
+    features then the logits, columns = the chosen features, errors, embeddings. A copy of the
+    rows' entries (no arithmetic), gathered in row chunks."""
+    layout = attr.layout
+    device = attr.logit_rows.device
+    source_cols = torch.cat([attr.feature_idx.to(device),
+                             torch.arange(layout.n_features, layout.n_sources, device=device)])
+    n_f = len(attr.feature_idx)
+    edges = np.empty((n_f + attr.logit_rows.shape[0], source_cols.shape[0]), dtype=np.float32)
+    for offset, rows in ((0, attr.feature_rows), (n_f, attr.logit_rows)):
+        for start in range(0, rows.shape[0], EDGE_CHUNK_ROWS):
+            chunk = rows[start:start + EDGE_CHUNK_ROWS][:, source_cols]
+            edges[offset + start:offset + start + chunk.shape[0]] = chunk.float().cpu().numpy()
+    return edges
+
+
+def label_features(graph: Graph, model, transcoder, index, node_threshold: float) -> None:
+    """Label the graph's feature nodes: from `index` (a FeatureIndex, or None) where it has a context,
+    else by output view for the features that pruning at `node_threshold` keeps."""
+    features = np.flatnonzero(graph.kind == NodeKind.FEATURE)
+    if index is not None:
+        labels = {}
+        for i in features:
+            pair = (int(graph.layer[i]), int(graph.feature[i]))
+            if pair not in labels:
+                labels[pair] = index.label(*pair)
+            if labels[pair]:
+                graph.feature_labels[int(i)] = labels[pair]
+    kept = np.flatnonzero(nodes_by_influence(graph, node_threshold) & (graph.kind == NodeKind.FEATURE))
+    todo = [int(i) for i in kept if int(i) not in graph.feature_labels]
     pairs = sorted({(int(graph.layer[i]), int(graph.feature[i])) for i in todo})
-    view_of = dict(zip(pairs, promoted_tokens(model, transcoder, pairs)))
+    with torch.no_grad():
+        view_of = dict(zip(pairs, promoted_tokens(model, transcoder, pairs)))
     for i in todo:
         graph.feature_labels[i] = f"-> {', '.join(view_of[(int(graph.layer[i]), int(graph.feature[i]))])}"
 
@@ -44,14 +70,9 @@ def transcoder_identity(transcoder, path: str | None = None) -> dict:
 
 
 def to_graph(attr: Attribution, model, transcoder, prompt: str, *, model_identity: dict | None = None,
-             transcoder_path: str | None = None, settings: dict | None = None,
-             feature_labels: dict[tuple[int, int], str] | None = None, output_views: bool = True) -> Graph:
-    """The unpruned graph: chosen features, error nodes (positions >= 1), token embeddings, logits.
-
-    `feature_labels` maps (layer, feature) to a description (e.g. from a feature index); features
-    without one are labelled by their output view (unless `output_views` is False: then call
-    add_output_view_labels for the nodes that need one, e.g. the pruned graph's).
-    """
+             transcoder_path: str | None = None, settings: dict | None = None) -> Graph:
+    """The unpruned graph, unlabelled: chosen features, error nodes (positions >= 1), token
+    embeddings, logits (label_features labels it)."""
     rep = attr.rep
     f = rep.features
     idx = attr.feature_idx.cpu()
@@ -61,11 +82,6 @@ def to_graph(attr: Attribution, model, transcoder, prompt: str, *, model_identit
     table = make_node_table(feat_lpf, f.activation.cpu()[idx].numpy(), err_lp,
                             rep.tokens.cpu().numpy(), np.array(attr.logits.token_ids), L)
     token_strs = token_strings(model, rep.tokens)
-    labels = {}
-    for node, (l, c, i) in enumerate(feat_lpf):
-        given = (feature_labels or {}).get((int(l), int(i)))
-        if given:
-            labels[node] = given
     logit_labels = [model.tokenizer.decode([t]) if t >= 0 else lab
                     for t, lab in zip(attr.logits.token_ids, attr.logits.labels)]
     graph = Graph(
@@ -76,7 +92,5 @@ def to_graph(attr: Attribution, model, transcoder, prompt: str, *, model_identit
         n_layers=L, model=model_identity or {"d_vocab": model.cfg.d_vocab},
         transcoders=transcoder_identity(transcoder, transcoder_path),
         settings={**(settings or {}), "threads": attr.threads},
-        timing_seconds={k: round(v, 4) for k, v in attr.timing_seconds.items()}, feature_labels=labels)
-    if output_views:
-        add_output_view_labels(graph, model, transcoder, range(len(feat_lpf)))
+        timing_seconds={k: round(v, 4) for k, v in attr.timing_seconds.items()})
     return graph

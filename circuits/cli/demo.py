@@ -10,8 +10,10 @@ from typing import Optional
 
 import typer
 
+from circuits.attribution.config import TraceConfig
 from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, HELP, MODEL_OPTION, TRANSCODERS_OPTION, pick_device, print_json
-from circuits.cli.options import number_option
+from circuits.cli.options import config_from, number_option, with_config_options
+from circuits.cli.validate import STUDY_TRACE_OPTIONS
 
 app = typer.Typer(**HELP, help="Case studies: trace, explain and intervene, ending in a verdict per experiment.",
                   no_args_is_help=True)
@@ -25,37 +27,41 @@ def _print(lines: list[str]) -> None:
 
 
 @app.command("addition")
+@with_config_options(TraceConfig, **STUDY_TRACE_OPTIONS)
 def addition_cmd(
     a: int = number_option(36, "--a", min=10, max=99, help="First operand."),
     b: int = number_option(59, "--b", min=10, max=99, help="Second operand."),
     multiplier: float = number_option(-1.0, "--multiplier", kind=float, min=-1e6, max=1e6, help="Inhibition: scale the chosen features by this."),
     top: int = number_option(15, "--top", min=1, max=10_000, help="Feature nodes to show and classify."),
     model: str = MODEL_OPTION, transcoders: Optional[Path] = TRANSCODERS_OPTION, json_out: bool = JSON,
-    device: str = DEVICE_OPTION, dtype: str = DTYPE_OPTION,
+    device: str = DEVICE_OPTION, dtype: str = DTYPE_OPTION, **options,
 ) -> None:
     """Trace "calc: A+B=", show the paths to the sum by position and role, run inhibition experiments."""
-    from circuits.demos.addition import format_addition, run_addition_demo
-    from circuits.replacement_model import ReplacementModel
+    from circuits.studies.demos.addition import format_addition, run_addition_demo
+    from circuits.replacement.model import ReplacementModel
 
-    setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out, dtype=dtype)
-    report = run_addition_demo(setup, a, b, top=top, multiplier=multiplier)
+    config = config_from(TraceConfig, options)
+    rm = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out, dtype=dtype)
+    report = run_addition_demo(rm, a, b, top=top, multiplier=multiplier, config=config)
     print_json(report.to_json()) if json_out else _print(format_addition(report))
 
 
 @app.command("two-hop")
+@with_config_options(TraceConfig, **STUDY_TRACE_OPTIONS)
 def two_hop_cmd(
     k: int = number_option(20, "--k", min=1, max=1_000_000, help="State features removed / injected per swap side."),
     inhibit: float = number_option(-1.0, "--inhibit", kind=float, min=-1e6, max=1e6, help="Multiplier for the removed state features (0: ablate)."),
     inject_scale: float = number_option(4.0, "--inject-scale", kind=float, min=-1e6, max=1e6, help="Scale of the injected activations."),
     model: str = MODEL_OPTION, transcoders: Optional[Path] = TRANSCODERS_OPTION, json_out: bool = JSON,
-    device: str = DEVICE_OPTION, dtype: str = DTYPE_OPTION,
+    device: str = DEVICE_OPTION, dtype: str = DTYPE_OPTION, **options,
 ) -> None:
     """Kobe Bryant -> California -> Sacramento and Dallas -> Texas -> Austin: find, inhibit and swap state features."""
-    from circuits.replacement_model import ReplacementModel
-    from circuits.demos.two_hop import format_two_hop, run_two_hop_demo
+    from circuits.replacement.model import ReplacementModel
+    from circuits.studies.demos.two_hop import format_two_hop, run_two_hop_demo
 
-    setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out, dtype=dtype)
-    report = run_two_hop_demo(setup, k=k, inhibit=inhibit, inject_scale=inject_scale)
+    config = config_from(TraceConfig, options)
+    rm = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out, dtype=dtype)
+    report = run_two_hop_demo(rm, k=k, inhibit=inhibit, inject_scale=inject_scale, config=config)
     print_json(report.to_json()) if json_out else _print(format_two_hop(report))
 
 
@@ -67,8 +73,8 @@ def attention_two_hop_cmd(
 ) -> None:
     """Dallas -> Texas -> Austin: which heads move the state from " Dallas" to the last position, what on
     the query side makes them look there, and what removing that query-side feature does to the head."""
-    from circuits.demos.attention_two_hop import format_attention_two_hop, run_attention_two_hop
-    from circuits.replacement_model import ReplacementModel
+    from circuits.studies.demos.attention_two_hop import format_attention_two_hop, run_attention_two_hop
+    from circuits.replacement.model import ReplacementModel
 
     setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out, dtype=dtype)
     report = run_attention_two_hop(setup, qk_heads=qk_heads)
@@ -85,7 +91,7 @@ def load_demo_setup(model: str, transcoders: Optional[Path], device: str, progre
     """The model and its transcoders; a real model's default transcoder must already be trained
     (an hour of CPU), a world organism's trains on first use (minutes)."""
     from circuits.errors import CircuitsError
-    from circuits.replacement_model import ReplacementModel
+    from circuits.replacement.model import ReplacementModel
 
     if transcoders is None and not model.startswith("world"):
         from circuits.training.defaults import cached_default_transcoder_dir
@@ -99,39 +105,37 @@ def load_demo_setup(model: str, transcoders: Optional[Path], device: str, progre
 
 
 @app.command("capitals")
+@with_config_options(TraceConfig, **STUDY_TRACE_OPTIONS)
 def capitals_cmd(
     k: int = number_option(10, "--k", min=1, max=10_000, help="Features per inhibition and per swap side."),
     inject_scale: float = number_option(2.0, "--inject-scale", kind=float, min=-1e6, max=1e6, help="Scale of the injected activations."),
-    max_feature_nodes: Optional[int] = number_option(None, "--max-feature-nodes", min=1, max=10_000_000, help="Cap on the traced graph's feature nodes (default: the trace default)."),
     model: str = REAL_MODEL_OPTION, transcoders: Optional[Path] = REAL_TRANSCODERS_OPTION, json_out: bool = JSON,
-    device: str = DEVICE_OPTION,
+    device: str = DEVICE_OPTION, **options,
 ) -> None:
     """One-hop facts: which capitals the model knows, the graph of "The capital of France is" and the path
     from " France" to " Paris", inhibitions and a swap to Germany, each with a verdict."""
-    from circuits.demos.capitals import format_capitals, run_capitals_demo
-    from circuits.trace import TraceConfig
+    from circuits.studies.demos.capitals import format_capitals, run_capitals_demo
 
-    setup = load_demo_setup(model, transcoders, device, progress=not json_out)
-    config = TraceConfig(max_feature_nodes=max_feature_nodes) if max_feature_nodes else None
-    report = run_capitals_demo(setup, k=k, inject_scale=inject_scale, config=config)
+    config = config_from(TraceConfig, options)
+    rm = load_demo_setup(model, transcoders, device, progress=not json_out)
+    report = run_capitals_demo(rm, k=k, inject_scale=inject_scale, config=config)
     print_json(report.to_json()) if json_out else _print(format_capitals(report))
 
 
 @app.command("capitals-two-hop")
+@with_config_options(TraceConfig, **STUDY_TRACE_OPTIONS)
 def capitals_two_hop_cmd(
     k: int = number_option(10, "--k", min=1, max=10_000, help="Intermediate features per subject."),
-    max_feature_nodes: Optional[int] = number_option(None, "--max-feature-nodes", min=1, max=10_000_000, help="Cap on the traced graphs' feature nodes (default: the trace default)."),
     model: str = REAL_MODEL_OPTION, transcoders: Optional[Path] = REAL_TRANSCODERS_OPTION, json_out: bool = JSON,
-    device: str = DEVICE_OPTION,
+    device: str = DEVICE_OPTION, **options,
 ) -> None:
     """Two-hop facts ("The capital of the country where sushi comes from is" -> Japan -> Tokyo): does an
     intermediate feature lie on a kept path to the answer? Inhibits it, with a verdict."""
-    from circuits.demos.capitals_two_hop import format_capitals_two_hop, run_capitals_two_hop
-    from circuits.trace import TraceConfig
+    from circuits.studies.demos.capitals_two_hop import format_capitals_two_hop, run_capitals_two_hop
 
-    setup = load_demo_setup(model, transcoders, device, progress=not json_out)
-    config = TraceConfig(max_feature_nodes=max_feature_nodes) if max_feature_nodes else None
-    report = run_capitals_two_hop(setup, k=k, config=config)
+    config = config_from(TraceConfig, options)
+    rm = load_demo_setup(model, transcoders, device, progress=not json_out)
+    report = run_capitals_two_hop(rm, k=k, config=config)
     print_json(report.to_json()) if json_out else _print(format_capitals_two_hop(report))
 
 

@@ -41,16 +41,17 @@ def index_cmd(
     dtype: str = DTYPE_OPTION,
 ) -> None:
     """Run the corpus once; store each feature's top contexts and firing frequency beside the transcoders."""
-    from circuits.feature_index import INDEX_JSON, INDEX_NPZ, index_corpus
-    from circuits.replacement_model import ReplacementModel
+    from circuits.features.index import index
+    from circuits.features.store import INDEX_JSON, INDEX_NPZ
+    from circuits.replacement.model import ReplacementModel
 
     rm = ReplacementModel.load(model, transcoders, pick_device(device), dtype=dtype)
     check_outputs(*(Path(rm.transcoder_dir) / name for name in (INDEX_NPZ, INDEX_JSON)))  # before the pass
-    index = index_corpus(rm.loaded, rm.transcoder, rm.transcoder_dir, corpus, max_tokens=tokens,
-                         progress=not json_out, k=top, before=before, after=after, batch_size=batch_size)
+    built = index(rm, corpus, max_tokens=tokens, progress=not json_out, k=top, before=before, after=after,
+                  batch_size=batch_size)
     path = Path(rm.transcoder_dir) / INDEX_NPZ
-    freq = index.frequency_layer_feat
-    summary = {"path": str(path), "n_tokens": index.meta["n_tokens"], "n_docs": index.meta["n_docs"],
+    freq = built.frequency_layer_feat
+    summary = {"path": str(path), "n_tokens": built.meta["n_tokens"], "n_docs": built.meta["n_docs"],
                "dead_features": int((freq == 0).sum()), "n_features": int(freq.size),
                "mean_l0_per_layer": float(freq.sum(1).mean())}
     if json_out:
@@ -73,8 +74,8 @@ def show_cmd(
 ) -> None:
     """Print a feature's top contexts, firing frequency and output view (tokens its decoders promote)."""
     from circuits.errors import CircuitsError
-    from circuits.feature_index import output_view
-    from circuits.replacement_model import ReplacementModel
+    from circuits.features.output_view import output_view
+    from circuits.replacement.model import ReplacementModel
 
     layer, feat = _feature_arg(feature)
     rm = ReplacementModel.load(model, transcoders, pick_device(device), dtype=dtype)

@@ -48,7 +48,7 @@ def intervene_cmd(
 ) -> None:
     """Change features' activations, patch their decoder change into the MLP outputs, compare next tokens."""
     from circuits.interventions import parse_layer_range, parse_set
-    from circuits.replacement_model import ReplacementModel
+    from circuits.replacement.model import ReplacementModel
 
     interventions = [parse_set(s) for s in sets]
     span = parse_layer_range(layers) if layers is not None else None

@@ -26,6 +26,7 @@ def _with_typer_copy(real: type[BaseException], typer_module: str, name: str) ->
 
 _CLICK_ERRORS = _with_typer_copy(click.ClickException, "typer._click.exceptions", "ClickException")
 _CLICK_ABORTS = _with_typer_copy(click.exceptions.Abort, "typer.exceptions", "Abort")
+_CLICK_EXITS = _with_typer_copy(click.exceptions.Exit, "typer._click.exceptions", "Exit")
 
 
 def _is_help_request(exc: BaseException) -> bool:
@@ -40,7 +41,7 @@ class _UserErrorsAsOneLine(TyperGroup):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort):
+        except (*_CLICK_EXITS, *_CLICK_ABORTS):  # --help and ctx.exit (click's and typer's copies): not errors
             raise
         except Exception as exc:  # noqa: BLE001 - anything not a user error is re-raised below
             line = user_error_line(exc)

@@ -79,7 +79,7 @@ def predict_cmd(
 ) -> None:
     """Print the most likely next tokens after PROMPT."""
     from circuits.models.registry import load_model
-    from circuits.prompts import next_token_distribution
+    from circuits.replacement.prompts import next_token_distribution
 
     loaded = load_model(name, device=pick_device(device), dtype=dtype)
     rows = next_token_distribution(loaded.model, prompt, top)
@@ -98,11 +98,11 @@ def corpus_cmd(
 ) -> None:
     """Build (offline) a built-in text corpus under $CIRCUITS_HOME/corpora and count its tokens with
     the model's tokenizer when NAME is a model. Training and fidelity use it by default."""
-    from circuits.corpora import BUILTIN_CORPORA, builtin_corpus_file, corpus_record
+    from circuits.corpora.builtin import BUILTIN_CORPORA, builtin_corpus_file, corpus_record
     from circuits.errors import CircuitsError
     from circuits.models.registry import BUILTIN_MODELS
 
-    model_corpora = {m: getattr(spec.corpus, "corpus_name", None) for m, spec in BUILTIN_MODELS.items()}
+    model_corpora = {m: spec.text_corpus for m, spec in BUILTIN_MODELS.items()}
     model_corpora = {m: c for m, c in model_corpora.items() if c}
     corpus = model_corpora.get(name, name)
     if corpus not in BUILTIN_CORPORA:

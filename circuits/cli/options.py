@@ -160,11 +160,13 @@ def _choice(flag_name: str, choices: list[str]) -> Callable[[str], str]:
     return parse
 
 
-def config_parameters(config: type[BaseModel], exclude: typing.Iterable[str] = ()) -> list[inspect.Parameter]:
-    """Keyword parameters (for a command's signature) for every option of `config` but `exclude`."""
+def config_parameters(config: type[BaseModel], exclude: typing.Iterable[str] = (),
+                      only: typing.Iterable[str] | None = None) -> list[inspect.Parameter]:
+    """Keyword parameters (for a command's signature) for every option of `config` (or those in
+    `only`) but `exclude`."""
     params = []
     for name in option_fields(config):
-        if name in exclude:
+        if name in exclude or (only is not None and name not in only):
             continue
         annotation, option = _field_option(config, name)
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
@@ -172,12 +174,14 @@ def config_parameters(config: type[BaseModel], exclude: typing.Iterable[str] = (
     return params
 
 
-def with_config_options(config: type[BaseModel], exclude: typing.Iterable[str] = ()) -> Callable:
-    """Decorator: the command also takes every field of `config` as an option (after its own)."""
+def with_config_options(config: type[BaseModel], exclude: typing.Iterable[str] = (),
+                        only: typing.Iterable[str] | None = None) -> Callable:
+    """Decorator: the command also takes every field of `config` (or those in `only`) as an option,
+    after its own; the command gets them as **options and builds the config with `config_from`."""
     def wrap(fn: Callable) -> Callable:
         own = list(inspect.signature(fn).parameters.values())
         own = [p for p in own if p.kind != inspect.Parameter.VAR_KEYWORD]
-        fn.__signature__ = inspect.Signature(own + config_parameters(config, exclude))
+        fn.__signature__ = inspect.Signature(own + config_parameters(config, exclude, only))
         return fn
     return wrap
 
@@ -208,3 +212,8 @@ def build_config(config: type[BaseModel], values: dict):
         return config.model_validate(nest(config, values))
     except ValidationError as exc:
         raise CircuitsError(describe_validation_error(config, exc)) from None
+
+
+def config_from(config: type[BaseModel], options: dict):
+    """The config object from a command's **options (unset options take the config's defaults)."""
+    return build_config(config, given(config, options))

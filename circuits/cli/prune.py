@@ -6,31 +6,30 @@ from pathlib import Path
 
 import typer
 
+from circuits.attribution.config import TraceConfig
 from circuits.cli.common import check_outputs, print_json
-from circuits.cli.options import number_option
+from circuits.cli.options import config_from, with_config_options
 
 
 def register(app: typer.Typer) -> None:
     @app.command("prune")
+    @with_config_options(TraceConfig, only=("node_threshold", "edge_threshold"))
     def prune_cmd(
         graph_file: Path = typer.Argument(..., help="Full graph saved by `circuits trace --full`."),
         out: Path = typer.Option(None, "-o", "--out", help="Write the pruned graph as viewer JSON here."),
         graphml: Path = typer.Option(None, "--graphml", help="Also write GraphML."),
-        node_threshold: float = number_option(0.8, "--node-threshold", kind=float, min=0, max=1, min_open=True, help="Share of influence the kept nodes hold."),
-        edge_threshold: float = number_option(0.98, "--edge-threshold", kind=float, min=0, max=1, min_open=True, help="Share of edge score the kept edges hold."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+        **options,
     ) -> None:
         """Prune a saved full graph with new thresholds; print its summary and export it."""
         from circuits.cli.trace import print_summary, write_outputs
-        from circuits.errors import CircuitsError
         from circuits.trace import TraceResult
         from graphs import load_graph, prune_graph, summarize
 
-        if not (0 < node_threshold <= 1 and 0 < edge_threshold <= 1):
-            raise CircuitsError("thresholds must be in (0, 1]")
+        config = config_from(TraceConfig, options)
         check_outputs(out, graphml, inputs=(graph_file,))
         graph = load_graph(graph_file)
-        pruned = prune_graph(graph, node_threshold, edge_threshold)
+        pruned = prune_graph(graph, config.node_threshold, config.edge_threshold)
         result = TraceResult(graph, pruned, summarize(graph, pruned))
         write_outputs(result, out, None, graphml)
         if json_out:

@@ -9,7 +9,7 @@ from rich import markup
 
 from circuits.cli.common import DEVICE_OPTION, DTYPE_OPTION, check_outputs, console, pick_device, print_json
 from circuits.cli.options import build_config, given, with_config_options
-from circuits.trace_config import TraceConfig
+from circuits.attribution.config import TraceConfig
 
 
 def write_outputs(result, out_json: Path | None, full: Path | None, graphml: Path | None) -> None:
@@ -83,7 +83,7 @@ def trace_cmd(
     **settings,
 ) -> None:
     """Trace PROMPT: compute its attribution graph, prune and score it, print a summary, export it."""
-    from circuits.replacement_model import ReplacementModel
+    from circuits.replacement.model import ReplacementModel
     from circuits.trace import trace_prompt
 
     check_outputs(out, full, graphml)

@@ -64,16 +64,21 @@ def run_training(model: str, out: Path | None, *, resume: bool, overwrite: bool,
     """What `transcoders train` does, in checking order: settings, output folder, model, corpus,
     then training. Every user mistake stops with one line before anything is written."""
     from circuits.models import load_model
+    from circuits.training.defaults import make_default_transcoder
     from circuits.training.train import train_for_model
     from transcoders.trainer import prepare_outputs
 
-    if out is None:
+    default = out is None
+    if default:
         out, resume = default_out(model, overrides, resume, overwrite)
         if progress:
             console.print(f"{'resuming' if resume else 'training'} the default transcoder in {out}", markup=False)
     cfg = resolve_config(model, out, resume, overrides)
     prepare_outputs(out, cfg, resume=resume, overwrite=overwrite, log_path=log)
     loaded = load_model(model, device=device, progress=progress)
+    if default:  # the one way to make a default transcoder (also first use's): trains, then indexes
+        return make_default_transcoder(loaded, cfg, out, resume=resume, overwrite=overwrite, progress=progress,
+                                       device=device, corpus=corpus, log_path=log)
     return train_for_model(loaded, cfg, out, corpus, resume=resume, overwrite=overwrite, progress=progress,
                            log_path=log, device=device)
 
@@ -119,8 +124,9 @@ app.command("train")(train_cmd)
 def info_cmd(path: Path = typer.Argument(..., help="Transcoder directory."),
              json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show a transcoder directory's architecture, training config and metrics."""
-    from transcoders.formats import load_transcoder, read_training_files
-    from transcoders.weights_check import check_transcoder_weights
+    from transcoders.formats import read_training_files
+    from transcoders.loading import load_transcoder
+    from transcoders.loading import check_transcoder_weights
 
     tc = load_transcoder(path)
     check_transcoder_weights(path)  # NaN / inf weights: say the transcoder is corrupt, do not describe it

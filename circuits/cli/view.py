@@ -31,7 +31,7 @@ def _start(state, host: str, port: int, open_browser: bool) -> None:
 def _feature_source(transcoders: Optional[Path], graphs: list):
     """Feature data from --transcoders, else from the transcoder folder the graphs name (if present)."""
     from circuits.errors import CircuitsError
-    from circuits.feature_index import load_feature_index
+    from circuits.features.store import load_feature_index
     from circuits.viewer.feature_pages import FeatureSource
 
     folder = transcoders
@@ -42,7 +42,7 @@ def _feature_source(transcoders: Optional[Path], graphs: list):
         return FeatureSource()
     if not Path(folder).is_dir():
         raise CircuitsError(f"transcoder directory {folder} does not exist")
-    from transcoders.formats import load_transcoder
+    from transcoders.loading import load_transcoder
 
     transcoder = load_transcoder(folder, lazy=True)  # memory-mapped: only the rows a page reads
     return FeatureSource(index=load_feature_index(folder), transcoder=transcoder, transcoder_id=str(folder))
@@ -105,7 +105,7 @@ def serve_cmd(
     dtype: str = DTYPE_OPTION,
 ) -> None:
     """Explore graphs with the model loaded: trace new prompts, intervene on features, steer generation."""
-    from circuits.replacement_model import ReplacementModel
+    from circuits.replacement.model import ReplacementModel
     from circuits.viewer.app import ViewerState
     from circuits.viewer.feature_pages import FeatureSource
     from circuits.viewer.graphs_held import open_graph_file

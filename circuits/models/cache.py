@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from circuits.errors import CircuitsError
+from circuits.models.finish import finish_model
 from circuits.paths import models_dir, writable_dir
 
 if TYPE_CHECKING:  # torch is imported where a model is built or loaded: `models list` does without it
@@ -232,6 +233,4 @@ def load_cached_model(cache: Path, name: str, device: str | torch.device = "cpu"
     missing = [k for k in missing if not k.endswith(("IGNORE", "mask"))]
     if missing or unexpected:
         raise corrupted("weights do not match its config")
-    from circuits.models.pretrained import finish_model
-
     return finish_model(model, device)

@@ -88,7 +88,7 @@ def build_gemma3(out_dir: Path, progress: bool = True) -> dict:
     from circuits.models.cache import model_cache_dir, save_model_files
     from circuits.models.gguf_gemma3 import load_gemma3_gguf
     from circuits.models.pretrained import PROCESSING, convert_with_cache_tokenizer, quiet_transformers
-    from circuits.prompts import next_token_distribution
+    from circuits.replacement.prompts import next_token_distribution
 
     start = time.perf_counter()
     downloads = writable_dir(circuits_home() / "downloads")

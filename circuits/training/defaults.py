@@ -1,6 +1,6 @@
 """The default transcoder of each built-in model, trained on first use and cached.
 
-    transcoder, path = default_transcoders(load_model("world"))
+    transcoder, path = ensure_default_transcoder(load_model("world"))
 
 The configuration is the model's registry entry's (circuits.models.registry, `transcoder_config`).
 
@@ -8,6 +8,12 @@ Cached under $CIRCUITS_HOME/transcoders/<model>/default-<kind> (`default-clt` fo
 `default-plt` for `smollm2-135m`; `circuits transcoders train --model M` writes there too) in the circuit-tracer format. It is
 reused while the model's weights are unchanged (training_config.json records their hash); an
 interrupted first-use training resumes from its checkpoint on the next call.
+
+One way makes it: `make_default_transcoder` trains into the default folder and then builds the
+feature index (for models whose corpus is text). First use (`ensure_default_transcoder`, called by
+ReplacementModel.load) and `circuits transcoders train --model M` without --out both go through it.
+They differ only in how they treat a checkpoint made with other settings: first use, which took no
+settings from the user, starts afresh; the CLI, whose options the user chose, refuses with one line.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from circuits.errors import CircuitsError
-from circuits.hooks import freeze, load_fitting_transcoder
+from circuits.features.index import index_corpus
+from circuits.training.train import train_for_model
+from circuits.replacement.hooks import freeze, load_fitting_transcoder
 from circuits.models.registry import BUILTIN_MODELS, default_transcoder_fields
 from circuits.paths import transcoders_dir, writable_dir
 from transcoders.train_config import TrainConfig
@@ -44,7 +52,7 @@ def cached_default_transcoder_dir(model_name: str) -> Path | None:
     return path if (path / CONFIG_YAML).is_file() else None
 
 
-def default_transcoders(loaded_model, progress: bool = True):
+def ensure_default_transcoder(loaded_model, progress: bool = True):
     """(Transcoder, Path) for a built-in model: its cached default transcoder, trained here if needed."""
     from transcoders.checkpoint import CHECKPOINT_FILE, load_checkpoint
     from transcoders.formats import CONFIG_YAML, read_training_files
@@ -66,16 +74,21 @@ def default_transcoders(loaded_model, progress: bool = True):
             resume = _same_model(meta.get("source_id"), fingerprint) and saved.training_fields() == cfg.training_fields()
         except Exception:  # noqa: BLE001 - an unusable checkpoint just means a fresh start
             resume = False
-    from circuits.training.train import train_for_model  # corpus, fidelity: only when training
+    result = make_default_transcoder(loaded_model, cfg, path, resume=resume, overwrite=not resume,
+                                     progress=progress, device=device)
+    return freeze(result.transcoder.to(device)), path
 
-    result = train_for_model(loaded_model, cfg, path, resume=resume, overwrite=not resume,
-                             progress=progress, device=device)
-    tc = freeze(result.transcoder.to(device))
-    if getattr(BUILTIN_MODELS[loaded_model.name].corpus, "corpus_name", None):  # a text corpus: readable labels
-        from circuits.feature_index import index_corpus
 
-        index_corpus(loaded_model, tc, path, progress=progress)
-    return tc, path
+def make_default_transcoder(loaded_model, cfg: TrainConfig, path: Path, *, resume: bool, overwrite: bool,
+                            progress: bool, device: str, corpus: str | None = None, log_path: Path | None = None):
+    """Train the default transcoder into `path`, then index its features over the model's text
+    corpus (readable labels; `world`'s generated lines are not indexed by default). Returns the
+    training result (circuits.training.train.TrainResult)."""
+    result = train_for_model(loaded_model, cfg, path, corpus, resume=resume, overwrite=overwrite,
+                             progress=progress, log_path=log_path, device=device)
+    if BUILTIN_MODELS[loaded_model.name].text_corpus and corpus is None:
+        index_corpus(loaded_model, freeze(result.transcoder.to(device)), path, progress=progress)
+    return result
 
 
 def _same_model(source_id: str | None, fingerprint: str) -> bool:

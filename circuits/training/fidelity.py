@@ -19,8 +19,8 @@ from typing import Iterable, Sequence
 import torch
 
 from circuits.errors import CircuitsError
-from circuits.hooks import capture_layers, load_fitting_transcoder
-from circuits.replacement import replacement_hooks
+from circuits.replacement.hooks import capture_layers, load_fitting_transcoder
+from circuits.replacement.local import replacement_hooks
 from transcoders.activation_source import pad_right
 from transcoders.metrics import ReconstructionStats
 
@@ -105,8 +105,8 @@ def _score_predictions(logits_o, logits_r, tokens, mask, sums: dict) -> None:
 def fidelity_report(loaded, transcoders: str | Path, corpus: str | None = None, max_tokens: int = 32768,
                     seq_len: int = 128, progress: bool = False) -> dict:
     """`circuits fidelity`: load the transcoder directory, check it fits, measure on held-out text."""
-    from circuits.training.corpus import corpus_sequences
-    from transcoders.weights_check import check_transcoder_weights
+    from circuits.corpora.sequences import corpus_sequences
+    from transcoders.loading import check_transcoder_weights
 
     tc = load_fitting_transcoder(loaded.model, transcoders, device=str(loaded.model.cfg.device))
     check_transcoder_weights(transcoders)  # NaN / inf weights would give NaN metrics: refuse them

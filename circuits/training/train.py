@@ -1,6 +1,6 @@
 """Train a transcoder for a loaded model: picks the corpus, identifies the data source, runs the
 trainer (transcoders.trainer) and scores the result on held-out text (circuits.training.fidelity).
-The trainer reads the model through `ModelLayers`, i.e. through circuits.hooks.capture_layers, the
+The trainer reads the model through `ModelLayers`, i.e. through circuits.replacement.hooks.capture_layers, the
 one place that hooks a model.
 
     result = train_for_model(load_model("world"), TrainConfig(transcoder=TranscoderArchitecture(n_features=512)), "out/")
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from circuits.hooks import capture_layers, check_hooks_exist
-from circuits.training.corpus import corpus_sequences
+from circuits.replacement.hooks import capture_layers, check_hooks_exist
+from circuits.corpora.sequences import corpus_sequences
 from circuits.training.fidelity import measure_fidelity
 from transcoders.train_config import TrainConfig
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from circuits.errors import CircuitsError
+from circuits.errors import CircuitsError, write_output
 from graphs.neuronpedia import feature_json_index
 
 N_BINS = 20
@@ -39,7 +39,7 @@ _BLOCK = 8192  # decoder rows read at a time for the neighbours
 class FeatureSource:
     """What is known about the features: any of the feature index, transcoder and model may be None."""
 
-    index: Any = None        # circuits.feature_index.FeatureIndex
+    index: Any = None        # circuits.features.store.FeatureIndex
     transcoder: Any = None   # transcoders.Transcoder
     loaded: Any = None       # circuits.models.registry.LoadedModel
     transcoder_id: str = ""
@@ -91,7 +91,7 @@ class FeatureSource:
     def _output_view(self, layer: int, feature: int) -> tuple[list, list]:
         if self.loaded is None or self.transcoder is None:
             return [], []
-        from circuits.feature_index import output_view
+        from circuits.features.output_view import output_view
 
         view = output_view(self.loaded.model, self.transcoder, layer, feature, k=N_LOGITS)
         return view["promoted"], view["suppressed"]
@@ -163,8 +163,8 @@ def _bin(acts: np.ndarray, act_max: float) -> np.ndarray:
 
 @torch.no_grad()
 def _corpus_histograms(loaded, transcoder, index) -> tuple[np.ndarray | None, str]:
-    from circuits.feature_index import _padded, batch_activations
-    from circuits.training.corpus import corpus_sequences, take_sequences
+    from circuits.features.index import _padded, batch_activations
+    from circuits.corpora.sequences import corpus_sequences, take_sequences
 
     try:
         seqs, source = corpus_sequences(loaded, None, seq_len=loaded.model.cfg.n_ctx)
@@ -195,7 +195,6 @@ def export_feature_pages(source: FeatureSource, features: list[tuple[int, int]],
     import json
     from pathlib import Path
 
-    from graphs.atomic import atomic_write_text
     from safeio import OutputError, check_output_dir
 
     out = Path(out_dir)
@@ -208,6 +207,6 @@ def export_feature_pages(source: FeatureSource, features: list[tuple[int, int]],
     for layer, feature in sorted(set(features)):
         page = source.page(layer, feature)
         path = out / f"{page['index']}.json"
-        atomic_write_text(path, json.dumps(page, ensure_ascii=False, allow_nan=False) + "\n")
+        write_output(path, json.dumps(page, ensure_ascii=False, allow_nan=False) + "\n", "feature page")
         paths.append(path)
     return paths

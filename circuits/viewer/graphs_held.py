@@ -16,6 +16,7 @@ import numpy as np
 
 from circuits.errors import CircuitsError
 from graphs import Graph, NodeKind, load_graph, prune_graph, to_viewer_json
+from graphs.thresholds import DEFAULT_EDGE_THRESHOLD, DEFAULT_NODE_THRESHOLD
 from graphs.viewer_read import read_viewer_json
 
 N_NEIGHBOURS = 25  # strongest input and output edges listed per node
@@ -71,7 +72,8 @@ class GraphShelf:
         full = source != "json"
         with self._lock:
             gid = f"g{len(self._graphs)}"
-            held = HeldGraph(gid, name, graph, qparams, 0.8 if full else 1.0, 0.98 if full else 1.0, source)
+            held = HeldGraph(gid, name, graph, qparams, DEFAULT_NODE_THRESHOLD if full else 1.0,
+                             DEFAULT_EDGE_THRESHOLD if full else 1.0, source)
             self._graphs[gid] = held
         return held
 

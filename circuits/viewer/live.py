@@ -22,7 +22,7 @@ MAX_GENERATE = 32
 
 @dataclass
 class LiveModel:
-    rm: Any  # circuits.replacement_model.ReplacementModel
+    rm: Any  # circuits.replacement.model.ReplacementModel
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -33,7 +33,9 @@ class LiveModel:
         """TraceResult of `prompt` (options: TraceConfig fields, e.g. max_feature_nodes)."""
         from pydantic import ValidationError
 
-        from circuits.trace import TraceConfig, trace_prompt
+        from circuits.attribution.config import TraceConfig
+
+        from circuits.trace import trace_prompt
 
         try:
             config = TraceConfig(**options)
@@ -54,8 +56,7 @@ class LiveModel:
         interventions = [_intervention(c) for c in changes]
         with self.lock:
             tokens = self.rm.tokens(prompt).to(self.rm.model.cfg.device)
-            result = intervene(self.rm.model, self.rm.transcoder, tokens, interventions,
-                               top=int(top), generate=int(generate))
+            result = intervene(self.rm, tokens, interventions, top=int(top), generate=int(generate))
         out = result.to_json(self.rm.tokenizer)
         out["prompt"] = prompt
         return out

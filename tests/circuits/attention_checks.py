@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from circuits.attention.loadings import EdgeLoadings, head_loadings
-from circuits.attribution.engine import Attribution
+from circuits.attribution.rows import Attribution
 from circuits.attribution.frozen_backward import FrozenBlocks
 from circuits.attribution.targets import TargetSeeds, feature_seeds, logit_seeds
 

@@ -1,17 +1,40 @@
 """Shared checks for the attribution tests: the edge-equals-ablation check, written once.
 
-Everything here goes through the real model's forward pass with hooks (circuits.replacement.
+Everything here goes through the real model's forward pass with hooks (circuits.replacement.local.
 frozen_forward), which is independent of the hand-written backward sweep it checks.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from circuits.attribution.engine import Attribution, dense_adjacency
-from circuits.replacement import dense_activations, frozen_forward
+from circuits.attribution.config import TraceConfig
+from circuits.attribution.engine import attribution_rows
+from circuits.attribution.rows import Attribution
+from circuits.attribution.to_graph import graph_edges
+from tests.helpers.oracles import dense_activations, frozen_forward
 from transcoders.config import TranscoderConfig
 from transcoders.transcoder import Transcoder
+
+
+def attribute(model, transcoder, tokens_pos: torch.Tensor, threads: int | None = None, **settings) -> Attribution:
+    """The engine's rows stage (attribution_rows) with TraceConfig fields as keywords, and no
+    memory budget unless one is given: the rows every edge-exactness test checks."""
+    settings.setdefault("memory_gb", None)
+    return attribution_rows(model, transcoder, tokens_pos, TraceConfig(**settings), threads=threads)
+
+
+def dense_adjacency(attr: Attribution) -> np.ndarray:
+    """The all-nodes square over graph nodes (chosen features, errors, embeddings, logits),
+    float32 [n_nodes, n_nodes]: graph_edges placed in the rows of the features and logits."""
+    edges = graph_edges(attr)
+    n_f, n_l = len(attr.feature_idx), attr.logit_rows.shape[0]
+    n_sources = edges.shape[1]
+    square = np.zeros((n_sources + n_l, n_sources + n_l), dtype=np.float32)
+    square[:n_f, :n_sources] = edges[:n_f]
+    square[n_sources:, :n_sources] = edges[n_f:]
+    return square
 
 
 def random_transcoder(n_layers: int, d_model: int, kind: str, n_features: int = 48, skip: bool = False,

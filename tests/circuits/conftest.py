@@ -15,7 +15,7 @@ def pair(one_thread):
 
 @pytest.fixture(scope="module")
 def tokens(pair):
-    from circuits.prompts import tokenize_prompt
+    from circuits.replacement.prompts import tokenize_prompt
 
     return tokenize_prompt(pair[0], "fact : the capital of the state containing dallas is")
 
@@ -23,8 +23,8 @@ def tokens(pair):
 @pytest.fixture(scope="module")
 def setup(world_tiny, tmp_path_factory):
     """world-tiny with a random CLT (48 features) saved to disk, as a ReplacementModel."""
-    from circuits.feature_index import load_feature_index
-    from circuits.replacement_model import ReplacementModel
+    from circuits.features.store import load_feature_index
+    from circuits.replacement.model import ReplacementModel
     from tests.circuits.attribution_checks import random_transcoder
     from transcoders.formats import save_transcoder
 

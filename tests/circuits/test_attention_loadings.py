@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from circuits.attention.heads import attention_backward_per_head
-from circuits.attribution.engine import attribute
+from tests.circuits.attribution_checks import attribute
 from circuits.attribution.frozen_backward import FrozenBlocks
-from circuits.replacement import build_local_replacement
+from circuits.replacement.local import build_local_replacement
 from tests.circuits.attention_checks import all_edge_loadings, loading_gap
 from tests.circuits.attribution_checks import random_transcoder
 from tests.circuits.test_attribution import (MODELS, _model, _prompts, _transcoder, llama_model,  # noqa: F401

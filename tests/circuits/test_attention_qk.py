@@ -16,8 +16,8 @@ from circuits.attention import qk as qk_module
 from circuits.attention.qk import qk_attribution
 from circuits.attribution.frozen_backward import FrozenBlocks
 from circuits.attribution.rows import SourceLayout
-from circuits.hooks import block_hook
-from circuits.replacement import build_local_replacement
+from circuits.replacement.hooks import block_hook
+from circuits.replacement.local import build_local_replacement
 from tests.circuits.test_attribution import (MODELS, _model, _prompts, _transcoder, llama_model,  # noqa: F401
                                              ln_model, tiny_models)
 

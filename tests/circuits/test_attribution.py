@@ -16,8 +16,9 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from circuits.attribution.engine import attribute, dense_adjacency
-from circuits.replacement import build_local_replacement, replacement_logits
+from tests.circuits.attribution_checks import attribute, dense_adjacency
+from circuits.replacement.local import build_local_replacement
+from tests.helpers.oracles import replacement_logits
 from tests.circuits.attribution_checks import edge_errors, random_transcoder
 from tests.helpers import tiny_checkpoints as tiny
 
@@ -73,7 +74,7 @@ def _model(name: str, request):
 
 def _transcoder(model_name: str, model, kind: str, **settings):
     """A random transcoder for `model`; for the HOOK_OUT variants it writes at mlp.hook_out."""
-    from circuits.published_hooks import adapt_hooks
+    from circuits.replacement.hooks import adapt_hooks
 
     tc = random_transcoder(model.cfg.n_layers, model.cfg.d_model, kind, **settings)
     if model_name in HOOK_OUT:
@@ -154,7 +155,7 @@ def test_every_target_row_sums_with_its_bias_to_its_value(model_name, request):
     """Invariant: a target's pre-activation = sum of incoming edges + terms no source changes.
     Scaling all sources by 0 leaves the bias part; so value - sum(edges) equals that part.
     (Gemma-2: logit nodes read the logits before the final soft cap, linear in the sources.)"""
-    from circuits.replacement import dense_activations, frozen_forward
+    from tests.helpers.oracles import dense_activations, frozen_forward
     from tests.circuits.attribution_checks import target_values
 
     ln_model = _model(model_name, request)

@@ -12,11 +12,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from circuits.demos.capitals import fact_set, run_capitals_demo, subject_position
-from circuits.demos.capitals_two_hop import run_capitals_two_hop
-from circuits.experiments import decide
+from circuits.studies.demos.capitals import fact_set, run_capitals_demo, subject_position
+from circuits.studies.demos.capitals_two_hop import run_capitals_two_hop
+from circuits.studies.experiments import decide
 from circuits.interventions import Intervention, intervene
-from circuits.prompts import token_id
+from circuits.replacement.prompts import token_id
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,7 +60,7 @@ def test_experiments_are_measured_and_decided(setup, report):
     path_feats = [(n["layer"], n["pos"], int(n["id"].split(":")[2])) for n in report.path["nodes"] if n["kind"] == "feature"]
     first = report.experiments[0]
     assert [c["id"] for c in first.changes] == [f"{l}:{p}:{f}" for l, p, f in path_feats]
-    again = intervene(setup.model, setup.transcoder, tokens, [Intervention(l, p, f, multiplier=-1.0) for l, p, f in path_feats])
+    again = intervene(setup, tokens, [Intervention(l, p, f, multiplier=-1.0) for l, p, f in path_feats])
     assert first.p_answer_after == pytest.approx(_p(setup, again.logits_after[-1], report.answer), abs=1e-6)
     assert "control" in first.note
     for exp in report.experiments:
@@ -76,7 +76,7 @@ def test_experiments_are_measured_and_decided(setup, report):
     last = len(tokens) - 1
     assert swap_all_last.changes and all(int(c["id"].split(":")[1]) == last for c in swap_all_last.changes)
     # the ladder: the every-feature swap's note gives p(goal) for the k strongest of each side, k below half the changes
-    from circuits.demos.capitals import LADDER
+    from circuits.studies.demos.capitals import LADDER
 
     for exp in (swap_all, swap_all_last):
         ks = [k for k in LADDER if k < len(exp.changes) // 2]

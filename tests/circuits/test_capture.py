@@ -1,5 +1,5 @@
 """One capture: every reading of a model's per-layer activations goes through
-circuits.hooks.capture_layers, the transcoder trainer's included (transcoders/ never hooks a model)."""
+circuits.replacement.hooks.capture_layers, the transcoder trainer's included (transcoders/ never hooks a model)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from circuits.hooks import capture_layers
+from circuits.replacement.hooks import capture_layers
 from circuits.training.train import ModelLayers
-from tests.transcoders.tiny import tiny_model, token_sequences
+from tests.transcoders.tiny import TinyLayers, tiny_model, token_sequences
 from transcoders.activation_source import ModelActivationSource
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +45,16 @@ def _sources(package: str) -> dict[str, str]:
 def test_only_circuits_hooks_captures_and_transcoders_never_hooks_a_model():
     captures = [name for name, text in {**_sources("circuits"), **_sources("transcoders")}.items()
                 if "run_with_cache" in text]
-    assert captures == ["circuits/hooks.py"]
+    assert captures == ["circuits/replacement/hooks.py"]
     hooking = re.compile(r"run_with_hooks|run_with_cache|\.hooks\(|add_hook|hook_dict")
     assert [name for name, text in _sources("transcoders").items() if hooking.search(text)] == []
+
+
+def test_the_transcoder_tests_reader_reads_what_the_engine_reads():
+    """tests/transcoders read models through TinyLayers (they never import circuits); it must give
+    the engine's ModelLayers' activations exactly."""
+    model = tiny_model()
+    tokens = torch.tensor(token_sequences(3, length=10, seed=5))
+    ours = ModelLayers(model)(tokens, IN_HOOK, OUT_HOOK)
+    theirs = TinyLayers(model)(tokens, IN_HOOK, OUT_HOOK)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))

@@ -12,7 +12,7 @@ from circuits.cli.transcoders import resolve_config
 from circuits.models.registry import (GEMMA3_CLT, GEMMA3_PLT, SMOLLM2_CLT, SMOLLM2_PLT, WORLD_CLT,
                                       default_transcoder_fields)
 from tests.circuits.test_transcoders_cli import FAST, run
-from transcoders.formats import load_transcoder
+from transcoders.loading import load_transcoder
 from transcoders.train_config import BUFFER_BYTES, MAX_BUFFER_TOKENS, TrainConfig
 
 
@@ -78,8 +78,9 @@ def test_index_reads_long_documents_in_windows(world_tiny, tmp_path):
     """One long document is read as windows of at most INDEX_SEQ_LEN tokens (or the model's
     context, if shorter; so a batch's activations stay bounded), each with its own BOS; every token
     is still counted once."""
-    from circuits.feature_index import INDEX_SEQ_LEN, index_corpus, load_feature_index
-    from circuits.training.corpus import encode_text
+    from circuits.features.index import INDEX_SEQ_LEN, index_corpus
+    from circuits.features.store import load_feature_index
+    from circuits.corpora.sequences import encode_text
     from tests.transcoders.tiny import random_transcoder
 
     cfg = world_tiny.model.cfg

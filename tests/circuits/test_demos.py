@@ -12,14 +12,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from circuits.experiments import decide, run_experiment, trace_answer
-from circuits.demos.operand_roles import OPERANDS, classify, eta_squared
-from circuits.state_features import StateFeatureFinder, two_hop_queries
-from circuits.swap_trials import SwapRow, swap_grid, swap_pairs
+from circuits.studies.experiments import decide, run_experiment, trace_answer
+from circuits.studies.demos.operand_roles import OPERANDS, classify, eta_squared
+from circuits.studies.state_features import StateFeatureFinder, two_hop_queries
+from circuits.studies.swap_trials import SwapRow, swap_grid, swap_pairs
 from circuits.errors import CircuitsError
 from circuits.interventions import Intervention
-from circuits.prompts import token_id, tokenize_prompt
-from circuits.validate import PromptRow, linear_effects, spearman, summarise
+from circuits.replacement.prompts import token_id, tokenize_prompt
+from circuits.studies.validate import PromptRow, linear_effects, spearman, summarise
 from tests.graphs.hand_graph import F0, F1, F2, L0, L1, hand_graph
 
 VERDICT = "verdict ["
@@ -141,7 +141,7 @@ def test_swap_with_a_planted_goal_feature_works_and_a_silent_one_does_not(setup)
 
 
 def test_addition_demo_end_to_end(setup):
-    from circuits.demos.addition import format_addition, run_addition_demo
+    from circuits.studies.demos.addition import format_addition, run_addition_demo
 
     report = run_addition_demo(setup, top=6)
     lines = format_addition(report)
@@ -164,7 +164,7 @@ def test_addition_demo_end_to_end(setup):
 
 
 def test_two_hop_demo_end_to_end(setup):
-    from circuits.demos.two_hop import format_two_hop, run_two_hop_demo
+    from circuits.studies.demos.two_hop import format_two_hop, run_two_hop_demo
 
     report = run_two_hop_demo(setup, k=3)
     lines = format_two_hop(report)
@@ -178,7 +178,7 @@ def test_two_hop_demo_end_to_end(setup):
 
 
 def test_validation_on_a_few_prompts(setup):
-    from circuits.validate import format_validation, validate
+    from circuits.studies.validate import format_validation, validate
 
     result = validate(setup, n=4, top_k=4, n_swaps=2, grid=False)
     s = result.summary

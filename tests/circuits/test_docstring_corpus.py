@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from circuits import corpora
-from circuits import docstring_corpus as dc
+from circuits.corpora import builtin as corpora
+from circuits.corpora import docstrings as dc
 
 
 def _fake_stdlib(root):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from circuits.errors import CircuitsError
-from circuits.feature_index import (
-    INDEX_JSON, INDEX_NPZ, build_feature_index, load_feature_index, output_view, save_feature_index,
-    tokenize_corpus)
+from circuits.features.index import build_feature_index, tokenize_corpus
+from circuits.features.output_view import output_view
+from circuits.features.store import INDEX_JSON, INDEX_NPZ, load_feature_index, save_feature_index
 from circuits.interventions import feature_activations
 from tests.circuits.test_interventions import make_tiny_pair
 
@@ -101,7 +101,7 @@ def test_output_view_finds_the_token_a_decoder_writes(pair):
 def test_cli_index_and_show(tmp_path, pair, monkeypatch):
     from typer.testing import CliRunner
 
-    from circuits.replacement_model import ReplacementModel
+    from circuits.replacement.model import ReplacementModel
     from circuits.cli.main import app
 
     model, tc = pair

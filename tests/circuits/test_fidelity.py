@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from circuits.errors import CircuitsError
-from circuits.replacement import replacement_hooks
+from circuits.replacement.local import replacement_hooks
 from circuits.training.fidelity import REPORT_KEYS, measure_fidelity, plot_fidelity
-from circuits.hooks import check_transcoder_fits
+from circuits.replacement.hooks import check_transcoder_fits
 from tests.transcoders.tiny import exact_transcoder, random_transcoder, tiny_model, token_sequences
 
 

@@ -158,10 +158,11 @@ def test_gemma3_270m_edges_are_exact(output_hook, dtype):
     the replacement model reproduces its logits and sampled edges equal ablations (~3 min on CPU).
     Also with the transcoder at mlp.hook_out (before the post-MLP norm, as GemmaScope-2's) and with
     the model in bfloat16 (tolerances of tests/circuits/test_model_dtype.py)."""
-    from circuits.attribution.engine import attribute
+    from tests.circuits.attribution_checks import attribute
     from circuits.models import load_model
-    from circuits.published_hooks import adapt_hooks
-    from circuits.replacement import build_local_replacement, replacement_logits
+    from circuits.replacement.hooks import adapt_hooks
+    from circuits.replacement.local import build_local_replacement
+    from tests.helpers.oracles import replacement_logits
     from tests.circuits.attribution_checks import edge_errors, random_transcoder
 
     model = load_model("gemma3-270m", dtype=dtype).model

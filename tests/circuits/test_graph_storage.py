@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from circuits.attribution.engine import Attribution, attribute
+from circuits.attribution.rows import Attribution
 from circuits.attribution.to_graph import to_graph
-from circuits.prompts import tokenize_prompt
-from tests.circuits.attribution_checks import random_transcoder
+from circuits.replacement.prompts import tokenize_prompt
+from tests.circuits.attribution_checks import attribute, random_transcoder
 from tests.circuits.test_attribution import ARCHITECTURES, tiny_models  # noqa: F401 (fixture)
 from tests.graphs.dense_reference import assert_same_as_square
 
@@ -32,7 +32,7 @@ def square_from_rows(attr: Attribution) -> np.ndarray:
 
 def _check(model, tc, prompt: str, **kwargs) -> None:
     attr = attribute(model, tc, tokenize_prompt(model, prompt), **kwargs)
-    graph = to_graph(attr, model, tc, prompt, output_views=False)
+    graph = to_graph(attr, model, tc, prompt)  # unlabelled: label_features labels it
     assert graph.edges.shape == (len(attr.feature_idx) + attr.logit_rows.shape[0],
                                  graph.n_nodes - attr.logit_rows.shape[0])
     assert np.array_equal(graph.adjacency, square_from_rows(attr))  # every edge, bitwise

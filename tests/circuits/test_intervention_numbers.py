@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from circuits.errors import CircuitsError
-from circuits.interventions import Intervention, feature_activations, intervene, parse_set
+from circuits.interventions import Intervention, feature_activations, intervene_tokens, parse_set
 from tests.circuits.test_interventions import active_feature
 
 
@@ -26,6 +26,6 @@ def test_values_that_overflow_the_model_are_an_error_not_nan(pair, tokens):
     model, tc = pair
     on = active_feature(feature_activations(model, tc, tokens), 1, 3)
     with pytest.raises(CircuitsError, match="NaN or infinity"):
-        intervene(model, tc, tokens, [Intervention(1, 3, on, value=1e38)])
+        intervene_tokens(model, tc, tokens, [Intervention(1, 3, on, value=1e38)])
     with pytest.raises(CircuitsError, match="not a finite number"):
-        intervene(model, tc, tokens, [Intervention(1, 3, on, multiplier=1e308)])
+        intervene_tokens(model, tc, tokens, [Intervention(1, 3, on, multiplier=1e308)])

@@ -10,7 +10,7 @@ import torch
 
 from circuits.errors import CircuitsError
 from circuits.interventions import (
-    Intervention, check_layer_range, clean_run, decoder_deltas, feature_activations, injections_from, intervene,
+    Intervention, check_layer_range, clean_run, decoder_deltas, feature_activations, injections_from, intervene_tokens,
     parse_layer_range, parse_set, patch_hooks, resolve_changes)
 
 WORDS = ("the capital of state containing dallas is austin texas california sacramento calc : + = "
@@ -70,7 +70,7 @@ def test_identity_interventions_leave_logits_unchanged(pair, tokens, clamp, free
     acts = feature_activations(model, tc, tokens)
     f1, f2 = active_feature(acts, 1, 4), active_feature(acts, 0, -1)
     ivs = [Intervention(1, 4, f1, multiplier=1.0), Intervention(0, -1, f2, value=float(acts[-1, 0, f2]))]
-    result = intervene(model, tc, tokens, ivs, freeze_attention=freeze, clamp_mlps=clamp)
+    result = intervene_tokens(model, tc, tokens, ivs, freeze_attention=freeze, clamp_mlps=clamp)
     assert torch.allclose(result.logits_after, result.logits_before, atol=1e-5)
     assert abs(result.kl) < 1e-8
     assert torch.allclose(result.acts_after, acts, atol=1e-5)
@@ -107,7 +107,7 @@ def test_first_patched_layer_mlp_out_moves_by_delta_times_decoder(pair, tokens, 
     expected[5] = delta_a * tc.W_dec[1][f, 1]
     reaction = (seen[2] - clean.mlp_out_pos_layer_d[:, 2] - expected).abs().max()
     assert (reaction < 1e-5) if clamp else (reaction > 1e-3)
-    result = intervene(model, tc, tokens, ivs, clamp_mlps=clamp)   # intervene() runs exactly these hooks
+    result = intervene_tokens(model, tc, tokens, ivs, clamp_mlps=clamp)   # intervene() runs exactly these hooks
     assert torch.allclose(result.logits_after, logits, atol=1e-6)
 
 
@@ -120,7 +120,7 @@ def test_ablation_patched_only_in_last_layer_equals_hand_computation(pair, token
     resid_pos_d[6] -= acts[6, 1, f] * tc.W_dec[1][f, 2]       # its write into MLP 3, removed
     hand_logits = model.unembed(model.ln_final(resid_pos_d[None]))[0]
     for clamp in (False, True):
-        result = intervene(model, tc, tokens, [Intervention(1, 6, f, multiplier=0.0)], layers=(3, 3), clamp_mlps=clamp)
+        result = intervene_tokens(model, tc, tokens, [Intervention(1, 6, f, multiplier=0.0)], layers=(3, 3), clamp_mlps=clamp)
         assert torch.allclose(result.logits_after, hand_logits, atol=1e-5)
         assert not torch.allclose(result.logits_after, result.logits_before, atol=1e-3)
 
@@ -143,14 +143,14 @@ def test_freeze_attention_holds_patterns_at_clean_values(pair, tokens):
 def test_position_ranges_equal_separate_interventions(pair, tokens):
     model, tc = pair
     n = tokens.shape[0]
-    ranged = intervene(model, tc, tokens, [Intervention(1, (-3, -1), 7, value=3.0)])
-    single = intervene(model, tc, tokens, [Intervention(1, p, 7, value=3.0) for p in (n - 3, n - 2, n - 1)])
+    ranged = intervene_tokens(model, tc, tokens, [Intervention(1, (-3, -1), 7, value=3.0)])
+    single = intervene_tokens(model, tc, tokens, [Intervention(1, p, 7, value=3.0) for p in (n - 3, n - 2, n - 1)])
     assert [c.pos for c in ranged.changes] == [n - 3, n - 2, n - 1]
     assert torch.allclose(ranged.logits_after, single.logits_after, atol=1e-6)
 
 
 def test_injection_copies_the_activation_from_another_prompt(pair, tokens):
-    from circuits.prompts import tokenize_prompt
+    from circuits.replacement.prompts import tokenize_prompt
 
     model, tc = pair
     source = tokenize_prompt(model, "fact : the capital of the state containing sacramento is")
@@ -158,7 +158,7 @@ def test_injection_copies_the_activation_from_another_prompt(pair, tokens):
     f = active_feature(src_acts, 2, -1)
     ivs = injections_from(model, tc, source, [(2, -1, f)])
     assert ivs[0].value == pytest.approx(float(src_acts[-1, 2, f]))
-    result = intervene(model, tc, tokens, ivs)
+    result = intervene_tokens(model, tc, tokens, ivs)
     assert result.changes[0].after == pytest.approx(float(src_acts[-1, 2, f]))
     assert result.changes[0].pos == tokens.shape[0] - 1
 
@@ -167,7 +167,7 @@ def test_generation_after_identity_intervention_matches_clean(pair, tokens):
     model, tc = pair
     acts = feature_activations(model, tc, tokens)
     f = active_feature(acts, 2, -1)
-    result = intervene(model, tc, tokens, [Intervention(2, -1, f, multiplier=1.0)], generate=4)
+    result = intervene_tokens(model, tc, tokens, [Intervention(2, -1, f, multiplier=1.0)], generate=4)
     assert len(result.generated_after) == 4
     assert result.generated_after == result.generated_before
 
@@ -187,13 +187,13 @@ def test_bad_interventions_name_the_feature(pair, tokens):
     ]
     for iv, message in cases:
         with pytest.raises(CircuitsError, match=message):
-            intervene(model, tc, tokens, [iv])
+            intervene_tokens(model, tc, tokens, [iv])
     with pytest.raises(CircuitsError, match=f"2:3:{on} is set twice"):
-        intervene(model, tc, tokens, [Intervention(2, 3, on, value=1.0), Intervention(2, (2, 4), on, value=0.0)])
+        intervene_tokens(model, tc, tokens, [Intervention(2, 3, on, value=1.0), Intervention(2, (2, 4), on, value=0.0)])
     with pytest.raises(CircuitsError, match="layer range 2:5 is outside the model"):
-        intervene(model, tc, tokens, [Intervention(2, 3, on, value=1.0)], layers=(2, 5))
+        intervene_tokens(model, tc, tokens, [Intervention(2, 3, on, value=1.0)], layers=(2, 5))
     with pytest.raises(CircuitsError, match="writes to layers 2-3, none of them in the patched range 0:1"):
-        intervene(model, tc, tokens, [Intervention(2, 3, on, value=1.0)], layers=(0, 1))
+        intervene_tokens(model, tc, tokens, [Intervention(2, 3, on, value=1.0)], layers=(0, 1))
 
 
 def test_parse_set_and_layer_range():
@@ -233,7 +233,7 @@ def test_cli_bad_syntax_is_one_line(args, message):
 
 
 def test_cli_json_and_inactive_multiple(pair, tokens, monkeypatch):
-    from circuits.replacement_model import ReplacementModel
+    from circuits.replacement.model import ReplacementModel
 
     model, tc = pair
     loaded = type("Loaded", (), {"model": model, "tokenizer": model.tokenizer, "name": "tiny"})()

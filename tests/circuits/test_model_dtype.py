@@ -16,13 +16,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from circuits.attribution.engine import attribute
+from tests.circuits.attribution_checks import attribute
 from circuits.cli.main import app
 from circuits.errors import CircuitsError
 from circuits.models import load_model
 from circuits.models.dtype import dtype_name, model_dtype
-from circuits.published_hooks import adapt_hooks
-from circuits.replacement import build_local_replacement, replacement_logits
+from circuits.replacement.hooks import adapt_hooks
+from circuits.replacement.local import build_local_replacement
+from tests.helpers.oracles import replacement_logits
 from tests.circuits.attribution_checks import edge_errors, random_transcoder
 from tests.helpers import tiny_checkpoints as tiny
 from tests.helpers.published_transcoders import reference_transcoder, write_layout

@@ -1,4 +1,4 @@
-"""The model-generated prose corpus and the built-in mix (circuits.prose_corpus, circuits.corpora)."""
+"""The model-generated prose corpus and the built-in mix (circuits.corpora.prose, circuits.corpora.builtin)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from circuits import corpora
-from circuits import prose_corpus as pc
-from circuits.training.corpus import TextFileSequences
+from circuits.corpora import builtin as corpora
+from circuits.corpora import prose as pc
+from circuits.corpora.sequences import TextFileSequences
 
 
 def test_prompts_cover_every_subject_once_per_template_in_a_fixed_shuffled_order():

@@ -12,9 +12,10 @@ import sys
 import pytest
 import torch
 
-from circuits.attribution.engine import attribute
-from circuits.replacement import build_local_replacement, replacement_logits
-from circuits.hooks import load_fitting_transcoder
+from tests.circuits.attribution_checks import attribute
+from circuits.replacement.local import build_local_replacement
+from tests.helpers.oracles import replacement_logits
+from circuits.replacement.hooks import load_fitting_transcoder
 from tests.circuits.attribution_checks import edge_errors
 from tests.helpers.published_transcoders import LAYOUTS, layout_files, make_hub_repo, reference_transcoder, write_layout
 
@@ -50,7 +51,7 @@ def test_each_layout_traces(layout, llama, tmp_path, hub_cache):
 
 
 def test_lazy_and_eager_give_the_same_graph(llama, tmp_path):
-    from transcoders.formats import load_transcoder
+    from transcoders.loading import load_transcoder
 
     ref = reference_transcoder("clt", llama.cfg.n_layers, llama.cfg.d_model, n_features=48, seed=2)
     path = write_layout("clt", ref, tmp_path / "clt")
@@ -58,7 +59,7 @@ def test_lazy_and_eager_give_the_same_graph(llama, tmp_path):
     a = attribute(llama, load_transcoder(path, lazy=True), tokens, batch_size=16)
     b = attribute(llama, load_transcoder(path), tokens, batch_size=16)
     assert torch.equal(a.feature_idx, b.feature_idx)
-    from circuits.attribution.engine import dense_adjacency
+    from tests.circuits.attribution_checks import dense_adjacency
     torch.testing.assert_close(dense_adjacency(a), dense_adjacency(b), rtol=1e-5, atol=1e-6)
 
 
@@ -66,13 +67,13 @@ def test_lazy_and_eager_give_the_same_graph(llama, tmp_path):
 def test_mlp_hook_in_is_folded_exactly(llama, tmp_path, lazy):
     """circuit-tracer's mlp.hook_in is ln2's output after its weight: the folded transcoder reading
     ln2.hook_normalized must give the pre-activations of the original one on the real MLP input."""
-    from transcoders.formats import load_transcoder
+    from transcoders.loading import load_transcoder
 
     ref = reference_transcoder("gemmascope2-plt", llama.cfg.n_layers, llama.cfg.d_model, n_features=48, seed=4)
     path = write_layout("gemmascope2-plt", ref, tmp_path / "gs2")
     tc = load_fitting_transcoder(llama, path) if lazy else load_transcoder(path)
     if not lazy:
-        from circuits.published_hooks import adapt_hooks
+        from circuits.replacement.hooks import adapt_hooks
         adapt_hooks(llama, tc, str(path))
     assert tc.cfg.input_hook == "ln2.hook_normalized" and tc.cfg.output_hook == "hook_mlp_out"
     assert any((b.ln2.w - 1).abs().max() > 1e-3 for b in llama.blocks)  # the weight matters here

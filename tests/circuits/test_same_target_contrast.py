@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from circuits.errors import CircuitsError
-from circuits.trace import custom_targets
+from circuits.attribution.targets import custom_targets
 
 
 def test_same_target_and_contrast_is_refused(world_tiny):

@@ -10,8 +10,9 @@ import pytest
 
 from circuits.cli.main import main
 from circuits.errors import CircuitsError
-from circuits.training.corpus import TextFileSequences, check_text_file
-from transcoders.formats import load_transcoder, save_transcoder
+from circuits.corpora.sequences import TextFileSequences, check_text_file
+from transcoders.formats import save_transcoder
+from transcoders.loading import load_transcoder
 
 FAST = ["--features", "32", "--tokens", "6000", "--batch-size", "256", "--buffer-tokens", "2048",
         "--model-batch", "32", "--no-progress"]

@@ -109,7 +109,7 @@ def test_loaded_tokenizer_prepends_bos_once(world_tiny):
     model = world_tiny.model
     assert model.to_str_tokens("calc: 36+59=") == ["<bos>", "calc", ":", "36", "+", "59", "="]
     assert model.to_str_tokens(KOBE)[0] == "<bos>" and model.to_str_tokens(KOBE)[1] == "Fact"
-    from circuits.prompts import tokenize_prompt
+    from circuits.replacement.prompts import tokenize_prompt
 
     with pytest.raises(CircuitsError, match="Gotham"):
         tokenize_prompt(model, "Fact: the capital of the state containing Gotham is")
@@ -198,7 +198,7 @@ def test_corrupted_cache_gives_one_line_with_the_rebuild_command(world_tiny, tmp
 @pytest.mark.slow
 def test_world_meets_its_accuracy_targets():
     from circuits.models import load_model
-    from circuits.prompts import next_token_distribution
+    from circuits.replacement.prompts import next_token_distribution
 
     loaded = load_model("world", progress=False)
     acc = loaded.meta["eval"]

@@ -154,7 +154,7 @@ def reference_transcoder(layout: str, n_layers: int, d_model: int, n_features: i
     """A random Transcoder with what `layout` stores, its weights rounded to the layout's dtype."""
     from tests.circuits.attribution_checks import random_transcoder
     from transcoders.config import TranscoderConfig
-    from transcoders.formats import materialise
+    from transcoders.loading import materialise
 
     kind, act, skip = LAYOUTS[layout]
     base = random_transcoder(n_layers, d_model, kind, n_features=n_features, skip=skip, seed=seed)

@@ -9,8 +9,9 @@ from safetensors.torch import load_file, save_file
 
 from tests.transcoders.tiny import random_transcoder
 from transcoders.errors import TranscoderError
-from transcoders.formats import load_transcoder, save_transcoder
-from transcoders.weights_check import check_transcoder_weights
+from transcoders.formats import save_transcoder
+from transcoders.loading import load_transcoder
+from transcoders.loading import check_transcoder_weights
 
 
 @pytest.fixture

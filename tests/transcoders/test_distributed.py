@@ -13,11 +13,10 @@ from types import SimpleNamespace
 import torch
 import torch.multiprocessing as mp
 
-from circuits.training.train import ModelLayers
-from tests.transcoders.tiny import tiny_model, token_sequences
+from tests.transcoders.tiny import tiny_model, token_sequences, TinyLayers
 from transcoders.activation_cache import build_activation_cache
 from transcoders.activation_source import ModelActivationSource
-from transcoders.formats import load_transcoder
+from transcoders.loading import load_transcoder
 from transcoders.train_config import TrainConfig
 from transcoders.trainer import train_transcoder
 
@@ -57,7 +56,7 @@ def test_two_gloo_ranks_match_single_process(tmp_path):
     torch.set_num_threads(1)
     model = tiny_model()
     cfg = TrainConfig.from_flat(CFG)
-    live = ModelActivationSource(ModelLayers(model), token_sequences(800), cfg.transcoder.input_hook, cfg.transcoder.output_hook,
+    live = ModelActivationSource(TinyLayers(model), token_sequences(800), cfg.transcoder.input_hook, cfg.transcoder.output_hook,
                                  cfg.seq_len, cfg.model_batch, cfg.buffer_tokens)
     cache = tmp_path / "cache"
     build_activation_cache(live, cfg.tokens, cache, "tiny-cache")

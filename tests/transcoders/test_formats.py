@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from tests.transcoders.tiny import random_transcoder
 from transcoders.errors import TranscoderError
-from transcoders.formats import load_transcoder, normalize_hook, save_transcoder
+from transcoders.formats import normalize_hook, save_transcoder
+from transcoders.loading import load_transcoder
 
 
 @pytest.mark.parametrize("kind,activation,skip", [

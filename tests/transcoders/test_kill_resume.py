@@ -14,18 +14,17 @@ import torch
 
 from transcoders.checkpoint import CHECKPOINT_FILE
 from transcoders.errors import TranscoderError
-from transcoders.formats import load_transcoder
+from transcoders.loading import load_transcoder
 
 RUN = """
 import sys, torch
 torch.set_num_threads(1)
-from tests.transcoders.tiny import tiny_model, token_sequences
-from circuits.training.train import ModelLayers
+from tests.transcoders.tiny import tiny_model, token_sequences, TinyLayers
 from transcoders.train_config import TrainConfig
 from transcoders.trainer import train_transcoder
 cfg = TrainConfig.from_flat(dict(n_features=64, tokens=200_000, batch_size=256, buffer_tokens=4096, seq_len=16,
                                  model_batch=32, log_every=5, checkpoint_seconds=0, lr=3e-3, threads=1))
-train_transcoder(ModelLayers(tiny_model()), token_sequences(1500), cfg, sys.argv[1], model_name="tiny", progress=False,
+train_transcoder(TinyLayers(tiny_model()), token_sequences(1500), cfg, sys.argv[1], model_name="tiny", progress=False,
                  resume=sys.argv[2] == "resume")
 """
 

@@ -15,7 +15,8 @@ import torch
 from safeio.write import TEMP_SUFFIX
 from tests.transcoders.tiny import random_transcoder, tiny_model, token_sequences, train_tiny
 from transcoders.errors import TranscoderError
-from transcoders.formats import load_transcoder, save_transcoder
+from transcoders.formats import save_transcoder
+from transcoders.loading import load_transcoder
 from transcoders.out_dir import STAGING, begin_staging, commit_staged, prepare_out_dir
 from transcoders.train_config import TrainConfig
 

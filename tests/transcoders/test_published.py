@@ -11,7 +11,7 @@ import yaml
 from tests.helpers.published_transcoders import (LAYOUTS, REVISION, layout_files, make_hub_repo,
                                                  reference_transcoder, write_layout)
 from transcoders.errors import TranscoderError
-from transcoders.formats import load_transcoder
+from transcoders.loading import load_transcoder
 from transcoders.lazy import LazyTranscoder
 
 L, D, F = 3, 16, 32

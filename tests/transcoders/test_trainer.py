@@ -7,12 +7,11 @@ import json
 import pytest
 import torch
 
-from circuits.training.train import ModelLayers
-from tests.transcoders.tiny import VOCAB, tiny_model, token_sequences, train_tiny
+from tests.transcoders.tiny import VOCAB, tiny_model, token_sequences, train_tiny, TinyLayers
 from transcoders.activation_source import model_activations, pad_right
 from transcoders.checkpoint import CHECKPOINT_FILE
 from transcoders.errors import TranscoderError
-from transcoders.formats import load_transcoder
+from transcoders.loading import load_transcoder
 from transcoders.metrics import fvu_per_layer
 from transcoders.train_config import TrainConfig
 
@@ -37,7 +36,7 @@ def _train(model, seqs, out, **kw):
 
 def _heldout_fvu(model, tc):
     tokens, mask = pad_right(token_sequences(100, seed=99))
-    x, y = model_activations(ModelLayers(model), tokens, mask, "ln2.hook_normalized", "hook_mlp_out")
+    x, y = model_activations(TinyLayers(model), tokens, mask, "ln2.hook_normalized", "hook_mlp_out")
     with torch.no_grad():
         return fvu_per_layer(y, tc(x)[0])
 
@@ -122,7 +121,7 @@ def test_plt_topk_and_activation_cache(model, seqs, tmp_path):
 
     x = np.load(cache / "x.npy", mmap_mode="r")
     tokens, mask = pad_right(seqs[:32])
-    x_live, _ = model_activations(ModelLayers(model), tokens, mask, "ln2.hook_normalized", "hook_mlp_out")
+    x_live, _ = model_activations(TinyLayers(model), tokens, mask, "ln2.hook_normalized", "hook_mlp_out")
     np.testing.assert_allclose(x[: x_live.shape[0]], x_live.numpy(), rtol=1e-6)  # corpus order, BOS left out
     assert x.shape[0] == 6_000 and VOCAB > 0
 
@@ -131,7 +130,7 @@ class _CountingModel:
     """A LayerReader that counts the tokens the trainer runs the model on."""
 
     def __init__(self, model):
-        self.read_layers, self.tokens = ModelLayers(model), 0
+        self.read_layers, self.tokens = TinyLayers(model), 0
         self.n_layers, self.d_model = model.cfg.n_layers, model.cfg.d_model
 
     def __call__(self, tokens_b_t, input_hook, output_hook):

@@ -75,13 +75,35 @@ def random_transcoder(kind: str = "clt", n_layers: int = 3, d_model: int = 8, n_
 def train_tiny(model, seqs, out, base: dict, **kw):
     """train_transcoder on `seqs` with TrainConfig.from_flat(base) updated by the TrainConfig fields
     in kw (the other kw go to train_transcoder). `model`: a HookedTransformer or a LayerReader."""
-    from circuits.training.train import ModelLayers
     from transcoders.config import TranscoderArchitecture
     from transcoders.train_config import TrainConfig
     from transcoders.trainer import train_transcoder
 
     names = {**TrainConfig.model_fields, **TranscoderArchitecture.model_fields}
     opts = {k: kw.pop(k) for k in list(kw) if k in names}
-    read_layers = model if hasattr(model, "n_layers") else ModelLayers(model)
+    read_layers = model if hasattr(model, "n_layers") else TinyLayers(model)
     return train_transcoder(read_layers, seqs, TrainConfig.from_flat({**base, **opts}), out, model_name="tiny",
                             progress=False, **kw)
+
+
+class TinyLayers:
+    """A HookedTransformer as the trainer reads it (transcoders.activation_source.LayerReader), for
+    the transcoder package's own tests, which never import `circuits` (the engine's reader is
+    circuits.training.train.ModelLayers; tests/circuits/test_capture.py checks the two agree)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.n_layers, self.d_model = model.cfg.n_layers, model.cfg.d_model
+
+    @torch.no_grad()
+    def __call__(self, tokens_b_t: torch.Tensor, input_hook: str, output_hook: str):
+        kept: dict[str, torch.Tensor] = {}
+
+        def keep(value, hook):
+            kept[hook.name] = value
+            return value
+
+        names = [f"blocks.{l}.{h}" for h in (input_hook, output_hook) for l in range(self.n_layers)]
+        self.model.run_with_hooks(tokens_b_t, return_type=None, fwd_hooks=[(n, keep) for n in names])
+        stack = lambda hook: torch.stack([kept[f"blocks.{l}.{hook}"] for l in range(self.n_layers)], dim=2)  # noqa: E731
+        return stack(input_hook), stack(output_hook)

@@ -39,7 +39,7 @@ class RunningServer(ServerThread):
 @pytest.fixture(scope="session")
 def tiny_rm(world_tiny):
     """world-tiny and its default CLT, as a ReplacementModel."""
-    from circuits.replacement_model import ReplacementModel
+    from circuits.replacement.model import ReplacementModel
 
     return ReplacementModel.load("world-tiny", progress=False)
 
@@ -49,8 +49,8 @@ def tiny_index(tiny_rm):
     """A small feature index of world-tiny's default CLT (kept in memory, not saved)."""
     import torch
 
-    from circuits.feature_index import build_feature_index
-    from circuits.training.corpus import corpus_sequences, take_sequences
+    from circuits.features.index import build_feature_index
+    from circuits.corpora.sequences import corpus_sequences, take_sequences
 
     seqs, _ = corpus_sequences(tiny_rm.loaded, None, seq_len=tiny_rm.model.cfg.n_ctx)
     docs = [torch.tensor(s, dtype=torch.long) for s in take_sequences(seqs, 3000)]

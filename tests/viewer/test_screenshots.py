@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from selenium.webdriver.common.by import By
 
-from circuits.demos.two_hop import KOBE
+from circuits.studies.demos.two_hop import KOBE
 from circuits.viewer.app import ViewerState
 from circuits.viewer.feature_pages import FeatureSource
 from circuits.viewer.live import LiveModel
@@ -24,7 +24,7 @@ PROMPTS = {"calc": "calc: 36+59=", "kobe": KOBE[0]}
 
 @pytest.mark.slow
 def test_case_study_screenshots(browser, tmp_path, monkeypatch):
-    from circuits.replacement_model import ReplacementModel
+    from circuits.replacement.model import ReplacementModel
 
     model = os.environ.get("CIRCUITS_SCREENSHOT_MODEL", "world")
     if os.environ.get("CIRCUITS_WORLD_HOME"):

@@ -1,8 +1,8 @@
 """The built-in text corpora: built offline on first use, cached, rebuildable with one command
 (`circuits models corpus NAME --rebuild`).
 
-    python-docstrings  the Python standard library's docstrings (circuits.docstring_corpus), PSF-2.0
-    smollm2-prose      SmolLM2-135M-Instruct's answers about places and subjects (circuits.prose_corpus)
+    python-docstrings  the Python standard library's docstrings (circuits.corpora.docstrings), PSF-2.0
+    smollm2-prose      SmolLM2-135M-Instruct's answers about places and subjects (circuits.corpora.prose)
     smollm2-mix        the two interleaved, two prose lines to one docstring (MIX_PATTERN): the
                        default corpus of `smollm2-135m`'s transcoders, feature index and fidelity
 
@@ -17,19 +17,21 @@ import json
 import os
 from pathlib import Path
 
+from circuits.errors import write_output
+
 # Line pattern of the mix. Its period (3) is prime to the held-out stride (every 10th line,
-# circuits.training.corpus), so held-out lines come from both sources in the mix's proportion.
+# circuits.corpora.sequences), so held-out lines come from both sources in the mix's proportion.
 MIX_PATTERN = ("smollm2-prose", "smollm2-prose", "python-docstrings")
 
 
 def _docstrings(out_file: Path) -> dict:
-    from circuits.docstring_corpus import build_docstring_corpus
+    from circuits.corpora.docstrings import build_docstring_corpus
 
     return build_docstring_corpus(out_file)
 
 
 def _prose(out_file: Path) -> dict:
-    from circuits.prose_corpus import build_prose_corpus
+    from circuits.corpora.prose import build_prose_corpus
 
     return build_prose_corpus(out_file)
 
@@ -80,7 +82,6 @@ BUILTIN_CORPORA = {"python-docstrings": _docstrings, "smollm2-prose": _prose, "s
 def builtin_corpus_file(name: str, rebuild: bool = False) -> Path:
     """$CIRCUITS_HOME/corpora/<name>.txt (+ <name>.json, its provenance), built if missing."""
     from circuits.paths import circuits_home, writable_dir
-    from graphs.atomic import atomic_write_text
 
     folder = writable_dir(circuits_home() / "corpora")
     text, record = folder / f"{name}.txt", folder / f"{name}.json"
@@ -91,7 +92,7 @@ def builtin_corpus_file(name: str, rebuild: bool = False) -> Path:
             scratch.replace(text)
         finally:
             scratch.unlink(missing_ok=True)
-        atomic_write_text(record, json.dumps({"name": name, **meta}, indent=2))
+        write_output(record, json.dumps({"name": name, **meta}, indent=2), "corpus record")
     return text
 
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from circuits.experiments import Experiment, no_candidates, run_experiment
+from circuits.studies.experiments import Experiment, no_candidates, run_experiment
 from circuits.interventions import Intervention, feature_activations, injections_from
-from circuits.prompts import tokenize_prompt
-from circuits.replacement_model import ReplacementModel
+from circuits.replacement.prompts import tokenize_prompt
+from circuits.replacement.model import ReplacementModel
 
 MIN_FIRING = 0.5  # a state feature fires on at least this share of its state's prompts
 # Swap settings, chosen on the pairs of `circuits validate --seed 0` (its swap grid; the success
@@ -56,26 +56,26 @@ class StateFeature:
 class StateFeatureFinder:
     """Last-position activations of the reference prompts, computed once; queried per state."""
 
-    def __init__(self, setup: ReplacementModel, queries: list[tuple[str, str, str]] | None = None):
-        self.setup = setup
+    def __init__(self, rm: ReplacementModel, queries: list[tuple[str, str, str]] | None = None):
+        self.rm = rm
         self.queries = queries if queries is not None else two_hop_queries()
         acts = [self.last_acts(prompt) for prompt, _, _ in self.queries]
         self.acts_n_layer_feat = np.stack(acts)                     # [n_prompts, L, F]
         self.states = np.array([s for _, s, _ in self.queries])
 
     @classmethod
-    def from_activations(cls, setup: ReplacementModel | None, queries: list[tuple[str, str, str]],
+    def from_activations(cls, rm: ReplacementModel | None, queries: list[tuple[str, str, str]],
                          acts_n_layer_feat: np.ndarray) -> "StateFeatureFinder":
         """A finder over given last-position activations [n_prompts, L, F] (no model run)."""
         finder = cls.__new__(cls)
-        finder.setup, finder.queries = setup, list(queries)
+        finder.rm, finder.queries = rm, list(queries)
         finder.acts_n_layer_feat = np.asarray(acts_n_layer_feat, dtype=np.float32)
         finder.states = np.array([s for _, s, _ in finder.queries])
         return finder
 
     def last_acts(self, prompt: str) -> np.ndarray:
-        tokens = tokenize_prompt(self.setup.model, prompt)
-        return feature_activations(self.setup.model, self.setup.transcoder, tokens)[-1].float().cpu().numpy()
+        tokens = tokenize_prompt(self.rm.model, prompt)
+        return feature_activations(self.rm.model, self.rm.transcoder, tokens)[-1].float().cpu().numpy()
 
     def find(self, state: str, k: int = DEFAULT_K, exclude: tuple[str, ...] = (),
              allowed: np.ndarray | None = None) -> list[StateFeature]:
@@ -111,15 +111,15 @@ def plan_swap(finder: StateFeatureFinder, prompt: str, state: str, source_prompt
               k: int = DEFAULT_K, inhibit: float = DEFAULT_INHIBIT, inject_scale: float = DEFAULT_INJECT,
               leave_out: bool = False) -> SwapPlan:
     """Inhibit `state`'s features on `prompt`; inject `source_state`'s, read from `source_prompt`."""
-    setup = finder.setup
+    rm = finder.rm
     exclude = (prompt, source_prompt) if leave_out else ()
     acts_here, acts_source = finder.last_acts(prompt), finder.last_acts(source_prompt)
     # inhibit what fires here more than on the source; inject what fires on the source more than here
     removed = finder.find(state, k, exclude, allowed=(acts_here != 0) & (acts_here > acts_source))
     added = finder.find(source_state, k, exclude, allowed=(acts_source != 0) & (acts_source > acts_here))
     ivs = [Intervention(f.layer, -1, f.feature, multiplier=inhibit) for f in removed]
-    src = tokenize_prompt(setup.model, source_prompt)
-    ivs += injections_from(setup.model, setup.transcoder, src, [(f.layer, -1, f.feature) for f in added],
+    src = tokenize_prompt(rm.model, source_prompt)
+    ivs += injections_from(rm.model, rm.transcoder, src, [(f.layer, -1, f.feature) for f in added],
                            at_pos=-1, scale=inject_scale)
     return SwapPlan(removed, added, ivs)
 
@@ -133,8 +133,8 @@ def run_swap(finder: StateFeatureFinder, prompt: str, state: str, capital: str, 
         exp = no_candidates(name, "swap", capital, f"no {missing} feature found at the last position")
         exp.goal = source_capital
         return exp, plan
-    tokens = tokenize_prompt(finder.setup.model, prompt)
-    return run_experiment(finder.setup, tokens, name, plan.interventions, capital, goal=source_capital,
+    tokens = tokenize_prompt(finder.rm.model, prompt)
+    return run_experiment(finder.rm, tokens, name, plan.interventions, capital, goal=source_capital,
                           kind="swap"), plan
 
 
@@ -145,7 +145,7 @@ def run_inhibit(finder: StateFeatureFinder, prompt: str, state: str, capital: st
     if not removed:
         return no_candidates(name, "inhibit", capital, f"no {state} feature found at the last position")
     ivs = [Intervention(f.layer, -1, f.feature, multiplier=inhibit) for f in removed]
-    return run_experiment(finder.setup, tokenize_prompt(finder.setup.model, prompt), name, ivs, capital)
+    return run_experiment(finder.rm, tokenize_prompt(finder.rm.model, prompt), name, ivs, capital)
 
 
 def one_hop_probe(finder: StateFeatureFinder, state: str, features: list[StateFeature]) -> dict[str, int]:

@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from circuits.experiments import json_safe
-from circuits.hooks import block_hook, transcoder_hooks
-from circuits.replacement_model import ReplacementModel
-from circuits.trace import TraceConfig, trace_prompt
+from circuits.studies.experiments import json_safe
+from circuits.replacement.hooks import block_hook, transcoder_hooks
+from circuits.replacement.model import ReplacementModel
+from circuits.attribution.config import TraceConfig
+from circuits.trace import trace_prompt
 
 DALLAS = ("Fact: the capital of the state containing Dallas is", " Dallas")
 
@@ -55,7 +56,7 @@ class AttentionTwoHopReport:
 
 def _position_of(setup: ReplacementModel, prompt: str, word: str) -> int:
     from circuits.errors import CircuitsError
-    from circuits.prompts import token_id
+    from circuits.replacement.prompts import token_id
 
     tokens = setup.tokens(prompt).tolist()
     target = token_id(setup.model, word)

@@ -22,9 +22,10 @@ from circuits.models.registry import LoadedModel
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
-    from circuits.feature_index import FeatureIndex
+    from circuits.features.store import FeatureIndex
     from circuits.interventions import Intervention, InterventionResult
-    from circuits.trace import TraceConfig, TraceResult
+    from circuits.attribution.config import TraceConfig
+    from circuits.trace import TraceResult
     from transcoders.transcoder import Transcoder
 
 _UNREAD = object()
@@ -47,14 +48,14 @@ class ReplacementModel:
         directory `transcoders`, or the built-in model's default CLT (trained on first use).
         `dtype`: the model's weights and forward (float32 default, bfloat16, float16); attribution
         stays float32 (docs/attribution.md, "Precision")."""
-        from circuits.hooks import load_fitting_transcoder
+        from circuits.replacement.hooks import load_fitting_transcoder
         from circuits.models.registry import load_model
 
         loaded = load_model(model, device=device, progress=progress, dtype=dtype)
         if transcoders is None:
-            from circuits.training.defaults import default_transcoders
+            from circuits.training.defaults import ensure_default_transcoder
 
-            tc, path = default_transcoders(loaded, progress=progress)
+            tc, path = ensure_default_transcoder(loaded, progress=progress)
         else:
             path = Path(transcoders)
             tc = load_fitting_transcoder(loaded.model, path, device=device)
@@ -84,14 +85,14 @@ class ReplacementModel:
     def index(self) -> FeatureIndex | None:
         """The feature index beside the transcoders (None if there is none), read once."""
         if self._index is _UNREAD:
-            from circuits.feature_index import load_feature_index
+            from circuits.features.store import load_feature_index
 
             self._index = load_feature_index(self.transcoder_dir) if self.transcoder_dir is not None else None
         return self._index
 
     def tokens(self, prompt: str) -> torch.Tensor:
         """The prompt's token ids [pos] (BOS first), checked against the model's context."""
-        from circuits.prompts import tokenize_prompt
+        from circuits.replacement.prompts import tokenize_prompt
 
         return tokenize_prompt(self.model, prompt)
 
@@ -100,7 +101,8 @@ class ReplacementModel:
               **settings) -> TraceResult:
         """Attribution graph of `prompt`, pruned and scored. `settings` are TraceConfig fields
         (node_threshold=0.8, edge_threshold=0.98, max_feature_nodes, targets, contrast, ...)."""
-        from circuits.trace import TraceConfig, trace_prompt
+        from circuits.attribution.config import TraceConfig
+        from circuits.trace import trace_prompt
 
         if settings:
             config = (config or TraceConfig()).model_copy(update=settings)
@@ -116,5 +118,5 @@ class ReplacementModel:
 
         if isinstance(sets, Mapping):
             sets = [parse_set(f"{fid}={value}") for fid, value in sets.items()]
-        return intervene(self.model, self.transcoder, self.tokens(prompt), sets, layers=layers,
-                         freeze_attention=freeze_attention, clamp_mlps=clamp_mlps, top=top, generate=generate)
+        return intervene(self, prompt, sets, layers=layers, freeze_attention=freeze_attention, clamp_mlps=clamp_mlps,
+                         top=top, generate=generate)

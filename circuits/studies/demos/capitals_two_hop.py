@@ -20,13 +20,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from circuits.demos.capitals import FactSet, answer_token, fact_set, inhibit_with_control, subject_position
+from circuits.studies.demos.capitals import FactSet, answer_token, fact_set, inhibit_with_control, subject_position
 from circuits.errors import CircuitsError
-from circuits.experiments import Experiment, clean_top, format_experiment, json_safe, promoted_tokens, trace_answer
+from circuits.features.output_view import promoted_tokens
+from circuits.studies.experiments import Experiment, clean_top, format_experiment, json_safe, trace_answer
 from circuits.interventions import clean_run
-from circuits.prompts import tokenize_prompt
-from circuits.replacement_model import ReplacementModel
-from circuits.trace import TraceConfig
+from circuits.replacement.prompts import tokenize_prompt
+from circuits.replacement.model import ReplacementModel
+from circuits.attribution.config import TraceConfig
 from graphs import NodeKind
 from graphs.paths import reaching
 
@@ -70,7 +71,7 @@ class TwoHopFactsReport:
 
 
 @torch.no_grad()
-def intermediate_features(setup: ReplacementModel, facts: FactSet, subject: str, k: int) -> list[dict]:
+def intermediate_features(rm: ReplacementModel, facts: FactSet, subject: str, k: int) -> list[dict]:
     """Features at the subject token of the one-hop prompt of `subject` that fire more there than
     on any other subject's one-hop prompt (the k largest margins)."""
     subjects = [s for s, _ in facts.facts]
@@ -78,12 +79,12 @@ def intermediate_features(setup: ReplacementModel, facts: FactSet, subject: str,
         raise CircuitsError(f"'{subject}' is not a subject of the fact set ({', '.join(subjects)})")
     acts = {}
     for s in subjects:
-        tokens = tokenize_prompt(setup.model, facts.template.format(s))
+        tokens = tokenize_prompt(rm.model, facts.template.format(s))
         try:
-            pos = subject_position(setup.model, tokens, s)
+            pos = subject_position(rm.model, tokens, s)
         except CircuitsError:
             continue
-        acts[s] = clean_run(setup.model, setup.transcoder, tokens).acts_pos_layer_feat[pos]   # [L, F]
+        acts[s] = clean_run(rm.model, rm.transcoder, tokens).acts_pos_layer_feat[pos]   # [L, F]
     here = acts[subject]
     others = torch.stack([a for s, a in acts.items() if s != subject]).amax(0)
     margin = torch.where(here > 0, here - others, torch.zeros_like(here)).flatten()
@@ -93,13 +94,13 @@ def intermediate_features(setup: ReplacementModel, facts: FactSet, subject: str,
             for i in margin.topk(n).indices] if n else []
 
 
-def check_case(setup: ReplacementModel, facts: FactSet, prompt: str, intermediate: str, answer: str, k: int,
+def check_case(rm: ReplacementModel, facts: FactSet, prompt: str, intermediate: str, answer: str, k: int,
                config: TraceConfig | None, rng: random.Random) -> TwoHopCase:
-    ans = answer_token(setup.model, answer)
-    traced = trace_answer(setup, prompt, ans, config)
-    top = clean_top(setup, traced.tokens)
+    ans = answer_token(rm.model, answer)
+    traced = trace_answer(rm, prompt, ans, config)
+    top = clean_top(rm, traced.tokens)
     g, pruned = traced.graph, traced.result.pruned
-    found = intermediate_features(setup, facts, intermediate, k)
+    found = intermediate_features(rm, facts, intermediate, k)
     wanted = {(f["layer"], f["feature"]) for f in found}
     feats = [int(i) for i in (g.kind == NodeKind.FEATURE).nonzero()[0]]
     to_answer = reaching(pruned, traced.target_node)
@@ -111,14 +112,14 @@ def check_case(setup: ReplacementModel, facts: FactSet, prompt: str, intermediat
         if (layer, feat) in wanted:
             entry["reaches_answer"] = entry["kept"] and bool(to_answer[i])
             in_graph.append(entry)
-        if entry["kept"] and intermediate in promoted_tokens(setup, layer, feat, k=VIEW_TOP):
+        if entry["kept"] and intermediate in promoted_tokens(rm.model, rm.transcoder, [(layer, feat)], VIEW_TOP)[0]:
             entry["reaches_answer"] = bool(to_answer[i])
             promoting.append(entry)
     in_graph.sort(key=lambda e: -e["influence"])
     promoting.sort(key=lambda e: -e["influence"])
-    acts = clean_run(setup.model, setup.transcoder, traced.tokens).acts_pos_layer_feat   # [pos, L, F]
+    acts = clean_run(rm.model, rm.transcoder, traced.tokens).acts_pos_layer_feat   # [pos, L, F]
     chosen = [(e["layer"], e["pos"], int(e["id"].split(":")[2])) for e in in_graph]
-    exp = inhibit_with_control(setup, traced, f"inhibit the {intermediate} features", chosen, acts, rng,
+    exp = inhibit_with_control(rm, traced, f"inhibit the {intermediate} features", chosen, acts, rng,
                                f"no {intermediate} feature fires in this prompt")
     verdict = intermediate_verdict(intermediate, answer, found, in_graph, promoting, exp)
     return TwoHopCase(prompt, intermediate, answer, top, top[0]["token"].strip() == answer,
@@ -153,13 +154,13 @@ def intermediate_verdict(intermediate: str, answer: str, found: list[dict], in_g
     return f"no: none of the {len(found)} {intermediate} features of the one-hop prompt fires in this prompt"
 
 
-def run_capitals_two_hop(setup: ReplacementModel, prompts: list[tuple[str, str, str]] | None = None, k: int = K,
+def run_capitals_two_hop(rm: ReplacementModel, prompts: list[tuple[str, str, str]] | None = None, k: int = K,
                          config: TraceConfig | None = None, seed: int = 0) -> TwoHopFactsReport:
-    facts = fact_set(setup.name)
+    facts = fact_set(rm.name)
     rng = random.Random(seed)
     report = TwoHopFactsReport(facts.template)
-    for prompt, intermediate, answer in prompts or two_hop_prompts(setup.name):
-        report.cases.append(check_case(setup, facts, prompt, intermediate, answer, k, config, rng))
+    for prompt, intermediate, answer in prompts or two_hop_prompts(rm.name):
+        report.cases.append(check_case(rm, facts, prompt, intermediate, answer, k, config, rng))
     return report
 
 

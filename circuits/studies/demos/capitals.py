@@ -7,7 +7,7 @@
    the last token), the strongest path from the subject token to the capital through features
    (graphs.paths.strongest_path) and the features at the subject token with the most influence.
 3. **Interventions** (constrained patching in the real model, verdicts from measured logits at the
-   last position, circuits.experiments): inhibit the path's features; inhibit the strongest
+   last position, circuits.studies.experiments): inhibit the path's features; inhibit the strongest
    features at the subject token and at the last token, each next to a control (as many random
    active features at the same positions); swap the features of the subject token, and of the
    last token, for the other prompt's (the features stronger here removed, the other prompt's
@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from circuits.errors import CircuitsError
-from circuits.experiments import (Experiment, FeatureNode, Traced, clean_top, feature_node, format_experiment,
+from circuits.studies.experiments import (Experiment, FeatureNode, Traced, clean_top, feature_node, format_experiment,
                                    json_safe, no_candidates, ranked_features, run_experiment, trace_answer)
 from circuits.interventions import Intervention, clean_run, injections_from, top_tokens
-from circuits.prompts import token_id, tokenize_prompt
-from circuits.replacement_model import ReplacementModel
-from circuits.trace import TraceConfig
+from circuits.replacement.prompts import token_id, tokenize_prompt
+from circuits.replacement.model import ReplacementModel
+from circuits.attribution.config import TraceConfig
 from graphs import NodeKind
 from graphs.paths import strongest_path
 
@@ -114,18 +114,18 @@ class OneHopReport:
 
 
 @torch.no_grad()
-def measure_facts(setup: ReplacementModel, facts: FactSet) -> list[dict]:
+def measure_facts(rm: ReplacementModel, facts: FactSet) -> list[dict]:
     rows = []
     for subject, answer in facts.facts:
         try:
-            ans = answer_token(setup.model, answer)
+            ans = answer_token(rm.model, answer)
         except CircuitsError:
             continue
-        tokens = tokenize_prompt(setup.model, facts.template.format(subject))
-        logits = setup.model(tokens[None].to(setup.model.cfg.device))[0, -1].float()
+        tokens = tokenize_prompt(rm.model, facts.template.format(subject))
+        logits = rm.model(tokens[None].to(rm.model.cfg.device))[0, -1].float()
         probs = torch.softmax(logits, -1)
-        top = top_tokens(setup.model, logits, 1)[0]["token"]
-        rows.append({"subject": subject, "answer": answer, "p_answer": float(probs[token_id(setup.model, ans)]),
+        top = top_tokens(rm.model, logits, 1)[0]["token"]
+        rows.append({"subject": subject, "answer": answer, "p_answer": float(probs[token_id(rm.model, ans)]),
                      "top": top, "correct": top.strip() == answer})
     return rows
 
@@ -146,26 +146,26 @@ def influence_shares(traced: Traced, subject_pos: int) -> dict:
             "features_at_last": float(inf[feats & (g.position == last)].sum())}
 
 
-def node_entry(setup: ReplacementModel, traced: Traced, i: int) -> dict:
+def node_entry(rm: ReplacementModel, traced: Traced, i: int) -> dict:
     g = traced.graph
     kind = NodeKind(int(g.kind[i]))
     entry = {"node": int(i), "kind": kind.name.lower(), "layer": int(g.layer[i]), "pos": int(g.position[i]),
              "token": g.token_strs[int(g.position[i])] if kind != NodeKind.LOGIT else "",
              "influence": float(traced.influence_node[i]), "id": g.node_id(i), "label": ""}
     if kind == NodeKind.FEATURE:
-        f = feature_node(setup, traced, int(i))
+        f = feature_node(rm, traced, int(i))
         entry.update(id=f.id, label=f.context or ("-> " + ", ".join(f.promotes[:4])))
     elif kind == NodeKind.LOGIT:
         entry["label"] = g.logit_labels[i - g.logit_slice.start]
     return entry
 
 
-def path_from_subject(setup: ReplacementModel, traced: Traced, subject_pos: int) -> dict:
+def path_from_subject(rm: ReplacementModel, traced: Traced, subject_pos: int) -> dict:
     g = traced.graph
     emb = [int(i) for i in np.flatnonzero(g.kind == NodeKind.EMBEDDING) if int(g.position[i]) == subject_pos]
     path = strongest_path(g, traced.result.pruned, emb, traced.target_node)
     return {"weight": path.weight, "step_weights": path.step_weights,
-            "nodes": [node_entry(setup, traced, i) for i in path.nodes]}
+            "nodes": [node_entry(rm, traced, i) for i in path.nodes]}
 
 
 def _inhibit(nodes: list[tuple[int, int, int]], multiplier: float = -1.0) -> list[Intervention]:
@@ -182,20 +182,20 @@ def random_control(acts: torch.Tensor, chosen: list[tuple[int, int, int]], rng: 
     return out
 
 
-def inhibit_with_control(setup: ReplacementModel, traced: Traced, name: str, chosen: list[tuple[int, int, int]],
+def inhibit_with_control(rm: ReplacementModel, traced: Traced, name: str, chosen: list[tuple[int, int, int]],
                          acts: torch.Tensor, rng: random.Random, why_none: str) -> Experiment:
     if not chosen:
         return no_candidates(name, "inhibit", traced.answer, why_none)
-    exp = run_experiment(setup, traced.tokens, f"{name} x-1 ({len(chosen)} features)", _inhibit(chosen), traced.answer)
+    exp = run_experiment(rm, traced.tokens, f"{name} x-1 ({len(chosen)} features)", _inhibit(chosen), traced.answer)
     control = random_control(acts, chosen, rng)
     if control:
-        ctrl = run_experiment(setup, traced.tokens, "control", _inhibit(control), traced.answer)
+        ctrl = run_experiment(rm, traced.tokens, "control", _inhibit(control), traced.answer)
         exp.note = (f"control, {len(control)} random active features at the same positions x-1: "
                     f"p({traced.answer.strip()}) {ctrl.p_answer_before:.3f} -> {ctrl.p_answer_after:.3f}")
     return exp
 
 
-def swap_features(setup: ReplacementModel, traced: Traced, acts_here: torch.Tensor, other_tokens: torch.Tensor,
+def swap_features(rm: ReplacementModel, traced: Traced, acts_here: torch.Tensor, other_tokens: torch.Tensor,
                   acts_there: torch.Tensor, pos: int, other_pos: int, where: str, goal: str, k: int | None,
                   inject_scale: float) -> Experiment:
     """At one position (`where`: the subject token or the last token): remove the k features
@@ -216,9 +216,9 @@ def swap_features(setup: ReplacementModel, traced: Traced, acts_here: torch.Tens
     if not removed and not added:
         return no_candidates(name, "swap", traced.answer, "no feature differs between the two subjects")
     ivs = [Intervention(l, pos, f, multiplier=0.0) for l, f in removed]
-    ivs += injections_from(setup.model, setup.transcoder, other_tokens, [(l, other_pos, f) for l, f in added],
+    ivs += injections_from(rm.model, rm.transcoder, other_tokens, [(l, other_pos, f) for l, f in added],
                            at_pos=pos, scale=inject_scale)
-    exp = run_experiment(setup, traced.tokens, f"{name}: {len(removed)} removed, {len(added)} injected", ivs,
+    exp = run_experiment(rm, traced.tokens, f"{name}: {len(removed)} removed, {len(added)} injected", ivs,
                          traced.answer, goal=goal, kind="swap")
     return exp
 
@@ -235,17 +235,17 @@ def swap_ladder(swap, goal: str, ks) -> str:
 
 
 @torch.no_grad()
-def mlp_reference(setup: ReplacementModel, tokens: torch.Tensor, other_tokens: torch.Tensor, pos: int,
+def mlp_reference(rm: ReplacementModel, tokens: torch.Tensor, other_tokens: torch.Tensor, pos: int,
                   other_pos: int, answer: str, goal: str) -> dict:
     """The real model with the other prompt's MLP outputs at `pos` (its `other_pos`), every layer:
     a reference for what the MLPs at that position carry about the fact. And the share of that
     MLP-output difference (summed over layers) the transcoder's reconstruction explains:
     1 - |d_true - d_rec|^2 / |d_true|^2 (None for a transcoder with a skip term)."""
-    model, tc = setup.model, setup.transcoder
+    model, tc = rm.model, rm.transcoder
     here, there = clean_run(model, tc, tokens), clean_run(model, tc, other_tokens)
     out_hook = tc.cfg.output_hook
     L = model.cfg.n_layers
-    from circuits.hooks import block_hook
+    from circuits.replacement.hooks import block_hook
 
     def patch(layer):
         def hook(mlp_out, hook):
@@ -273,50 +273,50 @@ def mlp_reference(setup: ReplacementModel, tokens: torch.Tensor, other_tokens: t
             "top_after": top_tokens(model, logits, 3), "explained_share": share}
 
 
-def run_capitals_demo(setup: ReplacementModel, facts: FactSet | None = None, k: int = K,
+def run_capitals_demo(rm: ReplacementModel, facts: FactSet | None = None, k: int = K,
                       inject_scale: float = INJECT, config: TraceConfig | None = None,
                       seed: int = SEED) -> OneHopReport:
-    facts = facts or fact_set(setup.name)
-    model = setup.model
+    facts = facts or fact_set(rm.name)
+    model = rm.model
     (subject, answer), (other, other_answer) = facts.main, facts.other
     prompt, other_prompt = facts.template.format(subject), facts.template.format(other)
     ans, goal = answer_token(model, answer), answer_token(model, other_answer)
-    accuracy = measure_facts(setup, facts)
-    traced = trace_answer(setup, prompt, ans, config)
+    accuracy = measure_facts(rm, facts)
+    traced = trace_answer(rm, prompt, ans, config)
     tokens, other_tokens = traced.tokens, tokenize_prompt(model, other_prompt)
     pos, other_pos = subject_position(model, tokens, subject), subject_position(model, other_tokens, other)
     last = len(tokens) - 1
-    acts_here = clean_run(model, setup.transcoder, tokens).acts_pos_layer_feat              # [pos, L, F]
-    acts_there = clean_run(model, setup.transcoder, other_tokens).acts_pos_layer_feat
-    path = path_from_subject(setup, traced, pos)
-    subject_feats = ranked_features(setup, traced, top=k, positions=[pos])
-    last_feats = ranked_features(setup, traced, top=k, positions=[last])
+    acts_here = clean_run(model, rm.transcoder, tokens).acts_pos_layer_feat              # [pos, L, F]
+    acts_there = clean_run(model, rm.transcoder, other_tokens).acts_pos_layer_feat
+    path = path_from_subject(rm, traced, pos)
+    subject_feats = ranked_features(rm, traced, top=k, positions=[pos])
+    last_feats = ranked_features(rm, traced, top=k, positions=[last])
     rng = random.Random(seed)
     on_path = [(n["layer"], n["pos"], int(n["id"].split(":")[2])) for n in path["nodes"] if n["kind"] == "feature"]
     exps = [
-        inhibit_with_control(setup, traced, "inhibit the path's features", on_path, acts_here, rng,
+        inhibit_with_control(rm, traced, "inhibit the path's features", on_path, acts_here, rng,
                              "no path from the subject token through features"),
-        inhibit_with_control(setup, traced, f"inhibit the top {k} features at {subject!r}",
+        inhibit_with_control(rm, traced, f"inhibit the top {k} features at {subject!r}",
                              [(f.layer, f.pos, f.feature) for f in subject_feats], acts_here, rng,
                              "no feature at the subject token has influence on the answer"),
-        inhibit_with_control(setup, traced, f"inhibit the top {k} features at the last token",
+        inhibit_with_control(rm, traced, f"inhibit the top {k} features at the last token",
                              [(f.layer, f.pos, f.feature) for f in last_feats], acts_here, rng,
                              "no feature at the last token has influence on the answer"),
     ]
     other_last = len(other_tokens) - 1
     for where, here_pos, there_pos in (("subject token", pos, other_pos), ("last token", last, other_last)):
         def swap(n, scale):
-            return swap_features(setup, traced, acts_here, other_tokens, acts_there, here_pos, there_pos, where, goal,
+            return swap_features(rm, traced, acts_here, other_tokens, acts_there, here_pos, there_pos, where, goal,
                                  n, scale)
         every = swap(None, 1.0)
         every.note = swap_ladder(swap, goal, [n for n in LADDER if n < len(every.changes) // 2])
         exps += [swap(k, inject_scale), every]
     summary = traced.result.summary
     return OneHopReport(facts.template, accuracy, prompt, ans, other_prompt, goal, pos,
-                        clean_top(setup, tokens), summary["scores"], summary["counts"],
+                        clean_top(rm, tokens), summary["scores"], summary["counts"],
                         influence_shares(traced, pos), path, subject_feats,
-                        {"subject token": mlp_reference(setup, tokens, other_tokens, pos, other_pos, ans, goal),
-                         "last token": mlp_reference(setup, tokens, other_tokens, last, other_last, ans, goal)}, exps)
+                        {"subject token": mlp_reference(rm, tokens, other_tokens, pos, other_pos, ans, goal),
+                         "last token": mlp_reference(rm, tokens, other_tokens, last, other_last, ans, goal)}, exps)
 
 
 def format_capitals(report: OneHopReport) -> list[str]:

@@ -2,10 +2,10 @@
 tracing towards one answer (and reading its logit node), ranking features by their influence on
 that answer, describing a feature, and running an intervention with a verdict.
 
-    setup = ReplacementModel.load("world")
-    traced = trace_answer(setup, "calc: 36+59=", "95")
-    nodes = ranked_features(setup, traced, top=12)        # FeatureNode, most influential first
-    exp = run_experiment(setup, traced.tokens, "inhibit _9", [Intervention(...)], answer="95")
+    rm = ReplacementModel.load("world")
+    traced = trace_answer(rm, "calc: 36+59=", "95")
+    nodes = ranked_features(rm, traced, top=12)        # FeatureNode, most influential first
+    exp = run_experiment(rm, traced.tokens, "inhibit _9", [Intervention(...)], answer="95")
     print(exp.verdict_line())
 """
 
@@ -17,10 +17,12 @@ import numpy as np
 import torch
 
 from circuits.errors import CircuitsError
+from circuits.features.output_view import promoted_tokens
 from circuits.interventions import Intervention, intervene, top_tokens
-from circuits.prompts import token_id, tokenize_prompt
-from circuits.replacement_model import ReplacementModel
-from circuits.trace import TraceConfig, TraceResult, trace_prompt
+from circuits.replacement.prompts import token_id, tokenize_prompt
+from circuits.replacement.model import ReplacementModel
+from circuits.attribution.config import TraceConfig
+from circuits.trace import TraceResult, trace_prompt
 from graphs import Graph, NodeKind
 from graphs.prune import node_influence
 
@@ -62,23 +64,14 @@ def find_logit_node(graph: Graph, answer: str, answer_id: int) -> int | None:
     return None
 
 
-@torch.no_grad()
-def selected_logits(setup: ReplacementModel, tokens: torch.Tensor, config: TraceConfig) -> list[int]:
-    """The token ids the trace makes logit nodes (as circuits.attribution.targets.select_logits)."""
-    logits = setup.model(tokens[None].to(setup.model.cfg.device))[0, -1].float()
-    probs, ids = torch.softmax(logits, -1).sort(descending=True)
-    n = int((probs.cumsum(0) < config.desired_logit_prob).sum()) + 1
-    return ids[:max(1, min(n, config.max_n_logits))].tolist()
-
-
-def trace_answer(setup: ReplacementModel, prompt: str, answer: str, config: TraceConfig | None = None) -> Traced:
+def trace_answer(rm: ReplacementModel, prompt: str, answer: str, config: TraceConfig | None = None) -> Traced:
     """Trace `prompt`; the answer token is a target node even when it is not among the top logits."""
     config = config or TraceConfig()
-    answer_id = token_id(setup.model, answer)
-    tokens = tokenize_prompt(setup.model, prompt)
-    if answer_id not in selected_logits(setup, tokens, config) and answer not in config.targets:
-        config = config.model_copy(update={"targets": [*config.targets, answer]})
-    result = trace_prompt(setup, prompt, config)
+    answer_id = token_id(rm.model, answer)
+    tokens = tokenize_prompt(rm.model, prompt)
+    if answer not in config.targets:
+        config = config.model_copy(update={"answer": answer})
+    result = trace_prompt(rm, prompt, config)
     node = find_logit_node(result.graph, answer, answer_id)
     if node is None:
         raise CircuitsError(f"the graph of '{prompt}' has no logit node for '{answer}'")
@@ -105,22 +98,16 @@ class FeatureNode:
         return f"{self.layer}:{self.pos}:{self.feature}"
 
 
-def promoted_tokens(setup: ReplacementModel, layer: int, feature: int, k: int = 5) -> list[str]:
-    from circuits.feature_index import output_view
-
-    return [tok.strip() for tok, _ in output_view(setup.model, setup.transcoder, layer, feature, k)["promoted"]]
-
-
-def feature_node(setup: ReplacementModel, traced: Traced, i: int) -> FeatureNode:
+def feature_node(rm: ReplacementModel, traced: Traced, i: int) -> FeatureNode:
     g = traced.graph
     layer, feat = int(g.layer[i]), int(g.feature[i])
-    context = setup.index.label(layer, feat, width=60) if setup.index is not None else ""
+    context = rm.index.label(layer, feat, width=60) if rm.index is not None else ""
     return FeatureNode(i, layer, int(g.position[i]), feat, float(g.activation[i]),
                        float(traced.influence_node[i]), bool(traced.result.pruned.node_mask[i]),
-                       promoted_tokens(setup, layer, feat), context)
+                       promoted_tokens(rm.model, rm.transcoder, [(layer, feat)], 5)[0], context)
 
 
-def ranked_features(setup: ReplacementModel, traced: Traced, top: int | None = None,
+def ranked_features(rm: ReplacementModel, traced: Traced, top: int | None = None,
                     positions: list[int] | None = None) -> list[FeatureNode]:
     """Feature nodes by influence on the answer, strongest first (optionally at `positions` only)."""
     g = traced.graph
@@ -129,15 +116,15 @@ def ranked_features(setup: ReplacementModel, traced: Traced, top: int | None = N
         idx = idx[np.isin(g.position[idx], positions)]
     idx = idx[np.argsort(-traced.influence_node[idx], kind="stable")]
     idx = idx[traced.influence_node[idx] > 0]
-    return [feature_node(setup, traced, int(i)) for i in (idx if top is None else idx[:top])]
+    return [feature_node(rm, traced, int(i)) for i in (idx if top is None else idx[:top])]
 
 
-def answer_logit_change(setup: ReplacementModel, traced: Traced, interventions: list[Intervention],
+def answer_logit_change(rm: ReplacementModel, traced: Traced, interventions: list[Intervention],
                         freeze_final_norm: bool = False) -> float:
     """Change of the answer's demeaned logit at the last position under constrained patching
     (circuits.interventions.intervene). With `freeze_final_norm` the final norm's scale is held at
     its clean value: the read-out of the graph's logit node (METHOD.md section 3)."""
-    result = intervene(setup.model, setup.transcoder, traced.tokens, interventions,
+    result = intervene(rm, traced.tokens, interventions,
                        freeze_final_norm=freeze_final_norm)
     t = traced.answer_id
     before, after = result.logits_before[-1].double(), result.logits_after[-1].double()
@@ -203,15 +190,15 @@ def no_candidates(name: str, kind: str, answer: str, why: str) -> Experiment:
                       worked=False, reason=why)
 
 
-def run_experiment(setup: ReplacementModel, tokens: torch.Tensor, name: str, interventions: list[Intervention],
+def run_experiment(rm: ReplacementModel, tokens: torch.Tensor, name: str, interventions: list[Intervention],
                    answer: str, goal: str | None = None, kind: str = "inhibit", top: int = 5,
                    layers: tuple[int, int | None] | None = None) -> Experiment:
     """Constrained patching (circuits.interventions.intervene) and the verdict from its logits."""
-    result = intervene(setup.model, setup.transcoder, tokens, interventions, layers=layers, top=top)
+    result = intervene(rm, tokens, interventions, layers=layers, top=top)
     before, after = result.logits_before[-1], result.logits_after[-1]
 
     def prob(logits, text):
-        return float(torch.softmax(logits.float(), -1)[token_id(setup.model, text)])
+        return float(torch.softmax(logits.float(), -1)[token_id(rm.model, text)])
 
     p_answer = (prob(before, answer), prob(after, answer))
     p_goal = (prob(before, goal), prob(after, goal)) if goal is not None else None
@@ -238,7 +225,7 @@ def format_experiment(exp: Experiment) -> list[str]:
     return lines + [f"  {exp.verdict_line()}"]
 
 
-def clean_top(setup: ReplacementModel, tokens: torch.Tensor, k: int = 5) -> list[dict]:
+def clean_top(rm: ReplacementModel, tokens: torch.Tensor, k: int = 5) -> list[dict]:
     with torch.no_grad():
-        logits = setup.model(tokens[None].to(setup.model.cfg.device))[0, -1]
-    return top_tokens(setup.model, logits, k)
+        logits = rm.model(tokens[None].to(rm.model.cfg.device))[0, -1]
+    return top_tokens(rm.model, logits, k)

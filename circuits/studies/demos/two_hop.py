@@ -3,7 +3,7 @@
 Prompts (METHOD.md section 6): "Fact: the capital of the state where Kobe Bryant played basketball
 is" (-> California -> Sacramento) and "Fact: the capital of the state containing Dallas is"
 (-> Texas -> Austin). Both are traced towards their capital. State features come from
-circuits.state_features (fire on the state's prompts and not on other states'); each is shown
+circuits.studies.state_features (fire on the state's prompts and not on other states'); each is shown
 with its output view and whether the pruned graph keeps it. Experiments: inhibit Texas on the
 Dallas prompt; swap Texas -> California (California features read from the Kobe prompt); and the
 reverse on the Kobe prompt. Finally an honest check: does a feature whose output view promotes the
@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from circuits.experiments import (Experiment, Traced, clean_top, format_experiment, json_safe, promoted_tokens,
+from circuits.features.output_view import promoted_tokens
+from circuits.studies.experiments import (Experiment, Traced, clean_top, format_experiment, json_safe,
                                   trace_answer)
-from circuits.state_features import (DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, StateFeature, StateFeatureFinder,
+from circuits.studies.state_features import (DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, StateFeature, StateFeatureFinder,
                                      one_hop_probe, run_inhibit, run_swap)
-from circuits.replacement_model import ReplacementModel
-from circuits.trace import TraceConfig
+from circuits.replacement.model import ReplacementModel
+from circuits.attribution.config import TraceConfig
 from graphs import NodeKind
 from graphs.paths import reaching
 
@@ -61,11 +62,12 @@ class TwoHopReport:
                           "experiments": [e.to_json() for e in self.experiments]})
 
 
-def state_check(setup: ReplacementModel, traced: Traced, state: str, found: list[StateFeature]) -> StateCheck:
+def state_check(rm: ReplacementModel, traced: Traced, state: str, found: list[StateFeature]) -> StateCheck:
     """Which features promote `state` in their output view, and do they lie on a kept path?"""
     g, pruned = traced.graph, traced.result.pruned
     feats = np.flatnonzero(g.kind == NodeKind.FEATURE)
-    views = {p: promoted_tokens(setup, *p, k=VIEW_TOP) for p in {(int(g.layer[i]), int(g.feature[i])) for i in feats}}
+    pairs = sorted({(int(g.layer[i]), int(g.feature[i])) for i in feats})
+    views = dict(zip(pairs, promoted_tokens(rm.model, rm.transcoder, pairs, VIEW_TOP)))
     view_of = [views[int(g.layer[i]), int(g.feature[i])] for i in feats]
     reaches_capital = reaching(pruned, traced.target_node)  # bool [n_nodes]
     promoting = []
@@ -86,7 +88,7 @@ def state_check(setup: ReplacementModel, traced: Traced, state: str, found: list
                              & (g.position == last))
         i = int(hit[0]) if len(hit) else None
         listed.append({"id": f"{f.layer}:{last}:{f.feature}", "score": f.score,
-                       "promotes": promoted_tokens(setup, f.layer, f.feature, k=VIEW_TOP),
+                       "promotes": promoted_tokens(rm.model, rm.transcoder, [(f.layer, f.feature)], VIEW_TOP)[0],
                        "in_graph": i is not None, "kept": i is not None and bool(pruned.node_mask[i]),
                        "influence": float(traced.influence_node[i]) if i is not None else 0.0})
     share = influence_share(traced, feats, view_of)
@@ -132,17 +134,17 @@ def ladder_note(run, ks=LADDER) -> str:
     return "top token with k state features: " + ", ".join(tops)
 
 
-def run_two_hop_demo(setup: ReplacementModel, k: int = DEFAULT_K, inhibit: float = DEFAULT_INHIBIT,
+def run_two_hop_demo(rm: ReplacementModel, k: int = DEFAULT_K, inhibit: float = DEFAULT_INHIBIT,
                      inject_scale: float = DEFAULT_INJECT,
                      config: TraceConfig | None = None) -> TwoHopReport:
-    finder = StateFeatureFinder(setup)
+    finder = StateFeatureFinder(rm)
     checks, top_clean, scores = [], {}, {}
     for prompt, state, capital in (KOBE, DALLAS):
-        traced = trace_answer(setup, prompt, capital, config)
+        traced = trace_answer(rm, prompt, capital, config)
         found = finder.find(state, k, allowed=finder.last_acts(prompt) != 0)
-        checks.append(state_check(setup, traced, state, found))
+        checks.append(state_check(rm, traced, state, found))
         checks[-1].probe = one_hop_probe(finder, state, found)
-        top_clean[prompt] = clean_top(setup, traced.tokens)
+        top_clean[prompt] = clean_top(rm, traced.tokens)
         scores[prompt] = traced.result.summary["scores"]
     opts = dict(inhibit=inhibit, inject_scale=inject_scale)
     runs = [(f"inhibit Texas x{inhibit:g} (Dallas prompt)", lambda k: run_inhibit(finder, *DALLAS, k=k, inhibit=inhibit)),

@@ -1,8 +1,8 @@
 """Token sequences to train and evaluate transcoders on, for a loaded model.
 
 - built-in models with a corpus of their own: the corpus named in their registry entry (`world`:
-  its generator; `smollm2-135m`, `gemma3-270m`: the built-in text corpus of the Python standard
-  library's docstrings, circuits.docstring_corpus, built offline on first use)
+  its generator, WorldSequences below; `smollm2-135m`, `gemma3-270m`: the built-in text corpus
+  `smollm2-mix`, circuits.corpora.builtin, built offline on first use)
 - a built-in text corpus by name (`--corpus python-docstrings`)
 - a local text file: one document per line; documents with index % 10 == 9 are held out for
   fidelity, the rest train
@@ -14,10 +14,14 @@ trainer relies on that to resume). Each sequence starts with the tokenizer's BOS
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from circuits.corpora.builtin import BUILTIN_CORPORA, builtin_corpus_file
 from circuits.errors import CircuitsError
+from circuits.models.registry import BUILTIN_MODELS, WORLD_CORPUS
+from circuits.models.world.corpus import make_corpus
 
 HELDOUT_EVERY = 10
 
@@ -98,25 +102,71 @@ class DatasetSequences:
 
 
 def builtin_text_sequences(name: str, tokenizer, seq_len: int, heldout: bool) -> TextFileSequences:
-    """A built-in text corpus (circuits.corpora), built on first use, as TextFileSequences."""
-    from circuits.corpora import builtin_corpus_file
-
+    """A built-in text corpus (circuits.corpora.builtin), built on first use, as TextFileSequences."""
     seqs = TextFileSequences(builtin_corpus_file(name), tokenizer, seq_len, heldout)
     seqs.corpus_id = f"builtin:{name}"
     return seqs
 
 
+# --- the `world` organism's generated corpus ---------------------------------------------------
+def _world_pool(kind: str) -> str:
+    if kind.startswith("addition"):
+        return "addition"
+    return "facts" if kind.startswith(("one_hop", "two_hop")) else "aux"
+
+
+class WorldSequences:
+    """An endless seeded stream of `world` corpus lines ([BOS] + tokens), pooled into addition /
+    facts / other and mixed like the model's own training batches (batch_* in its meta.json;
+    256 / 64 / 32 if absent). Lines with index % 10 == 9 in each pool are held out, except the
+    case-study prompts, which are always trained on. The training stream weights facts by
+    `fact_boost`: memorised facts need more of the transcoder's capacity than their share of text."""
+
+    def __init__(self, loaded, seq_len: int, heldout: bool = False, seed: int = 0, fact_boost: float = 1.0):
+        corpus_meta = loaded.meta.get("corpus", {})
+        corpus = make_corpus(corpus_meta.get("seed", 0))
+        always_train = set(corpus_meta.get("case_study_prompts", []))
+        tok, prefix = loaded.tokenizer, bos_prefix(loaded.tokenizer)
+        by_pool: dict[str, list] = {}
+        for example in corpus.all_examples():
+            by_pool.setdefault(_world_pool(example.kind), []).append(example)
+        tcfg = loaded.meta.get("train_config", {})
+        weights = {"addition": tcfg.get("batch_addition", 256), "facts": tcfg.get("batch_facts", 64) * fact_boost,
+                   "aux": tcfg.get("batch_aux", tcfg.get("batch_count", 32))}
+        self.pools, self.weights = [], []
+        for name, examples in sorted(by_pool.items()):
+            held = [i % HELDOUT_EVERY == HELDOUT_EVERY - 1 and e.prompt not in always_train
+                    for i, e in enumerate(examples)]
+            chosen = [e for e, h in zip(examples, held) if h == heldout]
+            if chosen and weights.get(name, 0) > 0:
+                self.pools.append([(prefix + encode_text(tok, e.text))[:seq_len] for e in chosen])
+                self.weights.append(weights[name])
+        self.seed = seed + (1 if heldout else 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(self.seed)
+        indices = range(len(self.pools))
+        while True:
+            pool = self.pools[rng.choices(indices, self.weights)[0]]
+            yield pool[rng.randrange(len(pool))]
+
+
+WORLD_FACT_BOOST = 2.0  # the transcoder's training stream; held-out text keeps the model's own mix
+
+
+def world_sequences(loaded, seq_len: int, heldout: bool = False) -> Iterable[list[int]]:
+    """The `world` model's transcoder corpus (the registry entry's `corpus`)."""
+    return WorldSequences(loaded, seq_len, heldout, fact_boost=1.0 if heldout else WORLD_FACT_BOOST)
+
+
 def corpus_sequences(loaded, corpus: str | None, seq_len: int, heldout: bool = False) -> tuple[Iterable[list[int]], str]:
     """(sequences, corpus_id) for `loaded` (a LoadedModel). corpus: file path, dataset name or None."""
-    from circuits.corpora import BUILTIN_CORPORA
-
     if corpus is None:
-        from circuits.models.registry import BUILTIN_MODELS
-
         builtin = BUILTIN_MODELS.get(loaded.name)
+        if builtin is not None and builtin.corpus == WORLD_CORPUS:
+            return world_sequences(loaded, seq_len, heldout), f"{loaded.name}-generator"
         if builtin is not None and builtin.corpus is not None:
-            seqs = builtin.corpus(loaded, seq_len, heldout)
-            return seqs, getattr(seqs, "corpus_id", f"{loaded.name}-generator")
+            return builtin_text_sequences(builtin.corpus, loaded.tokenizer, seq_len, heldout), f"builtin:{builtin.corpus}"
         raise CircuitsError(f"model '{loaded.name}' has no built-in corpus: pass --corpus FILE "
                             "(one document per line) or a dataset name")
     if corpus in BUILTIN_CORPORA:

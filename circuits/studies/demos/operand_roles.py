@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from circuits.errors import CircuitsError
-from circuits.hooks import capture_layers
-from circuits.prompts import token_id, tokenize_prompt
+from circuits.replacement.hooks import capture_layers
+from circuits.replacement.prompts import token_id, tokenize_prompt
 
 OPERANDS = np.arange(10, 100)
 ROLE_SHARE = 0.85    # a simpler property wins when it explains this share of the best eta^2

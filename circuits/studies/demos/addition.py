@@ -2,7 +2,7 @@
 
 1. Trace the prompt towards the answer a+b (METHOD.md section 6).
 2. Rank feature nodes by their influence on the answer's logit, group them by position (a, b, '=',
-   others) and give each a role from an operand sweep (circuits.demos.operand_roles).
+   others) and give each a role from an operand sweep (circuits.studies.demos.operand_roles).
 3. Inhibit, by constrained patching in the real model: the strongest ones-digit feature; the
    ones-digit, magnitude and exact-sum groups (up to MAX_GROUP features each, most influential
    first, among the POOL most influential nodes); the strongest feature at '='. Each experiment
@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from circuits.experiments import (json_safe, Experiment, FeatureNode, clean_top, format_experiment,
+from circuits.studies.experiments import (json_safe, Experiment, FeatureNode, clean_top, format_experiment,
                                    no_candidates, ranked_features, run_experiment, trace_answer)
-from circuits.demos.operand_roles import addition_positions, feature_roles
+from circuits.studies.demos.operand_roles import addition_positions, feature_roles
 from circuits.interventions import Intervention
-from circuits.replacement_model import ReplacementModel
-from circuits.trace import TraceConfig
+from circuits.replacement.model import ReplacementModel
+from circuits.attribution.config import TraceConfig
 
 MAX_GROUP = 10  # features inhibited at once in the group experiments
 POOL = 300      # feature nodes (by influence) classified for the experiments
@@ -78,7 +78,7 @@ def digit_note(answer: str, top_after: list[dict]) -> str:
             f"tens {'kept' if same_tens else 'changed'}")
 
 
-def experiments(setup: ReplacementModel, traced, pool: list[FeatureNode], where: dict[str, int],
+def experiments(rm: ReplacementModel, traced, pool: list[FeatureNode], where: dict[str, int],
                 multiplier: float) -> list[Experiment]:
     ans = traced.answer
     ones = [f for f in pool if f.role.startswith("ones digit")]
@@ -98,19 +98,19 @@ def experiments(setup: ReplacementModel, traced, pool: list[FeatureNode], where:
             out.append(no_candidates(name, "inhibit", ans, why))
             continue
         label = f"{name} x{multiplier:g} ({len(chosen)} feature{'s' if len(chosen) > 1 else ''})"
-        exp = run_experiment(setup, traced.tokens, label, _inhibit(chosen, multiplier), ans)
+        exp = run_experiment(rm, traced.tokens, label, _inhibit(chosen, multiplier), ans)
         exp.note = digit_note(ans, exp.top_after)
         out.append(exp)
     return out
 
 
-def run_addition_demo(setup: ReplacementModel, a: int = 36, b: int = 59, top: int = 15, multiplier: float = -1.0,
+def run_addition_demo(rm: ReplacementModel, a: int = 36, b: int = 59, top: int = 15, multiplier: float = -1.0,
                       config: TraceConfig | None = None) -> AdditionReport:
     prompt, answer = f"calc: {a}+{b}=", str(a + b)
-    tokens, where = addition_positions(setup.model, prompt, a, b)
-    traced = trace_answer(setup, prompt, answer, config)
-    pool = ranked_features(setup, traced, top=max(top, POOL))
-    roles = feature_roles(setup.model, setup.transcoder, tokens, where,
+    tokens, where = addition_positions(rm.model, prompt, a, b)
+    traced = trace_answer(rm, prompt, answer, config)
+    pool = ranked_features(rm, traced, top=max(top, POOL))
+    roles = feature_roles(rm.model, rm.transcoder, tokens, where,
                           [(f.layer, f.pos, f.feature) for f in pool], a, b)
     for f, role in zip(pool, roles):
         f.role = f"{role.category}: {role.text()}" if role.category != "unclear" else f"unclear (eta2 {role.eta2:.2f})"
@@ -122,8 +122,8 @@ def run_addition_demo(setup: ReplacementModel, a: int = 36, b: int = 59, top: in
     edges = [{"target": f.id, "inputs": strongest_inputs(traced, f.node)} for f in nodes if f.pos == where["="]][:3]
     edges.insert(0, {"target": f"logit {answer!r}", "inputs": strongest_inputs(traced, traced.target_node, 5)})
     summary = traced.result.summary
-    return AdditionReport(prompt, answer, clean_top(setup, tokens), summary["scores"], summary["counts"],
-                          groups, edges, role_summary, experiments(setup, traced, pool, where, multiplier))
+    return AdditionReport(prompt, answer, clean_top(rm, tokens), summary["scores"], summary["counts"],
+                          groups, edges, role_summary, experiments(rm, traced, pool, where, multiplier))
 
 
 def summarise_roles(pool: list[FeatureNode], roles) -> dict:
