@@ -32,11 +32,14 @@ def prompt_of(rm, n_tokens: int) -> str:
             break
         except CircuitsError:
             continue
+    def count(text: str) -> int:  # no context check: the text may run past it before trimming
+        return int(rm.model.to_tokens(text, prepend_bos=True, truncate=False).shape[1])
+
     text = base
-    while len(rm.tokens(text)) < n_tokens:
+    while count(text) < n_tokens:
         text += base
     words = text.split(" ")
-    while len(rm.tokens(" ".join(words))) > n_tokens and len(words) > 1:
+    while count(" ".join(words)) > n_tokens and len(words) > 1:
         words.pop()
     return " ".join(words)
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from circuits.attention.loadings import head_loadings
-from circuits.attention.qk import QKAttribution, constant_qk, model_qk, qk_attribution
+from circuits.attention.qk import QKAttribution, constant_qk, model_qk, qk_attributions
 from circuits.attribution.frozen_backward import FrozenBlocks
 from circuits.attribution.rows import SourceLayout
 from circuits.attribution.targets import TargetSeeds, feature_seeds
@@ -60,11 +60,16 @@ def graph_target_seeds(graph: Graph, model, transcoder, rep: LocalReplacement, b
     vec = torch.empty(len(nodes), d)
     W_U = blocks.W_U_d_vocab
     customs = [int(i) for i in np.flatnonzero(graph.kind == NodeKind.LOGIT) if graph.token_id[i] < 0]
+    is_feature = graph.kind[nodes] == NodeKind.FEATURE
+    if is_feature.any():
+        rows = torch.as_tensor(np.flatnonzero(is_feature))
+        idx = torch.tensor([index[(int(graph.layer[n]), int(graph.position[n]), int(graph.feature[n]))]
+                            for n in nodes[is_feature].tolist()])
+        seed = feature_seeds(rep, blocks, transcoder, idx)
+        layer[rows], position[rows], vec[rows] = seed.layer.cpu(), seed.position.cpu(), seed.vec_d.cpu()
     for r, n in enumerate(nodes.tolist()):
         if graph.kind[n] == NodeKind.FEATURE:
-            j = index[(int(graph.layer[n]), int(graph.position[n]), int(graph.feature[n]))]
-            seed = feature_seeds(rep, blocks, transcoder, torch.tensor([j]))
-            layer[r], position[r], vec[r] = seed.layer[0], seed.position[0], seed.vec_d[0]
+            continue
         else:
             t = int(graph.token_id[n])
             direction = W_U[:, t] - W_U.mean(1) if t >= 0 else custom_directions[customs.index(n)].float()
@@ -205,11 +210,17 @@ def _attach(graph, pruned, model, transcoder, n_heads, custom_directions, index)
     layers = sorted({c[0] for c in chosen})
     constants = constant_qk(model, transcoder, rep, layers) if layers else {}
     clean = model_qk(model, rep, layers) if layers else {}
-    for layer, head, q, k, carried in chosen:
-        a = qk_attribution(model, transcoder, rep, blocks, layout, layer, head, q, k, constants[layer], clean[layer])
+    explained = {}
+    for layer in layers:
+        mine = [c for c in chosen if c[0] == layer]
+        for c, a in zip(mine, qk_attributions(model, transcoder, rep, blocks, layout, layer,
+                                              [c[1:4] for c in mine], constants[layer], clean[layer])):
+            explained[c] = a
+    for c in chosen:  # in order of carried loading
+        a = explained[c]
         if index is not None:
             _add_index_labels(labels, a, rep, layout, index)
-        heads.append(summarize_qk(a, rep, layout, graph.token_strs, labels, carried))
+        heads.append(summarize_qk(a, rep, layout, graph.token_strs, labels, c[4]))
     graph.attention = AttentionData(model.cfg.n_heads, loadings, heads)
     return graph.attention
 

@@ -223,23 +223,38 @@ def qk_attribution(model, transcoder, rep: LocalReplacement, blocks: FrozenBlock
                    layer: int, head: int, query: int, key: int, constants=None, clean=None) -> QKAttribution:
     """Split head `head` of block `layer`'s score of `query` against `key` (key <= query) into node
     pairs. `constants` / `clean`: constant_qk / model_qk of this layer, when already computed."""
+    return qk_attributions(model, transcoder, rep, blocks, layout, layer, [(head, query, key)], constants, clean)[0]
+
+
+@torch.no_grad()
+def qk_attributions(model, transcoder, rep: LocalReplacement, blocks: FrozenBlocks, layout: SourceLayout,
+                    layer: int, heads: list[tuple[int, int, int]], constants=None, clean=None) -> list[QKAttribution]:
+    """qk_attribution for several (head, query, key) of one block, their rows in one backward sweep."""
     check_qk_supported(model)
-    if not 0 <= key <= query < rep.n_pos:
-        raise CircuitsError(f"need 0 <= key <= query < {rep.n_pos}, got query {query}, key {key}")
-    e_q = side_seeds(model, blocks, rep, layer, head, query, "q")
-    e_k = side_seeds(model, blocks, rep, layer, head, key, "k")
-    e = e_q.shape[0]
+    for _, query, key in heads:
+        if not 0 <= key <= query < rep.n_pos:
+            raise CircuitsError(f"need 0 <= key <= query < {rep.n_pos}, got query {query}, key {key}")
+    seed_vecs, positions = [], []
+    for head, query, key in heads:
+        seed_vecs += [side_seeds(model, blocks, rep, layer, head, query, "q"),
+                      side_seeds(model, blocks, rep, layer, head, key, "k")]
+        e = seed_vecs[-1].shape[0]
+        positions += [query] * e + [key] * e
     cut = dataclasses.replace(rep, patterns=[torch.zeros_like(p) if l == layer else p
                                              for l, p in enumerate(rep.patterns)])
-    dev = e_q.device
-    seeds = TargetSeeds(torch.full((2 * e,), layer, device=dev),
-                        torch.tensor([query] * e + [key] * e, device=dev), torch.cat([e_q, e_k]))
-    rows = compute_rows(cut, blocks, transcoder, layout, seeds)  # [2e, N]
+    vec = torch.cat(seed_vecs)
+    seeds = TargetSeeds(torch.full((vec.shape[0],), layer, device=vec.device),
+                        torch.tensor(positions, device=vec.device), vec)
+    rows = compute_rows(cut, blocks, transcoder, layout, seeds)  # [2e * len(heads), N]
     q_const, k_const = constants if constants is not None else constant_qk(model, transcoder, rep, [layer])[layer]
     q_clean, k_clean = clean if clean is not None else model_qk(model, rep, [layer])[layer]
-    kv = _kv_head(model, head) if k_const.shape[1] != q_const.shape[1] else head
     scale = float(model.blocks[layer].attn.attn_scale)
     cap = getattr(model.cfg, "attn_scores_soft_cap", -1.0)
-    return QKAttribution(layer, head, query, key, scale, rows[:e], rows[e:], q_const[query, head], k_const[key, kv],
-                         float(q_clean[query, head] @ k_clean[key, kv]) / scale,
-                         float(cap) if cap is not None and cap > 0 else None)
+    out = []
+    for i, (head, query, key) in enumerate(heads):
+        kv = _kv_head(model, head) if k_const.shape[1] != q_const.shape[1] else head
+        q_rows, k_rows = rows[2 * i * e:(2 * i + 1) * e], rows[(2 * i + 1) * e:(2 * i + 2) * e]
+        out.append(QKAttribution(layer, head, query, key, scale, q_rows, k_rows, q_const[query, head],
+                                 k_const[key, kv], float(q_clean[query, head] @ k_clean[key, kv]) / scale,
+                                 float(cap) if cap is not None and cap > 0 else None))
+    return out
