@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from circuits.attribution.frozen_backward import FrozenBlocks, norm_backward
+from circuits.attribution.engine import bounded_batch_size
 from circuits.attribution.rows import SourceLayout, compute_rows
 from circuits.attribution.targets import TargetSeeds
 from circuits.errors import CircuitsError
@@ -245,7 +246,10 @@ def qk_attributions(model, transcoder, rep: LocalReplacement, blocks: FrozenBloc
     vec = torch.cat(seed_vecs)
     seeds = TargetSeeds(torch.full((vec.shape[0],), layer, device=vec.device),
                         torch.tensor(positions, device=vec.device), vec)
-    rows = compute_rows(cut, blocks, transcoder, layout, seeds)  # [2e * len(heads), N]
+    # [2e * len(heads), N], in batches whose stored gradients stay within the engine's budget
+    batch = bounded_batch_size(64, int(seeds.position.max()) + 1, blocks.n_layers, vec.shape[1])
+    rows = torch.cat([compute_rows(cut, blocks, transcoder, layout, seeds.select(torch.arange(i, min(i + batch, len(seeds)))))
+                      for i in range(0, len(seeds), batch)])
     q_const, k_const = constants if constants is not None else constant_qk(model, transcoder, rep, [layer])[layer]
     q_clean, k_clean = clean if clean is not None else model_qk(model, rep, [layer])[layer]
     scale = float(model.blocks[layer].attn.attn_scale)
