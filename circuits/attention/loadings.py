@@ -191,10 +191,14 @@ def head_loadings(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layou
             loadings[sl, l] = (z_n_h_e * same.readout_t_l_h_e[edge_target[sl], l]).sum(-1)
 
     residual_contributions(rep, blocks, transcoder, writes, P, top, at_layer)
-    same_pos = writes.position[edge_source] == c_t
-    remainder = (same.mlp_out_t_l_d[edge_target] * writes.mlp_s_l_d[edge_source]).sum((1, 2))
-    remainder += (same.embed_t_d[edge_target] * writes.embed_s_d[edge_source]).sum(-1)
-    return EdgeLoadings(loadings, remainder * same_pos)
+    same_pos = (writes.position[edge_source] == c_t).nonzero(as_tuple=True)[0]
+    remainder = torch.zeros(E, device=device)
+    for start in range(0, len(same_pos), 1024):  # [n, L, d] gathers, in chunks (edges can be many)
+        idx = same_pos[start:start + 1024]
+        t, s = edge_target[idx], edge_source[idx]
+        remainder[idx] = (same.mlp_out_t_l_d[t] * writes.mlp_s_l_d[s]).sum((1, 2)) + \
+            (same.embed_t_d[t] * writes.embed_s_d[s]).sum(-1)
+    return EdgeLoadings(loadings, remainder)
 
 
 __all__ = ["EdgeLoadings", "head_loadings", "post_attention_backward", "residual_contributions",
