@@ -5,7 +5,7 @@
     result.graph, result.pruned, result.summary
 
 Each step is one call: circuits.attribution.engine.attribute (the labelled full graph),
-graphs.prune.prune_graph, graphs.summary.summarize. A trace option is a TraceConfig field
+graphs.prune.prune_graph, (with config.qk) circuits.attention.attach, graphs.summary.summarize. A trace option is a TraceConfig field
 (circuits.attribution.config) that the engine reads; nothing here unpacks it.
 """
 
@@ -65,5 +65,23 @@ def trace_prompt(rm: ReplacementModel, prompt: str, config: TraceConfig | None =
     t1 = time.perf_counter()
     pruned = prune_graph(graph, config.node_threshold, config.edge_threshold)
     graph.timing_seconds["prune"] = round(time.perf_counter() - t1, 4)
+    if config.qk:
+        _attach_attention(rm, graph, pruned, config)
     graph.timing_seconds["total"] = round(time.perf_counter() - t0, 4)
     return TraceResult(graph, pruned, summarize(graph, pruned))
+
+
+def _attach_attention(rm: ReplacementModel, graph: Graph, pruned: PrunedGraph, config: TraceConfig) -> None:
+    """Head loadings of the kept edges and QK attributions of the busiest heads (circuits.attention),
+    between prune and summarize."""
+    from circuits.attention.attach import attach_attention
+    from circuits.attribution.targets import custom_targets
+
+    t0 = time.perf_counter()
+    customs = custom_targets(rm.model, config.targets, config.contrast)
+    n_custom = int((graph.token_id[graph.logit_slice] < 0).sum())
+    if config.answer is not None and n_custom > len(customs):  # the answer was added as a direction
+        customs += custom_targets(rm.model, [config.answer], None)
+    directions = [t.direction_d for t in customs]
+    attach_attention(graph, pruned, rm.model, rm.transcoder, config.qk_heads, directions, rm.index)
+    graph.timing_seconds["attention"] = round(time.perf_counter() - t0, 4)

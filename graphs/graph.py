@@ -82,6 +82,7 @@ class Graph:
     settings: dict[str, Any] = field(default_factory=dict)  # whatever the engine records
     timing_seconds: dict[str, float] = field(default_factory=dict)
     feature_labels: dict[int, str] = field(default_factory=dict)  # node index -> description
+    attention: Any = None  # graphs.attention.AttentionData (head loadings, QK attributions) or None
     adjacency: InitVar[np.ndarray | sparse.sparray | None] = None  # [n_nodes, n_nodes] square, input only
 
     def __post_init__(self, adjacency: np.ndarray | sparse.sparray | None) -> None:

@@ -10,7 +10,9 @@ in the smallest of three layouts (`auto`):
 - `csr` (`adjacency_data` float32, `adjacency_indices` int32, `adjacency_indptr` int64, row =
   target): when most allowed edges are zero;
 - `dense` (`adjacency`), the square; files written before the other layouts existed use it.
-and `metadata`, a 0-d unicode array holding one JSON document with the rest (format tag, adjacency
+With attention results (circuits trace --qk): `attention_target`, `attention_source` int64 [E],
+`attention_loadings` float32 [E, L, H], `attention_remainder` float32 [E] (graphs.attention), the
+explained heads in the metadata JSON under "attention"; and `metadata`, a 0-d unicode array holding one JSON document with the rest (format tag, adjacency
 layout, prompt, token strings, logit labels, n_layers, model, transcoders, settings, timing,
 feature labels).
 np.load(..., allow_pickle=False) reads it back; the round trip is exact.
@@ -26,6 +28,7 @@ import numpy as np
 from scipy import sparse
 
 from graphs.atomic import atomic_open
+from graphs.attention import attention_arrays, attention_metadata, read_attention
 from graphs.errors import GraphError
 from graphs.graph import _ROW_BLOCK, NODE_TABLE_DTYPES, Graph, _target_nodes
 
@@ -112,6 +115,9 @@ def save_graph(graph: Graph, path: str | os.PathLike, layout: str = "auto") -> N
         "timing_seconds": graph.timing_seconds,
         "feature_labels": {str(k): v for k, v in graph.feature_labels.items()},
     }
+    if graph.attention is not None:
+        arrays.update(attention_arrays(graph.attention))
+        metadata["attention"] = attention_metadata(graph.attention)
     arrays["metadata"] = np.array(json.dumps(metadata, ensure_ascii=False, allow_nan=False))
     with atomic_open(path) as handle:
         np.savez(handle, **arrays)
@@ -134,6 +140,7 @@ def load_graph(path: str | os.PathLike) -> Graph:
                 raise GraphError(f"{path} is not a graph file of format {FORMAT} (found {found!r})")
             arrays = {k: npz[k] for k in _ARRAYS}
             adjacency_or_edges = _read_adjacency(npz, metadata, arrays)
+            attention = read_attention(npz, metadata.get("attention"))
     except GraphError:
         raise
     except Exception as err:  # a corrupted file fails in many ways (zip, zlib, npy header, JSON)
@@ -152,6 +159,7 @@ def load_graph(path: str | os.PathLike) -> Graph:
             settings=metadata["settings"],
             timing_seconds=metadata["timing_seconds"],
             feature_labels={int(k): v for k, v in metadata["feature_labels"].items()},
+            attention=attention,
         )
     except GraphError as err:
         raise GraphError(f"{path}: {err}") from None

@@ -13,7 +13,8 @@ Field names and id formats follow circuit-tracer's graph files (schema_version 1
   embeddings and logits, which pruning keeps regardless. Our extra field `influence_raw` holds
   every node's own influence w^T B (null for logits).
 Links {source, target, weight} are the kept edges with their raw adjacency weight.
-Our extras in metadata: scores, counts, thresholds, timing_seconds, model, transcoders,
+With attention results (graphs.attention): links' `head_loadings`, nodes' `qk_tracing_results`,
+top-level `qk_only_nodes` and our `attention_heads`. Our extras in metadata: scores, counts, thresholds, timing_seconds, model, transcoders,
 generation_settings (the graph's settings without unset (None) values: Neuronpedia's schema types
 them, e.g. max_feature_nodes must be an integer when present), pruning_settings (the thresholds).
 graphs/viewer_read.py reads these files back (also circuit-tracer's and Neuronpedia's).
@@ -30,6 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from graphs.atomic import atomic_write_text
+from graphs.attention import add_attention_json
 from graphs.graph import Graph, NodeKind
 from graphs.prune import PrunedGraph
 from graphs.scores import compute_scores
@@ -129,7 +131,9 @@ def to_viewer_json(graph: Graph, pruned: PrunedGraph, *, slug: str | None = None
         pruning_settings={"node_threshold": pruned.node_threshold, "edge_threshold": pruned.edge_threshold},
     )
     doc = ViewerGraph(metadata=metadata, qParams=ViewerQParams(**(qparams or {})), nodes=nodes, links=links)
-    return doc.model_dump(mode="json")
+    doc = doc.model_dump(mode="json")
+    add_attention_json(doc, graph, np.asarray(targets), np.asarray(sources))
+    return doc
 
 
 def write_viewer_json(graph: Graph, pruned: PrunedGraph, path: str | os.PathLike, *,

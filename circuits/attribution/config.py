@@ -34,3 +34,6 @@ class TraceConfig(BaseModel):
     contrast: str | None = Field(None, description="with one --target: trace logit(target) - logit(contrast)")
     answer: str | None = Field(None, description="the expected answer token: a logit node even when it is not "
                                "among the top logits (then a target direction like --target)")
+    qk: bool = Field(False, description="explain attention: head loadings on the kept edges, QK attributions of "
+                     "the heads carrying the most cross-position edges")
+    qk_heads: int = Field(8, gt=0, le=10_000, description="with --qk: explain this many heads")

@@ -65,6 +65,22 @@ def two_hop_cmd(
     print_json(report.to_json()) if json_out else _print(format_two_hop(report))
 
 
+@app.command("attention-two-hop")
+def attention_two_hop_cmd(
+    qk_heads: int = number_option(8, "--qk-heads", min=1, max=10_000, help="Heads explained in the traced graph."),
+    model: str = MODEL_OPTION, transcoders: Optional[Path] = TRANSCODERS_OPTION, json_out: bool = JSON,
+    device: str = DEVICE_OPTION, dtype: str = DTYPE_OPTION,
+) -> None:
+    """Dallas -> Texas -> Austin: which heads move the state from " Dallas" to the last position, what on
+    the query side makes them look there, and what removing that query-side feature does to the head."""
+    from circuits.studies.demos.attention_two_hop import format_attention_two_hop, run_attention_two_hop
+    from circuits.replacement.model import ReplacementModel
+
+    setup = ReplacementModel.load(model, transcoders, pick_device(device), progress=not json_out, dtype=dtype)
+    report = run_attention_two_hop(setup, qk_heads=qk_heads)
+    print_json(report.to_json()) if json_out else _print(format_attention_two_hop(report))
+
+
 REAL_MODEL_OPTION = typer.Option("smollm2-135m", "--model", help="Model: built-in name, checkpoint dir or hub id.")
 REAL_TRANSCODERS_OPTION = typer.Option(
     None, "--transcoders", help="Transcoder directory (default: the model's default transcoder in the cache; "

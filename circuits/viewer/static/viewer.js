@@ -295,6 +295,9 @@ function render(fit) {
       "stroke-width": (0.4 + 3.6 * Math.sqrt(Math.abs(link.weight) / maxW)).toFixed(2),
     });
     link._el = path;
+    path.setAttribute("data-source", link.source);
+    path.setAttribute("data-target", link.target);
+    path.addEventListener("click", (e) => { e.stopPropagation(); selectEdge(link); });
     edgeG.append(path);
   }
   for (const n of nodes) nodeG.append(drawNode(n));
@@ -462,6 +465,12 @@ function renderPanel(n) {
     buttons.replaceChildren();
   }
   head.append(buttons);
+  const qk = n.qk_tracing_results && n.qk_tracing_results.head;
+  if (qk) {
+    const link = el("button", { id: "qk-head-btn" }, `Why head L${qk.layer} H${qk.head} looked from @${qk.query} to @${qk.key}`);
+    link.addEventListener("click", () => selectHead(headsOf(qk.layer, qk.head).find((h) => h.query === qk.query) || qk));
+    head.append(link);
+  }
   const synthetic = kind === "supernode";
   head.append(edgeTable("Inputs (strongest first)", (synthetic ? S.viewIn : S.inEdges).get(n.node_id) || [], "source", "inputs"));
   head.append(edgeTable("Outputs (strongest first)", (synthetic ? S.viewOut : S.outEdges).get(n.node_id) || [], "target", "outputs"));
@@ -489,6 +498,87 @@ function edgeTable(title, links, end, id) {
   }
   box.append(table);
   return box;
+}
+
+// ---- attention: an edge's heads, a head's QK attribution (circuits trace --qk) ----------------
+function describeId(id) {
+  const n = S.nodes.get(id) || (S.doc.qk_only_nodes || {})[id];
+  if (!n) return id;
+  if (n.feature_type === "bias") return n.clerp || id;
+  return nodeLabel(n);
+}
+
+function headsOf(layer, head) {
+  return (S.doc.attention_heads || []).filter((h) => h.layer === layer && h.head === head);
+}
+
+function selectEdge(link) {
+  const panel = $("panel");
+  const box = el("div", { id: "edge-panel", "data-source": link.source, "data-target": link.target });
+  const a = S.nodes.get(link.source), b = S.nodes.get(link.target);
+  box.append(el("h3", {}, `Edge ${describeId(link.source)} → ${describeId(link.target)}`));
+  box.append(el("div", { class: "kv" }, `weight ${fmt(link.weight)} · from @${a ? a.ctx_idx : "?"} to @${b ? b.ctx_idx : "?"}`));
+  const heads = link.head_loadings || [];
+  if (!heads.length) {
+    box.append(el("div", { class: "kv" }, S.doc.attention_heads ? "no head carries this edge (a same-position path)"
+      : "no head loadings in this graph: trace with --qk"));
+  } else {
+    box.append(el("h3", {}, "Heads carrying it (a path counts for its last cross-position hop)"));
+    const table = el("table", { class: "edges", id: "heads-table" });
+    for (const [layer, head, value] of heads) {
+      const explained = headsOf(layer, head);
+      const row = el("tr", { "data-head": `${layer}:${head}`, class: explained.length ? "link" : "" });
+      row.append(el("td", {}, `L${layer} H${head}`), el("td", { class: `w ${value >= 0 ? "pos" : "neg"}` }, fmt(value)),
+        el("td", { class: "kv" }, `${(100 * value / link.weight).toFixed(1)}%`),
+        el("td", { class: "kv" }, explained.length ? "QK ›" : ""));
+      if (explained.length) row.addEventListener("click", () => selectHead(explained[0]));
+      table.append(row);
+    }
+    box.append(table);
+  }
+  panel.replaceChildren(box);
+}
+
+function contributorRow(id, value, other) {
+  const row = el("tr", { class: "link", "data-node-id": id });
+  row.append(el("td", {}, describeId(id)));
+  if (other !== undefined) {
+    const cell = el("td", { "data-node-id": other, class: "key-side" }, describeId(other));
+    cell.addEventListener("click", (e) => { e.stopPropagation(); openContributor(other); });
+    row.append(cell);
+  }
+  row.append(el("td", { class: `w ${value >= 0 ? "pos" : "neg"}` }, fmt(value)));
+  row.addEventListener("click", () => openContributor(id));
+  return row;
+}
+
+function openContributor(id) {
+  if (S.nodes.has(id)) { selectNode(id, true); return; }
+  const n = (S.doc.qk_only_nodes || {})[id];
+  const page = $("qk-feature-page");
+  if (!n || n.feature_type !== "cross layer transcoder" || !page) return;
+  loadFeaturePage(Number(n.layer), Number(id.split("_")[1]), page);
+}
+
+function selectHead(h) {
+  const panel = $("panel");
+  const box = el("div", { id: "head-panel", "data-head": `${h.layer}:${h.head}` });
+  const tokens = S.doc.metadata.prompt_tokens;
+  box.append(el("h3", {}, `Head L${h.layer} H${h.head}: query @${h.query} ${JSON.stringify(tokens[h.query] ?? "")} → key @${h.key} ${JSON.stringify(tokens[h.key] ?? "")}`));
+  box.append(el("div", { class: "kv" }, `score ${fmt(h.score)} (model ${fmt(h.model_score)}${h.soft_cap ? `, soft cap ${h.soft_cap} after it` : ""}) · attention ${fmt(h.pattern)} · carries ${fmt(h.carried)} of the edges`));
+  const rem = Object.entries(h.remainders).map(([k, v]) => `${k} ${fmt(v)}`).join(" · ");
+  box.append(el("div", { class: "kv" }, rem));
+  const sections = [["Top query × key pairs", "qk-pairs", h.pairs.map((p) => contributorRow(p[0], p[2], p[1]))],
+    ["Query side (against the whole key)", "qk-q", h.q_marginals.map((m) => contributorRow(m[0], m[1]))],
+    ["Key side (against the whole query)", "qk-k", h.k_marginals.map((m) => contributorRow(m[0], m[1]))]];
+  for (const [title, id, rows] of sections) {
+    box.append(el("h3", {}, title));
+    const table = el("table", { class: "edges", id: `${id}-table` });
+    table.append(...rows);
+    box.append(table);
+  }
+  box.append(el("div", { id: "qk-feature-page" }));
+  panel.replaceChildren(box);
 }
 
 async function loadFullEdges(n, box) {
@@ -749,5 +839,5 @@ function bindControls() {
   renderInterventions();
 }
 
-window.circuitsViewer = { state: S, exportDoc, selectNode, loadGraph, render };
+window.circuitsViewer = { state: S, exportDoc, selectNode, selectEdge, selectHead, loadGraph, render };
 init();

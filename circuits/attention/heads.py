@@ -1,0 +1,101 @@
+"""One attention head of the frozen linear model, forward and transposed.
+
+With the pattern A_h [q, k] and every norm scale frozen (METHOD.md section 2), block l's attention
+writes  post( sum_h sum_k A_h[q, k] ln1_k(x_k) W_V_h W_O_h )  into the residual stream at q, where
+ln1_k(x) = w1 * center(x) / s_k is linear and post() is Gemma's post-attention norm (or identity).
+Both are linear and applied per position, so the output is a sum over heads: head h's share is
+the same formula with only A_h. `attention_backward_per_head` returns those shares of
+FrozenBlocks.attention_backward (their sum is it, tested); the forward pieces below propagate a
+node's contribution to the residual stream up the layers (circuits.attention.loadings, .qk).
+
+Shapes: S sources (or B target rows), P positions, d residual width, H heads, e head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from circuits.attribution.frozen_backward import FrozenBlocks, norm_backward
+
+
+def norm_forward(x_pos_d: torch.Tensor, scale_pos: torch.Tensor, weight_d: torch.Tensor | None,
+                 centered: bool) -> torch.Tensor:
+    """A frozen norm's linear part: w * center(x) / scale (its bias is a constant, not a node's).
+    x [..., P, d], scale [P]. The transpose of norm_backward."""
+    if centered:
+        x_pos_d = x_pos_d - x_pos_d.mean(-1, keepdim=True)
+    x_pos_d = x_pos_d / scale_pos[:, None]
+    return x_pos_d if weight_d is None else x_pos_d * weight_d
+
+
+def ln1_forward(blocks: FrozenBlocks, layer: int, x_pos_d: torch.Tensor, scale_pos: torch.Tensor) -> torch.Tensor:
+    if not blocks.has_norm:
+        return x_pos_d
+    return norm_forward(x_pos_d, scale_pos, blocks.ln1_w[layer], blocks.centered)
+
+
+def post_attention_forward(blocks: FrozenBlocks, layer: int, out_pos_d: torch.Tensor,
+                           post_scale_pos: torch.Tensor | None) -> torch.Tensor:
+    if not blocks.has_ln1_post:
+        return out_pos_d
+    return norm_forward(out_pos_d, post_scale_pos, blocks.ln1_post_w[layer], blocks.centered)
+
+
+def post_attention_backward(blocks: FrozenBlocks, layer: int, grad_pos_d: torch.Tensor,
+                            post_scale_pos: torch.Tensor | None) -> torch.Tensor:
+    if not blocks.has_ln1_post:
+        return grad_pos_d
+    return norm_backward(grad_pos_d, post_scale_pos, blocks.ln1_post_w[layer], blocks.centered)
+
+
+def ln1_backward(blocks: FrozenBlocks, layer: int, grad_pos_d: torch.Tensor, scale_pos: torch.Tensor) -> torch.Tensor:
+    if not blocks.has_norm:
+        return grad_pos_d
+    return norm_backward(grad_pos_d, scale_pos, blocks.ln1_w[layer], blocks.centered)
+
+
+def attention_backward_per_head(blocks: FrozenBlocks, layer: int, grad_b_p_d: torch.Tensor,
+                                pattern_head_q_k: torch.Tensor, ln1_scale_pos: torch.Tensor,
+                                ln1_post_scale_pos: torch.Tensor | None = None) -> torch.Tensor:
+    """Each head's share [B, H, P, d] of FrozenBlocks.attention_backward (gradient at resid_pre from
+    the gradient at resid_mid, OV path only): summed over H it is that function's result."""
+    g = post_attention_backward(blocks, layer, grad_b_p_d, ln1_post_scale_pos)
+    z_b_h_q_e = torch.einsum("bqd,hed->bhqe", g, blocks.W_O_head_e_d[layer])
+    v_b_h_k_e = torch.einsum("hqk,bhqe->bhke", pattern_head_q_k, z_b_h_q_e)
+    g_ln_b_h_k_d = torch.einsum("bhke,hde->bhkd", v_b_h_k_e, blocks.W_V_head_d_e[layer])
+    if not blocks.has_norm:
+        return g_ln_b_h_k_d
+    return norm_backward(g_ln_b_h_k_d, ln1_scale_pos, blocks.ln1_w[layer], blocks.centered)
+
+
+def head_values(blocks: FrozenBlocks, layer: int, x_s_p_d: torch.Tensor, ln1_scale_pos: torch.Tensor) -> torch.Tensor:
+    """Value vectors [S, H, P, e] of residual-stream contributions x [S, P, d] (linear part: no b_V)."""
+    x_ln = ln1_forward(blocks, layer, x_s_p_d, ln1_scale_pos)
+    return torch.einsum("spd,hde->shpe", x_ln, blocks.W_V_head_d_e[layer])
+
+
+def attention_forward(blocks: FrozenBlocks, layer: int, values_s_h_p_e: torch.Tensor,
+                      pattern_head_q_k: torch.Tensor, post_scale_pos: torch.Tensor | None) -> torch.Tensor:
+    """What the frozen attention layer adds to resid_mid [S, P, d] from the value vectors of
+    contributions (all heads; no bias: b_V and b_O are constants)."""
+    z_s_h_q_e = torch.einsum("hqk,shke->shqe", pattern_head_q_k, values_s_h_p_e)
+    out = torch.einsum("shqe,hed->sqd", z_s_h_q_e, blocks.W_O_head_e_d[layer])
+    return post_attention_forward(blocks, layer, out, post_scale_pos)
+
+
+def head_readout(blocks: FrozenBlocks, layer: int, grad_b_d: torch.Tensor,
+                 post_scale_b: torch.Tensor | None) -> torch.Tensor:
+    """The z-space read-out [B, H, e] of a gradient at resid_mid [B, d] (one position per row):
+    head h's output z_h adds z_h . readout[h] to the target."""
+    g = post_attention_backward(blocks, layer, grad_b_d, post_scale_b)
+    return torch.einsum("bd,hed->bhe", g, blocks.W_O_head_e_d[layer])
+
+
+def head_value_backward(blocks: FrozenBlocks, layer: int, readout_b_h_e: torch.Tensor,
+                        ln1_scale_b: torch.Tensor) -> torch.Tensor:
+    """Gradient at resid_pre [B, H, d] of each head's value path, for a read-out [B, H, e] and the
+    key position's frozen ln1 scale [B] (one key position per row), before the pattern weight."""
+    g = torch.einsum("bhe,hde->bhd", readout_b_h_e, blocks.W_V_head_d_e[layer])
+    if not blocks.has_norm:
+        return g
+    return norm_backward(g.transpose(0, 1), ln1_scale_b, blocks.ln1_w[layer], blocks.centered).transpose(0, 1)

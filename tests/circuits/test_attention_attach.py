@@ -1,0 +1,90 @@
+"""`trace(..., qk=True)`: head loadings on the kept edges and QK attributions of the busiest heads,
+attached to the graph, kept through .npz and written as Neuronpedia's schema wants them.
+
+world-tiny with a random CLT (the `setup` fixture of tests/circuits/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+
+from circuits.attention import explain_head
+from graphs import load_graph, prune_graph, to_viewer_json
+from tests.viewer.conftest import schema
+
+PROMPT = "calc: 36+59="
+
+
+@pytest.fixture(scope="module")
+def traced(setup):
+    return setup.trace(PROMPT, qk=True, qk_heads=3)
+
+
+def test_loadings_of_every_kept_edge_sum_to_it(traced):
+    graph, pruned = traced.graph, traced.pruned
+    lo = graph.attention.loadings
+    targets, sources = pruned.edges()
+    assert len(lo.target) == len(targets) > 0
+    edges = graph.edge_weights(targets, sources)
+    rows = graph.target_rows(np.asarray(targets))
+    row_scale = np.abs(graph.edges).max(1)[rows]
+    total = lo.loadings.sum((1, 2)) + lo.remainder
+    assert np.all(np.abs(total - edges) <= 1e-5 * row_scale)
+    cross = graph.position[lo.target] != graph.position[lo.source]
+    assert cross.any() and np.all(lo.remainder[cross] == 0)
+
+
+def test_heads_are_the_busiest_and_their_scores_add_up(traced):
+    data = traced.graph.attention
+    lo = data.loadings
+    cross = traced.graph.position[lo.target] != traced.graph.position[lo.source]
+    totals = lo.head_totals(cross)
+    assert [(h.layer, h.head) for h in data.heads] == \
+        [divmod(int(j), totals.shape[1]) for j in np.argsort(-totals.reshape(-1), kind="stable")[:3]]
+    for h in data.heads:
+        assert h.key <= h.query and h.pattern > 0
+        assert abs(h.score - h.model_score) <= 1e-4 * max(1.0, abs(h.model_score))
+        assert h.pairs and h.q_marginals and h.k_marginals
+        ids = {i for p in h.pairs for i in p[:2]} | {m[0] for m in h.q_marginals + h.k_marginals}
+        assert ids <= set(h.nodes)
+
+
+def test_viewer_json_validates_and_resolves_every_contributor(traced):
+    doc = to_viewer_json(traced.graph, traced.pruned)
+    jsonschema.Draft7Validator(schema("neuronpedia-graph-schema.json")).validate(doc)
+    node_ids = {n["node_id"] for n in doc["nodes"]}
+    hosts = [n for n in doc["nodes"] if "qk_tracing_results" in n]
+    assert hosts
+    for n in hosts:
+        r = n["qk_tracing_results"]
+        ids = {p[0] for p in r["pair_wise_contributors"]} | {p[1] for p in r["pair_wise_contributors"]}
+        ids |= {m[0] for m in r["top_q_marginal_contributors"] + r["top_k_marginal_contributors"]}
+        assert ids <= node_ids | set(doc.get("qk_only_nodes", {}))
+        assert n["ctx_idx"] == r["head"]["query"]
+    assert any("head_loadings" in link for link in doc["links"])
+    assert len(doc["attention_heads"]) == 3
+
+
+def test_full_graph_keeps_the_attention_results(traced, tmp_path):
+    path = traced.save(tmp_path / "g.npz")
+    back = load_graph(path)
+    a, b = traced.graph.attention, back.attention
+    assert np.array_equal(a.loadings.loadings, b.loadings.loadings)
+    assert np.array_equal(a.loadings.target, b.loadings.target)
+    assert [h.to_json() for h in a.heads] == [h.to_json() for h in b.heads]
+    # a stricter re-prune keeps loadings for every edge it keeps
+    stricter = prune_graph(back, 0.6, 0.9)
+    doc = to_viewer_json(back, stricter)
+    assert json.dumps(doc)
+    t, s = stricter.edges()
+    assert all(back.attention.loadings.row(ti, si) is not None for ti, si in zip(t.tolist(), s.tolist()))
+
+
+def test_explain_head_matches_the_graph(setup, traced):
+    h = traced.graph.attention.heads[0]
+    direct = explain_head(setup, PROMPT, h.layer, h.head, h.query, h.key)
+    assert direct.pairs == h.pairs and direct.q_marginals == h.q_marginals
+    assert abs(direct.model_score - h.model_score) <= 1e-6
