@@ -62,9 +62,10 @@ def check_forward_fits(n_bytes: int, n_pos: int, memory_gb: float | None, baseli
     """Refuse, before the forward pass, a prompt whose forward alone exceeds the budget."""
     if memory_gb is None or baseline_bytes + n_bytes <= memory_gb * _GB:
         return
-    need = (baseline_bytes + n_bytes) / _GB
-    raise CircuitsError(f"the forward pass of this {n_pos}-token prompt needs about {need:.1f} GB but the memory "
-                        f"budget is {memory_gb:g} GB: shorten the prompt or raise --memory-gb to {need:.1f}")
+    need = gb_up((baseline_bytes + n_bytes) / _GB)
+    raise CircuitsError(f"the forward pass of this {n_pos}-token prompt needs about {need} GB, before any "
+                        f"attribution, but the memory budget is {memory_gb:g} GB: shorten the prompt or raise "
+                        f"--memory-gb above {need}")
 
 
 @dataclass

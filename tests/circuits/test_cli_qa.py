@@ -246,10 +246,17 @@ def test_the_memory_hint_shows_a_number_that_suffices(world_tiny):
     """`--memory-gb 1e-9` said "needs about 0.0 GB ... raise --memory-gb to 0.0"."""
     import re
 
-    line = _one_error_line(_run("trace", PROMPT, "-m", "world-tiny", "--memory-gb", "1e-9", "--json"), after_bars=True)
-    need = re.search(r"raise --memory-gb to ([0-9.]+)", line).group(1)
-    assert float(need) > 0 and f"needs about {need} GB" in line
-    assert _run("trace", PROMPT, "-m", "world-tiny", "--memory-gb", need, "--json").exit_code == 0
+    # two checks speak in turn: the forward pass's (before it runs: "above X") then the trace's ("to X")
+    budget = "1e-9"
+    for _ in range(3):
+        result = _run("trace", PROMPT, "-m", "world-tiny", "--memory-gb", budget, "--json")
+        if result.exit_code == 0:
+            break
+        line = _one_error_line(result, after_bars=True)
+        need = re.search(r"raise --memory-gb (?:to|above) ([0-9.]+)", line).group(1)
+        assert float(need) > float(budget) and f"needs about {need} GB" in line, line
+        budget = need if " to " in line.split("raise")[-1] else f"{float(need) * 1.05:.3g}"
+    assert result.exit_code == 0
 
 
 def test_a_corpus_that_is_not_a_file_says_what_it_is(world_tiny, tmp_path):

@@ -75,6 +75,6 @@ def test_budget_the_forward_cannot_fit_is_refused_before_it(world_tiny, tc_dir, 
     code, text = _run("trace", PROMPT, "--model", "world-tiny", "--transcoders", str(tc_dir), "--memory-gb", "0.01",
                       "-o", str(out))
     assert code == 2, text
-    assert "forward pass" in text and "raise --memory-gb to" in text and len(text.strip().splitlines()) == 1
+    assert "forward pass" in text and "raise --memory-gb above" in text and len(text.strip().splitlines()) == 1
     assert not out.exists()
     assert ReplacementModel  # the model loaded; only the forward was refused
