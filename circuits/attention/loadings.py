@@ -57,13 +57,11 @@ def same_position_backward(rep: LocalReplacement, blocks: FrozenBlocks, transcod
     readout = torch.zeros(T, L, H, e, device=device)
     mlp_out = torch.zeros(T, L, d, device=device)
     post_mlp = rep.ln2_post_scale_layer_pos
-    bos = c == 0
     for l in range(L - 1, -1, -1):
         g_out = blocks.output_hook_backward(l, g, None if post_mlp is None else post_mlp[l, c])
         mlp_out[:, l] = g_out
         if transcoder.cfg.skip:
-            g_x = g_out @ transcoder.skip_matrix(l).float().to(device).T
-            g_x[bos] = 0
+            g_x = g_out @ transcoder.skip_matrix(l).float().to(device).T  # live at BOS too, as the engine
             g = g + blocks.input_hook_backward(l, g_x, rep.ln2_scale_layer_pos[l, c], transcoder.cfg.input_hook)
         here = seeds.layer == l
         g[here] += seeds.vec_d[here]
@@ -97,7 +95,7 @@ def source_writes(rep: LocalReplacement, layout: SourceLayout, columns: torch.Te
     for i, col in enumerate(columns.tolist()):
         if col < layout.n_features:
             l_s = int(f.layer[col])
-            dec = layout.scaled_decoders[l_s][col - layout.layer_ranges[l_s][0]]  # [n_out, d]
+            dec = layout.scaled_decoders(l_s, col, col + 1)[0]  # [n_out, d]
             n_out = min(dec.shape[0], L - l_s)
             mlp[i, l_s:l_s + n_out] = dec[:n_out]
             position[i] = f.position[col]
@@ -150,8 +148,7 @@ def residual_contributions(rep: LocalReplacement, blocks: FrozenBlocks, transcod
         y = torch.zeros_like(u)
         if transcoder.cfg.skip:
             x = input_hook_forward(blocks, l, u, rep.ln2_scale_layer_pos[l, :P], transcoder.cfg.input_hook)
-            y = x @ transcoder.skip_matrix(l).float().to(device)
-            y[:, 0] = 0
+            y = x @ transcoder.skip_matrix(l).float().to(device)  # the skip path is live at BOS
         y[src, writes.position[src]] += writes.mlp_s_l_d[src, l]
         u = u + output_hook_forward(blocks, l, y, None if post_mlp is None else post_mlp[l, :P])
     return u

@@ -170,7 +170,7 @@ def _capture(names: list[str], store: dict):
 def zeroed_hooks(model, transcoder, rep: LocalReplacement) -> list:
     """Hooks running the local replacement model with every node set to zero: embeddings zero, each
     MLP output the transcoder's decoder bias plus its skip term of the live input (no feature, no
-    error), BOS's MLP output as frozen, every pattern and norm scale frozen. What remains is the
+    error; BOS adds its constant error, as the engine's BOS rule), every pattern and norm scale frozen. What remains is the
     constant part of every activation."""
     live_x: dict[int, torch.Tensor] = {}
 
@@ -187,7 +187,7 @@ def zeroed_hooks(model, transcoder, rep: LocalReplacement) -> list:
             zero = [torch.zeros(*value.shape[:-1], transcoder.cfg.n_features, dtype=transcoder.dtype,
                                 device=value.device)] * (layer + 1)
             y = transcoder.decode_layer(zero, layer, live_x[layer])
-            y[..., 0, :] = rep.mlp_out_layer_pos_d[layer, 0]
+            y[..., 0, :] += rep.error_layer_pos_d[layer, 0]  # BOS: its error is a constant, its skip term live
             return y.to(value.dtype)
         return hook
 
@@ -241,8 +241,7 @@ def qk_attributions(model, transcoder, rep: LocalReplacement, blocks: FrozenBloc
                       side_seeds(model, blocks, rep, layer, head, key, "k")]
         e = seed_vecs[-1].shape[0]
         positions += [query] * e + [key] * e
-    cut = dataclasses.replace(rep, patterns=[torch.zeros_like(p) if l == layer else p
-                                             for l, p in enumerate(rep.patterns)])
+    cut = dataclasses.replace(rep, patterns=rep.patterns.with_layer_zeroed(layer))
     vec = torch.cat(seed_vecs)
     seeds = TargetSeeds(torch.full((vec.shape[0],), layer, device=vec.device),
                         torch.tensor(positions, device=vec.device), vec)

@@ -47,6 +47,15 @@ class FrozenBlocks:
         self.lnf_w = self._weight(getattr(model, "ln_final", None))
         self.W_U_d_vocab = model.W_U.detach().float()
 
+    @property
+    def W_V_head_d_e(self) -> list[torch.Tensor]:
+        """Per layer [H, d, e]: each query head's value projection (a value head repeated for the
+        query heads that share it), for what splits attention by head (circuits.attention)."""
+        if not hasattr(self, "_W_V_head"):
+            H = self.W_O_head_e_d[0].shape[0]
+            self._W_V_head = [W.repeat_interleave(H // W.shape[0], dim=0) for W in self.W_V_kv_d_e]
+        return self._W_V_head
+
     @staticmethod
     def _weight(norm) -> torch.Tensor | None:
         w = getattr(norm, "w", None)

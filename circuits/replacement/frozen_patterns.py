@@ -42,6 +42,13 @@ class FrozenPatterns:
             self.keep(layer, value[0])
         return keep
 
+    def with_layer_zeroed(self, layer: int) -> "FrozenPatterns":
+        """A copy (sharing the other layers' blocks) whose `layer` attends nowhere."""
+        out = FrozenPatterns(len(self._blocks), self.n_pos)
+        out._blocks = [[torch.zeros_like(b) for b in blocks] if l == layer else blocks
+                       for l, blocks in enumerate(self._blocks)]
+        return out
+
     def __len__(self) -> int:
         return len(self._blocks)
 

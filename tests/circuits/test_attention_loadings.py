@@ -37,7 +37,7 @@ def test_per_head_backward_sums_to_the_attention_backward(model_name, request):
     grad = torch.randn(3, rep.n_pos, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
     for l in range(model.cfg.n_layers):
         post = None if rep.ln1_post_scale_layer_pos is None else rep.ln1_post_scale_layer_pos[l]
-        whole = blocks.attention_backward(l, grad, rep.patterns[l], rep.ln1_scale_layer_pos[l], post)
+        whole = blocks.attention_backward(l, grad, rep.patterns.blocks(l, rep.n_pos), rep.ln1_scale_layer_pos[l], post)
         per_head = attention_backward_per_head(blocks, l, grad, rep.patterns[l], rep.ln1_scale_layer_pos[l], post)
         assert per_head.shape[1] == model.cfg.n_heads
         torch.testing.assert_close(per_head.sum(1), whole, atol=1e-5, rtol=1e-5)
