@@ -10,7 +10,6 @@ from selenium.webdriver.common.by import By
 
 from circuits.viewer.app import ViewerState
 from circuits.viewer.feature_pages import FeatureSource
-from circuits.viewer.graphs_held import open_graph_file
 from tests.viewer.conftest import RunningServer
 from tests.viewer.test_browser import assert_clean, open_page, text, wait
 
@@ -21,8 +20,7 @@ def qk_server(tiny_rm, tiny_index, tmp_path_factory):
     path = result.save(tmp_path_factory.mktemp("qk") / "calc_qk.npz")
     state = ViewerState(features=FeatureSource(index=tiny_index, transcoder=tiny_rm.transcoder,
                                                transcoder_id=str(tiny_rm.transcoder_dir)))
-    graph, qparams, source = open_graph_file(path)
-    state.shelf.add(path.name, graph, qparams, source)
+    state.shelf.open(path)
     server = RunningServer(state)
     yield server
     server.stop()
