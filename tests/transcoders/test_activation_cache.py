@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from circuits.training.train import ModelLayers
-from tests.transcoders.tiny import tiny_model, token_sequences, train_tiny
+from tests.transcoders.tiny import token_sequences, train_tiny
 from transcoders.activation_cache import CachedActivationSource, build_activation_cache, read_cache_meta
 from transcoders.activation_source import ModelActivationSource, ShuffleBuffer
 
@@ -26,12 +26,6 @@ class _CountingLayers:
     def __call__(self, tokens_b_t, input_hook, output_hook):
         self.calls += 1
         return self.inner(tokens_b_t, input_hook, output_hook)
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.set_num_threads(1)
-    return tiny_model()
 
 
 @pytest.fixture(scope="module")

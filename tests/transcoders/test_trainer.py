@@ -20,12 +20,6 @@ SMALL = dict(n_features=64, tokens=24_000, batch_size=256, buffer_tokens=4096, s
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.set_num_threads(1)
-    return tiny_model()
-
-
-@pytest.fixture(scope="module")
 def seqs():
     return token_sequences(1500)
 

@@ -8,19 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.transcoders.tiny import random_transcoder, tiny_model, token_sequences, train_tiny
+from tests.transcoders.tiny import random_transcoder, token_sequences, train_tiny
 from transcoders.loss import TranscoderObjective, auxk_loss, batch_topk, encode_layer_major
 from transcoders.train_config import TrainConfig
 
 BASE = dict(kind="plt", n_features=32, tokens=6_144, batch_size=256, buffer_tokens=3_072, seq_len=16,
             model_batch=32, log_every=4, lr=3e-3, lr_warmup_steps=0, checkpoint_seconds=0, threads=1, eval_tokens=0,
             sparsity_coef=0.0, preact_coef=0.0)
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.set_num_threads(1)
-    return tiny_model()
 
 
 @pytest.fixture(scope="module")
