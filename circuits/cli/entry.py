@@ -119,8 +119,11 @@ def run() -> None:
     except StdoutError as err:  # met outside a command (e.g. `--help > /dev/full`)
         code = 2
         say(f"error: {err}")
-    except BaseException:
-        if not interrupt.count:
+    except BaseException as exc:
+        # a KeyboardInterrupt is an interrupt even when some library had put Python's default SIGINT
+        # handler back (then raise_interrupt did not count it): left uncaught, the interpreter would
+        # end by SIGINT (status -2) after "interrupted" was said
+        if not (interrupt.count or isinstance(exc, KeyboardInterrupt)):
             raise
         code = INTERRUPTED  # an import or a library turned the KeyboardInterrupt into another error
         say_interrupted()
