@@ -65,7 +65,7 @@ class TrainLogger:
                "fvu_mean": float(fvu.mean()), "fvu_per_layer": [round(float(v), 5) for v in fvu],
                "l0_total": float(l0.sum()), "l0_per_layer": [round(float(v), 2) for v in l0],
                "dead_fraction": state.dead_fraction(), "tokens_per_s": n / max(secs, 1e-9),
-               "elapsed_s": round(state.elapsed(), 2)}
+               "elapsed_s": round(state.elapsed(), 2), "process_cpu_s": round(time.process_time(), 2)}
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{rec['loss']:.3g}", fvu=f"{rec['fvu_mean']:.3f}",
                                  l0=f"{rec['l0_total']:.1f}", dead=f"{rec['dead_fraction']:.2f}", refresh=False)

@@ -96,6 +96,9 @@ def corpus_cmd(
     name: str = typer.Argument(..., metavar="NAME", help="Built-in model (its default corpus) or corpus name "
                                "(python-docstrings, smollm2-prose, smollm2-mix)."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild even if cached."),
+    regenerate: bool = typer.Option(False, "--regenerate", help="For a shipped corpus (smollm2-prose): make it "
+                                    "again with its generator (minutes) instead of unpacking the shipped copy, "
+                                    "and report whether the text equals it. Implies --rebuild."),
     json_out: bool = typer.Option(False, "--json", help="Print the corpus record as JSON."),
 ) -> None:
     """Build (offline) a built-in text corpus under $CIRCUITS_HOME/corpora and count its tokens with
@@ -114,7 +117,7 @@ def corpus_cmd(
         if corpus not in BUILTIN_CORPORA:
             known = ", ".join([*model_corpora, *BUILTIN_CORPORA])
             raise CircuitsError(f"no built-in corpus '{name}' (known: {known})")
-        path = builtin_corpus_file(corpus, rebuild=rebuild)
+        path = builtin_corpus_file(corpus, rebuild=rebuild, regenerate=regenerate)
         record = {"path": str(path), **corpus_record(corpus)}
         if name in model_corpora:
             from circuits.models.registry import load_model

@@ -30,10 +30,19 @@ def _docstrings(out_file: Path) -> dict:
     return build_docstring_corpus(out_file)
 
 
-def _prose(out_file: Path) -> dict:
+def _prose(out_file: Path, regenerate: bool = False) -> dict:
+    """The shipped text (circuits.corpora.shipped, seconds), or with `regenerate` the model writes
+    it again (minutes) and the record says whether it equals the shipped text."""
     from circuits.corpora.prose import build_prose_corpus
+    from circuits.corpora.shipped import shipped_record, unpack_shipped
 
-    return build_prose_corpus(out_file)
+    if not regenerate and (record := unpack_shipped("smollm2-prose", out_file)) is not None:
+        return record
+    record = build_prose_corpus(out_file)
+    shipped = shipped_record("smollm2-prose")
+    if shipped is not None:
+        record["equals_shipped"] = record["sha256"] == shipped["sha256"]
+    return record
 
 
 def interleave(sources: dict[str, Path], pattern: tuple[str, ...], out_file: Path) -> dict:
@@ -67,7 +76,7 @@ def interleave(sources: dict[str, Path], pattern: tuple[str, ...], out_file: Pat
 
 # What each part of the mix costs on first use (2 CPU cores), said before its bars start.
 _PART_WORK = {"python-docstrings": "the Python standard library's docstrings (seconds)",
-              "smollm2-prose": "SmolLM2-135M-Instruct writes prose answers (about 11 minutes on 2 cores)"}
+              "smollm2-prose": "SmolLM2-135M-Instruct's prose answers, unpacked from the package (seconds)"}
 
 
 def say_stage(text: str) -> None:
@@ -99,16 +108,27 @@ def _mix(out_file: Path) -> dict:
 BUILTIN_CORPORA = {"python-docstrings": _docstrings, "smollm2-prose": _prose, "smollm2-mix": _mix}
 
 
-def builtin_corpus_file(name: str, rebuild: bool = False) -> Path:
-    """$CIRCUITS_HOME/corpora/<name>.txt (+ <name>.json, its provenance), built if missing."""
+def builtin_corpus_file(name: str, rebuild: bool = False, regenerate: bool = False) -> Path:
+    """$CIRCUITS_HOME/corpora/<name>.txt (+ <name>.json, its provenance), built if missing.
+    `regenerate` (with rebuild): a shipped corpus is made by its generator instead of unpacked."""
     from circuits.paths import circuits_home, writable_dir
 
     folder = writable_dir(circuits_home() / "corpora")
     text, record = folder / f"{name}.txt", folder / f"{name}.json"
+    if regenerate:
+        from circuits.corpora.shipped import SHIPPED_DIR, shipped_record
+
+        if shipped_record(name) is None:
+            from circuits.errors import CircuitsError
+
+            shipped = sorted(p.name.removesuffix(".txt.xz") for p in SHIPPED_DIR.glob("*.txt.xz"))
+            raise CircuitsError(f"--regenerate is for shipped corpora ({', '.join(shipped) or 'none'}); "
+                                f"'{name}' is always made by its builder: use --rebuild")
+        rebuild = True
     if rebuild or not (text.is_file() and record.is_file()):
         scratch = folder / f".{name}.txt.{os.getpid()}.partial"  # one per process: concurrent builds never mix
         try:
-            meta = BUILTIN_CORPORA[name](scratch)
+            meta = BUILTIN_CORPORA[name](scratch, **({"regenerate": True} if regenerate else {}))
             scratch.replace(text)
         finally:
             scratch.unlink(missing_ok=True)

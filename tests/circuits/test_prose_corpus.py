@@ -145,4 +145,4 @@ def test_building_the_mix_names_each_stage(circuits_home, monkeypatch, capsys):
     corpora.builtin_corpus_file("smollm2-mix", rebuild=True)
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("building the SmolLM2 corpus")]
     assert [ln.split(":")[0] for ln in lines] == [f"building the SmolLM2 corpus, step {k} of 3" for k in (1, 2, 3)]
-    assert "SmolLM2-135M-Instruct writes prose" in lines[0] and "docstrings" in lines[1] and "interleaving" in lines[2]
+    assert "prose answers" in lines[0] and "docstrings" in lines[1] and "interleaving" in lines[2]
