@@ -23,14 +23,15 @@ import torch
 from circuits.attribution.config import TraceConfig
 from circuits.attribution.frozen_backward import FrozenBlocks
 from circuits.attribution.influence import feature_influence, logit_flow, next_round
-from circuits.attribution.memory import (TraceShape, check_forward_fits, forward_bytes, plan_decoders, plan_rows,
-                                         resident_bytes)
+from circuits.attribution.memory import (TraceShape, check_forward_fits, forward_bytes, keep_patterns, plan_decoders,
+                                         plan_rows, resident_bytes)
 from circuits.attribution.row_split import current_row_split
 from circuits.attribution.row_store import RowStore
 from circuits.attribution.rows import Attribution, SourceLayout, compute_rows, graph_source_columns
 from circuits.attribution.targets import (CustomTarget, TargetSeeds, choose_targets, custom_targets,
                                           feature_seeds, logit_seeds)
 from circuits.attribution.to_graph import label_features, to_graph
+from circuits.replacement.frozen_patterns import rebuild_temp_bytes, rebuildable
 from circuits.replacement.local import build_local_replacement
 from graphs import Graph
 from transcoders.threads import free_core_threads
@@ -125,8 +126,11 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
     t0 = time.perf_counter()
     batch_size, max_feature_nodes, memory_gb = config.batch_size, config.max_feature_nodes, config.memory_gb
     baseline = resident_bytes() if memory_gb is not None else 0
-    check_forward_fits(_forward_bytes(model, transcoder, len(tokens_pos)), len(tokens_pos), memory_gb, baseline)
-    rep = build_local_replacement(model, transcoder, tokens_pos)
+    cfg = model.cfg
+    rebuild = not keep_patterns(cfg.n_layers, cfg.n_heads, len(tokens_pos), memory_gb) and rebuildable(model)
+    check_forward_fits(_forward_bytes(model, transcoder, len(tokens_pos), rebuild), len(tokens_pos), memory_gb,
+                       baseline)
+    rep = build_local_replacement(model, transcoder, tokens_pos, rebuild_patterns=rebuild)
     blocks = FrozenBlocks(model)
     n_active = len(rep.features)
     # rows per backward sweep; influence rounds still grow by at least config.batch_size
@@ -141,7 +145,7 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
         max_feature_nodes, store_limit = rows_plan.n_chosen, rows_plan.store_limit
         cache_decoders = shape.cache_decoders
         plan = {"budget_gb": memory_gb, "n_active": n_active, "cap": max_feature_nodes, "store_limit": store_limit,
-                "cache_decoders": cache_decoders, "baseline_bytes": baseline,
+                "cache_decoders": cache_decoders, "baseline_bytes": baseline, "patterns_rebuilt": rebuild,
                 "predicted_bytes": rows_plan.predicted_bytes}
     layout = SourceLayout(rep, transcoder, cache_decoders)
     logits = choose_targets(model, rep, blocks, config, customs)
@@ -167,9 +171,11 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
                        graph_source_columns(chosen, layout), timing, plan)
 
 
-def _forward_bytes(model, transcoder, n_pos: int) -> int:
+def _forward_bytes(model, transcoder, n_pos: int, rebuild_patterns: bool = False) -> int:
     cfg = model.cfg
-    return forward_bytes(cfg.n_layers, cfg.n_heads, cfg.d_model, n_pos, transcoder.cfg.n_features, cfg.d_vocab)
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    return forward_bytes(cfg.n_layers, cfg.n_heads, cfg.d_model, n_pos, transcoder.cfg.n_features, cfg.d_vocab,
+                         n_kv_heads=n_kv, d_head=cfg.d_head, rebuild_patterns=rebuild_patterns)
 
 
 def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int, baseline: int,
@@ -181,6 +187,8 @@ def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int,
     kept = rep.patterns.nbytes + 4 * rep.error_layer_pos_d.numel() * rep.error_layer_pos_d.element_size()
     H, e = W_O_shape
     sweep_temps = 4 * batch * rep.n_pos * (2 * H * e + 6 * d)  # z and v per head; the [B, P, d] terms
+    if rep.patterns.rebuild:  # one query block's scores and pattern, rebuilt per layer
+        sweep_temps += rebuild_temp_bytes(H, rep.n_pos)
     return TraceShape(n_active=len(f), n_errors=n_layers * (rep.n_pos - 1), n_pos=rep.n_pos, n_logits=n_logits,
                       decoder_floats=sum(c * o * d for c, o in zip(per_layer, n_out)),
                       gradient_bytes=4 * batch * rep.n_pos * (n_layers + 1) * d, batch_rows=batch,

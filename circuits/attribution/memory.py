@@ -5,7 +5,9 @@ The budget is the trace process's peak resident memory: what is resident when th
 all float32:
 
 Before the forward pass (known from the prompt's length and the model's shape, `forward_bytes`):
-- the frozen attention patterns, kept causally (circuits.replacement.frozen_patterns), and the forward's own
+- the frozen attention patterns, kept causally (circuits.replacement.frozen_patterns) when they take
+  at most PATTERN_KEEP_SHARE of the budget, else each layer's q and k ([P, H + G, e]) that the
+  backward rebuilds them from, a query block at a time (`keep_patterns`); and the forward's own
   per-layer scores and pattern ([H, P, P] each, one layer at a time);
 - the captured activations ([L, P, d]: inputs, outputs, reconstruction, errors and their copies),
   the transcoder's dense activations per layer ([L, P, F], twice while decoding); logits only at
@@ -36,6 +38,7 @@ DEFAULT_MAX_FEATURE_NODES = 7500
 DEFAULT_MEMORY_GB = 4.0
 GRAPH_COPIES = 3
 DECODER_CACHE_SHARE = 0.25
+PATTERN_KEEP_SHARE = 0.25  # keep the frozen patterns when they take at most this share of the budget
 _F32 = 4
 _GB = 2 ** 30
 
@@ -47,12 +50,26 @@ def resident_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def forward_bytes(n_layers: int, n_heads: int, d_model: int, n_pos: int, n_transcoder_features: int,
-                  d_vocab: int) -> int:
-    """The forward pass's and local replacement model's large arrays for a prompt of n_pos tokens."""
+def keep_patterns(n_layers: int, n_heads: int, n_pos: int, memory_gb: float | None) -> bool:
+    """Keep the frozen patterns (fast) unless they take more than PATTERN_KEEP_SHARE of the budget;
+    then the backward rebuilds them from q and k (circuits.replacement.frozen_patterns)."""
     from circuits.replacement.frozen_patterns import causal_pattern_bytes
 
-    patterns = causal_pattern_bytes(n_layers, n_heads, n_pos) + 3 * n_heads * n_pos * n_pos * _F32
+    return memory_gb is None or causal_pattern_bytes(n_layers, n_heads, n_pos) <= PATTERN_KEEP_SHARE * memory_gb * _GB
+
+
+def forward_bytes(n_layers: int, n_heads: int, d_model: int, n_pos: int, n_transcoder_features: int,
+                  d_vocab: int, *, n_kv_heads: int | None = None, d_head: int | None = None,
+                  rebuild_patterns: bool = False) -> int:
+    """The forward pass's and local replacement model's large arrays for a prompt of n_pos tokens
+    (`rebuild_patterns`: q and k kept instead of the patterns)."""
+    from circuits.replacement.frozen_patterns import causal_pattern_bytes, qk_bytes
+
+    if rebuild_patterns:
+        kept = qk_bytes(n_layers, n_heads, n_kv_heads or n_heads, d_head or d_model // n_heads, n_pos)
+    else:
+        kept = causal_pattern_bytes(n_layers, n_heads, n_pos)
+    patterns = kept + 3 * n_heads * n_pos * n_pos * _F32
     activations = 8 * n_layers * n_pos * d_model * _F32
     dense_features = 2 * n_layers * n_pos * n_transcoder_features * _F32
     return patterns + activations + dense_features + 2 * d_vocab * _F32
@@ -77,8 +94,8 @@ class TraceShape:
     decoder_floats: int  # sum over active features of (layers written to) x d_model
     gradient_bytes: int  # one backward sweep's stored gradients
     batch_rows: int = 64  # rows per backward batch
-    sweep_temp_bytes: int = 0  # one sweep's temporaries (attention backward per layer)
-    fixed_bytes: int = 0  # what the local replacement model keeps (patterns, activations)
+    sweep_temp_bytes: int = 0  # one sweep's temporaries (attention backward per layer, a rebuilt pattern block)
+    fixed_bytes: int = 0  # what the local replacement model keeps (patterns or their q and k, activations)
     baseline_bytes: int = 0  # resident before the trace (model, transcoder, interpreter)
     cache_decoders: bool = True
 

@@ -38,3 +38,17 @@ def test_explicit_cap_over_budget_is_refused_with_what_to_change():
 def test_budget_too_small_for_any_feature_says_shorten_the_prompt():
     with pytest.raises(CircuitsError, match="shorten the prompt"):
         choose_feature_cap(PARAGRAPH, None, 0.5)
+
+
+def test_long_prompts_rebuild_patterns_and_the_forward_fits_the_default_budget():
+    """SmolLM2-135M's shape (30 layers, 9 query heads on 3 value heads, e = 64): 2,000 tokens of
+    kept patterns (2.1 GiB) pass a quarter of 4 GB, so q and k (0.17 GiB) are kept instead."""
+    from circuits.attribution.memory import forward_bytes, keep_patterns
+
+    assert keep_patterns(30, 9, 256, 4.0) and keep_patterns(30, 9, 1000, 4.0)
+    assert not keep_patterns(30, 9, 2000, 4.0) and keep_patterns(30, 9, 2000, None)
+    shape = dict(n_layers=30, n_heads=9, d_model=576, n_pos=2000, n_transcoder_features=512, d_vocab=49152)
+    kept = forward_bytes(**shape)
+    rebuilt = forward_bytes(**shape, n_kv_heads=3, d_head=64, rebuild_patterns=True)
+    assert kept - rebuilt > 1.9 * 2 ** 30
+    assert rebuilt < 2 * 2 ** 30
