@@ -28,6 +28,7 @@ from circuits.attribution.memory import (TraceShape, check_forward_fits, forward
 from circuits.attribution.row_split import current_row_split
 from circuits.attribution.row_store import RowStore
 from circuits.attribution.rows import Attribution, SourceLayout, compute_rows, graph_source_columns
+from circuits.attribution.streamed_rows import StreamedRowStore
 from circuits.attribution.targets import (CustomTarget, TargetSeeds, choose_targets, custom_targets,
                                           feature_seeds, logit_seeds)
 from circuits.attribution.to_graph import label_features, to_graph
@@ -79,18 +80,20 @@ def bounded_batch_size(batch_size: int, n_pos: int, n_layers: int, d_model: int,
 
 
 def _rows_in_batches(rep, blocks, transcoder, layout, seeds: TargetSeeds, batch_size: int,
-                     progress, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows [len(seeds), n_sources] in seed order, written into `out` when given (a view of a
-    larger preallocated block: no temporary copy)."""
+                     progress, out: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows [len(seeds), n_sources] in seed order (only the columns `cols` when given), written
+    into `out` when given (a view of a larger preallocated block: no temporary copy)."""
     if out is None:
-        out = torch.empty(len(seeds), layout.n_sources, device=seeds.vec_d.device)
+        width = layout.n_sources if cols is None else len(cols)
+        out = torch.empty(len(seeds), width, device=seeds.vec_d.device)
     order = torch.argsort(seeds.layer * (rep.n_pos + 1) + seeds.position)  # group causal cones
     split = current_row_split()  # torchrun: this rank computes its share of the batches (row_split.py)
     batches = list(_batches(len(seeds), batch_size))
     for j, sl in enumerate(batches):
         if split is None or split.mine(j):
             idx = order[sl]
-            out[idx] = compute_rows(rep, blocks, transcoder, layout, seeds.select(idx))
+            rows = compute_rows(rep, blocks, transcoder, layout, seeds.select(idx))
+            out[idx] = rows if cols is None else rows[:, cols]
         progress(sl.stop - sl.start)
     if split is not None:
         split.gather(out, order, batches)
@@ -135,16 +138,17 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
     n_active = len(rep.features)
     # rows per backward sweep; influence rounds still grow by at least config.batch_size
     sweep = bounded_batch_size(batch_size, rep.n_pos, blocks.n_layers, rep.embed_pos_d.shape[1], memory_gb)
-    cache_decoders, plan, store_limit = True, {}, None
+    cache_decoders, plan, store_limit, streamed = True, {}, None, False
     if memory_gb is not None:
         n_logits = config.max_n_logits + len(customs)
         W_O = blocks.W_O_head_e_d[0]
         shape = plan_decoders(_trace_shape(rep, transcoder, blocks.n_layers, n_logits, sweep, baseline,
                                            (W_O.shape[0], W_O.shape[1])), memory_gb)
         rows_plan = plan_rows(shape, max_feature_nodes, memory_gb)
-        max_feature_nodes, store_limit = rows_plan.n_chosen, rows_plan.store_limit
+        max_feature_nodes, store_limit, streamed = rows_plan.n_chosen, rows_plan.store_limit, rows_plan.streamed
         cache_decoders = shape.cache_decoders
         plan = {"budget_gb": memory_gb, "n_active": n_active, "cap": max_feature_nodes, "store_limit": store_limit,
+                "streamed": streamed,
                 "cache_decoders": cache_decoders, "baseline_bytes": baseline, "patterns_rebuilt": rebuild,
                 "predicted_bytes": rows_plan.predicted_bytes}
     layout = SourceLayout(rep, transcoder, cache_decoders)
@@ -153,16 +157,29 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
 
     t1 = time.perf_counter()
     n_chosen = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
-    bar = _progress_bar(progress, len(logits.labels) + n_chosen, recheck_threads)
+    bar = _progress_bar(progress, len(logits.labels) + (2 if streamed else 1) * n_chosen, recheck_threads)
     logit_rows = _rows_in_batches(rep, blocks, transcoder, layout, logit_seeds(rep, blocks, logits),
                                   sweep, bar)
-    if n_chosen == n_active and store_limit is None:
+    if n_chosen == n_active and store_limit is None and not streamed:
         chosen = torch.arange(n_active, device=logit_rows.device)
         feature_rows = _rows_in_batches(rep, blocks, transcoder, layout,
                                         feature_seeds(rep, blocks, transcoder, chosen), sweep, bar)
+    elif streamed:  # phase 1: choose on the rows' sketches; phase 2: the chosen rows again, graph columns only
+        store = StreamedRowStore(n_active, logit_rows.device)
+        _choose_by_influence(rep, blocks, transcoder, logits, logit_rows, n_chosen, batch_size, bar, store,
+                             layout, sweep=sweep)
+        chosen = store.visited.sort().values
+        del store
+        logit_rows = logit_rows[:, graph_source_columns(chosen, layout)]
+        feature_rows = _rows_in_batches(rep, blocks, transcoder, layout, feature_seeds(rep, blocks, transcoder, chosen),
+                                        sweep, bar, cols=graph_source_columns(chosen, layout))
     else:
-        chosen, feature_rows = _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows,
-                                                    n_chosen, batch_size, bar, store_limit, sweep)
+        store = RowStore(rep.features.layer, blocks.n_layers, layout.n_sources)
+        _choose_by_influence(rep, blocks, transcoder, logits, logit_rows, n_chosen, batch_size, bar, store,
+                             layout, store_limit, sweep)
+        chosen = store.visited.sort().values  # node order follows rep.features (layer, position, feature)
+        feature_rows = store.chosen_rows(chosen)
+        del store
         logit_rows = logit_rows[:, graph_source_columns(chosen, layout)]
     bar.close()
     plan["n_chosen"] = len(chosen)
@@ -195,13 +212,12 @@ def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int,
                       sweep_temp_bytes=sweep_temps, fixed_bytes=kept, baseline_bytes=baseline)
 
 
-def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_chosen, batch_size, bar,
-                         store_limit: int | None = None, sweep: int | None = None):
-    """(chosen features in node order, their rows over the graph's sources): rounds of the most
-    influential unvisited features (circuits.attribution.influence), their rows kept in a RowStore;
-    with a `store_limit` (bytes) the choice stops before the store would pass it."""
+def _choose_by_influence(rep, blocks, transcoder, logits, logit_rows, n_chosen, batch_size, bar, store, layout,
+                         store_limit: int | None = None, sweep: int | None = None) -> None:
+    """Rounds of the most influential unvisited features (circuits.attribution.influence), their
+    rows kept in `store` (a RowStore, exact; or a StreamedRowStore, sketches); with a `store_limit`
+    (bytes) the choice stops before the store would pass it. The chosen features are store.visited."""
     n_active = len(rep.features)
-    store = RowStore(rep.features.layer, blocks.n_layers, layout.n_sources)
     flow_f = logit_flow(logits.weights.to(logit_rows.device).float(), logit_rows, n_active)
     max_depth = rep.error_layer_pos_d.shape[0] + 1
     batch = sweep or bounded_batch_size(batch_size, rep.n_pos, blocks.n_layers, rep.embed_pos_d.shape[1])
@@ -223,9 +239,8 @@ def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_
         if store_limit is not None and store.n_rows < n_chosen:  # the rows the store will hold, at this mean
             expected = store.n_rows * store_limit // max(store.nbytes, 1)
             bar.set_total(len(logits.labels) + int(min(n_chosen, expected)))
-    bar.set_total(len(logits.labels) + store.n_rows)
-    chosen = store.visited.sort().values  # node order follows rep.features (layer, position, feature)
-    return chosen, store.chosen_rows(chosen)
+    if store_limit is not None:
+        bar.set_total(len(logits.labels) + store.n_rows)
 
 
 def permute_rows_in_place(rows: torch.Tensor, order: torch.Tensor) -> None:

@@ -19,6 +19,8 @@ After it (`TraceShape`, once the active features are known), the larger of two p
   over every source, their |rows|, the |rows| buffer of influence); the row store (a chosen feature's row over every source, an upper bound: a row keeps
   the features below its layer); influence's visited block (twice) and the chosen rows over the
   graph's columns, alive beside the store at the end;
+  With streamed rows (when the store does not fit): the rows' sketches instead of the store
+  (circuits.attribution.streamed_rows), the rest as above;
 - the graph: its targets x sources edges, (chosen + logits) x (chosen + errors + tokens),
   GRAPH_COPIES times (edges, normalised |A| for influence and pruning).
 The default cap is DEFAULT_MAX_FEATURE_NODES features (chosen by influence) or fewer when that
@@ -103,13 +105,19 @@ class TraceShape:
     def n_sources(self) -> int:
         return self.n_active + self.n_errors + self.n_pos
 
-    def attribution_bytes(self, n_chosen: int, store_bytes: int | None = None) -> int:
-        """The attribution phase; the row store at its upper bound unless `store_bytes` is given."""
+    def attribution_bytes(self, n_chosen: int, store_bytes: int | None = None, streamed: bool = False) -> int:
+        """The attribution phase; the row store at its upper bound unless `store_bytes` is given;
+        `streamed`: the rows' sketches instead of the store (circuits.attribution.streamed_rows)."""
+        from circuits.attribution.streamed_rows import sketch_bytes
+
         decoders = self.decoder_floats * _F32 if self.cache_decoders else 0
         # one batch: its gradients and the attention's temporaries; its rows, their |rows| (norms)
         # and the influence buffer of |rows| (kept between rounds)
         batch = self.gradient_bytes + self.sweep_temp_bytes + 3 * self.batch_rows * self.n_sources * _F32
-        store = n_chosen * (self.n_sources + 2) * _F32 if store_bytes is None else store_bytes
+        if streamed:  # the sketches, and the flow's [B, K] temporaries per block
+            store = sketch_bytes(n_chosen, self.n_active) + 2 * sketch_bytes(self.batch_rows, self.n_active)
+        else:
+            store = n_chosen * (self.n_sources + 2) * _F32 if store_bytes is None else store_bytes
         visited_block = 2 * n_chosen * n_chosen * _F32
         chosen_rows = n_chosen * (n_chosen + self.n_errors + self.n_pos) * _F32
         logit_rows = self.n_logits * self.n_sources * _F32 + 3 * self.n_active * _F32
@@ -119,20 +127,21 @@ class TraceShape:
         edges = (n_chosen + self.n_logits) * (n_chosen + self.n_errors + self.n_pos) * _F32
         return GRAPH_COPIES * edges
 
-    def bytes_for(self, n_chosen: int, store_bytes: int | None = None) -> int:
+    def bytes_for(self, n_chosen: int, store_bytes: int | None = None, streamed: bool = False) -> int:
         """Predicted peak resident bytes of the trace with n_chosen features."""
-        return self.baseline_bytes + max(self.attribution_bytes(n_chosen, store_bytes), self.graph_bytes(n_chosen))
+        return self.baseline_bytes + max(self.attribution_bytes(n_chosen, store_bytes, streamed),
+                                         self.graph_bytes(n_chosen))
 
     def min_row_bytes(self) -> int:
         """The least a stored row takes: a feature of the lowest layer keeps only errors and tokens."""
         return (self.n_errors + self.n_pos + 2) * _F32
 
-    def largest_fitting(self, budget_bytes: int, upper: int) -> int:
+    def largest_fitting(self, budget_bytes: int, upper: int, streamed: bool = False) -> int:
         """The most features (<= upper) whose trace fits budget_bytes (0 if not even one)."""
         lo, hi = 0, upper
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if self.bytes_for(mid) <= budget_bytes:
+            if self.bytes_for(mid, streamed=streamed) <= budget_bytes:
                 lo = mid
             else:
                 hi = mid - 1
@@ -162,19 +171,31 @@ class RowPlan:
     n_chosen: int  # the cap
     store_limit: int | None  # bytes the row store may take (None: the cap's upper bound fits)
     predicted_bytes: int | None  # predicted peak (None without a budget)
+    streamed: bool = False  # rows sketched for the choice, the chosen ones recomputed (streamed_rows)
 
 
 def plan_rows(shape: TraceShape, requested: int | None, memory_gb: float | None) -> RowPlan:
-    """The cap and the row store's allowance. An explicit cap (or no budget) is checked at the
-    store's upper bound (choose_feature_cap). The default cap is DEFAULT_MAX_FEATURE_NODES (or
-    every active feature if fewer), lowered until everything but the store fits beside the store's
-    least (one row per chosen feature of the lowest layer); the store then gets what is left of the
-    budget and influence-ordered choice stops when it is full: the same features, in the same
-    order, as that many chosen with the cap set to them (the last round's most influential ones)."""
-    if requested is not None or memory_gb is None:
-        n = choose_feature_cap(shape, requested, memory_gb)
-        return RowPlan(n, None, shape.bytes_for(n) if memory_gb is not None else None)
+    """The cap, the row store's allowance, and whether rows are streamed. The exact row store is
+    used whenever it fits; streamed rows (circuits.attribution.streamed_rows) only when it does not.
+
+    An explicit cap (or no budget) is checked at the store's upper bound; if that does not fit, in
+    streamed mode (else refused by choose_feature_cap, naming the cap that fits). The default cap
+    is DEFAULT_MAX_FEATURE_NODES (or every active feature if fewer), lowered until everything but
+    the store fits beside the store's least (one row per chosen feature of the lowest layer); the
+    store then gets what is left of the budget and influence-ordered choice stops when it is full:
+    the same features, in the same order, as that many chosen with the cap set to them (the last
+    round's most influential ones). When not even one row fits that way, streamed mode with the
+    largest cap it fits."""
+    if memory_gb is None:
+        return RowPlan(choose_feature_cap(shape, requested, None), None, None)
     budget = int(memory_gb * _GB)
+    if requested is not None:
+        upper = min(requested, shape.n_active)
+        if shape.bytes_for(upper) <= budget:
+            return RowPlan(upper, None, shape.bytes_for(upper))
+        if shape.bytes_for(upper, streamed=True) <= budget:
+            return RowPlan(upper, None, shape.bytes_for(upper, streamed=True), streamed=True)
+        choose_feature_cap(shape, requested, memory_gb, streamed=True)  # raises, naming what fits
     upper = min(shape.n_active, DEFAULT_MAX_FEATURE_NODES)
     if shape.bytes_for(upper) <= budget:
         return RowPlan(upper, None, shape.bytes_for(upper))
@@ -186,25 +207,28 @@ def plan_rows(shape: TraceShape, requested: int | None, memory_gb: float | None)
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    if lo == 0:
-        choose_feature_cap(shape, None, memory_gb)  # raises: not even one feature fits
+    if lo == 0:  # not even one exact row: stream
+        n = choose_feature_cap(shape, None, memory_gb, streamed=True)  # raises if not even one fits
+        return RowPlan(n, None, shape.bytes_for(n, streamed=True), streamed=True)
     store_limit = budget - shape.baseline_bytes - shape.attribution_bytes(lo, 0)
     return RowPlan(lo, store_limit, shape.bytes_for(lo, store_limit))
 
 
-def choose_feature_cap(shape: TraceShape, requested: int | None, memory_gb: float | None) -> int:
+def choose_feature_cap(shape: TraceShape, requested: int | None, memory_gb: float | None,
+                       streamed: bool = False) -> int:
     """How many features to attribute: `requested` (checked against the budget), or by default
-    all active features up to DEFAULT_MAX_FEATURE_NODES and the budget. memory_gb None: no budget."""
+    all active features up to DEFAULT_MAX_FEATURE_NODES and the budget. memory_gb None: no budget.
+    `streamed`: the memory of streamed rows."""
     upper = shape.n_active if requested is None else min(requested, shape.n_active)
     if requested is None:
         upper = min(upper, DEFAULT_MAX_FEATURE_NODES)
     if memory_gb is None:
         return upper
     budget = int(memory_gb * _GB)
-    if shape.bytes_for(upper) <= budget:
+    if shape.bytes_for(upper, streamed=streamed) <= budget:
         return upper
-    fits = shape.largest_fitting(budget, upper)
-    need = shape.bytes_for(upper) / _GB
+    fits = shape.largest_fitting(budget, upper, streamed)
+    need = shape.bytes_for(upper, streamed=streamed) / _GB
     if requested is not None or fits == 0:
         hint = (f"lower --max-feature-nodes to {fits}" if fits > 0 else "shorten the prompt") + \
             f" or raise --memory-gb to {gb_up(need)}"
