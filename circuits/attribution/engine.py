@@ -131,8 +131,8 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
     baseline = resident_bytes() if memory_gb is not None else 0
     cfg = model.cfg
     rebuild = not keep_patterns(cfg.n_layers, cfg.n_heads, len(tokens_pos), memory_gb) and rebuildable(model)
-    check_forward_fits(_forward_bytes(model, transcoder, len(tokens_pos), rebuild), len(tokens_pos), memory_gb,
-                       baseline)
+    forward_need = _forward_bytes(model, transcoder, len(tokens_pos), rebuild)
+    check_forward_fits(forward_need, len(tokens_pos), memory_gb, baseline)
     rep = build_local_replacement(model, transcoder, tokens_pos, rebuild_patterns=rebuild)
     blocks = FrozenBlocks(model)
     n_active = len(rep.features)
@@ -150,7 +150,7 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
         plan = {"budget_gb": memory_gb, "n_active": n_active, "cap": max_feature_nodes, "store_limit": store_limit,
                 "streamed": streamed,
                 "cache_decoders": cache_decoders, "baseline_bytes": baseline, "patterns_rebuilt": rebuild,
-                "predicted_bytes": rows_plan.predicted_bytes}
+                "predicted_bytes": rows_plan.predicted_bytes, "forward_predicted_bytes": baseline + forward_need}
     layout = SourceLayout(rep, transcoder, cache_decoders)
     logits = choose_targets(model, rep, blocks, config, customs)
     timing["forward"] = time.perf_counter() - t0
@@ -179,10 +179,13 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
                              layout, store_limit, sweep)
         chosen = store.visited.sort().values  # node order follows rep.features (layer, position, feature)
         feature_rows = store.chosen_rows(chosen)
+        plan["store_bytes"] = store.nbytes
         del store
         logit_rows = logit_rows[:, graph_source_columns(chosen, layout)]
     bar.close()
     plan["n_chosen"] = len(chosen)
+    if memory_gb is not None:  # the memory model at the rows actually kept (beside the plan's prediction)
+        plan["predicted_final_bytes"] = shape.bytes_for(len(chosen), plan.get("store_bytes"), streamed)
     timing["attribution"] = time.perf_counter() - t1
     return Attribution(rep, logits, chosen, logit_rows, feature_rows, layout,
                        graph_source_columns(chosen, layout), timing, plan)
