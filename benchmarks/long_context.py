@@ -6,8 +6,8 @@
 --transcoders defaults to the model's default PLT in $CIRCUITS_HOME (transcoders/<model>/default-plt)
 when it is there. Prints one row per length: tokens, active features, features chosen, how the
 rows were held (exact: every row kept; store: the exact store filled the budget; streamed:
-sketches, chosen rows recomputed) and whether the attention patterns were kept or rebuilt from q
-and k, CPU seconds (user + system) and wall seconds of the trace, peak RSS of the whole process
+sketches, chosen rows recomputed) and how many layers' attention patterns were rebuilt from q
+and k (the others kept), CPU seconds (user + system) and wall seconds of the trace, peak RSS of the whole process
 (ru_maxrss) beside the memory model's prediction (the larger of the forward check's and the row
 plan's) and the budget, and the replacement and completeness scores. A length that is refused
 prints the refusal. The prompt is prose from Python's own documentation (docstrings of standard
@@ -78,7 +78,7 @@ def child(args) -> None:
     mode = "streamed" if plan.get("streamed") else "store" if plan.get("store_limit") is not None else "exact"
     print(json.dumps({
         "tokens": len(graph.token_ids), "active": plan.get("n_active"), "chosen": plan.get("n_chosen"),
-        "mode": mode, "patterns": "rebuilt" if plan.get("patterns_rebuilt") else "kept",
+        "mode": mode, "patterns": f"{plan.get('patterns_rebuilt_layers', 0)} rebuilt",
         "cpu_s": _cpu() - c0, "wall_s": time.perf_counter() - t0, "peak_rss_gb": _peak_gb(),
         "predicted_gb": max(plan.get("predicted_bytes") or 0, plan.get("forward_predicted_bytes") or 0) / 2 ** 30, "decoders_cached": plan.get("cache_decoders"),
         "final_gb": max(plan.get("predicted_final_bytes") or 0, plan.get("forward_predicted_bytes") or 0) / 2 ** 30,

@@ -23,8 +23,8 @@ import torch
 from circuits.attribution.config import TraceConfig
 from circuits.attribution.frozen_backward import FrozenBlocks
 from circuits.attribution.influence import feature_influence, logit_flow, next_round
-from circuits.attribution.memory import (TraceShape, check_forward_fits, forward_bytes, keep_patterns, plan_decoders,
-                                         plan_rows, resident_bytes)
+from circuits.attribution.memory import (TraceShape, check_forward_fits, forward_bytes, pattern_layers_kept,
+                                         plan_decoders, plan_rows, resident_bytes)
 from circuits.attribution.row_split import current_row_split
 from circuits.attribution.row_store import RowStore
 from circuits.attribution.rows import Attribution, SourceLayout, compute_rows, graph_source_columns
@@ -130,10 +130,13 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
     batch_size, max_feature_nodes, memory_gb = config.batch_size, config.max_feature_nodes, config.memory_gb
     baseline = resident_bytes() if memory_gb is not None else 0
     cfg = model.cfg
-    rebuild = not keep_patterns(cfg.n_layers, cfg.n_heads, len(tokens_pos), memory_gb) and rebuildable(model)
-    forward_need = _forward_bytes(model, transcoder, len(tokens_pos), rebuild)
+    kept_layers = pattern_layers_kept(cfg.n_layers, cfg.n_heads, len(tokens_pos), memory_gb)
+    if not rebuildable(model):
+        kept_layers = cfg.n_layers
+    forward_need = _forward_bytes(model, transcoder, len(tokens_pos), kept_layers)
     check_forward_fits(forward_need, len(tokens_pos), memory_gb, baseline)
-    rep = build_local_replacement(model, transcoder, tokens_pos, rebuild_patterns=rebuild)
+    rep = build_local_replacement(model, transcoder, tokens_pos,
+                                  rebuild_from=kept_layers if kept_layers < cfg.n_layers else None)
     blocks = FrozenBlocks(model)
     n_active = len(rep.features)
     # rows per backward sweep; influence rounds still grow by at least config.batch_size
@@ -149,7 +152,7 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
         cache_decoders = shape.cache_decoders
         plan = {"budget_gb": memory_gb, "n_active": n_active, "cap": max_feature_nodes, "store_limit": store_limit,
                 "streamed": streamed,
-                "cache_decoders": cache_decoders, "baseline_bytes": baseline, "patterns_rebuilt": rebuild,
+                "cache_decoders": cache_decoders, "baseline_bytes": baseline, "patterns_rebuilt_layers": cfg.n_layers - kept_layers,
                 "predicted_bytes": rows_plan.predicted_bytes, "forward_predicted_bytes": baseline + forward_need}
     layout = SourceLayout(rep, transcoder, cache_decoders)
     logits = choose_targets(model, rep, blocks, config, customs)
@@ -191,11 +194,11 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
                        graph_source_columns(chosen, layout), timing, plan)
 
 
-def _forward_bytes(model, transcoder, n_pos: int, rebuild_patterns: bool = False) -> int:
+def _forward_bytes(model, transcoder, n_pos: int, kept_layers: int | None = None) -> int:
     cfg = model.cfg
     n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
     return forward_bytes(cfg.n_layers, cfg.n_heads, cfg.d_model, n_pos, transcoder.cfg.n_features, cfg.d_vocab,
-                         n_kv_heads=n_kv, d_head=cfg.d_head, rebuild_patterns=rebuild_patterns)
+                         n_kv_heads=n_kv, d_head=cfg.d_head, kept_layers=kept_layers)
 
 
 def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int, baseline: int,

@@ -5,9 +5,10 @@ The budget is the trace process's peak resident memory: what is resident when th
 all float32:
 
 Before the forward pass (known from the prompt's length and the model's shape, `forward_bytes`):
-- the frozen attention patterns, kept causally (circuits.replacement.frozen_patterns) when they take
-  at most PATTERN_KEEP_SHARE of the budget, else each layer's q and k ([P, H + G, e]) that the
-  backward rebuilds them from, a query block at a time (`keep_patterns`); and the forward's own
+- the frozen attention patterns, kept causally (circuits.replacement.frozen_patterns) for as many
+  of the lowest layers as fit in PATTERN_KEEP_SHARE of the budget, and for the others each layer's
+  q and k ([P, H + G, e]) that the backward rebuilds them from, a query block at a time
+  (`pattern_layers_kept`); and the forward's own
   per-layer scores and pattern ([H, P, P] each, one layer at a time);
 - the captured activations ([L, P, d]: inputs, outputs, reconstruction, errors and their copies),
   the transcoder's dense activations per layer ([L, P, F], twice while decoding); logits only at
@@ -52,25 +53,27 @@ def resident_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def keep_patterns(n_layers: int, n_heads: int, n_pos: int, memory_gb: float | None) -> bool:
-    """Keep the frozen patterns (fast) unless they take more than PATTERN_KEEP_SHARE of the budget;
-    then the backward rebuilds them from q and k (circuits.replacement.frozen_patterns)."""
+def pattern_layers_kept(n_layers: int, n_heads: int, n_pos: int, memory_gb: float | None) -> int:
+    """How many of the lowest layers keep their frozen patterns (fast): as many as fit in
+    PATTERN_KEEP_SHARE of the budget (all without one); the backward rebuilds the others' from q
+    and k (circuits.replacement.frozen_patterns)."""
     from circuits.replacement.frozen_patterns import causal_pattern_bytes
 
-    return memory_gb is None or causal_pattern_bytes(n_layers, n_heads, n_pos) <= PATTERN_KEEP_SHARE * memory_gb * _GB
+    if memory_gb is None:
+        return n_layers
+    return min(n_layers, int(PATTERN_KEEP_SHARE * memory_gb * _GB) // causal_pattern_bytes(1, n_heads, n_pos))
 
 
 def forward_bytes(n_layers: int, n_heads: int, d_model: int, n_pos: int, n_transcoder_features: int,
                   d_vocab: int, *, n_kv_heads: int | None = None, d_head: int | None = None,
-                  rebuild_patterns: bool = False) -> int:
+                  kept_layers: int | None = None) -> int:
     """The forward pass's and local replacement model's large arrays for a prompt of n_pos tokens
-    (`rebuild_patterns`: q and k kept instead of the patterns)."""
+    (`kept_layers`: only the lowest that many layers keep their patterns, the others q and k)."""
     from circuits.replacement.frozen_patterns import causal_pattern_bytes, qk_bytes
 
-    if rebuild_patterns:
-        kept = qk_bytes(n_layers, n_heads, n_kv_heads or n_heads, d_head or d_model // n_heads, n_pos)
-    else:
-        kept = causal_pattern_bytes(n_layers, n_heads, n_pos)
+    kept_layers = n_layers if kept_layers is None else kept_layers
+    kept = causal_pattern_bytes(kept_layers, n_heads, n_pos) + \
+        qk_bytes(n_layers - kept_layers, n_heads, n_kv_heads or n_heads, d_head or d_model // n_heads, n_pos)
     patterns = kept + 3 * n_heads * n_pos * n_pos * _F32
     activations = 8 * n_layers * n_pos * d_model * _F32
     dense_features = 2 * n_layers * n_pos * n_transcoder_features * _F32

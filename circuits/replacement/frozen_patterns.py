@@ -7,7 +7,8 @@ same blocks, so it skips the masked half too. Blocks are taken while the forward
 full pattern alive at a time), never all layers' full patterns at once.
 
 Long prompts: half of P x P per head and layer is still gigabytes (SmolLM2 at 2,000 tokens: 2.3 GB).
-`FrozenPatterns(..., rebuild=True)` keeps instead, per layer, the queries and keys exactly as the
+A layer whose `qk_hooks` ran (the engine picks the layers above those whose patterns fit its
+budget) keeps instead the queries and keys exactly as the
 attention module scored them (after q/k norms and rotary: `hook_rot_q/k`, else `hook_q/k`; keys
 per grouped-query value head, [P, G, e]), and rebuilds each causal block when it is read, with the
 module's own operations: `calculate_attention_scores` (scale, soft cap, grouped heads) on the block's
@@ -48,13 +49,12 @@ def qk_hook_names(model, layer: int) -> tuple[str, str]:
 
 
 class FrozenPatterns:
-    """Per layer, the causal blocks of its attention pattern, or (rebuild=True) the layer's q and k
-    they are rebuilt from. `patterns[l]` gives the full [H, P, P] (materialised on demand: for the
-    frozen forward's hooks, not for attribution)."""
+    """Per layer, the causal blocks of its attention pattern, or the layer's q and k they are
+    rebuilt from (`attention_modules` needed then). `patterns[l]` gives the full [H, P, P]
+    (materialised on demand: for the frozen forward's hooks, not for attribution)."""
 
-    def __init__(self, n_layers: int, n_pos: int, rebuild: bool = False, attention_modules=None):
+    def __init__(self, n_layers: int, n_pos: int, attention_modules=None):
         self.n_pos = n_pos
-        self.rebuild = rebuild
         self._blocks: list[list[torch.Tensor] | None] = [None] * n_layers
         self._q: list[torch.Tensor | None] = [None] * n_layers  # [P, H, e] as scored (model dtype)
         self._k: list[torch.Tensor | None] = [None] * n_layers  # [P, G, e]
@@ -90,9 +90,18 @@ class FrozenPatterns:
             self._k[layer] = value[0].detach().clone()
         return [(q_name, keep_q), (k_name, keep_k)]
 
+    @property
+    def rebuilt_layers(self) -> list[int]:
+        """The layers whose patterns are rebuilt from q and k."""
+        return [l for l, q in enumerate(self._q) if q is not None]
+
+    @property
+    def rebuild(self) -> bool:
+        return bool(self.rebuilt_layers)
+
     def with_layer_zeroed(self, layer: int) -> "FrozenPatterns":
         """A copy (sharing the other layers' blocks) whose `layer` attends nowhere."""
-        out = FrozenPatterns(len(self._blocks), self.n_pos, self.rebuild, self._attn)
+        out = FrozenPatterns(len(self._blocks), self.n_pos, self._attn)
         out._blocks, out._q, out._k = list(self._blocks), list(self._q), list(self._k)
         out._zeroed = self._zeroed | {layer}
         return out

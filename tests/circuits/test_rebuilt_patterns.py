@@ -23,12 +23,14 @@ def _tokens(model, length: int, seed: int) -> torch.Tensor:
     return torch.randint(1, model.cfg.d_vocab, (length,), generator=gen)
 
 
-def _kept_and_rebuilt(model, monkeypatch, kind="clt", skip=True):
+def _kept_and_rebuilt(model, monkeypatch, kind="clt", skip=True, keep_layers: int = 0):
     tc = random_transcoder(model.cfg.n_layers, model.cfg.d_model, kind, skip=skip, seed=2)
     tokens = _tokens(model, 11, seed=7)
     kept = attribute(model, tc, tokens, batch_size=4, memory_gb=64)
-    monkeypatch.setattr(memory, "PATTERN_KEEP_SHARE", 0.0)  # the plan rebuilds whatever the budget
     monkeypatch.setattr(frozen_patterns, "QUERY_BLOCK", 3)  # several query blocks, cut ones included
+    per_layer = frozen_patterns.causal_pattern_bytes(1, model.cfg.n_heads, 11)
+    # the plan keeps `keep_layers` layers' patterns whatever the budget, rebuilds the rest
+    monkeypatch.setattr(memory, "PATTERN_KEEP_SHARE", (keep_layers * per_layer + 1) / (64 * 2 ** 30))
     rebuilt = attribute(model, tc, tokens, batch_size=4, memory_gb=64)
     return kept, rebuilt
 
@@ -42,11 +44,14 @@ def _relative_gap(kept, rebuilt) -> float:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_rebuilt_patterns_change_no_edge(tiny_models, name, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("keep_layers", [0, 1])
+def test_rebuilt_patterns_change_no_edge(tiny_models, name, keep_layers, monkeypatch):  # noqa: F811
     model = tiny_models(name)
-    kept, rebuilt = _kept_and_rebuilt(model, monkeypatch)
-    assert not kept.rep.patterns.rebuild and rebuilt.rep.patterns.rebuild
-    assert rebuilt.memory_plan["patterns_rebuilt"] and not kept.memory_plan["patterns_rebuilt"]
+    kept, rebuilt = _kept_and_rebuilt(model, monkeypatch, keep_layers=keep_layers)
+    L = model.cfg.n_layers
+    assert not kept.rep.patterns.rebuild and rebuilt.rep.patterns.rebuilt_layers == list(range(keep_layers, L))
+    assert rebuilt.memory_plan["patterns_rebuilt_layers"] == L - keep_layers
+    assert kept.memory_plan["patterns_rebuilt_layers"] == 0
     for l in range(model.cfg.n_layers):  # the rebuilt patterns are the model's
         assert torch.allclose(rebuilt.rep.patterns[l], kept.rep.patterns[l], atol=1e-6, rtol=0)
     assert _relative_gap(kept, rebuilt) <= 1e-6
@@ -79,6 +84,6 @@ def test_zeroed_layer_of_rebuilt_patterns_attends_nowhere(tiny_models):  # noqa:
 
     model = tiny_models("gemma3")
     tc = random_transcoder(model.cfg.n_layers, model.cfg.d_model, "plt", seed=1)
-    rep = build_local_replacement(model, tc, _tokens(model, 9, seed=4), rebuild_patterns=True)
+    rep = build_local_replacement(model, tc, _tokens(model, 9, seed=4), rebuild_from=0)
     cut = rep.patterns.with_layer_zeroed(1)
     assert not cut[1].any() and torch.equal(cut[0], rep.patterns[0]) and rep.patterns[1].any()
