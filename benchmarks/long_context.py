@@ -80,7 +80,8 @@ def child(args) -> None:
         "tokens": len(graph.token_ids), "active": plan.get("n_active"), "chosen": plan.get("n_chosen"),
         "mode": mode, "patterns": f"{plan.get('patterns_rebuilt_layers', 0)} rebuilt",
         "cpu_s": _cpu() - c0, "wall_s": time.perf_counter() - t0, "peak_rss_gb": _peak_gb(),
-        "predicted_gb": max(plan.get("predicted_bytes") or 0, plan.get("forward_predicted_bytes") or 0) / 2 ** 30, "decoders_cached": plan.get("cache_decoders"),
+        "predicted_gb": max(plan.get("predicted_bytes") or 0, plan.get("forward_predicted_bytes") or 0) / 2 ** 30,
+        "decoders_cached": plan.get("cache_decoders"),
         "final_gb": max(plan.get("predicted_final_bytes") or 0, plan.get("forward_predicted_bytes") or 0) / 2 ** 30,
         "replacement": result.summary["scores"]["replacement"],
         "completeness": result.summary["scores"]["completeness"], "timing": graph.timing_seconds}))

@@ -151,8 +151,8 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
         max_feature_nodes, store_limit, streamed = rows_plan.n_chosen, rows_plan.store_limit, rows_plan.streamed
         cache_decoders = shape.cache_decoders
         plan = {"budget_gb": memory_gb, "n_active": n_active, "cap": max_feature_nodes, "store_limit": store_limit,
-                "streamed": streamed,
-                "cache_decoders": cache_decoders, "baseline_bytes": baseline, "patterns_rebuilt_layers": cfg.n_layers - kept_layers,
+                "streamed": streamed, "cache_decoders": cache_decoders, "baseline_bytes": baseline,
+                "patterns_rebuilt_layers": cfg.n_layers - kept_layers,
                 "predicted_bytes": rows_plan.predicted_bytes, "forward_predicted_bytes": baseline + forward_need}
     layout = SourceLayout(rep, transcoder, cache_decoders)
     logits = choose_targets(model, rep, blocks, config, customs)
