@@ -35,6 +35,7 @@ from circuits.attribution.to_graph import label_features, to_graph
 from circuits.replacement.frozen_patterns import rebuild_temp_bytes, rebuildable
 from circuits.replacement.local import build_local_replacement
 from graphs import Graph
+from transcoders.cpu_memory import release_freed_memory
 from transcoders.threads import free_core_threads
 
 if TYPE_CHECKING:
@@ -137,6 +138,7 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
     check_forward_fits(forward_need, len(tokens_pos), memory_gb, baseline)
     rep = build_local_replacement(model, transcoder, tokens_pos,
                                   rebuild_from=kept_layers if kept_layers < cfg.n_layers else None)
+    release_freed_memory()  # the forward's temporaries: resident memory back to what is alive
     blocks = FrozenBlocks(model)
     n_active = len(rep.features)
     # rows per backward sweep; influence rounds still grow by at least config.batch_size
@@ -242,6 +244,7 @@ def _choose_by_influence(rep, blocks, transcoder, logits, logit_rows, n_chosen, 
             idx = order[sl]
             store.add(new[idx], compute_rows(rep, blocks, transcoder, layout, seeds.select(idx)))
             bar(len(idx))
+        release_freed_memory()  # this round's freed temporaries, so the store's budget is what stays resident
         if store_limit is not None and store.n_rows < n_chosen:  # the rows the store will hold, at this mean
             expected = store.n_rows * store_limit // max(store.nbytes, 1)
             bar.set_total(len(logits.labels) + int(min(n_chosen, expected)))
