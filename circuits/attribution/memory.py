@@ -19,14 +19,16 @@ After it (`TraceShape`, once the active features are known), the larger of two p
   read in blocks); one backward batch (gradients, the attention backward's temporaries, its rows
   over every source, their |rows|, the |rows| buffer of influence); the row store (a chosen feature's row over every source, an upper bound: a row keeps
   the features below its layer); influence's visited block (twice) and the chosen rows over the
-  graph's columns, alive beside the store at the end;
-  With streamed rows (when the store does not fit): the rows' sketches instead of the store
-  (circuits.attribution.streamed_rows), the rest as above;
+  graph's columns, alive beside the store at the end; with streamed rows (when the store does not
+  fit): the rows' sketches instead of the store (circuits.attribution.streamed_rows);
 - the graph: its targets x sources edges, (chosen + logits) x (chosen + errors + tokens),
   GRAPH_COPIES times (edges, normalised |A| for influence and pruning).
+Freed heap memory is handed back after the forward and after each influence round
+(transcoders.cpu_memory.release_freed_memory), so what is resident is what is alive.
 The default cap is DEFAULT_MAX_FEATURE_NODES features (chosen by influence) or fewer when that
-does not fit the budget; an explicit cap that does not fit is refused with one line, as is a
-prompt whose forward pass alone does not fit (before it runs).
+does not fit the budget; an explicit cap whose exact rows do not fit streams them, and one that
+does not fit even so is refused with one line, as is a prompt whose forward pass alone does not
+fit (before it runs).
 """
 
 from __future__ import annotations
