@@ -72,3 +72,17 @@ def default_allocation():
         yield
     finally:
         _keep(libc)
+
+
+def release_freed_memory() -> bool:
+    """Hand freed heap memory back to the system now (glibc's malloc_trim), unless a
+    reuse_freed_memory block keeps it on purpose. Long traces free many medium blocks (pattern
+    blocks, rows, q/k copies) between ones that stay: glibc keeps those pages resident, and the
+    process's peak passes what is alive (measured: SmolLM2 at 2,000 tokens, 3.20 GiB resident
+    after the forward, 2.88 GiB after this). Returns whether it ran."""
+    libc = _libc() if not _active[0] else None
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim(0)
+    return True
+

@@ -24,8 +24,9 @@ class TraceConfig(BaseModel):
                                           f"(default: all, up to {DEFAULT_MAX_FEATURE_NODES} and the memory budget)")
     memory_gb: float | None = Field(DEFAULT_MEMORY_GB, gt=0, le=1_000_000, description="memory budget (GB): the trace's "
                                     "peak resident memory, model included; a default cap shrinks to fit it; an explicit "
-                                    "cap, or a prompt whose forward pass, does not fit is refused before the work (None, "
-                                    "from Python: no budget)")
+                                    "cap whose rows do not fit is streamed (its rows computed twice), one that still "
+                                    "does not, or a prompt whose forward pass does not, is refused before the work "
+                                    "(None, from Python: no budget)")
     max_n_logits: int = Field(10, gt=0, le=100_000, description="at most this many logit targets")
     desired_logit_prob: float = Field(0.95, gt=0, le=1, description="logit targets until this cumulative probability")
     batch_size: int = Field(64, gt=0, le=65_536, description="target rows per backward sweep")

@@ -23,16 +23,19 @@ import torch
 from circuits.attribution.config import TraceConfig
 from circuits.attribution.frozen_backward import FrozenBlocks
 from circuits.attribution.influence import feature_influence, logit_flow, next_round
-from circuits.attribution.memory import (TraceShape, check_forward_fits, forward_bytes, plan_decoders, plan_rows,
-                                         resident_bytes)
+from circuits.attribution.memory import (TraceShape, check_forward_fits, forward_bytes, pattern_layers_kept,
+                                         plan_decoders, plan_rows, resident_bytes)
 from circuits.attribution.row_split import current_row_split
 from circuits.attribution.row_store import RowStore
 from circuits.attribution.rows import Attribution, SourceLayout, compute_rows, graph_source_columns
+from circuits.attribution.streamed_rows import StreamedRowStore
 from circuits.attribution.targets import (CustomTarget, TargetSeeds, choose_targets, custom_targets,
                                           feature_seeds, logit_seeds)
 from circuits.attribution.to_graph import label_features, to_graph
+from circuits.replacement.frozen_patterns import rebuild_temp_bytes, rebuildable
 from circuits.replacement.local import build_local_replacement
 from graphs import Graph
+from transcoders.cpu_memory import release_freed_memory
 from transcoders.threads import free_core_threads
 
 if TYPE_CHECKING:
@@ -78,18 +81,20 @@ def bounded_batch_size(batch_size: int, n_pos: int, n_layers: int, d_model: int,
 
 
 def _rows_in_batches(rep, blocks, transcoder, layout, seeds: TargetSeeds, batch_size: int,
-                     progress, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows [len(seeds), n_sources] in seed order, written into `out` when given (a view of a
-    larger preallocated block: no temporary copy)."""
+                     progress, out: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows [len(seeds), n_sources] in seed order (only the columns `cols` when given), written
+    into `out` when given (a view of a larger preallocated block: no temporary copy)."""
     if out is None:
-        out = torch.empty(len(seeds), layout.n_sources, device=seeds.vec_d.device)
+        width = layout.n_sources if cols is None else len(cols)
+        out = torch.empty(len(seeds), width, device=seeds.vec_d.device)
     order = torch.argsort(seeds.layer * (rep.n_pos + 1) + seeds.position)  # group causal cones
     split = current_row_split()  # torchrun: this rank computes its share of the batches (row_split.py)
     batches = list(_batches(len(seeds), batch_size))
     for j, sl in enumerate(batches):
         if split is None or split.mine(j):
             idx = order[sl]
-            out[idx] = compute_rows(rep, blocks, transcoder, layout, seeds.select(idx))
+            rows = compute_rows(rep, blocks, transcoder, layout, seeds.select(idx))
+            out[idx] = rows if cols is None else rows[:, cols]
         progress(sl.stop - sl.start)
     if split is not None:
         split.gather(out, order, batches)
@@ -125,51 +130,77 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
     t0 = time.perf_counter()
     batch_size, max_feature_nodes, memory_gb = config.batch_size, config.max_feature_nodes, config.memory_gb
     baseline = resident_bytes() if memory_gb is not None else 0
-    check_forward_fits(_forward_bytes(model, transcoder, len(tokens_pos)), len(tokens_pos), memory_gb, baseline)
-    rep = build_local_replacement(model, transcoder, tokens_pos)
+    cfg = model.cfg
+    kept_layers = pattern_layers_kept(cfg.n_layers, cfg.n_heads, len(tokens_pos), memory_gb)
+    if not rebuildable(model):
+        kept_layers = cfg.n_layers
+    forward_need = _forward_bytes(model, transcoder, len(tokens_pos), kept_layers)
+    check_forward_fits(forward_need, len(tokens_pos), memory_gb, baseline)
+    rep = build_local_replacement(model, transcoder, tokens_pos,
+                                  rebuild_from=kept_layers if kept_layers < cfg.n_layers else None)
+    release_freed_memory()  # the forward's temporaries: resident memory back to what is alive
     blocks = FrozenBlocks(model)
     n_active = len(rep.features)
     # rows per backward sweep; influence rounds still grow by at least config.batch_size
     sweep = bounded_batch_size(batch_size, rep.n_pos, blocks.n_layers, rep.embed_pos_d.shape[1], memory_gb)
-    cache_decoders, plan, store_limit = True, {}, None
+    cache_decoders, plan, store_limit, streamed = True, {}, None, False
     if memory_gb is not None:
         n_logits = config.max_n_logits + len(customs)
         W_O = blocks.W_O_head_e_d[0]
         shape = plan_decoders(_trace_shape(rep, transcoder, blocks.n_layers, n_logits, sweep, baseline,
                                            (W_O.shape[0], W_O.shape[1])), memory_gb)
         rows_plan = plan_rows(shape, max_feature_nodes, memory_gb)
-        max_feature_nodes, store_limit = rows_plan.n_chosen, rows_plan.store_limit
+        max_feature_nodes, store_limit, streamed = rows_plan.n_chosen, rows_plan.store_limit, rows_plan.streamed
         cache_decoders = shape.cache_decoders
         plan = {"budget_gb": memory_gb, "n_active": n_active, "cap": max_feature_nodes, "store_limit": store_limit,
-                "cache_decoders": cache_decoders, "baseline_bytes": baseline,
-                "predicted_bytes": rows_plan.predicted_bytes}
+                "streamed": streamed, "cache_decoders": cache_decoders, "baseline_bytes": baseline,
+                "patterns_rebuilt_layers": cfg.n_layers - kept_layers,
+                "predicted_bytes": rows_plan.predicted_bytes, "forward_predicted_bytes": baseline + forward_need}
     layout = SourceLayout(rep, transcoder, cache_decoders)
     logits = choose_targets(model, rep, blocks, config, customs)
     timing["forward"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
     n_chosen = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
-    bar = _progress_bar(progress, len(logits.labels) + n_chosen, recheck_threads)
+    bar = _progress_bar(progress, len(logits.labels) + (2 if streamed else 1) * n_chosen, recheck_threads)
     logit_rows = _rows_in_batches(rep, blocks, transcoder, layout, logit_seeds(rep, blocks, logits),
                                   sweep, bar)
-    if n_chosen == n_active and store_limit is None:
+    if n_chosen == n_active and store_limit is None and not streamed:
         chosen = torch.arange(n_active, device=logit_rows.device)
         feature_rows = _rows_in_batches(rep, blocks, transcoder, layout,
                                         feature_seeds(rep, blocks, transcoder, chosen), sweep, bar)
+    elif streamed:  # phase 1: choose on the rows' sketches; phase 2: the chosen rows again, graph columns only
+        store = StreamedRowStore(n_active, logit_rows.device)
+        _choose_by_influence(rep, blocks, transcoder, logits, logit_rows, n_chosen, batch_size, bar, store,
+                             layout, sweep=sweep)
+        chosen = store.visited.sort().values
+        del store
+        logit_rows = logit_rows[:, graph_source_columns(chosen, layout)]
+        feature_rows = _rows_in_batches(rep, blocks, transcoder, layout, feature_seeds(rep, blocks, transcoder, chosen),
+                                        sweep, bar, cols=graph_source_columns(chosen, layout))
     else:
-        chosen, feature_rows = _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows,
-                                                    n_chosen, batch_size, bar, store_limit, sweep)
+        store = RowStore(rep.features.layer, blocks.n_layers, layout.n_sources)
+        _choose_by_influence(rep, blocks, transcoder, logits, logit_rows, n_chosen, batch_size, bar, store,
+                             layout, store_limit, sweep)
+        chosen = store.visited.sort().values  # node order follows rep.features (layer, position, feature)
+        feature_rows = store.chosen_rows(chosen)
+        plan["store_bytes"] = store.nbytes
+        del store
         logit_rows = logit_rows[:, graph_source_columns(chosen, layout)]
     bar.close()
     plan["n_chosen"] = len(chosen)
+    if memory_gb is not None:  # the memory model at the rows actually kept (beside the plan's prediction)
+        plan["predicted_final_bytes"] = shape.bytes_for(len(chosen), plan.get("store_bytes"), streamed)
     timing["attribution"] = time.perf_counter() - t1
     return Attribution(rep, logits, chosen, logit_rows, feature_rows, layout,
                        graph_source_columns(chosen, layout), timing, plan)
 
 
-def _forward_bytes(model, transcoder, n_pos: int) -> int:
+def _forward_bytes(model, transcoder, n_pos: int, kept_layers: int | None = None) -> int:
     cfg = model.cfg
-    return forward_bytes(cfg.n_layers, cfg.n_heads, cfg.d_model, n_pos, transcoder.cfg.n_features, cfg.d_vocab)
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    return forward_bytes(cfg.n_layers, cfg.n_heads, cfg.d_model, n_pos, transcoder.cfg.n_features, cfg.d_vocab,
+                         n_kv_heads=n_kv, d_head=cfg.d_head, kept_layers=kept_layers)
 
 
 def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int, baseline: int,
@@ -181,19 +212,20 @@ def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int,
     kept = rep.patterns.nbytes + 4 * rep.error_layer_pos_d.numel() * rep.error_layer_pos_d.element_size()
     H, e = W_O_shape
     sweep_temps = 4 * batch * rep.n_pos * (2 * H * e + 6 * d)  # z and v per head; the [B, P, d] terms
+    if rep.patterns.rebuild:  # one query block's scores and pattern, rebuilt per layer
+        sweep_temps += rebuild_temp_bytes(H, rep.n_pos)
     return TraceShape(n_active=len(f), n_errors=n_layers * (rep.n_pos - 1), n_pos=rep.n_pos, n_logits=n_logits,
                       decoder_floats=sum(c * o * d for c, o in zip(per_layer, n_out)),
                       gradient_bytes=4 * batch * rep.n_pos * (n_layers + 1) * d, batch_rows=batch,
                       sweep_temp_bytes=sweep_temps, fixed_bytes=kept, baseline_bytes=baseline)
 
 
-def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_chosen, batch_size, bar,
-                         store_limit: int | None = None, sweep: int | None = None):
-    """(chosen features in node order, their rows over the graph's sources): rounds of the most
-    influential unvisited features (circuits.attribution.influence), their rows kept in a RowStore;
-    with a `store_limit` (bytes) the choice stops before the store would pass it."""
+def _choose_by_influence(rep, blocks, transcoder, logits, logit_rows, n_chosen, batch_size, bar, store, layout,
+                         store_limit: int | None = None, sweep: int | None = None) -> None:
+    """Rounds of the most influential unvisited features (circuits.attribution.influence), their
+    rows kept in `store` (a RowStore, exact; or a StreamedRowStore, sketches); with a `store_limit`
+    (bytes) the choice stops before the store would pass it. The chosen features are store.visited."""
     n_active = len(rep.features)
-    store = RowStore(rep.features.layer, blocks.n_layers, layout.n_sources)
     flow_f = logit_flow(logits.weights.to(logit_rows.device).float(), logit_rows, n_active)
     max_depth = rep.error_layer_pos_d.shape[0] + 1
     batch = sweep or bounded_batch_size(batch_size, rep.n_pos, blocks.n_layers, rep.embed_pos_d.shape[1])
@@ -212,12 +244,12 @@ def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_
             idx = order[sl]
             store.add(new[idx], compute_rows(rep, blocks, transcoder, layout, seeds.select(idx)))
             bar(len(idx))
+        release_freed_memory()  # this round's freed temporaries, so the store's budget is what stays resident
         if store_limit is not None and store.n_rows < n_chosen:  # the rows the store will hold, at this mean
             expected = store.n_rows * store_limit // max(store.nbytes, 1)
             bar.set_total(len(logits.labels) + int(min(n_chosen, expected)))
-    bar.set_total(len(logits.labels) + store.n_rows)
-    chosen = store.visited.sort().values  # node order follows rep.features (layer, position, feature)
-    return chosen, store.chosen_rows(chosen)
+    if store_limit is not None:
+        bar.set_total(len(logits.labels) + store.n_rows)
 
 
 def permute_rows_in_place(rows: torch.Tensor, order: torch.Tensor) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from circuits.errors import CircuitsError
-from circuits.replacement.frozen_patterns import FrozenPatterns
+from circuits.replacement.frozen_patterns import FrozenPatterns, rebuildable
 from circuits.replacement.hooks import block_hook, capture_layers, check_transcoder_fits, transcoder_hooks
 
 
@@ -155,8 +155,12 @@ def _with_norm_weight(model, normalized: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> LocalReplacement:
-    """Run the model on `tokens_pos` [P] and freeze what the local replacement model needs."""
+def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor, rebuild_from: int | None = None
+                            ) -> LocalReplacement:
+    """Run the model on `tokens_pos` [P] and freeze what the local replacement model needs.
+    `rebuild_from` (long prompts): layers from this one up keep their q and k and rebuild the
+    attention pattern from them when it is read, instead of keeping it (circuits.replacement.
+    frozen_patterns; models whose scores are not rebuildable keep every pattern)."""
     check_supported(model)
     check_transcoder_fits(model, transcoder, "the transcoders")
     L = model.cfg.n_layers
@@ -169,12 +173,16 @@ def build_local_replacement(model, transcoder, tokens_pos: torch.Tensor) -> Loca
     if missing:
         raise CircuitsError(f"the model has no hook {missing[0]}: its architecture is not supported for tracing")
     extra |= {n for n in model.hook_dict if _is_norm_scale(n)}
-    patterns = FrozenPatterns(L, int(tokens_pos.shape[0]))  # kept causally as each layer runs
+    if rebuild_from is None or not rebuildable(model):
+        rebuild_from = L
+    patterns = FrozenPatterns(L, int(tokens_pos.shape[0]), attention_modules=[b.attn for b in model.blocks])
+    keep_hooks = [(name, patterns.hook(l)) for l, name in enumerate(pattern_hooks) if l < rebuild_from]  # causally
+    keep_hooks += [h for l in range(rebuild_from, L) for h in patterns.qk_hooks(model, l)]
     final = "ln_final.hook_normalized" if "ln_final.hook_normalized" in model.hook_dict else block_hook(L - 1, "hook_resid_post")
     extra.add(final)
     with logits_before_soft_cap(model):  # logits at the last position only: [P, vocab] is GBs at long prompts
         cap = capture_layers(model, tokens_pos[None], transcoder.cfg.input_hook, transcoder.cfg.output_hook, extra,
-                             logits=False, fwd_hooks=[(name, patterns.hook(l)) for l, name in enumerate(pattern_hooks)])
+                             logits=False, fwd_hooks=keep_hooks)
         cache = cap.extra
         node_logits = model.unembed(_with_norm_weight(model, cache[final][:, -1:]))  # [1, 1, vocab]
     logits = soft_cap(node_logits, model)

@@ -38,3 +38,21 @@ def test_explicit_cap_over_budget_is_refused_with_what_to_change():
 def test_budget_too_small_for_any_feature_says_shorten_the_prompt():
     with pytest.raises(CircuitsError, match="shorten the prompt"):
         choose_feature_cap(PARAGRAPH, None, 0.5)
+
+
+def test_long_prompts_rebuild_patterns_and_the_forward_fits_the_default_budget():
+    """SmolLM2-135M's shape (30 layers, 9 query heads on 3 value heads, e = 64): at 2,000 tokens the
+    kept patterns (2.1 GiB) pass a quarter of 4 GB: the lowest 14 layers keep theirs, the other 16
+    keep q and k (5.9 MB a layer instead of 72 MB)."""
+    from circuits.attribution.memory import forward_bytes, pattern_layers_kept
+
+    assert pattern_layers_kept(30, 9, 256, 4.0) == 30 and pattern_layers_kept(30, 9, 1000, 4.0) == 30
+    assert pattern_layers_kept(30, 9, 2000, 4.0) == 14 and pattern_layers_kept(30, 9, 2000, None) == 30
+    assert pattern_layers_kept(30, 9, 2000, 16.0) == 30 and pattern_layers_kept(30, 9, 8000, 4.0) == 0
+    shape = dict(n_layers=30, n_heads=9, d_model=576, n_pos=2000, n_transcoder_features=512, d_vocab=49152)
+    kept = forward_bytes(**shape)
+    assert forward_bytes(**shape, kept_layers=30) == kept
+    rebuilt = forward_bytes(**shape, n_kv_heads=3, d_head=64, kept_layers=0)
+    assert kept - rebuilt > 1.9 * 2 ** 30 and rebuilt < 2 * 2 ** 30
+    half = forward_bytes(**shape, n_kv_heads=3, d_head=64, kept_layers=14)
+    assert rebuilt < half < kept and half - rebuilt < 2 ** 30
