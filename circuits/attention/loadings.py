@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from circuits.attention.heads import (attention_forward, head_readout, head_value_backward, head_values,
+from circuits.attention.heads import (head_readout, head_value_backward, heads_output, kv_values, mix_positions,
                                       norm_forward, post_attention_backward)
 from circuits.attribution.frozen_backward import FrozenBlocks
 from circuits.attribution.rows import SourceLayout
@@ -110,6 +110,18 @@ def source_writes(rep: LocalReplacement, layout: SourceLayout, columns: torch.Te
     return SourceWrites(position, mlp, embed)
 
 
+def source_positions(rep: LocalReplacement, layout: SourceLayout, columns: torch.Tensor) -> torch.Tensor:
+    """The position [S] (CPU) of each source column (features, errors, embeddings)."""
+    columns = columns.cpu()
+    pos = torch.empty(len(columns), dtype=torch.long)
+    n_f, n_fe = layout.n_features, layout.n_features + layout.n_errors
+    feat, err, emb = columns < n_f, (columns >= n_f) & (columns < n_fe), columns >= n_fe
+    pos[feat] = rep.features.position.cpu()[columns[feat]]
+    pos[err] = (columns[err] - n_f) % (layout.n_pos - 1) + 1
+    pos[emb] = columns[emb] - n_fe
+    return pos
+
+
 def input_hook_forward(blocks: FrozenBlocks, layer: int, x_pos_d: torch.Tensor, scale_pos: torch.Tensor,
                        input_hook: str) -> torch.Tensor:
     """resid_mid -> what the transcoder reads (linear part); the transpose of input_hook_backward."""
@@ -126,31 +138,55 @@ def output_hook_forward(blocks: FrozenBlocks, layer: int, y_pos_d: torch.Tensor,
     return norm_forward(y_pos_d, ln2_post_scale_pos, blocks.ln2_post_w[layer], blocks.centered)
 
 
+def pattern_window(rep: LocalReplacement, layer: int, start: int, stop: int) -> torch.Tensor:
+    """Block `layer`'s frozen pattern [H, stop - start, stop - start] over queries and keys in
+    [start, stop), built from its causal blocks (no full [H, P, P] of a long prompt)."""
+    out = None
+    for q0, block in rep.patterns.blocks(layer, stop):
+        q1 = q0 + block.shape[1]
+        if q1 <= start:
+            continue
+        if out is None:
+            H = block.shape[0]
+            out = torch.zeros(H, stop - start, stop - start, device=block.device)
+        lo = max(q0, start)
+        out[:, lo - start:q1 - start, :block.shape[2] - start] = block[:, lo - q0:, start:]
+    return out
+
+
 def residual_contributions(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, writes: SourceWrites,
-                           n_pos: int, until_layer: int, at_layer=None):
-    """Propagate S sources up the frozen linear model: each source's contribution u [S, P, d] to
-    resid_pre of blocks 0 .. until_layer. `at_layer(l, u, values)` is called at each block l with u
-    at its resid_pre and the per-head value vectors [S, H, P, e]; returns u at resid_pre(until_layer)."""
+                           n_pos: int, until_layer: int, at_layer=None, start: int = 0):
+    """Propagate S sources up the frozen linear model: each source's contribution u [S, P', d] to
+    resid_pre of blocks 0 .. until_layer at positions start .. n_pos - 1 (P' of them: every source
+    writes at or after `start`, and attention is causal, so nothing reaches earlier positions).
+    `at_layer(l, u, values, z)` is called at each block l with u at its resid_pre, the value
+    vectors per value head [S, G, P', e] and each head's output z [S, H, P', e]; returns u at
+    resid_pre(until_layer)."""
     S, d = writes.mlp_s_l_d.shape[0], writes.mlp_s_l_d.shape[2]
     P = n_pos
     device = writes.mlp_s_l_d.device
-    u = torch.zeros(S, P, d, device=device)
-    at_pos = writes.position < P
-    u[at_pos.nonzero(as_tuple=True)[0], writes.position[at_pos]] = writes.embed_s_d[at_pos]
-    src = at_pos.nonzero(as_tuple=True)[0]
+    at_pos = (writes.position < P).nonzero(as_tuple=True)[0]
+    if len(at_pos) and int(writes.position[at_pos].min()) < start:
+        raise ValueError("a source writes before the window's start")
+    u = torch.zeros(S, P - start, d, device=device)
+    pos = writes.position[at_pos] - start
+    u[at_pos, pos] = writes.embed_s_d[at_pos]
     post_mlp = rep.ln2_post_scale_layer_pos
     for l in range(until_layer):
-        values = head_values(blocks, l, u, rep.ln1_scale_layer_pos[l, :P])
+        values = kv_values(blocks, l, u, rep.ln1_scale_layer_pos[l, start:P])
+        z = mix_positions(pattern_window(rep, l, start, P), values)
         if at_layer is not None:
-            at_layer(l, u, values)
-        post = None if rep.ln1_post_scale_layer_pos is None else rep.ln1_post_scale_layer_pos[l, :P]
-        u = u + attention_forward(blocks, l, values, rep.patterns[l][:, :P, :P], post)
-        y = torch.zeros_like(u)
+            at_layer(l, u, values, z)
+        post = None if rep.ln1_post_scale_layer_pos is None else rep.ln1_post_scale_layer_pos[l, start:P]
+        u = u + heads_output(blocks, l, z, post)
+        del values, z
         if transcoder.cfg.skip:
-            x = input_hook_forward(blocks, l, u, rep.ln2_scale_layer_pos[l, :P], transcoder.cfg.input_hook)
+            x = input_hook_forward(blocks, l, u, rep.ln2_scale_layer_pos[l, start:P], transcoder.cfg.input_hook)
             y = x @ transcoder.skip_matrix(l).float().to(device)  # the skip path is live at BOS
-        y[src, writes.position[src]] += writes.mlp_s_l_d[src, l]
-        u = u + output_hook_forward(blocks, l, y, None if post_mlp is None else post_mlp[l, :P])
+        else:
+            y = torch.zeros_like(u)
+        y[at_pos, pos] += writes.mlp_s_l_d[at_pos, l]
+        u = u + output_hook_forward(blocks, l, y, None if post_mlp is None else post_mlp[l, start:P])
     return u
 
 
@@ -163,38 +199,62 @@ class EdgeLoadings:
     remainder_e: torch.Tensor
 
 
+SOURCE_CHUNK = 256  # sources propagated together (sorted by position: a chunk starts at its first)
+
+
 @torch.no_grad()
 def head_loadings(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layout: SourceLayout,
                   seeds: TargetSeeds, source_columns: torch.Tensor, edge_target: torch.Tensor,
                   edge_source: torch.Tensor) -> EdgeLoadings:
-    """Loadings of the edges (seeds[edge_target[i]] <- source_columns[edge_source[i]])."""
+    """Loadings of the edges (seeds[edge_target[i]] <- source_columns[edge_source[i]]).
+
+    Sources go up the frozen model in chunks of SOURCE_CHUNK, sorted by position, each chunk only
+    over the positions from its first source's on (the rest of its contribution is zero)."""
     same = same_position_backward(rep, blocks, transcoder, seeds)
-    writes = source_writes(rep, layout, source_columns)
     L, H = blocks.n_layers, blocks.W_O_head_e_d[0].shape[0]
+    G = blocks.W_V_kv_d_e[0].shape[0]
+    kv_of_head = torch.arange(H) // (H // G)
     E = len(edge_target)
     device = rep.embed_pos_d.device
     c_t = seeds.position[edge_target]
     loadings = torch.zeros(E, L, H, device=device)
+    remainder = torch.zeros(E, device=device)
     P = int(seeds.position.max()) + 1
     top = min(int(seeds.layer.max()) + 1, L)
+    src_pos = source_positions(rep, layout, source_columns)
+    order = torch.argsort(src_pos, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    edge_chunk = rank[edge_source.cpu()] // SOURCE_CHUNK
+    for chunk, c0 in enumerate(range(0, len(order), SOURCE_CHUNK)):
+        mine = order[c0:c0 + SOURCE_CHUNK]
+        start = int(src_pos[mine[0]])
+        edges = (edge_chunk == chunk).nonzero(as_tuple=True)[0].to(device)
+        if start >= P or not len(edges):
+            continue
+        writes = source_writes(rep, layout, source_columns[mine])
+        local = (rank[edge_source[edges].cpu()] - c0).to(device)  # the edge's source within the chunk
+        q = c_t[edges] - start  # the target's position in the window (>= 0 for a nonzero edge)
+        live = (q >= 0).nonzero(as_tuple=True)[0]
+        edges, local, q = edges[live], local[live], q[live]
+        t = edge_target[edges]
 
-    def at_layer(l, u, values_s_h_p_e):
-        pattern = rep.patterns[l][:, :P, :P]
-        off = pattern - torch.diag_embed(pattern.diagonal(dim1=1, dim2=2))  # cross-position entries
-        z_s_h_q_e = torch.einsum("hqk,shke->shqe", off, values_s_h_p_e)  # each head's output, moved
-        for start in range(0, E, 16384):
-            sl = slice(start, start + 16384)
-            z_n_h_e = z_s_h_q_e[edge_source[sl], :, c_t[sl]]
-            loadings[sl, l] = (z_n_h_e * same.readout_t_l_h_e[edge_target[sl], l]).sum(-1)
+        def at_layer(l, u, values_s_g_p_e, z_s_h_q_e, edges=edges, local=local, q=q, t=t, start=start):
+            diag_h_q = pattern_window(rep, l, start, P).diagonal(dim1=1, dim2=2)  # self-attention weights
+            for e0 in range(0, len(edges), 16384):
+                sl = slice(e0, e0 + 16384)
+                s_n, q_n = local[sl], q[sl]
+                moved = z_s_h_q_e[s_n, :, q_n] - diag_h_q[:, q_n].T[..., None] * \
+                    values_s_g_p_e[s_n[:, None], kv_of_head[None, :].to(device), q_n[:, None]]
+                loadings[edges[sl], l] = (moved * same.readout_t_l_h_e[t[sl], l]).sum(-1)
 
-    residual_contributions(rep, blocks, transcoder, writes, P, top, at_layer)
-    same_pos = (writes.position[edge_source] == c_t).nonzero(as_tuple=True)[0]
-    remainder = torch.zeros(E, device=device)
-    for start in range(0, len(same_pos), 1024):  # [n, L, d] gathers, in chunks (edges can be many)
-        idx = same_pos[start:start + 1024]
-        t, s = edge_target[idx], edge_source[idx]
-        remainder[idx] = (same.mlp_out_t_l_d[t] * writes.mlp_s_l_d[s]).sum((1, 2)) + \
-            (same.embed_t_d[t] * writes.embed_s_d[s]).sum(-1)
+        residual_contributions(rep, blocks, transcoder, writes, P, top, at_layer, start)
+        same_pos = (writes.position[local] == c_t[edges]).nonzero(as_tuple=True)[0]
+        for s0 in range(0, len(same_pos), 1024):  # [n, L, d] gathers, in chunks (edges can be many)
+            idx = same_pos[s0:s0 + 1024]
+            ti, si = t[idx], local[idx]
+            remainder[edges[idx]] = (same.mlp_out_t_l_d[ti] * writes.mlp_s_l_d[si]).sum((1, 2)) + \
+                (same.embed_t_d[ti] * writes.embed_s_d[si]).sum(-1)
     return EdgeLoadings(loadings, remainder)
 
 
