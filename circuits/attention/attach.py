@@ -104,15 +104,15 @@ def choose_heads(graph: Graph, loadings: HeadLoadings, rep: LocalReplacement, n_
     H = totals.shape[1]
     out = []
     q_of, k_of = graph.position[loadings.target][cross], graph.position[loadings.source][cross]
+    pair_of = q_of.astype(np.int64) * graph.n_pos + k_of  # (query, key) of each cross-position edge
+    cross_idx = np.flatnonzero(cross)
     for j in order.tolist():
         layer, head = divmod(j, H)
         if totals[layer, head] <= 0:
             break
-        carried_e = np.abs(loadings.loadings[cross][:, layer, head])
-        mass: dict[tuple[int, int], float] = {}
-        for q, k, m in zip(q_of.tolist(), k_of.tolist(), carried_e.tolist()):
-            mass[(q, k)] = mass.get((q, k), 0.0) + m
-        q, k = max(mass, key=mass.get)
+        carried_e = np.abs(loadings.loadings[cross_idx, layer, head]).astype(np.float64)
+        mass = np.bincount(pair_of, weights=carried_e, minlength=graph.n_pos * graph.n_pos)
+        q, k = divmod(int(np.argmax(mass)), graph.n_pos)  # the first (query, key) pair of the largest mass
         pattern = rep.patterns[layer][head, q]
         if float(pattern[k]) == 0:  # the head moved it from elsewhere (a multi-hop path)
             off = pattern.clone()

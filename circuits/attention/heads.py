@@ -100,11 +100,14 @@ def head_readout(blocks: FrozenBlocks, layer: int, grad_b_d: torch.Tensor,
     return torch.einsum("bd,hed->bhe", g, blocks.W_O_head_e_d[layer])
 
 
-def head_value_backward(blocks: FrozenBlocks, layer: int, readout_b_h_e: torch.Tensor,
-                        ln1_scale_b: torch.Tensor) -> torch.Tensor:
-    """Gradient at resid_pre [B, H, d] of each head's value path, for a read-out [B, H, e] and the
-    key position's frozen ln1 scale [B] (one key position per row), before the pattern weight."""
-    g = torch.einsum("bhe,hde->bhd", readout_b_h_e, blocks.W_V_head_d_e[layer])
+def value_backward(blocks: FrozenBlocks, layer: int, readout_b_h_e: torch.Tensor, ln1_scale_b: torch.Tensor) -> torch.Tensor:
+    """Gradient at resid_pre [B, d] of the value paths of all heads, for read-outs [B, H, e] (already
+    weighted by each head's pattern entry) and the key position's frozen ln1 scale [B] (one key
+    position per row). Query heads sharing a value head are summed before its projection."""
+    B, H, e = readout_b_h_e.shape
+    W_V = blocks.W_V_kv_d_e[layer]  # [G, d, e]
+    r_b_g_e = readout_b_h_e.view(B, W_V.shape[0], H // W_V.shape[0], e).sum(2)
+    g = torch.einsum("bge,gde->bd", r_b_g_e, W_V)
     if not blocks.has_norm:
         return g
-    return norm_backward(g.transpose(0, 1), ln1_scale_b, blocks.ln1_w[layer], blocks.centered).transpose(0, 1)
+    return norm_backward(g, ln1_scale_b, blocks.ln1_w[layer], blocks.centered)
