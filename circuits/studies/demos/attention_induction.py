@@ -51,6 +51,7 @@ class InductionReport:
     copy_rank: int = 0  # rank of the copy position among non-BOS keys (1 = most attended)
     pairs: list[list] = field(default_factory=list)  # [[q_id, k_id, value, q_pos, k_pos, says_prev_eq_current]]
     matching_share: float = 0.0  # share of the top pairs' |value| on pairs saying "previous = current"
+    feature_share: float = 0.0  # share of the top pairs' nodes (both sides) that are features
     q_top: list[list] = field(default_factory=list)
     k_top: list[list] = field(default_factory=list)
     inhibited: str = ""
@@ -148,7 +149,7 @@ def run_attention_induction(rm: ReplacementModel, n: int = 12, seed: int = 0, qk
 
     from circuits.attention import explain_head
 
-    qk = explain_head(rm, prompt, layer, head, q, k, top=max(top_pairs, 10))
+    qk = explain_head(rm, prompt, layer, head, q, k, top=max(top_pairs, 48))  # 48: where to look for a query feature
     pattern = head_pattern(rm, torch.tensor(tokens), layer, head, q)
     report.attention_to_copy = pattern[k]
     report.copy_rank = 1 + sum(p > pattern[k] for p in pattern[1:])
@@ -165,6 +166,8 @@ def run_attention_induction(rm: ReplacementModel, n: int = 12, seed: int = 0, qk
         total += abs(v)
         matching += abs(v) if ok and v > 0 else 0.0
     report.matching_share = matching / max(total, 1e-30)
+    kinds = [qk.nodes[i].get("feature_type") for p in qk.pairs[:top_pairs] for i in p[:2]]
+    report.feature_share = sum(x == "cross layer transcoder" for x in kinds) / max(len(kinds), 1)
     label = {i: d.get("clerp", "") for i, d in qk.nodes.items()}
     report.q_top = [[i, v, label.get(i, "")] for i, v in qk.q_marginals[:8]]
     report.k_top = [[i, v, label.get(i, "")] for i, v in qk.k_marginals[:8]]
@@ -196,7 +199,9 @@ def format_attention_induction(r: InductionReport) -> list[str]:
                      f"to key {r.key} ({r.tokens[r.key]!r}, after {r.tokens[r.key - 1]!r}; rank {r.copy_rank} among non-BOS keys)")
         lines.append("top QK pairs (query node @pos x key node @pos; 'yes': query at q, key at k-1, both stand for the current token):")
         lines += [f"  {a:<18}@{qa:<3} x {b:<18}@{kb:<3} {v:+.3f}  {'yes' if ok else 'no'}" for a, b, v, qa, kb, ok in r.pairs]
-        lines.append(f"share of the top pairs' |value| on 'previous token = current token' pairs: {r.matching_share:.2f}")
+        lines.append(f"share of the top pairs' |value| on 'previous token = current token' pairs: {r.matching_share:.2f}; "
+                     f"share of their nodes that are features: {r.feature_share:.2f} (the rest: error nodes, "
+                     "embeddings, constants)")
         lines.append("query side (against the whole key):")
         lines += [f"  {i:<18} {v:+.3f}  {lab}" for i, v, lab in r.q_top]
         lines.append("key side (against the whole query):")
@@ -205,6 +210,6 @@ def format_attention_induction(r: InductionReport) -> list[str]:
             lines.append(f"inhibiting query-side feature {r.inhibited} (x{r.multiplier:g}): score {r.score:.3f} -> "
                          f"{r.score_after:.3f}, attention to the copy position {r.attention_to_copy:.3f} -> {r.attention_after:.3f}")
         else:
-            lines.append("no feature raises the query side: nothing to inhibit")
+            lines.append("no feature among the 48 largest query-side contributors raises the score: nothing to inhibit")
     lines += [f"verdict: {'YES' if ok else 'NO '}  {text}" for text, ok in r.verdicts.items()]
     return lines
