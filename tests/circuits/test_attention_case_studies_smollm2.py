@@ -36,7 +36,8 @@ def smollm2_rm():
 
 
 def test_induction_head_is_found_but_its_score_is_not_explained_by_features(smollm2_rm):
-    """Measured (docs): L17H4 attends 0.981 from the last position to the copy position (rank 1);
+    """Measured (docs): L17H4 attends 0.981 from the last position to the copy position (rank 1),
+    0.896 with the top query-side feature inhibited;
     the copy edges are spread over many heads (top share 0.05); its top QK pairs are error nodes
     and constants, none a 'previous token = current token' feature pair."""
     from circuits.studies.demos.attention_induction import run_attention_induction
@@ -46,6 +47,7 @@ def test_induction_head_is_found_but_its_score_is_not_explained_by_features(smol
     assert r.copy_rank == 1 and r.attention_to_copy > 0.5
     assert r.head_shares[0][2] < 0.3  # spread over heads
     assert r.matching_share < 0.5 and r.feature_share < 0.5
+    assert r.inhibited and r.attention_after < r.attention_to_copy  # 0.981 -> 0.896 measured (0_75 @24, x-1)
 
 
 def test_capitals_head_looks_at_the_country(smollm2_rm):
