@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from circuits.attribution.config import TraceConfig
-from circuits.attribution.engine import attribute
+from circuits.attribution.engine import attribute, attribute_keeping_replacement
 from graphs.graph import Graph
 from graphs.io import save_graph
 from graphs.neuronpedia import write_viewer_json
@@ -61,17 +61,22 @@ def trace_prompt(rm: ReplacementModel, prompt: str, config: TraceConfig | None =
     """Attribute (the labelled full graph), prune at the config's thresholds, summarise."""
     config = config or TraceConfig()
     t0 = time.perf_counter()
-    graph = attribute(rm, prompt, config, progress=progress)
+    if config.qk:  # the attention step explains the same local replacement model: keep it
+        graph, rep, layout = attribute_keeping_replacement(rm, prompt, config, progress=progress)
+    else:
+        graph = attribute(rm, prompt, config, progress=progress)
     t1 = time.perf_counter()
     pruned = prune_graph(graph, config.node_threshold, config.edge_threshold)
     graph.timing_seconds["prune"] = round(time.perf_counter() - t1, 4)
     if config.qk:
-        _attach_attention(rm, graph, pruned, config)
+        _attach_attention(rm, graph, pruned, config, rep, layout)
+        del rep, layout
     graph.timing_seconds["total"] = round(time.perf_counter() - t0, 4)
     return TraceResult(graph, pruned, summarize(graph, pruned))
 
 
-def _attach_attention(rm: ReplacementModel, graph: Graph, pruned: PrunedGraph, config: TraceConfig) -> None:
+def _attach_attention(rm: ReplacementModel, graph: Graph, pruned: PrunedGraph, config: TraceConfig,
+                      rep=None, layout=None) -> None:
     """Head loadings of the kept edges and QK attributions of the busiest heads (circuits.attention),
     between prune and summarize."""
     from circuits.attention.attach import attach_attention
@@ -83,5 +88,5 @@ def _attach_attention(rm: ReplacementModel, graph: Graph, pruned: PrunedGraph, c
     if config.answer is not None and n_custom > len(customs):  # the answer was added as a direction
         customs += custom_targets(rm.model, [config.answer], None)
     directions = [t.direction_d for t in customs]
-    attach_attention(graph, pruned, rm.model, rm.transcoder, config.qk_heads, directions, rm.index)
+    attach_attention(graph, pruned, rm.model, rm.transcoder, config.qk_heads, directions, rm.index, rep, layout)
     graph.timing_seconds["attention"] = round(time.perf_counter() - t0, 4)

@@ -39,10 +39,12 @@ class HeadLoadings:
                 or self.loadings.shape[0] != E:
             raise GraphError(f"head loadings have inconsistent shapes: target {self.target.shape}, source "
                              f"{self.source.shape}, loadings {self.loadings.shape}, remainder {self.remainder.shape}")
-        self._index = {(int(t), int(s)): i for i, (t, s) in enumerate(zip(self.target, self.source))}
+        self._index: dict[tuple[int, int], int] | None = None  # built on the first row() call
 
     def row(self, target: int, source: int) -> int | None:
         """The entry of edge (target, source), or None if it has no loadings."""
+        if self._index is None:
+            self._index = {(t, s): i for i, (t, s) in enumerate(zip(self.target.tolist(), self.source.tolist()))}
         return self._index.get((int(target), int(source)))
 
     def top_heads(self, target: int, source: int, n: int = 8, min_share: float = 1e-3) -> list[list[float]]:

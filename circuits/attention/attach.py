@@ -5,7 +5,8 @@
    the (query, key) position pair where it carries most (its key moved to one it attends to if
    the pattern is zero there: a multi-hop path), and its QK attribution there
    (circuits.attention.qk), reduced to the top pairs and marginals a viewer shows.
-The local replacement model is rebuilt from the graph's tokens (one forward pass).
+The local replacement model is the trace's own (trace_prompt hands it over), or rebuilt from the
+graph's tokens (one forward pass) when the caller has none.
 """
 
 from __future__ import annotations
@@ -103,15 +104,15 @@ def choose_heads(graph: Graph, loadings: HeadLoadings, rep: LocalReplacement, n_
     H = totals.shape[1]
     out = []
     q_of, k_of = graph.position[loadings.target][cross], graph.position[loadings.source][cross]
+    pair_of = q_of.astype(np.int64) * graph.n_pos + k_of  # (query, key) of each cross-position edge
+    cross_idx = np.flatnonzero(cross)
     for j in order.tolist():
         layer, head = divmod(j, H)
         if totals[layer, head] <= 0:
             break
-        carried_e = np.abs(loadings.loadings[cross][:, layer, head])
-        mass: dict[tuple[int, int], float] = {}
-        for q, k, m in zip(q_of.tolist(), k_of.tolist(), carried_e.tolist()):
-            mass[(q, k)] = mass.get((q, k), 0.0) + m
-        q, k = max(mass, key=mass.get)
+        carried_e = np.abs(loadings.loadings[cross_idx, layer, head]).astype(np.float64)
+        mass = np.bincount(pair_of, weights=carried_e, minlength=graph.n_pos * graph.n_pos)
+        q, k = divmod(int(np.argmax(mass)), graph.n_pos)  # the first (query, key) pair of the largest mass
         pattern = rep.patterns[layer][head, q]
         if float(pattern[k]) == 0:  # the head moved it from elsewhere (a multi-hop path)
             off = pattern.clone()
@@ -189,18 +190,25 @@ def summarize_qk(a: QKAttribution, rep: LocalReplacement, layout: SourceLayout, 
 
 @torch.no_grad()
 def attach_attention(graph: Graph, pruned: PrunedGraph, model, transcoder, n_heads: int = 8,
-                     custom_directions: list[torch.Tensor] | None = None, index=None) -> AttentionData:
+                     custom_directions: list[torch.Tensor] | None = None, index=None,
+                     rep: LocalReplacement | None = None, layout: SourceLayout | None = None) -> AttentionData:
     """Compute and set graph.attention: loadings of the pruned graph's kept edges, QK attributions
-    of its `n_heads` busiest heads. `index` (a feature index) labels the QK contributors. Runs on
-    the CPU cores free now, as attribute() does (transcoders.threads)."""
-    with free_core_threads():
-        return _attach(graph, pruned, model, transcoder, n_heads, custom_directions, index)
+    of its `n_heads` busiest heads. `index` (a feature index) labels the QK contributors. `rep` /
+    `layout`: the local replacement model and source layout the graph was computed on, when the
+    caller still holds them (trace_prompt); else rebuilt from the graph's tokens. Runs on as many
+    threads as the trace's attribution last used (its measurement of the free cores,
+    transcoders.threads), else on the CPU cores free now."""
+    threads = (graph.settings or {}).get("threads") or [None]  # the trace's last count: no second measurement
+    with free_core_threads(threads[-1]):
+        return _attach(graph, pruned, model, transcoder, n_heads, custom_directions, index, rep, layout)
 
 
-def _attach(graph, pruned, model, transcoder, n_heads, custom_directions, index) -> AttentionData:
-    rep = build_local_replacement(model, transcoder, torch.tensor(graph.token_ids))
+def _attach(graph, pruned, model, transcoder, n_heads, custom_directions, index, rep, layout) -> AttentionData:
+    if rep is None:
+        rep = build_local_replacement(model, transcoder, torch.tensor(graph.token_ids))
     blocks = FrozenBlocks(model)
-    layout = SourceLayout(rep, transcoder)
+    if layout is None:
+        layout = SourceLayout(rep, transcoder)
     targets, sources = pruned.edges()
     loadings = edge_loadings(graph, model, transcoder, rep, blocks, layout, np.asarray(targets), np.asarray(sources),
                              custom_directions or [])

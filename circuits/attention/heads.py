@@ -68,17 +68,26 @@ def attention_backward_per_head(blocks: FrozenBlocks, layer: int, grad_b_p_d: to
     return norm_backward(g_ln_b_h_k_d, ln1_scale_pos, blocks.ln1_w[layer], blocks.centered)
 
 
-def head_values(blocks: FrozenBlocks, layer: int, x_s_p_d: torch.Tensor, ln1_scale_pos: torch.Tensor) -> torch.Tensor:
-    """Value vectors [S, H, P, e] of residual-stream contributions x [S, P, d] (linear part: no b_V)."""
+def kv_values(blocks: FrozenBlocks, layer: int, x_s_p_d: torch.Tensor, ln1_scale_pos: torch.Tensor) -> torch.Tensor:
+    """Value vectors [S, G, P, e] of residual-stream contributions x [S, P, d], per value head (G = H
+    without grouped-query attention; linear part: no b_V)."""
     x_ln = ln1_forward(blocks, layer, x_s_p_d, ln1_scale_pos)
-    return torch.einsum("spd,hde->shpe", x_ln, blocks.W_V_head_d_e[layer])
+    return torch.einsum("spd,gde->sgpe", x_ln, blocks.W_V_kv_d_e[layer])
 
 
-def attention_forward(blocks: FrozenBlocks, layer: int, values_s_h_p_e: torch.Tensor,
-                      pattern_head_q_k: torch.Tensor, post_scale_pos: torch.Tensor | None) -> torch.Tensor:
-    """What the frozen attention layer adds to resid_mid [S, P, d] from the value vectors of
-    contributions (all heads; no bias: b_V and b_O are constants)."""
-    z_s_h_q_e = torch.einsum("hqk,shke->shqe", pattern_head_q_k, values_s_h_p_e)
+def mix_positions(pattern_head_q_k: torch.Tensor, values_s_g_k_e: torch.Tensor) -> torch.Tensor:
+    """Each query head's output z [S, H, Q, e] from the value vectors per value head [S, G, K, e]
+    (query heads h*G/H.. read value head g, as FrozenBlocks.W_V_head_d_e repeats them)."""
+    H, Q, K = pattern_head_q_k.shape
+    S, G, _, e = values_s_g_k_e.shape
+    z = torch.einsum("grqk,sgke->sgrqe", pattern_head_q_k.view(G, H // G, Q, K), values_s_g_k_e)
+    return z.reshape(S, H, Q, e)
+
+
+def heads_output(blocks: FrozenBlocks, layer: int, z_s_h_q_e: torch.Tensor,
+                 post_scale_pos: torch.Tensor | None) -> torch.Tensor:
+    """What the frozen attention layer adds to resid_mid [S, Q, d] from each head's output z (no
+    bias: b_V and b_O are constants)."""
     out = torch.einsum("shqe,hed->sqd", z_s_h_q_e, blocks.W_O_head_e_d[layer])
     return post_attention_forward(blocks, layer, out, post_scale_pos)
 
@@ -91,11 +100,14 @@ def head_readout(blocks: FrozenBlocks, layer: int, grad_b_d: torch.Tensor,
     return torch.einsum("bd,hed->bhe", g, blocks.W_O_head_e_d[layer])
 
 
-def head_value_backward(blocks: FrozenBlocks, layer: int, readout_b_h_e: torch.Tensor,
-                        ln1_scale_b: torch.Tensor) -> torch.Tensor:
-    """Gradient at resid_pre [B, H, d] of each head's value path, for a read-out [B, H, e] and the
-    key position's frozen ln1 scale [B] (one key position per row), before the pattern weight."""
-    g = torch.einsum("bhe,hde->bhd", readout_b_h_e, blocks.W_V_head_d_e[layer])
+def value_backward(blocks: FrozenBlocks, layer: int, readout_b_h_e: torch.Tensor, ln1_scale_b: torch.Tensor) -> torch.Tensor:
+    """Gradient at resid_pre [B, d] of the value paths of all heads, for read-outs [B, H, e] (already
+    weighted by each head's pattern entry) and the key position's frozen ln1 scale [B] (one key
+    position per row). Query heads sharing a value head are summed before its projection."""
+    B, H, e = readout_b_h_e.shape
+    W_V = blocks.W_V_kv_d_e[layer]  # [G, d, e]
+    r_b_g_e = readout_b_h_e.view(B, W_V.shape[0], H // W_V.shape[0], e).sum(2)
+    g = torch.einsum("bge,gde->bd", r_b_g_e, W_V)
     if not blocks.has_norm:
         return g
-    return norm_backward(g.transpose(0, 1), ln1_scale_b, blocks.ln1_w[layer], blocks.centered).transpose(0, 1)
+    return norm_backward(g, ln1_scale_b, blocks.ln1_w[layer], blocks.centered)

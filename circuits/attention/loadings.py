@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from circuits.attention.heads import (attention_forward, head_readout, head_value_backward, head_values,
-                                      norm_forward, post_attention_backward)
+from circuits.attention.heads import (head_readout, heads_output, kv_values, mix_positions,
+                                      norm_forward, post_attention_backward, value_backward)
 from circuits.attribution.frozen_backward import FrozenBlocks
 from circuits.attribution.rows import SourceLayout
 from circuits.attribution.targets import TargetSeeds
@@ -42,6 +42,15 @@ class SameBackward:
     readout_t_l_h_e: torch.Tensor
     mlp_out_t_l_d: torch.Tensor
     embed_t_d: torch.Tensor
+
+
+def pattern_diagonal(rep: LocalReplacement, layer: int) -> torch.Tensor:
+    """Block `layer`'s attention of each position to itself [H, P], from its causal blocks."""
+    parts = []
+    for q0, block in rep.patterns.blocks(layer, rep.n_pos):
+        Q = block.shape[1]
+        parts.append(block[:, torch.arange(Q), q0 + torch.arange(Q)])
+    return torch.cat(parts, 1)
 
 
 def same_position_backward(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, seeds: TargetSeeds) -> SameBackward:
@@ -67,9 +76,8 @@ def same_position_backward(rep: LocalReplacement, blocks: FrozenBlocks, transcod
         g[here] += seeds.vec_d[here]
         post = None if rep.ln1_post_scale_layer_pos is None else rep.ln1_post_scale_layer_pos[l, c]
         readout[:, l] = head_readout(blocks, l, g, post)
-        diag_t_h = rep.patterns[l][:, c, c].T  # [T, H]: each head's attention to its own position
-        per_head = head_value_backward(blocks, l, readout[:, l] * diag_t_h[:, :, None], rep.ln1_scale_layer_pos[l, c])
-        g = g + per_head.sum(1)
+        diag_t_h = pattern_diagonal(rep, l)[:, c].T  # [T, H]: each head's attention to its own position
+        g = g + value_backward(blocks, l, readout[:, l] * diag_t_h[:, :, None], rep.ln1_scale_layer_pos[l, c])
     return SameBackward(readout, mlp_out, g)
 
 
@@ -110,6 +118,21 @@ def source_writes(rep: LocalReplacement, layout: SourceLayout, columns: torch.Te
     return SourceWrites(position, mlp, embed)
 
 
+def source_places(rep: LocalReplacement, layout: SourceLayout, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(position, first layer written) [S] (CPU) of each source column: a feature's layer, an error
+    node's layer, 0 for a token embedding."""
+    columns = columns.cpu()
+    pos, layer = torch.empty(len(columns), dtype=torch.long), torch.zeros(len(columns), dtype=torch.long)
+    n_f, n_fe = layout.n_features, layout.n_features + layout.n_errors
+    feat, err, emb = columns < n_f, (columns >= n_f) & (columns < n_fe), columns >= n_fe
+    pos[feat] = rep.features.position.cpu()[columns[feat]]
+    layer[feat] = rep.features.layer.cpu()[columns[feat]]
+    pos[err] = (columns[err] - n_f) % (layout.n_pos - 1) + 1
+    layer[err] = (columns[err] - n_f) // (layout.n_pos - 1)
+    pos[emb] = columns[emb] - n_fe
+    return pos, layer
+
+
 def input_hook_forward(blocks: FrozenBlocks, layer: int, x_pos_d: torch.Tensor, scale_pos: torch.Tensor,
                        input_hook: str) -> torch.Tensor:
     """resid_mid -> what the transcoder reads (linear part); the transpose of input_hook_backward."""
@@ -126,31 +149,58 @@ def output_hook_forward(blocks: FrozenBlocks, layer: int, y_pos_d: torch.Tensor,
     return norm_forward(y_pos_d, ln2_post_scale_pos, blocks.ln2_post_w[layer], blocks.centered)
 
 
+def pattern_window(rep: LocalReplacement, layer: int, start: int, stop: int) -> torch.Tensor:
+    """Block `layer`'s frozen pattern [H, stop - start, stop - start] over queries and keys in
+    [start, stop), built from its causal blocks (no full [H, P, P] of a long prompt)."""
+    out = None
+    for q0, block in rep.patterns.blocks(layer, stop):
+        q1 = q0 + block.shape[1]
+        if q1 <= start:
+            continue
+        if out is None:
+            H = block.shape[0]
+            out = torch.zeros(H, stop - start, stop - start, device=block.device)
+        lo = max(q0, start)
+        out[:, lo - start:q1 - start, :block.shape[2] - start] = block[:, lo - q0:, start:]
+    return out
+
+
 def residual_contributions(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, writes: SourceWrites,
-                           n_pos: int, until_layer: int, at_layer=None):
-    """Propagate S sources up the frozen linear model: each source's contribution u [S, P, d] to
-    resid_pre of blocks 0 .. until_layer. `at_layer(l, u, values)` is called at each block l with u
-    at its resid_pre and the per-head value vectors [S, H, P, e]; returns u at resid_pre(until_layer)."""
+                           n_pos: int, until_layer: int, at_layer=None, start: int = 0, first_layer: int = 0):
+    """Propagate S sources up the frozen linear model: each source's contribution u [S, P', d] to
+    resid_pre of blocks 0 .. until_layer at positions start .. n_pos - 1 (P' of them: every source
+    writes at or after `start`, and attention is causal, so nothing reaches earlier positions).
+    `at_layer(l, u, values, z)` is called at each block l with u at its resid_pre, the value
+    vectors per value head [S, G, P', e] and each head's output z [S, H, P', e]; returns u at
+    resid_pre(until_layer). `first_layer`: no source writes below it (their u is zero there, no
+    block runs before it); a token embedding writes at 0."""
     S, d = writes.mlp_s_l_d.shape[0], writes.mlp_s_l_d.shape[2]
     P = n_pos
     device = writes.mlp_s_l_d.device
-    u = torch.zeros(S, P, d, device=device)
-    at_pos = writes.position < P
-    u[at_pos.nonzero(as_tuple=True)[0], writes.position[at_pos]] = writes.embed_s_d[at_pos]
-    src = at_pos.nonzero(as_tuple=True)[0]
+    at_pos = (writes.position < P).nonzero(as_tuple=True)[0]
+    if len(at_pos) and int(writes.position[at_pos].min()) < start:
+        raise ValueError("a source writes before the window's start")
+    if first_layer > 0 and (bool(writes.embed_s_d.any()) or bool(writes.mlp_s_l_d[:, :first_layer].any())):
+        raise ValueError("a source writes below the first layer")
+    u = torch.zeros(S, P - start, d, device=device)
+    pos = writes.position[at_pos] - start
+    u[at_pos, pos] = writes.embed_s_d[at_pos]
     post_mlp = rep.ln2_post_scale_layer_pos
-    for l in range(until_layer):
-        values = head_values(blocks, l, u, rep.ln1_scale_layer_pos[l, :P])
+    for l in range(first_layer, until_layer):
+        values = kv_values(blocks, l, u, rep.ln1_scale_layer_pos[l, start:P])
+        z = mix_positions(pattern_window(rep, l, start, P), values)
         if at_layer is not None:
-            at_layer(l, u, values)
-        post = None if rep.ln1_post_scale_layer_pos is None else rep.ln1_post_scale_layer_pos[l, :P]
-        u = u + attention_forward(blocks, l, values, rep.patterns[l][:, :P, :P], post)
-        y = torch.zeros_like(u)
+            at_layer(l, u, values, z)
+        post = None if rep.ln1_post_scale_layer_pos is None else rep.ln1_post_scale_layer_pos[l, start:P]
+        u = u + heads_output(blocks, l, z, post)
+        del values, z
         if transcoder.cfg.skip:
-            x = input_hook_forward(blocks, l, u, rep.ln2_scale_layer_pos[l, :P], transcoder.cfg.input_hook)
+            x = input_hook_forward(blocks, l, u, rep.ln2_scale_layer_pos[l, start:P], transcoder.cfg.input_hook)
             y = x @ transcoder.skip_matrix(l).float().to(device)  # the skip path is live at BOS
-        y[src, writes.position[src]] += writes.mlp_s_l_d[src, l]
-        u = u + output_hook_forward(blocks, l, y, None if post_mlp is None else post_mlp[l, :P])
+        else:
+            y = torch.zeros_like(u)
+        y[at_pos, pos] += writes.mlp_s_l_d[at_pos, l]
+        u = u + output_hook_forward(blocks, l, y, None if post_mlp is None else post_mlp[l, start:P])
     return u
 
 
@@ -163,40 +213,112 @@ class EdgeLoadings:
     remainder_e: torch.Tensor
 
 
+SOURCE_CHUNK = 128  # sources propagated together
+LAYER_BAND = 4  # sources sort by (first layer // LAYER_BAND, position): chunks start late in both
+
+
 @torch.no_grad()
 def head_loadings(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layout: SourceLayout,
                   seeds: TargetSeeds, source_columns: torch.Tensor, edge_target: torch.Tensor,
                   edge_source: torch.Tensor) -> EdgeLoadings:
-    """Loadings of the edges (seeds[edge_target[i]] <- source_columns[edge_source[i]])."""
+    """Loadings of the edges (seeds[edge_target[i]] <- source_columns[edge_source[i]]).
+
+    Sources go up the frozen model in chunks of SOURCE_CHUNK, each only over the layers from its
+    sources' first write and up to its edges' deepest target, and over the positions from its first
+    source's to its edges' last target (the rest of its contribution is zero or unread). At each
+    block the loadings of the chunk's edges with targets at one position are one batched product
+    (targets' read-outs x sources' moved head outputs), and the same-position remainders one per
+    position."""
     same = same_position_backward(rep, blocks, transcoder, seeds)
-    writes = source_writes(rep, layout, source_columns)
-    L, H = blocks.n_layers, blocks.W_O_head_e_d[0].shape[0]
-    E = len(edge_target)
+    L = blocks.n_layers
     device = rep.embed_pos_d.device
-    c_t = seeds.position[edge_target]
-    loadings = torch.zeros(E, L, H, device=device)
-    P = int(seeds.position.max()) + 1
-    top = min(int(seeds.layer.max()) + 1, L)
-
-    def at_layer(l, u, values_s_h_p_e):
-        pattern = rep.patterns[l][:, :P, :P]
-        off = pattern - torch.diag_embed(pattern.diagonal(dim1=1, dim2=2))  # cross-position entries
-        z_s_h_q_e = torch.einsum("hqk,shke->shqe", off, values_s_h_p_e)  # each head's output, moved
-        for start in range(0, E, 16384):
-            sl = slice(start, start + 16384)
-            z_n_h_e = z_s_h_q_e[edge_source[sl], :, c_t[sl]]
-            loadings[sl, l] = (z_n_h_e * same.readout_t_l_h_e[edge_target[sl], l]).sum(-1)
-
-    residual_contributions(rep, blocks, transcoder, writes, P, top, at_layer)
-    same_pos = (writes.position[edge_source] == c_t).nonzero(as_tuple=True)[0]
+    E = len(edge_target)
+    loadings = torch.zeros(E, L, blocks.W_O_head_e_d[0].shape[0], device=device)
     remainder = torch.zeros(E, device=device)
-    for start in range(0, len(same_pos), 1024):  # [n, L, d] gathers, in chunks (edges can be many)
-        idx = same_pos[start:start + 1024]
-        t, s = edge_target[idx], edge_source[idx]
-        remainder[idx] = (same.mlp_out_t_l_d[t] * writes.mlp_s_l_d[s]).sum((1, 2)) + \
-            (same.embed_t_d[t] * writes.embed_s_d[s]).sum(-1)
+    src_pos, src_layer = source_places(rep, layout, source_columns)
+    order = torch.argsort((src_layer // LAYER_BAND) * (rep.n_pos + 1) + src_pos, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    edge_rank = rank[edge_source.cpu()]
+    edge_chunk = edge_rank // SOURCE_CHUNK
+    by_chunk = torch.argsort(edge_chunk, stable=True)
+    bounds = torch.searchsorted(edge_chunk[by_chunk], torch.arange(0, len(order) // SOURCE_CHUNK + 2))
+    for chunk, c0 in enumerate(range(0, len(order), SOURCE_CHUNK)):
+        mine = order[c0:c0 + SOURCE_CHUNK]
+        edges = by_chunk[bounds[chunk]:bounds[chunk + 1]]
+        if not len(edges):
+            continue
+        local = edge_rank[edges] - c0  # the edge's source within the chunk
+        edges = edges.to(device)
+        t = edge_target[edges]
+        start, first = int(src_pos[mine].min()), int(src_layer[mine].min())
+        stop, top = int(seeds.position[t].max()) + 1, min(int(seeds.layer[t].max()) + 1, L)
+        if stop <= start:
+            continue
+        writes = source_writes(rep, layout, source_columns[mine])
+        groups = _edges_by_target_position(seeds.position[t].cpu() - start, edges.cpu(), t.cpu(), local, len(mine))
+        if not groups:
+            continue
+        ordered = torch.cat([g[1] for g in groups]).to(device)  # the chunk's edges, by target position
+        chunk_loads = torch.zeros(len(ordered), L, loadings.shape[2], device=device)
+        at_layer = _loadings_at_layer(rep, blocks, same, chunk_loads, groups, start, stop)
+        residual_contributions(rep, blocks, transcoder, writes, stop, top, at_layer, start, first)
+        loadings[ordered] = chunk_loads
+        del chunk_loads
+        _remainders(same, writes, groups, start, remainder)
     return EdgeLoadings(loadings, remainder)
 
 
+def _edges_by_target_position(q: torch.Tensor, edges: torch.Tensor, t: torch.Tensor, local: torch.Tensor,
+                              n_sources: int) -> list:
+    """[(q, edges, unique targets, each edge's target among them, its source in the chunk, its
+    (target, source) entry in their flat product)], one per window position q >= 0 of the targets
+    (an earlier target has no edge from these sources)."""
+    groups = []
+    for qv in q.unique().tolist():
+        if qv < 0:
+            continue
+        sel = (q == qv).nonzero(as_tuple=True)[0]
+        targets, t_loc = t[sel].unique(return_inverse=True)
+        groups.append((qv, edges[sel], targets, t_loc, local[sel], t_loc * n_sources + local[sel]))
+    return groups
+
+
+def _loadings_at_layer(rep, blocks, same: SameBackward, chunk_loads, groups, start: int, stop: int):
+    """The callback filling chunk_loads [n, L, H] (the chunk's edges in group order) at each block."""
+    H = blocks.W_O_head_e_d[0].shape[0]
+    device = chunk_loads.device
+    kv_of_head = torch.arange(H, device=device) // (H // blocks.W_V_kv_d_e[0].shape[0])
+    groups = [(q, targets.to(device), flat.to(device)) for q, _, targets, _, _, flat in groups]
+
+    def at_layer(l, u, values_s_g_p_e, z_s_h_q_e):  # noqa: ARG001 - residual_contributions' callback
+        diag_h_q = pattern_window(rep, l, start, stop).diagonal(dim1=1, dim2=2)  # self-attention weights
+        # each head's output from other positions: z minus the self-attention term [S, H, P', e]
+        moved = z_s_h_q_e - diag_h_q[None, :, :, None] * values_s_g_p_e[:, kv_of_head]
+        read_t_h_e = same.readout_t_l_h_e[:, l]
+        out = []
+        for q, targets, flat in groups:  # read-outs x moved outputs of every (target, source) pair at q
+            m_h_t_s = torch.bmm(read_t_h_e[targets].transpose(0, 1), moved[:, :, q].permute(1, 2, 0))
+            out.append(m_h_t_s.reshape(H, -1)[:, flat])
+        chunk_loads[:, l] = torch.cat(out, 1).T
+    return at_layer
+
+
+def _remainders(same: SameBackward, writes: SourceWrites, groups, start: int, remainder: torch.Tensor) -> None:
+    """The same-position remainders of the chunk's edges whose source sits at its target's position."""
+    for q, edges, targets, t_loc, s_loc, _ in groups:
+        here = (writes.position[s_loc.to(writes.position.device)].cpu() == q + start).nonzero(as_tuple=True)[0]
+        if not len(here):
+            continue
+        sources, s_idx = s_loc[here].unique(return_inverse=True)
+        sources_d = sources.to(writes.position.device)
+        layers = writes.mlp_s_l_d[sources_d].abs().sum((0, 2)).nonzero(as_tuple=True)[0]  # layers they write
+        lo, hi = (int(layers[0]), int(layers[-1]) + 1) if len(layers) else (0, 0)
+        tg = targets.to(remainder.device)
+        m = same.mlp_out_t_l_d[tg, lo:hi].reshape(len(tg), -1) @ writes.mlp_s_l_d[sources_d, lo:hi].reshape(len(sources), -1).T
+        m = m + same.embed_t_d[tg] @ writes.embed_s_d[sources_d].T
+        remainder[edges[here].to(remainder.device)] = m[t_loc[here], s_idx]
+
+
 __all__ = ["EdgeLoadings", "head_loadings", "post_attention_backward", "residual_contributions",
-           "same_position_backward", "source_writes"]
+           "same_position_backward", "source_places", "source_writes"]

@@ -235,12 +235,14 @@ def qk_attributions(model, transcoder, rep: LocalReplacement, blocks: FrozenBloc
     for _, query, key in heads:
         if not 0 <= key <= query < rep.n_pos:
             raise CircuitsError(f"need 0 <= key <= query < {rep.n_pos}, got query {query}, key {key}")
-    seed_vecs, positions = [], []
+    seed_vecs, positions, block_of = [], [], {}  # block_of: (side, head or value head, position) -> row block
     for head, query, key in heads:
-        seed_vecs += [side_seeds(model, blocks, rep, layer, head, query, "q"),
-                      side_seeds(model, blocks, rep, layer, head, key, "k")]
-        e = seed_vecs[-1].shape[0]
-        positions += [query] * e + [key] * e
+        for side, h, pos in (("q", head, query), ("k", _kv_head(model, head), key)):
+            if (side, h, pos) not in block_of:  # query heads sharing a value/key head share key rows (GQA)
+                block_of[(side, h, pos)] = len(seed_vecs)
+                seed_vecs.append(side_seeds(model, blocks, rep, layer, head, pos, side))
+                positions += [pos] * seed_vecs[-1].shape[0]
+    e = seed_vecs[-1].shape[0]
     cut = dataclasses.replace(rep, patterns=rep.patterns.with_layer_zeroed(layer))
     vec = torch.cat(seed_vecs)
     seeds = TargetSeeds(torch.full((vec.shape[0],), layer, device=vec.device),
@@ -256,7 +258,8 @@ def qk_attributions(model, transcoder, rep: LocalReplacement, blocks: FrozenBloc
     out = []
     for i, (head, query, key) in enumerate(heads):
         kv = _kv_head(model, head) if k_const.shape[1] != q_const.shape[1] else head
-        q_rows, k_rows = rows[2 * i * e:(2 * i + 1) * e], rows[(2 * i + 1) * e:(2 * i + 2) * e]
+        qb, kb = block_of[("q", head, query)], block_of[("k", _kv_head(model, head), key)]
+        q_rows, k_rows = rows[qb * e:(qb + 1) * e], rows[kb * e:(kb + 1) * e]
         out.append(QKAttribution(layer, head, query, key, scale, q_rows, k_rows, q_const[query, head],
                                  k_const[key, kv], float(q_clean[query, head] @ k_clean[key, kv]) / scale,
                                  float(cap) if cap is not None and cap > 0 else None))

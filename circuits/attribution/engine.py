@@ -33,7 +33,7 @@ from circuits.attribution.targets import (CustomTarget, TargetSeeds, choose_targ
                                           feature_seeds, logit_seeds)
 from circuits.attribution.to_graph import label_features, to_graph
 from circuits.replacement.frozen_patterns import rebuild_temp_bytes, rebuildable
-from circuits.replacement.local import build_local_replacement
+from circuits.replacement.local import LocalReplacement, build_local_replacement
 from graphs import Graph
 from transcoders.cpu_memory import release_freed_memory
 from transcoders.threads import free_core_threads
@@ -47,15 +47,29 @@ def attribute(rm: ReplacementModel, prompt: str, config: TraceConfig | None = No
     """The prompt's full attribution graph, labelled (feature index, else output view for the
     features the config's node threshold keeps). The rows (every active feature as a source) live
     only inside this call."""
+    return _attribute_graph(rm, prompt, config, progress, threads, keep=False)[0]
+
+
+def attribute_keeping_replacement(rm: ReplacementModel, prompt: str, config: TraceConfig | None = None, *,
+                                  progress: bool = False, threads: int | None = None
+                                  ) -> tuple[Graph, LocalReplacement, SourceLayout]:
+    """attribute(), also returning the local replacement model and source layout the graph was
+    computed on (what `--qk` explains: circuits.attention.attach reuses them instead of a second
+    forward pass and decoder read). The rows are freed before labelling, as in attribute()."""
+    return _attribute_graph(rm, prompt, config, progress, threads, keep=True)
+
+
+def _attribute_graph(rm, prompt, config, progress, threads, keep: bool):
     config = config or TraceConfig()
     tokens = rm.tokens(prompt)
     attr = attribution_rows(rm.model, rm.transcoder, tokens, config, progress=progress, threads=threads)
     graph = to_graph(attr, rm.model, rm.transcoder, prompt, model_identity=rm.identity,
                      transcoder_path=str(rm.transcoder_dir) if rm.transcoder_dir else None,
                      settings=config.model_dump())
+    rep, layout = (attr.rep, attr.layout) if keep else (None, None)
     del attr
     label_features(graph, rm.model, rm.transcoder, rm.index, config.node_threshold)
-    return graph
+    return graph, rep, layout
 
 
 def _batches(n: int, batch_size: int):

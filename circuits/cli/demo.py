@@ -1,4 +1,4 @@
-"""`circuits demo addition|two-hop|capitals|capitals-two-hop`: the case studies, with verdicts.
+"""`circuits demo addition|two-hop|capitals|capitals-two-hop|attention-*`: the case studies, with verdicts.
 
 addition and two-hop run on the `world` organism; capitals and capitals-two-hop on a real model
 (default smollm2-135m) or a world organism (US states)."""
@@ -137,6 +137,43 @@ def capitals_two_hop_cmd(
     rm = load_demo_setup(model, transcoders, device, progress=not json_out)
     report = run_capitals_two_hop(rm, k=k, config=config)
     print_json(report.to_json()) if json_out else _print(format_capitals_two_hop(report))
+
+
+@app.command("attention-induction")
+def attention_induction_cmd(
+    n: int = number_option(12, "--n", min=2, max=200, help="Random tokens in one copy of the sequence."),
+    seed: int = number_option(0, "--seed", min=0, max=2**31 - 1, help="Seed of the random sequence."),
+    multiplier: float = number_option(-1.0, "--multiplier", kind=float, min=-1e6, max=1e6,
+                                      help="Inhibition: scale the top query-side feature's writes by this."),
+    qk_heads: int = number_option(8, "--qk-heads", min=1, max=10_000, help="Heads explained in the traced graph."),
+    model: str = REAL_MODEL_OPTION, transcoders: Optional[Path] = REAL_TRANSCODERS_OPTION, json_out: bool = JSON,
+    device: str = DEVICE_OPTION,
+) -> None:
+    """Induction: a random token sequence written twice; the heads carrying its copy edges, whether their
+    top QK pairs say "the key's previous token is the query's current token", and what inhibiting the
+    top query-side feature does to the head's attention to the copy position."""
+    from circuits.studies.demos.attention_induction import format_attention_induction, run_attention_induction
+
+    rm = load_demo_setup(model, transcoders, device, progress=not json_out)
+    report = run_attention_induction(rm, n=n, seed=seed, qk_heads=qk_heads, multiplier=multiplier)
+    print_json(report.to_json()) if json_out else _print(format_attention_induction(report))
+
+
+@app.command("attention-capitals")
+def attention_capitals_cmd(
+    prompt: str = typer.Option("The capital of France is", "--prompt", help="The prompt."),
+    subject: str = typer.Option(" France", "--subject", help="The subject token (its last occurrence)."),
+    qk_heads: int = number_option(8, "--qk-heads", min=1, max=10_000, help="Heads explained in the traced graph."),
+    model: str = REAL_MODEL_OPTION, transcoders: Optional[Path] = REAL_TRANSCODERS_OPTION, json_out: bool = JSON,
+    device: str = DEVICE_OPTION,
+) -> None:
+    """A capitals prompt: which heads move the country from its position to the last one, what on the
+    query side makes them look there, and what removing that query-side feature does to the head."""
+    from circuits.studies.demos.attention_two_hop import format_attention_two_hop, run_attention_two_hop
+
+    rm = load_demo_setup(model, transcoders, device, progress=not json_out)
+    report = run_attention_two_hop(rm, prompt, subject, qk_heads=qk_heads, word="country")
+    print_json(report.to_json()) if json_out else _print(format_attention_two_hop(report))
 
 
 def register(root: typer.Typer) -> None:

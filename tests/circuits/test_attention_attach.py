@@ -88,3 +88,27 @@ def test_explain_head_matches_the_graph(setup, traced):
     direct = explain_head(setup, PROMPT, h.layer, h.head, h.query, h.key)
     assert direct.pairs == h.pairs and direct.q_marginals == h.q_marginals
     assert abs(direct.model_score - h.model_score) <= 1e-6
+
+
+def test_the_trace_hands_over_its_replacement_and_a_rebuilt_one_agrees(setup, traced, monkeypatch):
+    """trace(qk=True) explains the local replacement model the trace computed (no second forward
+    pass); attaching from the graph alone rebuilds it and gives the same loadings and heads."""
+    import copy
+
+    from circuits.attention import attach as attach_module
+    from circuits.attention.attach import attach_attention
+
+    built = []
+    real = attach_module.build_local_replacement
+    monkeypatch.setattr(attach_module, "build_local_replacement", lambda *a: built.append(1) or real(*a))
+    setup.trace(PROMPT, qk=True, qk_heads=3)
+    assert built == []
+    graph = copy.copy(traced.graph)
+    data = attach_attention(graph, traced.pruned, setup.model, setup.transcoder, 3)
+    assert built == [1]
+    lo = traced.graph.attention.loadings
+    assert np.array_equal(data.loadings.target, lo.target) and np.array_equal(data.loadings.source, lo.source)
+    assert np.allclose(data.loadings.loadings, lo.loadings, rtol=1e-5, atol=1e-7)
+    assert [(h.layer, h.head, h.query, h.key) for h in data.heads] == \
+        [(h.layer, h.head, h.query, h.key) for h in traced.graph.attention.heads]
+    assert [p[:2] for p in data.heads[0].pairs] == [p[:2] for p in traced.graph.attention.heads[0].pairs]

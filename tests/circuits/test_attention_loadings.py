@@ -87,3 +87,29 @@ def test_dropping_a_head_or_using_wrong_patterns_breaks_the_sum(ln_model):
     wrong = copy.copy(attr.rep)
     wrong.patterns = other.patterns
     assert loading_gap(*all_edge_loadings(ln_model, tc, attr, rep=wrong)) > 1e-3
+
+
+@pytest.mark.parametrize("model_name", ["ln_model", "llama3"])
+def test_source_chunks_starting_late_give_the_same_loadings(model_name, request, monkeypatch):
+    """Sources propagated in small position-sorted chunks, each over the positions from its first
+    source's on (and, with QUERY_BLOCK 3, patterns read from many causal blocks), give the loadings
+    of one chunk over every position; the chunked ones still sum to the edges."""
+    from circuits.attention import loadings as loadings_module
+    from circuits.replacement import frozen_patterns
+
+    model = _model(model_name, request)
+    tc = _transcoder(model_name, model, "clt", skip=True, seed=3)
+    tokens = _prompts(model, 1, 8, seed=5)[0]
+    monkeypatch.setattr(frozen_patterns, "QUERY_BLOCK", 3)
+    attr = attribute(model, tc, tokens, batch_size=16)
+    monkeypatch.setattr(loadings_module, "SOURCE_CHUNK", 1 << 30)
+    whole, rows, t, s = all_edge_loadings(model, tc, attr)
+    monkeypatch.setattr(loadings_module, "SOURCE_CHUNK", 5)
+    chunked = all_edge_loadings(model, tc, attr)[0]
+    torch.testing.assert_close(chunked.loadings_e_l_h, whole.loadings_e_l_h, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(chunked.remainder_e, whole.remainder_e, atol=1e-6, rtol=1e-5)
+    assert loading_gap(chunked, rows, t, s) <= TOLERANCE
+    for l in range(model.cfg.n_layers):
+        for start in (0, 2, 5):
+            window = loadings_module.pattern_window(attr.rep, l, start, attr.rep.n_pos)
+            assert torch.equal(window, attr.rep.patterns[l][:, start:, start:])

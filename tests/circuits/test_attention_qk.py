@@ -93,3 +93,22 @@ def test_the_wrong_key_position_breaks_the_sum(request, monkeypatch):
     monkeypatch.setattr(qk_module, "side_seeds", lambda m, b, r, l, h, pos, side:
                         real(m, b, r, l, h, pos - 1 if side == "k" and pos > 0 else pos, side))
     assert _gap(model, tc, rep, blocks, layout, [(1, 0, 8, 3), (1, 1, 6, 5)]) > 1e-3
+
+
+@pytest.mark.parametrize("model_name", ["llama3", "ln_model"])
+def test_heads_explained_together_share_key_rows_and_match_one_by_one(model_name, request):
+    """qk_attributions of several heads of a block (query heads sharing a key head, GQA, get the
+    same key rows once) equal each head explained alone."""
+    from circuits.attention.qk import _kv_head, qk_attributions
+
+    model, tc, rep, blocks, layout = _setup(model_name, request)
+    H = model.cfg.n_heads
+    heads = [(h, 8, 3) for h in range(H)] + [(0, 6, 5)]
+    assert len({_kv_head(model, h) for h, _, _ in heads}) < H or model_name == "ln_model"
+    together = qk_attributions(model, tc, rep, blocks, layout, 1, heads)
+    for (h, q, k), a in zip(heads, together):
+        alone = qk_attribution(model, tc, rep, blocks, layout, 1, h, q, k)
+        torch.testing.assert_close(a.q_nodes_e_n, alone.q_nodes_e_n, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(a.k_nodes_e_n, alone.k_nodes_e_n, atol=1e-6, rtol=1e-5)
+        assert a.head == h and abs(a.score() - alone.score()) < 1e-5
+    assert not torch.allclose(together[0].q_nodes_e_n, together[1].q_nodes_e_n)

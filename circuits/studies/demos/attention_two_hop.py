@@ -49,6 +49,7 @@ class AttentionTwoHopReport:
     score_after: float = 0.0  # ... with the top query-side feature's writes removed (after any cap)
     inhibited_marginal: float = 0.0  # that feature's query-side marginal
     verdicts: dict[str, bool] = field(default_factory=dict)
+    word: str = "city"  # what the subject token is, in the printed lines and verdicts
 
     def to_json(self) -> dict:
         return json_safe(asdict(self))
@@ -74,13 +75,15 @@ def head_shares(graph, src_pos: int, dst_pos: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def attention_with_feature_removed(setup: ReplacementModel, tokens: torch.Tensor, layer: int, head: int,
-                                   q: int, k: int, feature: tuple[int, int, int] | None) -> tuple[float, float]:
+def attention_with_feature_scaled(setup: ReplacementModel, tokens: torch.Tensor, layer: int, head: int,
+                                  q: int, k: int, feature: tuple[int, int, int] | None,
+                                  multiplier: float = 0.0) -> tuple[float, float]:
     """The real model's (pattern, pre-softmax score) of (layer, head) at (q, k), with the feature
-    (layer, pos, index)'s decoder writes removed from every MLP output it writes to (None: clean)."""
+    (layer, pos, index)'s decoder writes scaled by `multiplier` in every MLP output it writes to
+    (0: removed, -1: inhibited; its activation as the real model computes it; None: clean)."""
     model, tc = setup.model, setup.transcoder
     store: dict = {}
-    hooks = [(block_hook(layer, "attn.hook_pattern"), lambda v, hook: store.__setitem__("p", v[0, head, q, k].item())),
+    hooks = [(block_hook(layer, "attn.hook_pattern"), lambda v, hook: store.__setitem__("p", v[0, head, q].float())),
              (block_hook(layer, "attn.hook_attn_scores"), lambda v, hook: store.__setitem__("s", v[0, head, q, k].item()))]
     if feature is not None:
         f_layer, pos, index = feature
@@ -93,20 +96,37 @@ def attention_with_feature_removed(setup: ReplacementModel, tokens: torch.Tensor
         hooks.append((x_name, read))
         dec = tc.decoder_rows(f_layer, torch.tensor([index]))[0]  # [n_out, d]
         for j in range(min(dec.shape[0], model.cfg.n_layers - f_layer)):
-            def remove(value, hook, j=j):
-                value[0, pos] -= (acts["a"] * dec[j]).to(value.dtype)
+            def scale(value, hook, j=j):
+                value[0, pos] += ((multiplier - 1) * acts["a"] * dec[j]).to(value.dtype)
                 return value
-            hooks.append((transcoder_hooks(tc, f_layer + j)[1], remove))
+            hooks.append((transcoder_hooks(tc, f_layer + j)[1], scale))
     model.run_with_hooks(tokens[None], fwd_hooks=hooks, stop_at_layer=layer + 1)
-    return float(store["p"]), float(store["s"])
+    return float(store["p"][k]), float(store["s"])
+
+
+def attention_with_feature_removed(setup: ReplacementModel, tokens: torch.Tensor, layer: int, head: int,
+                                   q: int, k: int, feature: tuple[int, int, int] | None) -> tuple[float, float]:
+    """attention_with_feature_scaled with the feature's writes removed (multiplier 0)."""
+    return attention_with_feature_scaled(setup, tokens, layer, head, q, k, feature, 0.0)
+
+
+@torch.no_grad()
+def head_pattern(setup: ReplacementModel, tokens: torch.Tensor, layer: int, head: int, q: int) -> list[float]:
+    """The real model's attention of (layer, head) from query q to every key 0..q."""
+    store: dict = {}
+    setup.model.run_with_hooks(tokens[None], fwd_hooks=[(block_hook(layer, "attn.hook_pattern"),
+                               lambda v, hook: store.__setitem__("p", v[0, head, q, :q + 1].float()))],
+                               stop_at_layer=layer + 1)
+    return store["p"].tolist()
 
 
 def run_attention_two_hop(setup: ReplacementModel, prompt: str = DALLAS[0], city: str = DALLAS[1],
-                          qk_heads: int = 8) -> AttentionTwoHopReport:
+                          qk_heads: int = 8, word: str = "city") -> AttentionTwoHopReport:
+    """`word` names what `city` is (a city, a country) in the verdicts."""
     result = trace_prompt(setup, prompt, TraceConfig(qk=True, qk_heads=qk_heads))
     graph = result.graph
     city_pos, last_pos = _position_of(setup, prompt, city), graph.n_pos - 1
-    report = AttentionTwoHopReport(prompt, city_pos, last_pos)
+    report = AttentionTwoHopReport(prompt, city_pos, last_pos, word=word)
     shares = head_shares(graph, city_pos, last_pos)
     order = np.argsort(-shares.reshape(-1))[:5]
     H = shares.shape[1]
@@ -117,7 +137,7 @@ def run_attention_two_hop(setup: ReplacementModel, prompt: str = DALLAS[0], city
 
     qk = explain_head(setup, prompt, layer, head, last_pos, city_pos)
     tokens = setup.tokens(prompt)
-    pattern = [attention_with_feature_removed(setup, tokens, layer, head, last_pos, k, None)[0] for k in range(last_pos + 1)]
+    pattern = head_pattern(setup, tokens, layer, head, last_pos)
     report.attention_to_city = pattern[city_pos]
     report.score = qk.model_score
     report.city_rank = 1 + sum(p > pattern[city_pos] for p in pattern[1:])
@@ -134,25 +154,27 @@ def run_attention_two_hop(setup: ReplacementModel, prompt: str = DALLAS[0], city
             setup, tokens, layer, head, last_pos, city_pos, (l, c, f))
         report.inhibited_marginal = next(v for i, v in qk.q_marginals if i == top_feature)
     top_k_pos = int(report.k_top[0][0].rsplit("_", 1)[1]) if report.k_top else -1
+    w = report.word
     report.verdicts = {
         "the top head carries the most of the moved edges": report.head_shares[0][2] >= 0.3,
-        "it attends to the city more than to any other non-BOS key": report.city_rank == 1,
-        "its top key-side contributor sits at the city": top_k_pos == city_pos,
+        f"it attends to the {w} more than to any other non-BOS key": report.city_rank == 1,
+        f"its top key-side contributor sits at the {w}": top_k_pos == city_pos,
     }
     if top_feature is not None:  # a layer-0 head's query reads only the token embedding and constants
-        report.verdicts["removing the top query-side feature lowers its score for the city"] = \
+        report.verdicts[f"removing the top query-side feature lowers its score for the {w}"] = \
             report.score_after < report.score
-        report.verdicts["removing the top query-side feature lowers its attention to the city"] = \
+        report.verdicts[f"removing the top query-side feature lowers its attention to the {w}"] = \
             report.attention_after < report.attention_to_city
     return report
 
 
 def format_attention_two_hop(r: AttentionTwoHopReport) -> list[str]:
-    lines = [f"prompt: {r.prompt!r}; city at position {r.city_pos}, last position {r.last_pos}",
-             "heads moving the city's position to the last one (share of |loading| of the kept edges):"]
+    w = r.word
+    lines = [f"prompt: {r.prompt!r}; {w} at position {r.city_pos}, last position {r.last_pos}",
+             f"heads moving the {w}'s position to the last one (share of |loading| of the kept edges):"]
     lines += [f"  L{l}H{h}: {s:.2f}" for l, h, s in r.head_shares]
     if r.head is not None:
-        lines.append(f"L{r.head[0]}H{r.head[1]} attends {r.attention_to_city:.3f} from the last position to the city "
+        lines.append(f"L{r.head[0]}H{r.head[1]} attends {r.attention_to_city:.3f} from the last position to the {w} "
                      f"(rank {r.city_rank} among non-BOS keys)")
         lines.append("why it looks there - query side (against the whole key):")
         lines += [f"  {i:<16} {v:+.3f}  {lab}" for i, v, lab in r.q_top]
@@ -165,7 +187,7 @@ def format_attention_two_hop(r: AttentionTwoHopReport) -> list[str]:
                          "the constant: biases, position terms): no feature to remove")
         else:
             lines.append(f"removing query-side feature {r.inhibited} (marginal {r.inhibited_marginal:+.3f}): score "
-                         f"{r.score:.3f} -> {r.score_after:.3f}, attention to the city {r.attention_to_city:.3f} -> "
+                         f"{r.score:.3f} -> {r.score_after:.3f}, attention to the {w} {r.attention_to_city:.3f} -> "
                          f"{r.attention_after:.3f}")
     lines += [f"verdict: {'YES' if ok else 'NO '}  {text}" for text, ok in r.verdicts.items()]
     return lines

@@ -1,0 +1,26 @@
+"""plain vs --qk trace in CPU seconds (time.process_time) and wall, 1 torch thread, alternating in one process (the wall clock is useless on a loaded shared machine).
+
+    python benchmarks/qk_cpu_cost.py MODEL TRANSCODERS|- LENGTH REPEAT
+"""
+import sys, time, torch, statistics
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+torch.set_num_threads(1)
+from circuits.replacement.model import ReplacementModel
+from circuits.attribution.config import TraceConfig
+from circuits.trace import trace_prompt
+from qk_cost import prompt_of, PeakRSS
+rm = ReplacementModel.load(sys.argv[1], None if sys.argv[2] == "-" else sys.argv[2], "cpu", progress=False)
+prompt = prompt_of(rm, int(sys.argv[3])); reps = int(sys.argv[4])
+cfgs = {"plain": TraceConfig(), "qk": TraceConfig(qk=True)}
+for c in cfgs.values(): trace_prompt(rm, prompt, c)
+cpu = {m: [] for m in cfgs}; wall = {m: [] for m in cfgs}; peak = {m: 0 for m in cfgs}
+for _ in range(reps):
+    for m, c in cfgs.items():
+        with PeakRSS() as rss:
+            t0, c0 = time.perf_counter(), time.process_time()
+            r = trace_prompt(rm, prompt, c)
+            wall[m].append(time.perf_counter() - t0); cpu[m].append(time.process_time() - c0)
+        peak[m] = max(peak[m], rss.peak)
+        print(m, round(cpu[m][-1], 2), round(wall[m][-1], 2), r.graph.timing_seconds, flush=True)
+p, q = statistics.median(cpu["plain"]), statistics.median(cpu["qk"])
+print(f"tokens {len(rm.tokens(prompt))} edges {len(r.pruned.edges()[0])} cpu plain {p:.2f} qk {q:.2f} ratio {q/p:.2f}; wall plain {statistics.median(wall['plain']):.2f} qk {statistics.median(wall['qk']):.2f}; peak GB plain {peak['plain']/2**30:.2f} qk {peak['qk']/2**30:.2f} ratio {peak['qk']/peak['plain']:.2f}")
