@@ -28,7 +28,7 @@ from graphs.thresholds import DEFAULT_EDGE_THRESHOLD, DEFAULT_NODE_THRESHOLD
 if TYPE_CHECKING:
     from circuits.replacement.model import ReplacementModel
 
-__all__ = ["TraceResult", "trace_prompt"]
+__all__ = ["TraceResult", "trace_prompt", "trace_prompts"]
 
 
 @dataclass
@@ -62,6 +62,26 @@ def trace_prompt(rm: ReplacementModel, prompt: str, config: TraceConfig | None =
     config = config or TraceConfig()
     t0 = time.perf_counter()
     graph = attribute(rm, prompt, config, progress=progress)
+    return _prune_and_summarize(rm, graph, config, t0)
+
+
+def trace_prompts(rm: ReplacementModel, prompts: list[tuple[str, TraceConfig]], batch_prompts: int = 1):
+    """Yield the TraceResult of each (prompt, config), in order. batch_prompts > 1: the rows of that
+    many prompts share backward sweeps (circuits.attribution.batched; the graphs equal
+    trace_prompt's to float rounding, 1e-6 relative); 1: trace_prompt per prompt. In a shared group
+    a graph's timing_seconds["shared"] is its share of the group's forwards and sweeps (the group's
+    seconds / its prompts), and "total" that share plus its own pruning."""
+    if batch_prompts <= 1:
+        for prompt, config in prompts:
+            yield trace_prompt(rm, prompt, config)
+        return
+    from circuits.attribution.batched import attribute_many
+
+    for graph, (_, config) in zip(attribute_many(rm, prompts, batch_prompts), prompts):
+        yield _prune_and_summarize(rm, graph, config, time.perf_counter() - graph.timing_seconds["shared"])
+
+
+def _prune_and_summarize(rm: ReplacementModel, graph: Graph, config: TraceConfig, t0: float) -> TraceResult:
     t1 = time.perf_counter()
     pruned = prune_graph(graph, config.node_threshold, config.edge_threshold)
     graph.timing_seconds["prune"] = round(time.perf_counter() - t1, 4)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -46,7 +47,13 @@ def attribute(rm: ReplacementModel, prompt: str, config: TraceConfig | None = No
     only inside this call."""
     config = config or TraceConfig()
     tokens = rm.tokens(prompt)
-    attr = attribution_rows(rm.model, rm.transcoder, tokens, config, progress=progress, threads=threads)
+    return labelled_graph(rm, prompt, config,  # the only reference to the rows: freed before labelling
+                          attribution_rows(rm.model, rm.transcoder, tokens, config, progress=progress, threads=threads))
+
+
+def labelled_graph(rm: ReplacementModel, prompt: str, config: TraceConfig, attr: Attribution) -> Graph:
+    """The graph stage: the Attribution as a Graph (its rows copied, then freed when the caller
+    keeps no reference), labelled."""
     graph = to_graph(attr, rm.model, rm.transcoder, prompt, model_identity=rm.identity,
                      transcoder_path=str(rm.transcoder_dir) if rm.transcoder_dir else None,
                      settings=config.model_dump())
@@ -77,10 +84,34 @@ def bounded_batch_size(batch_size: int, n_pos: int, n_layers: int, d_model: int,
     return max(1, min(batch_size, budget // per_row))
 
 
-def _rows_in_batches(rep, blocks, transcoder, layout, seeds: TargetSeeds, batch_size: int,
-                     progress, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows [len(seeds), n_sources] in seed order, written into `out` when given (a view of a
-    larger preallocated block: no temporary copy)."""
+@dataclass
+class RowRequest:
+    """What the rows stage asks for: the adjacency rows of `seeds` over `layout`'s sources, in
+    seed order (compute_rows(rep, blocks, transcoder, layout, seeds)). The stage is a generator
+    that yields one request per backward batch and receives its rows: one prompt's driver
+    (`run_rows`) computes each request alone; the batched entry (circuits.attribution.batched)
+    computes the requests of several prompts in shared sweeps."""
+
+    rep: object
+    layout: SourceLayout
+    seeds: TargetSeeds
+
+
+def run_rows(steps, blocks, transcoder):
+    """Drive one prompt's rows stage: each request computed alone, in order; returns its result."""
+    rows = None
+    while True:
+        try:
+            req = steps.send(rows)
+        except StopIteration as stop:
+            return stop.value
+        rows = compute_rows(req.rep, blocks, transcoder, req.layout, req.seeds)
+
+
+def _rows_in_batches(rep, layout, seeds: TargetSeeds, batch_size: int, progress,
+                     out: torch.Tensor | None = None):
+    """(generator) Rows [len(seeds), n_sources] in seed order, written into `out` when given (a
+    view of a larger preallocated block: no temporary copy)."""
     if out is None:
         out = torch.empty(len(seeds), layout.n_sources, device=seeds.vec_d.device)
     order = torch.argsort(seeds.layer * (rep.n_pos + 1) + seeds.position)  # group causal cones
@@ -89,7 +120,7 @@ def _rows_in_batches(rep, blocks, transcoder, layout, seeds: TargetSeeds, batch_
     for j, sl in enumerate(batches):
         if split is None or split.mine(j):
             idx = order[sl]
-            out[idx] = compute_rows(rep, blocks, transcoder, layout, seeds.select(idx))
+            out[idx] = yield RowRequest(rep, layout, seeds.select(idx))
         progress(sl.stop - sl.start)
     if split is not None:
         split.gather(out, order, batches)
@@ -114,20 +145,23 @@ def attribution_rows(model, transcoder, tokens_pos: torch.Tensor, config: TraceC
     if customs is None:
         customs = custom_targets(model, config.targets, config.contrast)
     with free_core_threads(threads) as adaptive:
-        attr = _attribute(model, transcoder, tokens_pos, config, customs, progress, adaptive.recheck)
+        blocks = FrozenBlocks(model)
+        steps = attribution_steps(model, transcoder, blocks, tokens_pos, config, customs, progress, adaptive.recheck)
+        attr = run_rows(steps, blocks, transcoder)
         attr.threads = adaptive.history
     return attr
 
 
-def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list[CustomTarget], progress,
-               recheck_threads) -> Attribution:
+def attribution_steps(model, transcoder, blocks: FrozenBlocks, tokens_pos, config: TraceConfig,
+                      customs: list[CustomTarget], progress, recheck_threads):
+    """(generator) The stages of `attribution_rows` for one prompt: yields a RowRequest per backward
+    batch, receives its rows, returns the Attribution (drive it with `run_rows`)."""
     timing = {}
     t0 = time.perf_counter()
     batch_size, max_feature_nodes, memory_gb = config.batch_size, config.max_feature_nodes, config.memory_gb
     baseline = resident_bytes() if memory_gb is not None else 0
     check_forward_fits(_forward_bytes(model, transcoder, len(tokens_pos)), len(tokens_pos), memory_gb, baseline)
     rep = build_local_replacement(model, transcoder, tokens_pos)
-    blocks = FrozenBlocks(model)
     n_active = len(rep.features)
     # rows per backward sweep; influence rounds still grow by at least config.batch_size
     sweep = bounded_batch_size(batch_size, rep.n_pos, blocks.n_layers, rep.embed_pos_d.shape[1], memory_gb)
@@ -150,15 +184,14 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
     t1 = time.perf_counter()
     n_chosen = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
     bar = _progress_bar(progress, len(logits.labels) + n_chosen, recheck_threads)
-    logit_rows = _rows_in_batches(rep, blocks, transcoder, layout, logit_seeds(rep, blocks, logits),
-                                  sweep, bar)
+    logit_rows = yield from _rows_in_batches(rep, layout, logit_seeds(rep, blocks, logits), sweep, bar)
     if n_chosen == n_active and store_limit is None:
         chosen = torch.arange(n_active, device=logit_rows.device)
-        feature_rows = _rows_in_batches(rep, blocks, transcoder, layout,
-                                        feature_seeds(rep, blocks, transcoder, chosen), sweep, bar)
+        feature_rows = yield from _rows_in_batches(rep, layout, feature_seeds(rep, blocks, transcoder, chosen),
+                                                   sweep, bar)
     else:
-        chosen, feature_rows = _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows,
-                                                    n_chosen, batch_size, bar, store_limit, sweep)
+        chosen, feature_rows = yield from _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows,
+                                                               n_chosen, batch_size, bar, store_limit, sweep)
         logit_rows = logit_rows[:, graph_source_columns(chosen, layout)]
     bar.close()
     plan["n_chosen"] = len(chosen)
@@ -189,7 +222,7 @@ def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int,
 
 def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_chosen, batch_size, bar,
                          store_limit: int | None = None, sweep: int | None = None):
-    """(chosen features in node order, their rows over the graph's sources): rounds of the most
+    """(generator) (chosen features in node order, their rows over the graph's sources): rounds of the most
     influential unvisited features (circuits.attribution.influence), their rows kept in a RowStore;
     with a `store_limit` (bytes) the choice stops before the store would pass it."""
     n_active = len(rep.features)
@@ -210,7 +243,7 @@ def _choose_by_influence(rep, blocks, transcoder, layout, logits, logit_rows, n_
         order = torch.argsort(seeds.layer * (rep.n_pos + 1) + seeds.position)  # group causal cones
         for sl in _batches(len(new), batch):
             idx = order[sl]
-            store.add(new[idx], compute_rows(rep, blocks, transcoder, layout, seeds.select(idx)))
+            store.add(new[idx], (yield RowRequest(rep, layout, seeds.select(idx))))
             bar(len(idx))
         if store_limit is not None and store.n_rows < n_chosen:  # the rows the store will hold, at this mean
             expected = store.n_rows * store_limit // max(store.nbytes, 1)

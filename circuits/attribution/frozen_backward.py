@@ -18,12 +18,13 @@ def norm_backward(grad_pos_d: torch.Tensor, scale_pos: torch.Tensor, weight_d: t
                   centered: bool) -> torch.Tensor:
     """Transpose of a frozen norm x -> w * center(x) / scale (LayerNorm) or w * x / scale (RMSNorm).
 
-    grad [..., P, d], scale [P]. The centering projection is symmetric, so it applies as is.
+    grad [..., P, d], scale [P] (or [B, P]: one scale per row of a batch of several prompts).
+    The centering projection is symmetric, so it applies as is.
     """
     g = grad_pos_d if weight_d is None else grad_pos_d * weight_d
     if centered:
         g = g - g.mean(-1, keepdim=True)
-    return g / scale_pos[:, None]
+    return g / scale_pos[..., None]
 
 
 class FrozenBlocks:
@@ -78,9 +79,10 @@ class FrozenBlocks:
         H, e = W_O.shape[0], W_O.shape[1]
         z_b_h_q_e = torch.einsum("bqd,hed->bhqe", grad_pos_d, W_O)
         v_b_h_k_e = torch.zeros(B, H, P, e, device=grad_pos_d.device)
-        for q0, block_h_q_k in pattern_blocks:
-            q1, k1 = q0 + block_h_q_k.shape[1], block_h_q_k.shape[2]
-            v_b_h_k_e[:, :, :k1] += torch.einsum("hqk,bhqe->bhke", block_h_q_k, z_b_h_q_e[:, :, q0:q1])
+        for q0, block in pattern_blocks:  # [H, Q, K], or [B, H, Q, K]: each row its own prompt's pattern
+            q1, k1 = q0 + block.shape[-2], block.shape[-1]
+            spec = "hqk,bhqe->bhke" if block.dim() == 3 else "bhqk,bhqe->bhke"
+            v_b_h_k_e[:, :, :k1] += torch.einsum(spec, block, z_b_h_q_e[:, :, q0:q1])
         G = W_V.shape[0]
         if G != H:  # query heads g*H/G .. (g+1)*H/G - 1 read value head g
             v_b_h_k_e = v_b_h_k_e.view(B, G, H // G, P, e).sum(2)

@@ -1,0 +1,174 @@
+"""Rows of several prompts in shared backward sweeps (issue 21): `attribute_many`.
+
+    for graph in attribute_many(rm, [(prompt, config), ...], batch_prompts=8): ...
+
+Each prompt runs its own rows stage (engine.attribution_steps: its local replacement, targets and
+influence rounds), a generator that asks for one backward batch of rows at a time (a RowRequest).
+Here the pending requests of up to `batch_prompts` prompts are pooled: one frozen backward sweep
+carries the rows of all of them, each row through its own prompt's frozen state (attention
+patterns, norm scales), then each prompt's rows are read off at its own sources
+(rows.source_rows) and handed back to its generator.
+
+Padding: the sweep covers the longest causal cone P of the pooled rows. A prompt with n < P
+positions has its patterns padded with PATTERN_PAD = 0 (no query attends to or from a padded
+position) and its norm scales with SCALE_PAD = 1 (no 0/0); its seeds sit at real positions, so the
+gradient at its padded positions stays exactly zero, and its sources are read at its own n
+positions only. The graphs equal the single-prompt graphs up to float rounding (a matmul over a
+larger batch may sum in another order): tests/circuits/batch/test_batched.py asserts 1e-6
+relative, and that padding the patterns with anything else breaks it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+
+from circuits.attribution.config import TraceConfig
+from circuits.attribution.engine import RowRequest, attribution_steps, bounded_batch_size, labelled_graph
+from circuits.attribution.frozen_backward import FrozenBlocks
+from circuits.attribution.rows import source_rows
+from circuits.attribution.targets import custom_targets
+from graphs import Graph
+from transcoders.threads import free_core_threads
+
+if TYPE_CHECKING:
+    from circuits.replacement.model import ReplacementModel
+
+PATTERN_PAD = 0.0  # attention weight to and from a padded position
+SCALE_PAD = 1.0  # frozen norm scale at a padded position
+
+
+def attribute_many(rm: ReplacementModel, prompts: list[tuple[str, TraceConfig]], batch_prompts: int,
+                   threads: int | None = None) -> Iterator[Graph]:
+    """The labelled full graph of each (prompt, config), in order; the rows of up to `batch_prompts`
+    prompts at a time share backward sweeps (all configs must have the same batch_size)."""
+    for start in range(0, len(prompts), batch_prompts):
+        group = prompts[start:start + batch_prompts]
+        with free_core_threads(threads) as adaptive:
+            blocks = FrozenBlocks(rm.model)
+            steps = []
+            for prompt, config in group:
+                customs = custom_targets(rm.model, config.targets, config.contrast)
+                steps.append(attribution_steps(rm.model, rm.transcoder, blocks, rm.tokens(prompt), config, customs,
+                                               False, adaptive.recheck))
+            t0 = time.perf_counter()
+            attrs = run_shared(steps, blocks, rm.transcoder, group[0][1].batch_size * len(group))
+            seconds = time.perf_counter() - t0
+        for attr in attrs:
+            attr.threads = adaptive.history
+            attr.timing_seconds["shared"] = seconds / len(group)  # its share of the group's forwards and sweeps
+        for (prompt, config), i in zip(group, range(len(attrs))):
+            attr, attrs[i] = attrs[i], None  # the graph stage holds the only reference to the rows
+            yield labelled_graph(rm, prompt, config, attr)
+
+
+def run_shared(steps: list, blocks: FrozenBlocks, transcoder, max_rows: int) -> list:
+    """Drive several prompts' rows stages together: each round pools every prompt's pending request
+    into sweeps of at most `max_rows` rows (whole requests; fewer when the memory bound of
+    engine.bounded_batch_size says so); returns each prompt's Attribution."""
+    results: list = [None] * len(steps)
+    pending: dict[int, RowRequest] = {}
+
+    def advance(i: int, rows) -> None:
+        try:
+            pending[i] = steps[i].send(rows)
+        except StopIteration as stop:
+            results[i] = stop.value
+
+    for i in range(len(steps)):
+        advance(i, None)
+    while pending:
+        ids = sorted(pending)
+        reqs = [pending.pop(i) for i in ids]
+        answers: list[torch.Tensor] = []
+        for part in _sweeps(reqs, blocks, max_rows):
+            answers += compute_rows_shared(part, blocks, transcoder)
+        for i, rows in zip(ids, answers):
+            advance(i, rows)
+    return results
+
+
+def _sweeps(reqs: list[RowRequest], blocks: FrozenBlocks, max_rows: int) -> Iterator[list[RowRequest]]:
+    """Consecutive requests packed into sweeps of at most max_rows rows (memory-bounded)."""
+    d = reqs[0].rep.embed_pos_d.shape[1]
+    n_pos = max(int(r.seeds.position.max()) + 1 for r in reqs)
+    limit = bounded_batch_size(max_rows, n_pos, blocks.n_layers, d)
+    part: list[RowRequest] = []
+    for req in reqs:
+        if part and sum(len(r.seeds) for r in part) + len(req.seeds) > limit:
+            yield part
+            part = []
+        part.append(req)
+    if part:
+        yield part
+
+
+def _padded(values: list[torch.Tensor], P: int, fill: float) -> torch.Tensor:
+    """[K, ..., P] from per-prompt [..., n_i] (cut or padded with `fill` on the last axis)."""
+    out = torch.full((len(values), *values[0].shape[:-1], P), fill, device=values[0].device)
+    for i, v in enumerate(values):
+        m = min(P, v.shape[-1])
+        out[i, ..., :m] = v[..., :m]
+    return out
+
+
+def _row_patterns(reqs: list[RowRequest], H: int, layer: int, P: int, owner: torch.Tensor) -> torch.Tensor:
+    """[B, H, P, P]: each row's prompt's (causal) pattern of `layer`, PATTERN_PAD outside its n x n."""
+    stacked = torch.full((len(reqs), H, P, P), PATTERN_PAD, device=owner.device)
+    for i, req in enumerate(reqs):
+        m = min(P, req.rep.n_pos)
+        stacked[i, :, :m, :m] = 0.0
+        for q0, block in req.rep.patterns.blocks(layer, m):
+            stacked[i, :, q0:q0 + block.shape[1], :block.shape[2]] = block
+    return stacked[owner]
+
+
+@torch.no_grad()
+def compute_rows_shared(reqs: list[RowRequest], blocks: FrozenBlocks, transcoder) -> list[torch.Tensor]:
+    """The rows of several prompts' requests from one frozen backward sweep: per request, rows
+    [len(seeds), its n_sources] as rows.compute_rows gives them (to float rounding)."""
+    sizes = [len(r.seeds) for r in reqs]
+    layer = torch.cat([r.seeds.layer for r in reqs])
+    position = torch.cat([r.seeds.position for r in reqs])
+    vec_b_d = torch.cat([r.seeds.vec_d for r in reqs])
+    device = vec_b_d.device
+    owner = torch.repeat_interleave(torch.arange(len(reqs), device=device), torch.tensor(sizes, device=device))
+    B, d = vec_b_d.shape
+    l_top = int(layer.max())
+    P = int(position.max()) + 1
+    reps = [r.rep for r in reqs]
+    ln1 = _padded([r.ln1_scale_layer_pos for r in reps], P, SCALE_PAD)[owner]  # [B, L, P]
+    ln2 = _padded([r.ln2_scale_layer_pos for r in reps], P, SCALE_PAD)[owner]
+    ln1_post = None if reps[0].ln1_post_scale_layer_pos is None else \
+        _padded([r.ln1_post_scale_layer_pos for r in reps], P, SCALE_PAD)[owner]
+    post_mlp = None if reps[0].ln2_post_scale_layer_pos is None else \
+        _padded([r.ln2_post_scale_layer_pos for r in reps], P, SCALE_PAD)[owner]
+    grad_b_p_d = torch.zeros(B, P, d, device=device)
+    grad_p_b_l_d = torch.zeros(P, B, l_top, d, device=device)
+    rows_at = {l: (layer == l).nonzero(as_tuple=True)[0] for l in layer.unique().tolist()}
+    if l_top in rows_at and l_top == blocks.n_layers:
+        r = rows_at[l_top]
+        grad_b_p_d[r, position[r]] += vec_b_d[r]
+    for l in range(min(l_top, blocks.n_layers - 1), -1, -1):  # as rows.compute_rows, a scale per row
+        if l < l_top:
+            g_out = blocks.output_hook_backward(l, grad_b_p_d, None if post_mlp is None else post_mlp[:, l])
+            grad_p_b_l_d[:, :, l] = g_out.transpose(0, 1)
+        if transcoder.cfg.skip and l < l_top:
+            g_x = g_out @ transcoder.skip_matrix(l).float().to(device).T
+            grad_b_p_d = grad_b_p_d + blocks.input_hook_backward(l, g_x, ln2[:, l], transcoder.cfg.input_hook)
+        if l in rows_at:
+            r = rows_at[l]
+            grad_b_p_d[r, position[r]] += vec_b_d[r]
+        pattern = [(0, _row_patterns(reqs, blocks.W_O_head_e_d[l].shape[0], l, P, owner))]
+        grad_b_p_d = grad_b_p_d + blocks.attention_backward(
+            l, grad_b_p_d, pattern, ln1[:, l], None if ln1_post is None else ln1_post[:, l])
+    out, start = [], 0
+    for req, n in zip(reqs, sizes):
+        sl = slice(start, start + n)
+        start += n
+        out.append(source_rows(req.rep, req.layout, grad_b_p_d[sl], grad_p_b_l_d[:, sl],
+                               int(req.seeds.layer.max()), min(P, req.rep.n_pos)))
+    return out
