@@ -115,15 +115,19 @@ def _padded(values: list[torch.Tensor], P: int, fill: float) -> torch.Tensor:
     return out
 
 
-def _row_patterns(reqs: list[RowRequest], H: int, layer: int, P: int, owner: torch.Tensor) -> torch.Tensor:
-    """[B, H, P, P]: each row's prompt's (causal) pattern of `layer`, PATTERN_PAD outside its n x n."""
-    stacked = torch.full((len(reqs), H, P, P), PATTERN_PAD, device=owner.device)
-    for i, req in enumerate(reqs):
+def _prompt_patterns(reqs: list[RowRequest], H: int, layer: int, P: int, sizes: list[int]) -> list[tuple]:
+    """Per request, (0, its prompt's causal pattern of `layer` [H, P, P] with PATTERN_PAD outside its
+    n x n, its rows' slice): the attention backward applies each to its own prompt's rows."""
+    out, start = [], 0
+    for req, n_rows in zip(reqs, sizes):
         m = min(P, req.rep.n_pos)
-        stacked[i, :, :m, :m] = 0.0
+        padded = torch.full((H, P, P), PATTERN_PAD, device=req.seeds.vec_d.device)
+        padded[:, :m, :m] = 0.0
         for q0, block in req.rep.patterns.blocks(layer, m):
-            stacked[i, :, q0:q0 + block.shape[1], :block.shape[2]] = block
-    return stacked[owner]
+            padded[:, q0:q0 + block.shape[1], :block.shape[2]] = block
+        out.append((0, padded, slice(start, start + n_rows)))
+        start += n_rows
+    return out
 
 
 @torch.no_grad()
@@ -162,7 +166,7 @@ def compute_rows_shared(reqs: list[RowRequest], blocks: FrozenBlocks, transcoder
         if l in rows_at:
             r = rows_at[l]
             grad_b_p_d[r, position[r]] += vec_b_d[r]
-        pattern = [(0, _row_patterns(reqs, blocks.W_O_head_e_d[l].shape[0], l, P, owner))]
+        pattern = _prompt_patterns(reqs, blocks.W_O_head_e_d[l].shape[0], l, P, sizes)
         grad_b_p_d = grad_b_p_d + blocks.attention_backward(
             l, grad_b_p_d, pattern, ln1[:, l], None if ln1_post is None else ln1_post[:, l])
     out, start = [], 0
