@@ -1,14 +1,16 @@
-"""Prompts per minute of `circuits trace-batch`: one process vs N torchrun ranks (gloo on CPU),
-with the CPU seconds of all processes alongside.
+"""Prompts per minute of `circuits trace-batch`: one process vs N torchrun ranks (gloo on CPU) vs
+one process with the rows of several prompts in shared backward sweeps (--batch-prompts K), with
+the CPU seconds of all processes alongside.
 
-    python benchmarks/trace_batch.py --model world --n 100 [--ranks 2] [--threads 1] [--transcoders DIR]
+    python benchmarks/trace_batch.py --model world --n 100 [--ranks 2] [--batch-prompts 8] [--threads 1]
+    python benchmarks/trace_batch.py --model smollm2-135m --n 20 --transcoders DIR
 
 Each configuration traces the same prompts (world-addition for `world`, else the smollm2-capitals
 and induction prompt shapes) into a fresh folder. `trace` is the tracing loop's wall time on rank 0
 (trace-batch's trace_seconds: model loading excluded), `wall` the whole command (imports, loading,
 the torchrun agent), `cpu` the user+system seconds of every process of the command.
-Batched rows of several prompts in shared backward passes are not implemented (issue 21 item 2):
-no row for them.
+`--repeat R` runs the configurations R times, interleaved (the machine's load drifts); every run is
+printed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,6 +67,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--batch-prompts", type=int, default=8, help="prompts per shared sweep in the batched row")
+    ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
     extra = ["--model", args.model, "--json", "--threads", str(args.threads)]
     if args.transcoders:
@@ -79,11 +84,17 @@ def main() -> None:
                                                 str(args.ranks), "--master-addr", "127.0.0.1", "--master-port", "29517",
                                                 "-m", "circuits", "trace-batch", str(prompts), "--out",
                                                 str(tmp / "ranks")] + extra))
+        configs.append((f"batched {args.batch_prompts}", base + ["--out", str(tmp / "batched"), "--batch-prompts",
+                                                               str(args.batch_prompts)] + extra))
         print(f"{'configuration':<14} {'prompts/min':>12} {'trace s':>9} {'wall s':>8} {'cpu s':>8}")
-        for name, cmd in configs:
-            summary, wall, cpu = run(cmd, args.threads)
-            rate = 60 * summary["traced"] / summary["trace_seconds"]
-            print(f"{name:<14} {rate:>12.1f} {summary['trace_seconds']:>9.1f} {wall:>8.1f} {cpu:>8.1f}", flush=True)
+        for rep in range(args.repeat):
+            for name, cmd in configs:
+                out = Path(cmd[cmd.index("--out") + 1])
+                if out.exists():
+                    shutil.rmtree(out)
+                summary, wall, cpu = run(cmd, args.threads)
+                rate = 60 * summary["traced"] / summary["trace_seconds"]
+                print(f"{name:<14} {rate:>12.1f} {summary['trace_seconds']:>9.1f} {wall:>8.1f} {cpu:>8.1f}", flush=True)
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 

@@ -18,7 +18,7 @@ from circuits.batch import manifest as mf
 from circuits.cli.main import app
 from circuits.errors import CircuitsError
 from graphs.errors import GraphError
-from tests.circuits.batch.helpers import npz_members
+from tests.circuits.batch.helpers import assert_same_outputs, cli, finish, free_port, npz_members, save_tiny_transcoder
 
 # 7, 2, 13, 7, 6 tokens: a batch pads the shorter ones to the longest
 PROMPTS = ["calc: 36+59=", "the", "calc: 3+4= calc: 5+6=", "calc: 41+2=", "Sacramento is the capital of"]
@@ -123,3 +123,17 @@ def test_trace_batch_cli_with_batch_prompts_writes_the_same_graphs(setup, tmp_pa
                     np.testing.assert_array_equal(x, y, err_msg=key)
     bad = CliRunner().invoke(app, ["trace-batch", str(prompts), "--out", str(tmp_path / "bad"), "--batch-prompts", "0"])
     assert bad.exit_code == 2 and "--batch-prompts" in bad.output
+
+
+def test_two_gloo_ranks_with_batch_prompts_write_what_one_process_writes(world_tiny, tmp_path):
+    """The ranks trace the same groups of prompts one process does (group r*N + k on rank k), so
+    with the same --batch-prompts the folders are equal byte for byte apart from timing."""
+    tc = save_tiny_transcoder(world_tiny, tmp_path / "clt")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    args = ["--model", "world-tiny", "--transcoders", str(tc), "--json", "--threads", "1", "--batch-prompts", "2"]
+    finish(cli("trace-batch", str(prompts), "--out", str(tmp_path / "one"), *args))
+    text = finish(cli("trace-batch", str(prompts), "--out", str(tmp_path / "two"), *args,
+                      torchrun=["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port())]))
+    assert json.loads(text[text.index("{"):])["traced"] == len(PROMPTS)
+    assert_same_outputs(tmp_path / "one", tmp_path / "two")
