@@ -44,7 +44,7 @@ SCALE_PAD = 1.0  # frozen norm scale at a padded position
 def attribute_many(rm: ReplacementModel, prompts: list[tuple[str, TraceConfig]], batch_prompts: int,
                    threads: int | None = None) -> Iterator[Graph]:
     """The labelled full graph of each (prompt, config), in order; the rows of up to `batch_prompts`
-    prompts at a time share backward sweeps (all configs must have the same batch_size)."""
+    prompts at a time share backward sweeps (of at most their configs' batch sizes summed)."""
     for start in range(0, len(prompts), batch_prompts):
         group = prompts[start:start + batch_prompts]
         with free_core_threads(threads) as adaptive:
@@ -55,12 +55,12 @@ def attribute_many(rm: ReplacementModel, prompts: list[tuple[str, TraceConfig]],
                 steps.append(attribution_steps(rm.model, rm.transcoder, blocks, rm.tokens(prompt), config, customs,
                                                False, adaptive.recheck))
             t0 = time.perf_counter()
-            attrs = run_shared(steps, blocks, rm.transcoder, group[0][1].batch_size * len(group))
+            attrs = run_shared(steps, blocks, rm.transcoder, sum(config.batch_size for _, config in group))
             seconds = time.perf_counter() - t0
         for attr in attrs:
             attr.threads = adaptive.history
             attr.timing_seconds["shared"] = seconds / len(group)  # its share of the group's forwards and sweeps
-        for (prompt, config), i in zip(group, range(len(attrs))):
+        for i, (prompt, config) in enumerate(group):
             attr, attrs[i] = attrs[i], None  # the graph stage holds the only reference to the rows
             yield labelled_graph(rm, prompt, config, attr)
 
