@@ -30,7 +30,7 @@ def trace_batch(rm, items: list[PromptItem], out: str | Path, config=None, progr
     done = on_rank0(lambda: _finished_records(items, out, config), info)  # {index: record}
     pending = [item for item in items if item.index not in done]
     bar = _bar(len(items), len(done)) if progress and info.is_main else None
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     try:
         chunks = [pending[i:i + batch_prompts] for i in range(0, len(pending), batch_prompts)]
         for r in range(rounds(len(chunks), info)):  # round r: rank k traces chunk r*N + k
@@ -49,7 +49,8 @@ def trace_batch(rm, items: list[PromptItem], out: str | Path, config=None, progr
         mf.rewrite_manifest(out, [done[item.index] for item in items])
     barrier(info)
     return {"total": len(items), "traced": len(pending), "skipped": len(items) - len(pending),
-            "manifest": str(out / mf.MANIFEST), "trace_seconds": round(time.perf_counter() - t0, 3)}
+            "manifest": str(out / mf.MANIFEST), "trace_seconds": round(time.perf_counter() - t0, 3),
+            "trace_cpu_seconds": round(time.process_time() - cpu0, 3)}  # this process's (rank 0's) CPU
 
 
 def _finished_records(items: list[PromptItem], out: Path, config) -> dict[int, dict]:
