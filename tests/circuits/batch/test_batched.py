@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pytest
 from typer.testing import CliRunner
 
@@ -137,3 +138,35 @@ def test_two_gloo_ranks_with_batch_prompts_write_what_one_process_writes(world_t
                       torchrun=["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port())]))
     assert json.loads(text[text.index("{"):])["traced"] == len(PROMPTS)
     assert_same_outputs(tmp_path / "one", tmp_path / "two")
+
+
+def _rows(attr) -> torch.Tensor:
+    return torch.cat([attr.feature_rows, attr.logit_rows])
+
+
+@pytest.mark.parametrize("arch,hook_out", [("llama3", False), ("gemma2", True), ("gemma3", False), ("gpt2", False)])
+def test_shared_sweeps_on_other_architectures(arch, hook_out, tmp_path, one_thread):
+    """RMSNorm, grouped-query attention, Gemma's post-norms (with the transcoder writing before the
+    post-MLP norm), a CLT with a skip term: prompts of 4, 9 and 6 tokens in one group, rows equal to
+    each prompt's own to 1e-6 relative."""
+    from circuits.attribution.engine import FrozenBlocks, attribution_rows, attribution_steps
+    from circuits.models.pretrained import load_hf_checkpoint
+    from circuits.replacement.hooks import adapt_hooks
+    from tests.circuits.attribution_checks import random_transcoder
+    from tests.helpers import tiny_checkpoints as tiny
+
+    model = load_hf_checkpoint(getattr(tiny, f"make_tiny_{arch}")(tmp_path), "cpu")
+    tc = random_transcoder(model.cfg.n_layers, model.cfg.d_model, "clt", skip=True)
+    if hook_out:
+        tc.cfg.output_hook = "mlp.hook_out"
+        adapt_hooks(model, tc, "the fixture transcoder")
+    gen = torch.Generator().manual_seed(0)
+    tokens = [torch.randint(1, model.cfg.d_vocab, (n,), generator=gen) for n in (4, 9, 6)]
+    config = TraceConfig(batch_size=8, max_feature_nodes=30)
+    singles = [attribution_rows(model, tc, t, config, threads=1) for t in tokens]
+    blocks = FrozenBlocks(model)
+    steps = [attribution_steps(model, tc, blocks, t, config, [], False, lambda: None) for t in tokens]
+    for single, shared in zip(singles, batched.run_shared(steps, blocks, tc, 24)):
+        assert torch.equal(single.feature_idx, shared.feature_idx)
+        a, b = _rows(single), _rows(shared)
+        assert a.abs().max() > 0 and (a - b).abs().max() <= RTOL * a.abs().max()
