@@ -67,8 +67,7 @@ def attribute_many(rm: ReplacementModel, prompts: list[tuple[str, TraceConfig]],
 
 def run_shared(steps: list, blocks: FrozenBlocks, transcoder, max_rows: int) -> list:
     """Drive several prompts' rows stages together: each round pools every prompt's pending request
-    into sweeps of at most `max_rows` rows (whole requests; fewer when the memory bound of
-    engine.bounded_batch_size says so); returns each prompt's Attribution."""
+    into shared sweeps (whole requests, packed by `_sweeps`); returns each prompt's Attribution."""
     results: list = [None] * len(steps)
     pending: dict[int, RowRequest] = {}
 
@@ -83,25 +82,46 @@ def run_shared(steps: list, blocks: FrozenBlocks, transcoder, max_rows: int) -> 
     while pending:
         ids = sorted(pending)
         reqs = [pending.pop(i) for i in ids]
-        answers: list[torch.Tensor] = []
+        answers: dict[int, torch.Tensor] = {}
         for part in _sweeps(reqs, blocks, max_rows):
-            answers += compute_rows_shared(part, blocks, transcoder)
-        for i, rows in zip(ids, answers):
-            advance(i, rows)
+            for j, rows in zip(part, compute_rows_shared([reqs[j] for j in part], blocks, transcoder)):
+                answers[j] = rows
+        for j, i in enumerate(ids):
+            advance(i, answers[j])
     return results
 
 
-def _sweeps(reqs: list[RowRequest], blocks: FrozenBlocks, max_rows: int) -> Iterator[list[RowRequest]]:
-    """Consecutive requests packed into sweeps of at most max_rows rows (memory-bounded)."""
+PACK_WASTE = 1.1  # a shared sweep does at most this much of the separate sweeps' arithmetic
+
+
+def _cone(req: RowRequest) -> tuple[int, int]:
+    """(deepest layer, positions) of a request's causal cone: its sweep's cost is about
+    rows x layer x positions."""
+    return int(req.seeds.layer.max()), int(req.seeds.position.max()) + 1
+
+
+def _sweeps(reqs: list[RowRequest], blocks: FrozenBlocks, max_rows: int) -> Iterator[list[int]]:
+    """The requests (indices) packed into sweeps: in order of their causal cones, a request joins
+    the current sweep while the sweep stays within max_rows rows (and engine.bounded_batch_size's
+    memory bound) and within PACK_WASTE of the arithmetic of separate sweeps (rows of a shallow cone
+    swept through a deep one cost the deep one's layers: a feature of layer 2 beside a logit row
+    would cost it all the layers)."""
     d = reqs[0].rep.embed_pos_d.shape[1]
-    n_pos = max(int(r.seeds.position.max()) + 1 for r in reqs)
-    limit = bounded_batch_size(max_rows, n_pos, blocks.n_layers, d)
-    part: list[RowRequest] = []
-    for req in reqs:
-        if part and sum(len(r.seeds) for r in part) + len(req.seeds) > limit:
-            yield part
-            part = []
-        part.append(req)
+    cones = [_cone(r) for r in reqs]
+    part: list[int] = []
+    rows = separate = 0
+    for j in sorted(range(len(reqs)), key=lambda j: cones[j]):
+        n, (layer, pos) = len(reqs[j].seeds), cones[j]
+        if part:
+            top, P = max(cones[i][0] for i in part + [j]), max(cones[i][1] for i in part + [j])
+            shared = (rows + n) * max(top, 1) * P
+            limit = bounded_batch_size(max_rows, P, blocks.n_layers, d)
+            if rows + n > limit or shared > PACK_WASTE * (separate + n * max(layer, 1) * pos):
+                yield part
+                part, rows, separate = [], 0, 0
+        part.append(j)
+        rows += n
+        separate += n * max(layer, 1) * pos
     if part:
         yield part
 

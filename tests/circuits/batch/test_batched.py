@@ -37,13 +37,19 @@ def assert_same_graph(single, batch) -> None:
     assert np.abs(a - b).max() <= RTOL * np.abs(a).max(), np.abs(a - b).max() / np.abs(a).max()
 
 
+@pytest.fixture
+def pack_all(monkeypatch):
+    """Every pending request in one shared sweep, whatever its cone: padding in every sweep."""
+    monkeypatch.setattr(batched, "PACK_WASTE", float("inf"))
+
+
 def _lengths(rm) -> list[int]:
     return [len(rm.tokens(p)) for p in PROMPTS]
 
 
 @pytest.mark.parametrize("settings", [{}, {"memory_gb": None}, {"max_feature_nodes": 25, "batch_size": 8}],
                          ids=["budget", "all-features", "influence-cap"])
-def test_batched_graphs_equal_single_prompt_graphs(setup, one_thread, settings):
+def test_batched_graphs_equal_single_prompt_graphs(setup, one_thread, settings, pack_all):
     rm = setup
     assert len(set(_lengths(rm))) >= 4  # prompts of different lengths: padding in every shared sweep
     configs = [TraceConfig(**settings)] * len(PROMPTS)
@@ -55,16 +61,40 @@ def test_batched_graphs_equal_single_prompt_graphs(setup, one_thread, settings):
 
 
 def test_sweeps_really_are_shared(setup, one_thread, monkeypatch):
-    """The rows of several prompts go through one sweep (not one sweep per prompt)."""
+    """The rows of prompts with the same causal cones go through one sweep (not one per prompt)."""
     rm = setup
     calls = []
     real = batched.compute_rows_shared
     monkeypatch.setattr(batched, "compute_rows_shared", lambda reqs, *a: calls.append(len(reqs)) or real(reqs, *a))
-    list(batched.attribute_many(rm, [(p, TraceConfig()) for p in PROMPTS], 5))
-    assert max(calls) == 5
+    same = ["calc: 36+59=", "calc: 41+2=", "calc: 12+75="]
+    assert len({len(rm.tokens(p)) for p in same}) == 1
+    list(batched.attribute_many(rm, [(p, TraceConfig()) for p in same], 3))
+    assert max(calls) == 3
 
 
-def test_unmasked_padding_breaks_equality(setup, one_thread, monkeypatch):
+def _request(n_rows: int, layer: int, n_pos: int):
+    from types import SimpleNamespace
+
+    from circuits.attribution.targets import TargetSeeds
+
+    seeds = TargetSeeds(torch.full((n_rows,), layer), torch.full((n_rows,), n_pos - 1), torch.zeros(n_rows, 8))
+    return SimpleNamespace(seeds=seeds, rep=SimpleNamespace(embed_pos_d=torch.zeros(n_pos, 8)))
+
+
+def test_a_shallow_cone_is_not_swept_through_a_deep_one():
+    """Packing keeps a shared sweep within PACK_WASTE of the separate sweeps' arithmetic: equal
+    cones share, a layer-1 batch is not swept through 30 layers, nor 4 positions through 12."""
+    from types import SimpleNamespace
+
+    blocks = SimpleNamespace(n_layers=30)
+    reqs = [_request(8, 30, 6), _request(8, 1, 6), _request(8, 30, 6), _request(8, 20, 6), _request(8, 21, 6),
+            _request(8, 30, 12)]
+    parts = list(batched._sweeps(reqs, blocks, 64))
+    assert sorted(map(sorted, parts)) == [[0, 2], [1], [3, 4], [5]]
+    assert list(batched._sweeps(reqs[:3:2], blocks, 8)) == [[0], [1]]  # the row limit
+
+
+def test_unmasked_padding_breaks_equality(setup, one_thread, monkeypatch, pack_all):
     """Mutation: padded positions attended to (pattern padding 1, not 0) leak gradient into the
     shorter prompt's real positions: its graph differs (the graph check even finds edges against
     the causal order); equal-length prompts, with no padding, are unaffected."""
@@ -145,7 +175,7 @@ def _rows(attr) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("arch,hook_out", [("llama3", False), ("gemma2", True), ("gemma3", False), ("gpt2", False)])
-def test_shared_sweeps_on_other_architectures(arch, hook_out, tmp_path, one_thread):
+def test_shared_sweeps_on_other_architectures(arch, hook_out, tmp_path, one_thread, pack_all):
     """RMSNorm, grouped-query attention, Gemma's post-norms (with the transcoder writing before the
     post-MLP norm), a CLT with a skip term: prompts of 4, 9 and 6 tokens in one group, rows equal to
     each prompt's own to 1e-6 relative."""
