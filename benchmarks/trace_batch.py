@@ -1,14 +1,18 @@
-"""Prompts per minute of `circuits trace-batch`: one process vs N torchrun ranks (gloo on CPU),
-with the CPU seconds of all processes alongside.
+"""Prompts per minute of `circuits trace-batch`: one process vs N torchrun ranks (gloo on CPU) vs
+one process with the rows of several prompts in shared backward sweeps (--batch-prompts K), with
+the CPU seconds of all processes alongside.
 
-    python benchmarks/trace_batch.py --model world --n 100 [--ranks 2] [--threads 1] [--transcoders DIR]
+    python benchmarks/trace_batch.py --model world --n 100 [--ranks 2] [--batch-prompts 8] [--threads 1]
+    python benchmarks/trace_batch.py --model smollm2-135m --n 20 --transcoders DIR
 
 Each configuration traces the same prompts (world-addition for `world`, else the smollm2-capitals
 and induction prompt shapes) into a fresh folder. `trace` is the tracing loop's wall time on rank 0
-(trace-batch's trace_seconds: model loading excluded), `wall` the whole command (imports, loading,
-the torchrun agent), `cpu` the user+system seconds of every process of the command.
-Batched rows of several prompts in shared backward passes are not implemented (issue 21 item 2):
-no row for them.
+(trace-batch's trace_seconds: model loading excluded), `loop cpu` the CPU seconds of that loop on
+rank 0 (trace_cpu_seconds: robust to other jobs on the machine; one rank's share under torchrun),
+`wall` the whole command (imports, loading, the torchrun agent), `cpu` the user+system seconds of
+every process of the command.
+`--repeat R` runs the configurations R times, interleaved (the machine's load drifts); every run is
+printed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,12 +69,18 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--batch-prompts", type=int, default=8, help="prompts per shared sweep in the batched row")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=None, help="trace-batch's --batch-size (rows per sweep)")
     args = ap.parse_args()
     extra = ["--model", args.model, "--json", "--threads", str(args.threads)]
+    if args.batch_size:
+        extra += ["--batch-size", str(args.batch_size)]
     if args.transcoders:
         extra += ["--transcoders", args.transcoders]
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1/5/15 min), "
-          f"{os.cpu_count()} cores; model {args.model}, {args.n} prompts, {args.threads} thread(s) per process")
+          f"{os.cpu_count()} cores; model {args.model}, {args.n} prompts, {args.threads} thread(s) per process, "
+          f"batch size {args.batch_size or 'default'}; {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         prompts = prompts_file(tmp, args.model, args.n)
@@ -79,11 +90,18 @@ def main() -> None:
                                                 str(args.ranks), "--master-addr", "127.0.0.1", "--master-port", "29517",
                                                 "-m", "circuits", "trace-batch", str(prompts), "--out",
                                                 str(tmp / "ranks")] + extra))
-        print(f"{'configuration':<14} {'prompts/min':>12} {'trace s':>9} {'wall s':>8} {'cpu s':>8}")
-        for name, cmd in configs:
-            summary, wall, cpu = run(cmd, args.threads)
-            rate = 60 * summary["traced"] / summary["trace_seconds"]
-            print(f"{name:<14} {rate:>12.1f} {summary['trace_seconds']:>9.1f} {wall:>8.1f} {cpu:>8.1f}", flush=True)
+        configs.append((f"batched {args.batch_prompts}", base + ["--out", str(tmp / "batched"), "--batch-prompts",
+                                                               str(args.batch_prompts)] + extra))
+        print(f"{'configuration':<14} {'prompts/min':>12} {'trace s':>9} {'loop cpu s':>11} {'wall s':>8} {'cpu s':>8}")
+        for rep in range(args.repeat):
+            for name, cmd in configs:
+                out = Path(cmd[cmd.index("--out") + 1])
+                if out.exists():
+                    shutil.rmtree(out)
+                summary, wall, cpu = run(cmd, args.threads)
+                rate = 60 * summary["traced"] / summary["trace_seconds"]
+                print(f"{name:<14} {rate:>12.1f} {summary['trace_seconds']:>9.1f} {summary['trace_cpu_seconds']:>11.1f} "
+                      f"{wall:>8.1f} {cpu:>8.1f}", flush=True)
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 

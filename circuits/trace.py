@@ -28,7 +28,7 @@ from graphs.thresholds import DEFAULT_EDGE_THRESHOLD, DEFAULT_NODE_THRESHOLD
 if TYPE_CHECKING:
     from circuits.replacement.model import ReplacementModel
 
-__all__ = ["TraceResult", "trace_prompt"]
+__all__ = ["TraceResult", "trace_prompt", "trace_prompts"]
 
 
 @dataclass
@@ -64,7 +64,29 @@ def trace_prompt(rm: ReplacementModel, prompt: str, config: TraceConfig | None =
     if config.qk:  # the attention step explains the same local replacement model: keep it
         graph, rep, layout = attribute_keeping_replacement(rm, prompt, config, progress=progress)
     else:
-        graph = attribute(rm, prompt, config, progress=progress)
+        graph, rep, layout = attribute(rm, prompt, config, progress=progress), None, None
+    return _prune_and_summarize(rm, graph, config, t0, rep, layout)
+
+
+def trace_prompts(rm: ReplacementModel, prompts: list[tuple[str, TraceConfig]], batch_prompts: int = 1):
+    """Yield the TraceResult of each (prompt, config), in order. batch_prompts > 1: the rows of that
+    many prompts share backward sweeps (circuits.attribution.batched; the graphs equal
+    trace_prompt's to float rounding, 1e-6 relative); 1: trace_prompt per prompt. In a shared group
+    a graph's timing_seconds["shared"] is its share of the group's forwards and sweeps (the group's
+    seconds / its prompts), and "total" that share plus its own pruning. With `qk`, the attention
+    step rebuilds each prompt's local replacement (the shared groups do not keep them)."""
+    if batch_prompts <= 1:
+        for prompt, config in prompts:
+            yield trace_prompt(rm, prompt, config)
+        return
+    from circuits.attribution.batched import attribute_many
+
+    for graph, (_, config) in zip(attribute_many(rm, prompts, batch_prompts), prompts):
+        yield _prune_and_summarize(rm, graph, config, time.perf_counter() - graph.timing_seconds["shared"])
+
+
+def _prune_and_summarize(rm: ReplacementModel, graph: Graph, config: TraceConfig, t0: float,
+                         rep=None, layout=None) -> TraceResult:
     t1 = time.perf_counter()
     pruned = prune_graph(graph, config.node_threshold, config.edge_threshold)
     graph.timing_seconds["prune"] = round(time.perf_counter() - t1, 4)

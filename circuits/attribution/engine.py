@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import time
+
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -62,14 +64,21 @@ def attribute_keeping_replacement(rm: ReplacementModel, prompt: str, config: Tra
 def _attribute_graph(rm, prompt, config, progress, threads, keep: bool):
     config = config or TraceConfig()
     tokens = rm.tokens(prompt)
-    attr = attribution_rows(rm.model, rm.transcoder, tokens, config, progress=progress, threads=threads)
+    held = [attribution_rows(rm.model, rm.transcoder, tokens, config, progress=progress, threads=threads)]
+    rep, layout = (held[0].rep, held[0].layout) if keep else (None, None)
+    # pop: labelled_graph holds the only reference to the rows, so they are freed before labelling
+    return labelled_graph(rm, prompt, config, held.pop()), rep, layout
+
+
+def labelled_graph(rm: ReplacementModel, prompt: str, config: TraceConfig, attr: Attribution) -> Graph:
+    """The graph stage: the Attribution as a Graph, labelled once the rows are freed (the caller
+    must hold no other reference to `attr` for that)."""
     graph = to_graph(attr, rm.model, rm.transcoder, prompt, model_identity=rm.identity,
                      transcoder_path=str(rm.transcoder_dir) if rm.transcoder_dir else None,
                      settings=config.model_dump())
-    rep, layout = (attr.rep, attr.layout) if keep else (None, None)
     del attr
     label_features(graph, rm.model, rm.transcoder, rm.index, config.node_threshold)
-    return graph, rep, layout
+    return graph
 
 
 def _batches(n: int, batch_size: int):
@@ -94,10 +103,34 @@ def bounded_batch_size(batch_size: int, n_pos: int, n_layers: int, d_model: int,
     return max(1, min(batch_size, budget // per_row))
 
 
-def _rows_in_batches(rep, blocks, transcoder, layout, seeds: TargetSeeds, batch_size: int,
-                     progress, out: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows [len(seeds), n_sources] in seed order (only the columns `cols` when given), written
-    into `out` when given (a view of a larger preallocated block: no temporary copy)."""
+@dataclass
+class RowRequest:
+    """What the rows stage asks for: the adjacency rows of `seeds` over `layout`'s sources, in
+    seed order (compute_rows(rep, blocks, transcoder, layout, seeds)). The stage is a generator
+    that yields one request per backward batch and receives its rows: one prompt's driver
+    (`run_rows`) computes each request alone; the batched entry (circuits.attribution.batched)
+    computes the requests of several prompts in shared sweeps."""
+
+    rep: object
+    layout: SourceLayout
+    seeds: TargetSeeds
+
+
+def run_rows(steps, blocks, transcoder):
+    """Drive one prompt's rows stage: each request computed alone, in order; returns its result."""
+    rows = None
+    while True:
+        try:
+            req = steps.send(rows)
+        except StopIteration as stop:
+            return stop.value
+        rows = compute_rows(req.rep, blocks, transcoder, req.layout, req.seeds)
+
+
+def _rows_in_batches(rep, layout, seeds: TargetSeeds, batch_size: int, progress,
+                     out: torch.Tensor | None = None, cols: torch.Tensor | None = None):
+    """(generator) Rows [len(seeds), n_sources] in seed order (only the columns `cols` when given),
+    written into `out` when given (a view of a larger preallocated block: no temporary copy)."""
     if out is None:
         width = layout.n_sources if cols is None else len(cols)
         out = torch.empty(len(seeds), width, device=seeds.vec_d.device)
@@ -107,7 +140,7 @@ def _rows_in_batches(rep, blocks, transcoder, layout, seeds: TargetSeeds, batch_
     for j, sl in enumerate(batches):
         if split is None or split.mine(j):
             idx = order[sl]
-            rows = compute_rows(rep, blocks, transcoder, layout, seeds.select(idx))
+            rows = yield RowRequest(rep, layout, seeds.select(idx))
             out[idx] = rows if cols is None else rows[:, cols]
         progress(sl.stop - sl.start)
     if split is not None:
@@ -133,13 +166,17 @@ def attribution_rows(model, transcoder, tokens_pos: torch.Tensor, config: TraceC
     if customs is None:
         customs = custom_targets(model, config.targets, config.contrast)
     with free_core_threads(threads) as adaptive:
-        attr = _attribute(model, transcoder, tokens_pos, config, customs, progress, adaptive.recheck)
+        blocks = FrozenBlocks(model)
+        steps = attribution_steps(model, transcoder, blocks, tokens_pos, config, customs, progress, adaptive.recheck)
+        attr = run_rows(steps, blocks, transcoder)
         attr.threads = adaptive.history
     return attr
 
 
-def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list[CustomTarget], progress,
-               recheck_threads) -> Attribution:
+def attribution_steps(model, transcoder, blocks: FrozenBlocks, tokens_pos, config: TraceConfig,
+                      customs: list[CustomTarget], progress, recheck_threads):
+    """(generator) The stages of `attribution_rows` for one prompt: yields a RowRequest per backward
+    batch, receives its rows, returns the Attribution (drive it with `run_rows`)."""
     timing = {}
     t0 = time.perf_counter()
     batch_size, max_feature_nodes, memory_gb = config.batch_size, config.max_feature_nodes, config.memory_gb
@@ -153,7 +190,6 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
     rep = build_local_replacement(model, transcoder, tokens_pos,
                                   rebuild_from=kept_layers if kept_layers < cfg.n_layers else None)
     release_freed_memory()  # the forward's temporaries: resident memory back to what is alive
-    blocks = FrozenBlocks(model)
     n_active = len(rep.features)
     # rows per backward sweep; influence rounds still grow by at least config.batch_size
     sweep = bounded_batch_size(batch_size, rep.n_pos, blocks.n_layers, rep.embed_pos_d.shape[1], memory_gb)
@@ -177,25 +213,24 @@ def _attribute(model, transcoder, tokens_pos, config: TraceConfig, customs: list
     t1 = time.perf_counter()
     n_chosen = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
     bar = _progress_bar(progress, len(logits.labels) + (2 if streamed else 1) * n_chosen, recheck_threads)
-    logit_rows = _rows_in_batches(rep, blocks, transcoder, layout, logit_seeds(rep, blocks, logits),
-                                  sweep, bar)
+    logit_rows = yield from _rows_in_batches(rep, layout, logit_seeds(rep, blocks, logits), sweep, bar)
     if n_chosen == n_active and store_limit is None and not streamed:
         chosen = torch.arange(n_active, device=logit_rows.device)
-        feature_rows = _rows_in_batches(rep, blocks, transcoder, layout,
-                                        feature_seeds(rep, blocks, transcoder, chosen), sweep, bar)
+        feature_rows = yield from _rows_in_batches(rep, layout, feature_seeds(rep, blocks, transcoder, chosen),
+                                                   sweep, bar)
     elif streamed:  # phase 1: choose on the rows' sketches; phase 2: the chosen rows again, graph columns only
         store = StreamedRowStore(n_active, logit_rows.device)
-        _choose_by_influence(rep, blocks, transcoder, logits, logit_rows, n_chosen, batch_size, bar, store,
-                             layout, sweep=sweep)
+        yield from _choose_by_influence(rep, blocks, transcoder, logits, logit_rows, n_chosen, batch_size, bar,
+                                        store, layout, sweep=sweep)
         chosen = store.visited.sort().values
         del store
         logit_rows = logit_rows[:, graph_source_columns(chosen, layout)]
-        feature_rows = _rows_in_batches(rep, blocks, transcoder, layout, feature_seeds(rep, blocks, transcoder, chosen),
-                                        sweep, bar, cols=graph_source_columns(chosen, layout))
+        feature_rows = yield from _rows_in_batches(rep, layout, feature_seeds(rep, blocks, transcoder, chosen),
+                                                   sweep, bar, cols=graph_source_columns(chosen, layout))
     else:
         store = RowStore(rep.features.layer, blocks.n_layers, layout.n_sources)
-        _choose_by_influence(rep, blocks, transcoder, logits, logit_rows, n_chosen, batch_size, bar, store,
-                             layout, store_limit, sweep)
+        yield from _choose_by_influence(rep, blocks, transcoder, logits, logit_rows, n_chosen, batch_size, bar,
+                                        store, layout, store_limit, sweep)
         chosen = store.visited.sort().values  # node order follows rep.features (layer, position, feature)
         feature_rows = store.chosen_rows(chosen)
         plan["store_bytes"] = store.nbytes
@@ -235,8 +270,8 @@ def _trace_shape(rep, transcoder, n_layers: int, n_logits: int, batch_size: int,
 
 
 def _choose_by_influence(rep, blocks, transcoder, logits, logit_rows, n_chosen, batch_size, bar, store, layout,
-                         store_limit: int | None = None, sweep: int | None = None) -> None:
-    """Rounds of the most influential unvisited features (circuits.attribution.influence), their
+                         store_limit: int | None = None, sweep: int | None = None):
+    """(generator) Rounds of the most influential unvisited features (circuits.attribution.influence), their
     rows kept in `store` (a RowStore, exact; or a StreamedRowStore, sketches); with a `store_limit`
     (bytes) the choice stops before the store would pass it. The chosen features are store.visited."""
     n_active = len(rep.features)
@@ -256,7 +291,7 @@ def _choose_by_influence(rep, blocks, transcoder, logits, logit_rows, n_chosen, 
         order = torch.argsort(seeds.layer * (rep.n_pos + 1) + seeds.position)  # group causal cones
         for sl in _batches(len(new), batch):
             idx = order[sl]
-            store.add(new[idx], compute_rows(rep, blocks, transcoder, layout, seeds.select(idx)))
+            store.add(new[idx], (yield RowRequest(rep, layout, seeds.select(idx))))
             bar(len(idx))
         release_freed_memory()  # this round's freed temporaries, so the store's budget is what stays resident
         if store_limit is not None and store.n_rows < n_chosen:  # the rows the store will hold, at this mean

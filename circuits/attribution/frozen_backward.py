@@ -18,12 +18,13 @@ def norm_backward(grad_pos_d: torch.Tensor, scale_pos: torch.Tensor, weight_d: t
                   centered: bool) -> torch.Tensor:
     """Transpose of a frozen norm x -> w * center(x) / scale (LayerNorm) or w * x / scale (RMSNorm).
 
-    grad [..., P, d], scale [P]. The centering projection is symmetric, so it applies as is.
+    grad [..., P, d], scale [P] (or [B, P]: one scale per row of a batch of several prompts).
+    The centering projection is symmetric, so it applies as is.
     """
     g = grad_pos_d if weight_d is None else grad_pos_d * weight_d
     if centered:
         g = g - g.mean(-1, keepdim=True)
-    return g / scale_pos[:, None]
+    return g / scale_pos[..., None]
 
 
 class FrozenBlocks:
@@ -67,7 +68,8 @@ class FrozenBlocks:
         """Gradient at the attention input (resid_pre) from the gradient at its output (resid_mid),
         through the OV path only (and the frozen post-attention norm where the model has one);
         grad [B, P, d], the pattern as causal query blocks (q0, [H, Q, q0 + Q]) (circuits.
-        frozen_patterns) -> [B, P, d]: a key only receives from queries at or after it, so the masked
+        frozen_patterns), or (q0, block, rows) for a block that only rows `rows` (a slice) read
+        (rows of several prompts in one sweep: circuits.attribution.batched) -> [B, P, d]: a key only receives from queries at or after it, so the masked
         half is never touched. Query heads sharing a value head (grouped-query attention) are summed
         before the value projection, which then runs once per value head. Excludes the residual
         connection (the caller adds it)."""
@@ -78,9 +80,10 @@ class FrozenBlocks:
         H, e = W_O.shape[0], W_O.shape[1]
         z_b_h_q_e = torch.einsum("bqd,hed->bhqe", grad_pos_d, W_O)
         v_b_h_k_e = torch.zeros(B, H, P, e, device=grad_pos_d.device)
-        for q0, block_h_q_k in pattern_blocks:
+        for item in pattern_blocks:  # (q0, [H, Q, K]), or (q0, block, rows): a block for some rows only
+            q0, block_h_q_k, rows = item if len(item) == 3 else (*item, slice(None))
             q1, k1 = q0 + block_h_q_k.shape[1], block_h_q_k.shape[2]
-            v_b_h_k_e[:, :, :k1] += torch.einsum("hqk,bhqe->bhke", block_h_q_k, z_b_h_q_e[:, :, q0:q1])
+            v_b_h_k_e[rows, :, :k1] += torch.einsum("hqk,bhqe->bhke", block_h_q_k, z_b_h_q_e[rows, :, q0:q1])
         G = W_V.shape[0]
         if G != H:  # query heads g*H/G .. (g+1)*H/G - 1 read value head g
             v_b_h_k_e = v_b_h_k_e.view(B, G, H // G, P, e).sum(2)

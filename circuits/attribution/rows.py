@@ -130,13 +130,22 @@ def compute_rows(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layout
         grad_b_p_d = grad_b_p_d + blocks.attention_backward(
             l, grad_b_p_d, rep.patterns.blocks(l, P), rep.ln1_scale_layer_pos[l, :P], post)
 
-    rows = torch.zeros(B, layout.n_sources, device=device)
+    return source_rows(rep, layout, grad_b_p_d, grad_p_b_l_d, l_top, P)
+
+
+def source_rows(rep: LocalReplacement, layout: SourceLayout, grad_b_p_d: torch.Tensor,
+                grad_p_b_l_d: torch.Tensor, l_top: int, P: int) -> torch.Tensor:
+    """Rows [B, n_sources] from one sweep's gradients of B targets of one prompt: at the token
+    embeddings (grad [B, >=P, d]) and at each MLP output hook below l_top (grad [>=P, B, >=l_top, d]),
+    over the first P positions (the sweep's causal cone)."""
+    B = grad_b_p_d.shape[0]
+    rows = torch.zeros(B, layout.n_sources, device=grad_b_p_d.device)
     emb_start = layout.embedding_column(0)
-    rows[:, emb_start:emb_start + P] = (grad_b_p_d * rep.embed_pos_d[:P]).sum(-1)
+    rows[:, emb_start:emb_start + P] = (grad_b_p_d[:, :P] * rep.embed_pos_d[:P]).sum(-1)
     if P > 1:  # one layer at a time: no permuted copy of the whole gradient block
         for l in range(l_top):
             c0 = layout.error_column(l, 1)
-            rows[:, c0:c0 + P - 1] = torch.einsum("pbd,pd->bp", grad_p_b_l_d[1:, :, l], rep.error_layer_pos_d[l, 1:P])
+            rows[:, c0:c0 + P - 1] = torch.einsum("pbd,pd->bp", grad_p_b_l_d[1:P, :, l], rep.error_layer_pos_d[l, 1:P])
     for l_s in range(l_top):
         for dec, s0, ranges in layout.decoder_blocks(l_s, P):
             n_out = min(dec.shape[1], l_top - l_s)

@@ -40,6 +40,8 @@ def evaluate_cmd(
                                      "model's default transcoders)."),
     threads: int = number_option(None, "--threads", min=1, max=4096, help="torch threads per rank."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    batch_prompts: int = number_option(1, "--batch-prompts", min=1, max=4096,
+                                       help="Prompts whose attribution rows share backward sweeps (as trace-batch's)."),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     **settings,
@@ -77,7 +79,8 @@ def evaluate_cmd(
             write_text(out / "prompts.jsonl", "".join(line + "\n" for line in lines))
     check_items(rm, items, config)
     title = f"{dataset or prompts.name} on {rm.name}, {len(items)} prompts, metric {metric}"
-    summary = evaluate_dataset(rm, items, out, metric, config, info=info, progress=not json_out, title=title)
+    summary = evaluate_dataset(rm, items, out, metric, config, info=info, progress=not json_out, title=title,
+                               batch_prompts=batch_prompts)
     if info.is_main:
         if json_out:
             print_json(summary)

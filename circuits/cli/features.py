@@ -41,15 +41,23 @@ def index_cmd(
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
 ) -> None:
-    """Run the corpus once; store each feature's top contexts and firing frequency beside the transcoders."""
+    """Run the corpus once; store each feature's top contexts and firing frequency beside the transcoders.
+    Under torchrun (`torchrun --nproc-per-node N -m circuits features index ...`) the corpus's
+    batches are sharded over the ranks and merged exactly (the same index as one process)."""
+    from circuits.batch.sharding import join, on_rank0
+    from circuits.cli.trace_batch import leave, load_on_ranks
     from circuits.features.index import index
     from circuits.features.store import INDEX_JSON, INDEX_NPZ
-    from circuits.replacement.model import ReplacementModel
 
-    rm = ReplacementModel.load(model, transcoders, pick_device(device), dtype=dtype)
-    check_outputs(*(Path(rm.transcoder_dir) / name for name in (INDEX_NPZ, INDEX_JSON)))  # before the pass
+    info, dev = join(pick_device(device))
+    rm = load_on_ranks(model, transcoders, dev, dtype, info)
+    on_rank0(lambda: check_outputs(*(Path(rm.transcoder_dir) / name for name in (INDEX_NPZ, INDEX_JSON))),
+             info)  # before the pass
     built = index(rm, corpus, max_tokens=tokens or 30_000, strict_tokens=tokens is not None, progress=not json_out,
-                  k=top, before=before, after=after, batch_size=batch_size)
+                  k=top, before=before, after=after, batch_size=batch_size, info=info)
+    if not info.is_main:
+        leave(info)
+        return
     path = Path(rm.transcoder_dir) / INDEX_NPZ
     freq = built.frequency_layer_feat
     summary = {"path": str(path), "n_tokens": built.meta["n_tokens"], "n_docs": built.meta["n_docs"],
@@ -61,6 +69,7 @@ def index_cmd(
         console.print(f"indexed {summary['n_tokens']} tokens ({summary['n_docs']} documents) -> {path}")
         console.print(f"dead features: {summary['dead_features']} of {summary['n_features']}; "
                       f"mean active features per token per layer: {summary['mean_l0_per_layer']:.1f}")
+    leave(info)
 
 
 @app.command("show")

@@ -60,6 +60,9 @@ def trace_batch_cmd(
     threads: int = number_option(None, "--threads", min=1, max=4096,
                                  help="torch threads per rank (default: torch's; torchrun sets 1). The graphs' last "
                                 "float bits depend on it: pin it for byte-identical reruns."),
+    batch_prompts: int = number_option(1, "--batch-prompts", min=1, max=4096,
+                                       help="Prompts whose attribution rows share backward sweeps (graphs equal "
+                                       "to 1e-6 relative, not bit for bit; docs/distributed.md says when it is faster)."),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     **settings,
@@ -82,7 +85,7 @@ def trace_batch_cmd(
     info, dev = join(pick_device(device))
     rm = load_on_ranks(model, transcoders, dev, dtype, info)
     check_items(rm, items, config)  # the same on every rank: all stop together
-    summary = trace_batch(rm, items, out, config, progress=not json_out, info=info)
+    summary = trace_batch(rm, items, out, config, progress=not json_out, info=info, batch_prompts=batch_prompts)
     if info.is_main:
         if json_out:
             print_json({**summary, "ranks": info.world_size})

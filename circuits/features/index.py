@@ -17,6 +17,7 @@ import torch
 
 from circuits.corpora.sequences import corpus_sequences, fit_token_supply
 from circuits.errors import CircuitsError
+from circuits.features.sharded import BatchCounts, merge_ranks, my_batches, round_counts
 from circuits.features.store import FeatureIndex, save_feature_index
 from circuits.interventions import encode_inputs
 from circuits.replacement.hooks import capture_layers
@@ -47,16 +48,23 @@ def batch_activations(model, transcoder, tokens_b_t: torch.Tensor) -> torch.Tens
 
 
 class _RunningTopK:
-    """Per (layer, feature), the K largest activations seen so far with their windows."""
+    """Per (layer, feature), the K largest activations seen so far with their windows.
+
+    Order among equal activations: the earlier candidate wins (key = batch index * K + rank in its
+    batch's top K; the empty start has key -1). With that total order the top K of a union is
+    the top K of the parts' top Ks, so ranks that each index a shard of the batches merge to
+    exactly the one-process result (circuits.features.sharded)."""
 
     def __init__(self, k: int, L: int, F: int, before: int, after: int):
         self.k, self.before, self.after = k, before, after
         W = before + 1 + after
         self.acts_k_l_f = torch.zeros(k, L, F)
+        self.keys_k_l_f = torch.full((k, L, F), -1, dtype=torch.long)
         self.tokens_k_l_f_w = torch.full((k, L, F, W), -1, dtype=torch.long)
         self.window_k_l_f_w = torch.zeros(k, L, F, W)
 
-    def update(self, acts_b_t_l_f: torch.Tensor, tokens_b_t: torch.Tensor, in_doc_b_t: torch.Tensor) -> None:
+    def update(self, acts_b_t_l_f: torch.Tensor, tokens_b_t: torch.Tensor, in_doc_b_t: torch.Tensor,
+               batch_index: int = 0) -> None:
         B, T, L, F = acts_b_t_l_f.shape
         acts_b_t_l_f, tokens_b_t, in_doc_b_t = acts_b_t_l_f.cpu().float(), tokens_b_t.cpu(), in_doc_b_t.cpu()
         k = min(self.k, B * T)
@@ -69,11 +77,20 @@ class _RunningTopK:
         l_idx = torch.arange(L)[None, :, None, None]
         f_idx = torch.arange(F)[None, None, :, None]
         window = torch.where(inside, acts_b_t_l_f[b, twc, l_idx, f_idx], 0.0)
-        all_acts = torch.cat([self.acts_k_l_f, vals_k_l_f])
-        self.acts_k_l_f, sel = all_acts.topk(self.k, dim=0)
-        sel_w = sel[..., None].expand(-1, -1, -1, tokens.shape[-1])
-        self.tokens_k_l_f_w = torch.cat([self.tokens_k_l_f_w, tokens]).gather(0, sel_w)
-        self.window_k_l_f_w = torch.cat([self.window_k_l_f_w, window]).gather(0, sel_w)
+        keys = (batch_index * self.k + torch.arange(k))[:, None, None].expand(k, L, F)
+        self.merge(vals_k_l_f, keys, tokens, window)
+
+    def merge(self, acts_k_l_f, keys_k_l_f, tokens_k_l_f_w, window_k_l_f_w) -> None:
+        """Keep the top K of the kept entries and these (largest activation first, then smallest key)."""
+        acts = torch.cat([self.acts_k_l_f, acts_k_l_f])
+        keys = torch.cat([self.keys_k_l_f, keys_k_l_f])
+        by_key = keys.argsort(dim=0, stable=True)
+        by_act = acts.gather(0, by_key).argsort(dim=0, descending=True, stable=True)
+        sel = by_key.gather(0, by_act)[:self.k]
+        self.acts_k_l_f, self.keys_k_l_f = acts.gather(0, sel), keys.gather(0, sel)
+        sel_w = sel[..., None].expand(-1, -1, -1, tokens_k_l_f_w.shape[-1])
+        self.tokens_k_l_f_w = torch.cat([self.tokens_k_l_f_w, tokens_k_l_f_w]).gather(0, sel_w)
+        self.window_k_l_f_w = torch.cat([self.window_k_l_f_w, window_k_l_f_w]).gather(0, sel_w)
 
 
 def _batches(docs: Iterable[torch.Tensor], batch_size: int, max_tokens: int) -> Iterator[list[torch.Tensor]]:
@@ -96,37 +113,47 @@ def _batches(docs: Iterable[torch.Tensor], batch_size: int, max_tokens: int) -> 
 @torch.no_grad()
 def build_feature_index(model, transcoder, docs: Iterable[torch.Tensor], max_tokens: int = 100_000,
                         k: int = 10, before: int = 8, after: int = 2, batch_size: int = 16,
-                        meta: dict | None = None, progress: bool = False) -> FeatureIndex:
+                        meta: dict | None = None, progress: bool = False, info=None) -> FeatureIndex:
     """One pass over `docs` (token id tensors [pos], BOS first) -> the index (at most max_tokens tokens).
 
     Streaming: each batch's activations [B, T, L, F] are merged into running top-K tensors
     [K, L, F, window] and dropped, so memory is the model, one batch and the index itself (cut long
     documents into windows, see INDEX_SEQ_LEN: T bounds a batch); time is one forward pass per
-    token plus the encoders."""
+    token plus the encoders.
+
+    Under torch.distributed (`info`: a transcoders.distributed.DistInfo of several ranks) batch j
+    is run by rank j mod N and the ranks merge exactly: every rank adds the counts and sums of each
+    round's batches in batch order, and the top-K windows are merged once at the end by their total
+    order (circuits.features.sharded); the index is identical to one process's."""
 
     L, F = transcoder.cfg.n_layers, transcoder.cfg.n_features
     top = _RunningTopK(k, L, F, before, after)
     count_layer_feat, sum_layer_feat = torch.zeros(L, F, dtype=torch.float64), torch.zeros(L, F, dtype=torch.float64)
     n_tokens = n_docs = 0
     bar = None
-    if progress:
+    if progress and (info is None or info.is_main):
         from tqdm import tqdm
         bar = tqdm(total=max_tokens, desc="feature index", unit="tok", dynamic_ncols=True)
     with free_core_threads() as threads:  # a busy core gets no thread (transcoders/threads.py)
-        for batch in _batches(docs, batch_size, max_tokens):
-            tokens_b_t, in_doc_b_t = _padded(batch, model.cfg.device)
-            counted_b_t = in_doc_b_t.clone()
-            counted_b_t[:, 0] = False                                       # BOS carries no features
-            acts = batch_activations(model, transcoder, tokens_b_t) * counted_b_t[..., None, None]
-            count_layer_feat += (acts > 0).sum((0, 1)).cpu().double()
-            sum_layer_feat += acts.sum((0, 1)).cpu().double()
-            top.update(acts, tokens_b_t, in_doc_b_t)
-            del acts
-            n_batch = int(counted_b_t.sum())
-            n_tokens, n_docs = n_tokens + n_batch, n_docs + len(batch)
-            if bar is not None:
-                bar.update(n_batch)
+        for j, batch in my_batches(_batches(docs, batch_size, max_tokens), info):
+            part = None
+            if batch is not None:
+                tokens_b_t, in_doc_b_t = _padded(batch, model.cfg.device)
+                counted_b_t = in_doc_b_t.clone()
+                counted_b_t[:, 0] = False                                       # BOS carries no features
+                acts = batch_activations(model, transcoder, tokens_b_t) * counted_b_t[..., None, None]
+                part = BatchCounts((acts > 0).sum((0, 1)).cpu().double(), acts.sum((0, 1)).cpu().double(),
+                                   int(counted_b_t.sum()), len(batch))
+                top.update(acts, tokens_b_t, in_doc_b_t, j)
+                del acts
+            for got in round_counts(part, info, L, F):  # every rank's batch of this round, in batch order
+                count_layer_feat += got.count_l_f
+                sum_layer_feat += got.sum_l_f
+                n_tokens, n_docs = n_tokens + got.n_tokens, n_docs + got.n_docs
+                if bar is not None:
+                    bar.update(got.n_tokens)
             threads.recheck()
+    merge_ranks(top, info)
     if bar is not None:
         bar.close()
     if n_tokens == 0:
@@ -152,7 +179,8 @@ def build_feature_index(model, transcoder, docs: Iterable[torch.Tensor], max_tok
 def index(rm: ReplacementModel, corpus: str | None = None, max_tokens: int = 30_000, progress: bool = False,
           **kwargs) -> FeatureIndex:
     """Build the feature index of a replacement model's transcoders over `corpus` (default: the
-    built-in model's own) and save it beside them, where rm.index reads it."""
+    built-in model's own) and save it beside them, where rm.index reads it (kwargs:
+    index_corpus's; `info` of several ranks: the corpus sharded over them, rank 0 saves)."""
     if rm.transcoder_dir is None:
         raise CircuitsError("the transcoders were not loaded from a folder: there is nowhere to store the index")
     built = index_corpus(rm.loaded, rm.transcoder, rm.transcoder_dir, corpus, max_tokens, progress, **kwargs)
@@ -162,7 +190,7 @@ def index(rm: ReplacementModel, corpus: str | None = None, max_tokens: int = 30_
 
 def index_corpus(loaded, transcoder, transcoder_dir: str | Path, corpus: str | None = None,
                  max_tokens: int = 30_000, progress: bool = False, strict_tokens: bool = False,
-                 **kwargs) -> FeatureIndex:
+                 info=None, **kwargs) -> FeatureIndex:
     """Build the index of `transcoder` over `corpus` (default: the built-in model's own corpus, read
     in windows of INDEX_SEQ_LEN tokens) and save it into `transcoder_dir` (kwargs: build_feature_index's)."""
 
@@ -170,8 +198,9 @@ def index_corpus(loaded, transcoder, transcoder_dir: str | Path, corpus: str | N
     max_tokens = fit_token_supply(sequences, max_tokens, strict_tokens)  # strict: the user's own --tokens
     docs = (torch.tensor(seq, dtype=torch.long) for seq in sequences)
     index = build_feature_index(loaded.model, transcoder, docs, max_tokens=max_tokens,
-                                meta={"model": loaded.name, "corpus": source}, progress=progress, **kwargs)
-    save_feature_index(index, transcoder_dir)
+                                meta={"model": loaded.name, "corpus": source}, progress=progress, info=info, **kwargs)
+    if info is None or info.is_main:
+        save_feature_index(index, transcoder_dir)
     return index
 
 

@@ -109,12 +109,15 @@ class ReplacementModel:
             config = TraceConfig.model_validate(config.model_dump())
         return trace_prompt(self, prompt, config, progress=progress)
 
-    def trace_many(self, prompts, config: TraceConfig | None = None, progress: bool = False):
+    def trace_many(self, prompts, config: TraceConfig | None = None, progress: bool = False,
+                   batch_prompts: int = 1):
         """Yield (PromptItem, TraceResult) per prompt, in order (circuits.batch.trace_many): strings,
-        or dicts with prompt and optional target/contrast/id; every prompt is checked first."""
+        or dicts with prompt and optional target/contrast/id; every prompt is checked first.
+        batch_prompts > 1: the rows of that many prompts share backward sweeps (graphs equal to
+        1e-6 relative; circuits.attribution.batched)."""
         from circuits.batch.trace_many import trace_many
 
-        return trace_many(self, prompts, config, progress)
+        return trace_many(self, prompts, config, progress, batch_prompts)
 
     def intervene(self, prompt: str, sets: Mapping[str, float | str] | Sequence[Intervention],
                   layers: tuple[int, int | None] | None = None, freeze_attention: bool = True,

@@ -18,14 +18,15 @@ from circuits.studies import faithfulness as fa
 
 def evaluate_dataset(rm, items: list[PromptItem], out: str | Path, metric: str = "logit-diff", config=None,
                      levels=fa.LEVELS, ablations=fa.ABLATIONS, info: DistInfo | None = None,
-                     progress: bool = False, title: str = "") -> dict:
-    """Trace (or reuse) the graphs of `items` in `out`, then their faithfulness curves; the summary."""
+                     progress: bool = False, title: str = "", batch_prompts: int = 1) -> dict:
+    """Trace (or reuse) the graphs of `items` in `out` (batch_prompts: trace_batch's), then their
+    faithfulness curves; the summary."""
     from graphs import load_graph
     from safeio import write_text
 
     info = info or DistInfo()
     out = Path(out)
-    trace_batch(rm, items, out, config, progress=progress, info=info)
+    trace_batch(rm, items, out, config, progress=progress, info=info, batch_prompts=batch_prompts)
     means = fa.dataset_means(rm, [item.prompt for item in items]) if "mean" in ablations else None
     bar = _bar(len(items)) if progress and info.is_main else None
     records: list[dict] = []
