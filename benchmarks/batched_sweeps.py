@@ -22,14 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 
 def prompts_for(model: str, n: int) -> list[str]:
-    if model.startswith("world"):
-        from circuits.batch.datasets import world_addition
+    from trace_batch import benchmark_records  # the same prompts as benchmarks/trace_batch.py
 
-        return [r["prompt"] for r in world_addition(n, 0)]
-    from circuits.models.world.facts import STATE_CAPITAL
-
-    states = sorted(STATE_CAPITAL)
-    return [f"The capital of {states[i % len(states)]} is" for i in range(n)]
+    return [r["prompt"] for r in benchmark_records(model, n)]
 
 
 def main() -> None:

@@ -32,17 +32,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's circuits, also when another is installed
 
 
-def prompts_file(folder: Path, model: str, n: int) -> Path:
+def benchmark_records(model: str, n: int) -> list[dict]:
+    """The benchmark's n prompts ({prompt, id}): world's addition set, else capital prompts."""
     from circuits.batch.datasets import world_addition
 
-    path = folder / "prompts.jsonl"
     if model.startswith("world"):
-        records = world_addition(n, seed=0)
-    else:
-        from circuits.models.world.facts import STATE_CAPITAL
+        return world_addition(n, seed=0)
+    from circuits.models.world.facts import STATE_CAPITAL
 
-        states = sorted(STATE_CAPITAL)
-        records = [{"prompt": f"The capital of {states[i % len(states)]} is", "id": f"c{i:04d}"} for i in range(n)]
+    states = sorted(STATE_CAPITAL)
+    return [{"prompt": f"The capital of {states[i % len(states)]} is", "id": f"c{i:04d}"} for i in range(n)]
+
+
+def prompts_file(folder: Path, model: str, n: int) -> Path:
+    path = folder / "prompts.jsonl"
+    records = benchmark_records(model, n)
     path.write_text("".join(json.dumps({"prompt": r["prompt"], "id": r["id"]}) + "\n" for r in records))
     return path
 

@@ -32,3 +32,14 @@ def setup(world_tiny, tmp_path_factory):
     tc = random_transcoder(cfg.n_layers, cfg.d_model, "clt", n_features=48, seed=11, threshold=0.5)
     folder = save_transcoder(tc, tmp_path_factory.mktemp("demo_tc") / "clt", model_name="world-tiny")
     return ReplacementModel(world_tiny, tc, folder, load_feature_index(folder))
+
+
+@pytest.fixture
+def graph_npz(tmp_path):
+    """The hand-made test graph saved as a full .npz (what `circuits prune` and friends read)."""
+    from graphs import save_graph
+    from tests.graphs.hand_graph import hand_graph
+
+    path = tmp_path / "g.npz"
+    save_graph(hand_graph(), path)
+    return path

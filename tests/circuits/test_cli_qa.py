@@ -122,16 +122,6 @@ def test_a_reader_that_stops_early_ends_quietly():
 
 
 # --- 3. output names ---------------------------------------------------------------------------------
-@pytest.fixture
-def graph_npz(tmp_path):
-    from graphs import save_graph
-    from tests.graphs.hand_graph import hand_graph
-
-    path = tmp_path / "g.npz"
-    save_graph(hand_graph(), path)
-    return path
-
-
 def test_output_names_the_system_cannot_hold_are_one_line(graph_npz, tmp_path):
     assert "too long" in _one_error_line(_run("prune", str(graph_npz), "-o", str(tmp_path / ("x" * 300)) + ".json"))
     (tmp_path / "loop1").symlink_to(tmp_path / "loop2")

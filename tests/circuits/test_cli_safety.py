@@ -15,7 +15,6 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from circuits.cli.main import app
-from graphs import save_graph
 from tests.graphs.hand_graph import hand_graph
 from tests.transcoders.tiny import random_transcoder
 from transcoders.formats import save_transcoder
@@ -57,13 +56,6 @@ def test_help_fits_80_columns_and_shows_flags_whole(command):
     assert max(len(line) for line in result.stdout.splitlines()) <= 80
     if command == ["intervene"]:
         assert "--freeze-attention / --no-freeze-attention" in result.stdout
-
-
-@pytest.fixture
-def graph_npz(tmp_path):
-    path = tmp_path / "g.npz"
-    save_graph(hand_graph(), path)
-    return path
 
 
 def test_prune_writes_through_a_symlink_and_never_over_its_input(graph_npz, tmp_path):
