@@ -1,6 +1,10 @@
 """plain vs --qk trace in CPU seconds (time.process_time) and wall, 1 torch thread, alternating in one process (the wall clock is useless on a loaded shared machine).
 
-    python benchmarks/qk_cpu_cost.py MODEL TRANSCODERS|- LENGTH REPEAT
+    python benchmarks/qk_cpu_cost.py MODEL TRANSCODERS|- LENGTH REPEAT [CAP]
+
+CAP pins --max-feature-nodes for both configurations. Without it the default cap follows the memory
+budget, which at 64 tokens depends on the process's resident memory at the time, so plain and --qk
+could trace graphs of different sizes.
 """
 import sys, time, torch, statistics
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
@@ -11,7 +15,8 @@ from circuits.trace import trace_prompt
 from qk_cost import prompt_of, PeakRSS
 rm = ReplacementModel.load(sys.argv[1], None if sys.argv[2] == "-" else sys.argv[2], "cpu", progress=False)
 prompt = prompt_of(rm, int(sys.argv[3])); reps = int(sys.argv[4])
-cfgs = {"plain": TraceConfig(), "qk": TraceConfig(qk=True)}
+cap = {"max_feature_nodes": int(sys.argv[5])} if len(sys.argv) > 5 else {}
+cfgs = {"plain": TraceConfig(**cap), "qk": TraceConfig(qk=True, **cap)}
 for c in cfgs.values(): trace_prompt(rm, prompt, c)
 cpu = {m: [] for m in cfgs}; wall = {m: [] for m in cfgs}; peak = {m: 0 for m in cfgs}
 for _ in range(reps):
