@@ -40,9 +40,11 @@ class TrainConfig(BaseModel):
     activation_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS, description="distinct tokens to run the model on "
                                           "(default: --tokens); training cycles over them (kept in memory, "
                                           "or in --cache-dir)")
-    activation_dtype: Literal["float32", "bfloat16"] = Field(
+    activation_dtype: Literal["float32", "bfloat16", "auto"] = Field(
         "float32", description="precision of the model's forward passes that collect training activations "
-        "(bfloat16: autocast, about 2x faster on CPUs with bf16 matmuls; activations stay float32 after)")
+        "(bfloat16: autocast, about 2x faster on CPUs with bf16 matmuls but several times slower on CPUs "
+        "without them; auto: bfloat16 where a timed product says it is faster here, else float32; "
+        "activations stay float32 after)")
 
     # --- optimisation -------------------------------------------------------------------------
     lr: float = Field(2e-3, gt=0, le=1e3, description="Adam learning rate")

@@ -114,6 +114,7 @@ def _train(read_layers: LayerReader, sequences, cfg: TrainConfig, out: Path, *, 
     barrier(info)
     loop = TrainLoop(state, buffer, out, info, progress=progress, log_path=log_path)
     loop.timing["threads"] = n_threads
+    loop.timing["activation_dtype"] = getattr(read_layers, "dtype", None)  # what "auto" resolved to
     loop.run(stop_at_step)
     if stop_at_step is not None and state.step < cfg.n_steps:
         return TrainResult(None, out, loop.last_metrics, state.resumed_from)

@@ -113,12 +113,13 @@ WORLD_TINY_CLT = WORLD_CLT.updated(dict(n_features=128, tokens=100_000, activati
 WORLD_PROMPTS = {"calc: 36+59=": "95"}
 # SmolLM2-135M (30 layers, d 576): transcoders small enough to train on 2 CPU cores in well under an
 # hour with bounded memory (measured in docs/transcoders.md). Every training token is a fresh one
-# (no activation_tokens: nothing is stored, the model runs live, in bfloat16 autocast), so memory is
+# (no activation_tokens: nothing is stored, the model runs live, in bfloat16 autocast where a timed
+# product says it is faster: transcoders.precision; 5.8x slower on CPUs without bf16 units), so memory is
 # the model, the transcoder with its Adam state, and the shuffle group (derived from the shape:
 # 512 MiB). The CLT (decoders to every later layer, about 10x a PLT's step work per token at
 # equal width) is narrower and sees fewer tokens in the same time.
 SMOLLM2_JUMPRELU_PLT = TrainConfig(transcoder=TranscoderArchitecture(kind="plt", n_features=512), tokens=150_000,
-                                   seq_len=128, model_batch=16, batch_size=512, activation_dtype="bfloat16",
+                                   seq_len=128, model_batch=16, batch_size=512, activation_dtype="auto",
                                    eval_tokens=4096)
 # The default PLT (issue 23, measured in docs/transcoders.md "Trainer recipes"): BatchTopK (k = 56 per
 # layer on average, saved as JumpReLU at the learnt thresholds), no LR warm-up and a 4x higher LR on

@@ -17,6 +17,7 @@ from pathlib import Path
 from circuits.paths import circuits_home
 from circuits.corpora.sequences import corpus_sequences
 from circuits.training.train import ModelLayers, source_id_for
+from transcoders.precision import resolve_activation_dtype
 from transcoders.train_config import TrainConfig
 
 
@@ -24,7 +25,7 @@ def activation_cache_dir(loaded, cfg: TrainConfig, corpus_id: str) -> Path:
     """$CIRCUITS_HOME/activations/<model>/<key of source, hooks, seq_len, dtypes>."""
     arch = cfg.transcoder
     key = "|".join([source_id_for(loaded, corpus_id), arch.input_hook, arch.output_hook, str(cfg.seq_len),
-                    cfg.activation_dtype, cfg.cache_dtype])
+                    resolve_activation_dtype(cfg.activation_dtype, loaded.model.cfg.device), cfg.cache_dtype])
     return circuits_home() / "activations" / loaded.name / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

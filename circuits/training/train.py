@@ -17,6 +17,7 @@ import torch
 from circuits.replacement.hooks import capture_layers, check_hooks_exist
 from circuits.corpora.sequences import corpus_sequences
 from circuits.training.fidelity import measure_fidelity
+from transcoders.precision import resolve_activation_dtype
 from transcoders.train_config import TrainConfig
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ class ModelLayers:
 
     model: HookedTransformer
     dtype: str = "float32"  # "bfloat16": the forward pass runs under autocast (TrainConfig.activation_dtype)
+
+    def __post_init__(self):
+        self.dtype = resolve_activation_dtype(self.dtype, self.model.cfg.device)  # "auto": measured here
 
     @property
     def n_layers(self) -> int:
