@@ -61,10 +61,16 @@ class HeadLoadings:
         order = np.argsort(-np.abs(flat), kind="stable")[:n]
         return [[int(j // H), int(j % H), float(flat[j])] for j in order if abs(flat[j]) >= min_share * total]
 
-    def head_totals(self, mask: np.ndarray | None = None) -> np.ndarray:
-        """float64 [L, H]: sum of |loading| over the edges (those in `mask`)."""
-        loads = self.loadings if mask is None else self.loadings[mask]
-        return np.abs(loads).sum(0, dtype=np.float64)
+    def head_totals(self, mask: np.ndarray | None = None, block: int = 1 << 14) -> np.ndarray:
+        """float64 [L, H]: sum of |loading| over the edges (those in `mask`), `block` edges at a
+        time (no copy of the [E, L, H] loadings: 0.77 GB for a 716k-edge SmolLM2 graph)."""
+        totals = np.zeros(self.loadings.shape[1:], dtype=np.float64)
+        rows = np.arange(len(self.loadings)) if mask is None else np.flatnonzero(mask)
+        for i in range(0, len(rows), block):
+            part = rows[i:i + block]
+            chunk = self.loadings[part[0]:part[-1] + 1] if part[-1] - part[0] + 1 == len(part) else self.loadings[part]
+            totals += np.abs(chunk).sum(0, dtype=np.float64)
+        return totals
 
 
 @dataclass

@@ -15,7 +15,8 @@ split is a partition of the paths, so the loadings plus the remainder are the ed
 where u_s(l, k) is s's contribution to resid_pre of block l at position k (every path, through the
 frozen model: circuits.attention.heads forward pieces) and D_t(l) is the gradient of t at resid_mid
 of block l, position c_t, through same-position paths only (residual, skip, each head's diagonal
-pattern entry). Cross-position edges have no remainder.
+pattern entry). Cross-position edges have no remainder; same-position edges have no loadings
+(attention is causal: a path that left c_s could never come back to it).
 
 Shapes: T targets, S sources, E edges, L layers, H heads, P positions, d width, e head dim.
 """
@@ -226,9 +227,10 @@ def head_loadings(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layou
     Sources go up the frozen model in chunks of SOURCE_CHUNK, each only over the layers from its
     sources' first write and up to its edges' deepest target, and over the positions from its first
     source's to its edges' last target (the rest of its contribution is zero or unread). At each
-    block the loadings of the chunk's edges with targets at one position are one batched product
-    (targets' read-outs x sources' moved head outputs), and the same-position remainders one per
-    position."""
+    block the loadings of the chunk's cross-position edges with targets at one position are one
+    batched product (targets' read-outs x sources' moved head outputs). Same-position edges have
+    no loadings (no path leaves a position and comes back to it): their remainders, one product
+    per position, are all they need, and a chunk without cross-position edges does not climb."""
     same = same_position_backward(rep, blocks, transcoder, seeds)
     L = blocks.n_layers
     device = rep.embed_pos_d.device
@@ -236,6 +238,7 @@ def head_loadings(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layou
     loadings = torch.zeros(E, L, blocks.W_O_head_e_d[0].shape[0], device=device)
     remainder = torch.zeros(E, device=device)
     src_pos, src_layer = source_places(rep, layout, source_columns)
+    edge_target_cpu, seed_pos, seed_layer = edge_target.cpu(), seeds.position.cpu(), seeds.layer.cpu()
     order = torch.argsort((src_layer // LAYER_BAND) * (rep.n_pos + 1) + src_pos, stable=True)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order))
@@ -249,23 +252,27 @@ def head_loadings(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layou
         if not len(edges):
             continue
         local = edge_rank[edges] - c0  # the edge's source within the chunk
-        edges = edges.to(device)
-        t = edge_target[edges]
+        t_cpu = edge_target_cpu[edges]
         start, first = int(src_pos[mine].min()), int(src_layer[mine].min())
-        stop, top = int(seeds.position[t].max()) + 1, min(int(seeds.layer[t].max()) + 1, L)
-        if stop <= start:
-            continue
+        t_pos = seed_pos[t_cpu]
         writes = source_writes(rep, layout, source_columns[mine])
-        groups = _edges_by_target_position(seeds.position[t].cpu() - start, edges.cpu(), t.cpu(), local, len(mine))
-        if not groups:
+        groups = _edges_by_target_position(t_pos - start, edges, t_cpu, local, len(mine))
+        _remainders(same, writes, groups, start, remainder)
+        # Only cross-position edges have loadings: a path from c_s can only move to later positions
+        # (causal attention), so it never leaves and comes back; a same-position edge's loadings
+        # are exactly 0 and all of it is its remainder. Chunks without cross edges skip the climb.
+        cross = t_pos != src_pos[mine][local]
+        if not bool(cross.any()):
             continue
-        ordered = torch.cat([g[1] for g in groups]).to(device)  # the chunk's edges, by target position
+        edges, t_cpu, local, t_pos = edges[cross], t_cpu[cross], local[cross], t_pos[cross]
+        stop, top = int(t_pos.max()) + 1, min(int(seed_layer[t_cpu].max()) + 1, L)
+        groups = _edges_by_target_position(t_pos - start, edges, t_cpu, local, len(mine))
+        ordered = torch.cat([g[1] for g in groups]).to(device)  # the chunk's cross edges, by target position
         chunk_loads = torch.zeros(len(ordered), L, loadings.shape[2], device=device)
         at_layer = _loadings_at_layer(rep, blocks, same, chunk_loads, groups, start, stop)
         residual_contributions(rep, blocks, transcoder, writes, stop, top, at_layer, start, first)
         loadings[ordered] = chunk_loads
         del chunk_loads
-        _remainders(same, writes, groups, start, remainder)
     return EdgeLoadings(loadings, remainder)
 
 

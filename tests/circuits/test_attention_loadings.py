@@ -5,7 +5,8 @@
   largest edge), for PLT, CLT and CLT + skip on every supported architecture (the tiny checkpoints
   of tests/circuits/test_attribution.py: GQA, rotary, sliding windows, QK-norm, Gemma post-norms and
   soft caps, Gemma with the transcoder writing before the post-MLP norm);
-- cross-position edges have no remainder, and no loading sits above the target's layer;
+- cross-position edges have no remainder, same-position edges no loadings, and no loading sits
+  above the target's layer;
 - the check has teeth: dropping one head, or using another prompt's patterns, breaks it.
 """
 
@@ -66,6 +67,7 @@ def test_loadings_sum_to_the_edge(model_name, kind, skip, request):
     assert torch.all(loads.remainder_e[cross] == 0)
     assert loads.loadings_e_l_h[cross].abs().sum((1, 2)).min() > 0
     assert loads.remainder_e[~cross].abs().max() > 0
+    assert torch.all(loads.loadings_e_l_h[~cross] == 0)  # no path leaves a position and comes back
     # no head above the target's own layer carries anything (a feature reads resid_mid of its block)
     above = torch.arange(model.cfg.n_layers)[None, :] > target_layer[t][:, None]
     assert torch.all(loads.loadings_e_l_h.abs().sum(-1)[above] == 0)
