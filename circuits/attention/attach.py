@@ -1,6 +1,7 @@
 """Attach attention explanations to a pruned graph (`circuits trace --qk`, TraceConfig.qk).
 
-1. Head loadings of every kept edge of the pruned graph (circuits.attention.loadings).
+1. Head loadings of every kept cross-position edge of the pruned graph (circuits.attention.loadings;
+   a same-position edge has none: all of it stays at its position).
 2. The `qk_heads` heads carrying the most |loading| of the kept cross-position edges; for each,
    the (query, key) position pair where it carries most (its key moved to one it attends to if
    the pattern is zero there: a multi-hop path), and its QK attribution there
@@ -83,7 +84,13 @@ def graph_target_seeds(graph: Graph, model, transcoder, rep: LocalReplacement, b
 def edge_loadings(graph: Graph, model, transcoder, rep: LocalReplacement, blocks: FrozenBlocks,
                   layout: SourceLayout, targets: np.ndarray, sources: np.ndarray,
                   custom_directions: list[torch.Tensor]) -> HeadLoadings:
-    """Head loadings of the graph edges (targets[i] <- sources[i]), node indices."""
+    """Head loadings of the cross-position graph edges among (targets[i] <- sources[i]), node
+    indices (a same-position edge has no loadings and is left out)."""
+    cross = graph.position[targets] != graph.position[sources]
+    targets, sources = targets[cross], sources[cross]
+    if not len(targets):
+        shape = (0, model.cfg.n_layers, model.cfg.n_heads)
+        return HeadLoadings(targets, sources, np.zeros(shape, np.float32), np.zeros(0, np.float32))
     unique_t, t_idx = np.unique(targets, return_inverse=True)
     unique_s, s_idx = np.unique(sources, return_inverse=True)
     seeds = graph_target_seeds(graph, model, transcoder, rep, blocks, unique_t, custom_directions)
@@ -192,7 +199,7 @@ def summarize_qk(a: QKAttribution, rep: LocalReplacement, layout: SourceLayout, 
 def attach_attention(graph: Graph, pruned: PrunedGraph, model, transcoder, n_heads: int = 8,
                      custom_directions: list[torch.Tensor] | None = None, index=None,
                      rep: LocalReplacement | None = None, layout: SourceLayout | None = None) -> AttentionData:
-    """Compute and set graph.attention: loadings of the pruned graph's kept edges, QK attributions
+    """Compute and set graph.attention: loadings of the pruned graph's kept cross-position edges, QK attributions
     of its `n_heads` busiest heads. `index` (a feature index) labels the QK contributors. `rep` /
     `layout`: the local replacement model and source layout the graph was computed on, when the
     caller still holds them (trace_prompt); else rebuilt from the graph's tokens. Runs on as many

@@ -167,14 +167,16 @@ def pattern_window(rep: LocalReplacement, layer: int, start: int, stop: int) -> 
 
 
 def residual_contributions(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, writes: SourceWrites,
-                           n_pos: int, until_layer: int, at_layer=None, start: int = 0, first_layer: int = 0):
+                           n_pos: int, until_layer: int, at_layer=None, start: int = 0, first_layer: int = 0,
+                           want_u: bool = True):
     """Propagate S sources up the frozen linear model: each source's contribution u [S, P', d] to
     resid_pre of blocks 0 .. until_layer at positions start .. n_pos - 1 (P' of them: every source
     writes at or after `start`, and attention is causal, so nothing reaches earlier positions).
     `at_layer(l, u, values, z)` is called at each block l with u at its resid_pre, the value
     vectors per value head [S, G, P', e] and each head's output z [S, H, P', e]; returns u at
-    resid_pre(until_layer). `first_layer`: no source writes below it (their u is zero there, no
-    block runs before it); a token embedding writes at 0."""
+    resid_pre(until_layer) (None with want_u=False: the last block's outputs are then not computed).
+    `first_layer`: no source writes below it (their u is zero there, no block runs before it); a
+    token embedding writes at 0."""
     S, d = writes.mlp_s_l_d.shape[0], writes.mlp_s_l_d.shape[2]
     P = n_pos
     device = writes.mlp_s_l_d.device
@@ -192,16 +194,19 @@ def residual_contributions(rep: LocalReplacement, blocks: FrozenBlocks, transcod
         z = mix_positions(pattern_window(rep, l, start, P), values)
         if at_layer is not None:
             at_layer(l, u, values, z)
+        if l == until_layer - 1 and not want_u:
+            return None
         post = None if rep.ln1_post_scale_layer_pos is None else rep.ln1_post_scale_layer_pos[l, start:P]
         u = u + heads_output(blocks, l, z, post)
         del values, z
         if transcoder.cfg.skip:
             x = input_hook_forward(blocks, l, u, rep.ln2_scale_layer_pos[l, start:P], transcoder.cfg.input_hook)
             y = x @ transcoder.skip_matrix(l).float().to(device)  # the skip path is live at BOS
-        else:
-            y = torch.zeros_like(u)
-        y[at_pos, pos] += writes.mlp_s_l_d[at_pos, l]
-        u = u + output_hook_forward(blocks, l, y, None if post_mlp is None else post_mlp[l, start:P])
+            y[at_pos, pos] += writes.mlp_s_l_d[at_pos, l]
+            u = u + output_hook_forward(blocks, l, y, None if post_mlp is None else post_mlp[l, start:P])
+        else:  # the MLP output is the sources' own writes, one position each: add them there only
+            w = writes.mlp_s_l_d[at_pos, l]
+            u[at_pos, pos] += output_hook_forward(blocks, l, w, None if post_mlp is None else post_mlp[l, start + pos])
     return u
 
 
@@ -215,7 +220,6 @@ class EdgeLoadings:
 
 
 SOURCE_CHUNK = 128  # sources propagated together
-LAYER_BAND = 4  # sources sort by (first layer // LAYER_BAND, position): chunks start late in both
 
 
 @torch.no_grad()
@@ -238,42 +242,57 @@ def head_loadings(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layou
     loadings = torch.zeros(E, L, blocks.W_O_head_e_d[0].shape[0], device=device)
     remainder = torch.zeros(E, device=device)
     src_pos, src_layer = source_places(rep, layout, source_columns)
-    edge_target_cpu, seed_pos, seed_layer = edge_target.cpu(), seeds.position.cpu(), seeds.layer.cpu()
-    order = torch.argsort((src_layer // LAYER_BAND) * (rep.n_pos + 1) + src_pos, stable=True)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(len(order))
-    edge_rank = rank[edge_source.cpu()]
-    edge_chunk = edge_rank // SOURCE_CHUNK
+    edge_target_cpu, edge_source_cpu = edge_target.cpu(), edge_source.cpu()
+    seed_pos, seed_layer = seeds.position.cpu(), seeds.layer.cpu()
+    edge_cross = seed_pos[edge_target_cpu] != src_pos[edge_source_cpu]
+    chunks, chunk_of, local_of = _source_chunks(src_pos, src_layer, edge_source_cpu[edge_cross], L)
+    edge_chunk = chunk_of[edge_source_cpu]
     by_chunk = torch.argsort(edge_chunk, stable=True)
-    bounds = torch.searchsorted(edge_chunk[by_chunk], torch.arange(0, len(order) // SOURCE_CHUNK + 2))
-    for chunk, c0 in enumerate(range(0, len(order), SOURCE_CHUNK)):
-        mine = order[c0:c0 + SOURCE_CHUNK]
+    bounds = torch.searchsorted(edge_chunk[by_chunk], torch.arange(len(chunks) + 1))
+    for chunk, mine in enumerate(chunks):
         edges = by_chunk[bounds[chunk]:bounds[chunk + 1]]
-        if not len(edges):
-            continue
-        local = edge_rank[edges] - c0  # the edge's source within the chunk
+        local = local_of[edge_source_cpu[edges]]  # the edge's source within the chunk
         t_cpu = edge_target_cpu[edges]
         start, first = int(src_pos[mine].min()), int(src_layer[mine].min())
         t_pos = seed_pos[t_cpu]
         writes = source_writes(rep, layout, source_columns[mine])
         groups = _edges_by_target_position(t_pos - start, edges, t_cpu, local, len(mine))
         _remainders(same, writes, groups, start, remainder)
-        # Only cross-position edges have loadings: a path from c_s can only move to later positions
-        # (causal attention), so it never leaves and comes back; a same-position edge's loadings
-        # are exactly 0 and all of it is its remainder. Chunks without cross edges skip the climb.
-        cross = t_pos != src_pos[mine][local]
-        if not bool(cross.any()):
+        cross = edge_cross[edges]
+        if not bool(cross.any()):  # a chunk of sources whose edges all stay at their position
             continue
         edges, t_cpu, local, t_pos = edges[cross], t_cpu[cross], local[cross], t_pos[cross]
         stop, top = int(t_pos.max()) + 1, min(int(seed_layer[t_cpu].max()) + 1, L)
         groups = _edges_by_target_position(t_pos - start, edges, t_cpu, local, len(mine))
         ordered = torch.cat([g[1] for g in groups]).to(device)  # the chunk's cross edges, by target position
-        chunk_loads = torch.zeros(len(ordered), L, loadings.shape[2], device=device)
+        chunk_loads = torch.zeros(L, len(ordered), loadings.shape[2], device=device)
         at_layer = _loadings_at_layer(rep, blocks, same, chunk_loads, groups, start, stop)
-        residual_contributions(rep, blocks, transcoder, writes, stop, top, at_layer, start, first)
-        loadings[ordered] = chunk_loads
+        residual_contributions(rep, blocks, transcoder, writes, stop, top, at_layer, start, first, want_u=False)
+        loadings[ordered] = chunk_loads.transpose(0, 1)
         del chunk_loads
     return EdgeLoadings(loadings, remainder)
+
+
+def _source_chunks(src_pos: torch.Tensor, src_layer: torch.Tensor, cross_sources: torch.Tensor, n_layers: int):
+    """Chunks of at most SOURCE_CHUNK sources (CPU index tensors), the sources with a
+    cross-position edge first (only they climb), each group sorted by (position, first layer): a
+    chunk climbs from its first source's layer over the positions from its first source's; on a
+    16-token SmolLM2 graph this order climbs 1.20x the blocks x positions the sources need one by
+    one, against 1.31x sorted by (first layer // 4, position); and each source's chunk and place
+    in it [S]."""
+    S = len(src_pos)
+    climbs = torch.zeros(S, dtype=torch.bool)
+    climbs[cross_sources] = True
+    key = src_pos * (n_layers + 1) + src_layer
+    chunks = []
+    for group in (climbs, ~climbs):
+        idx = group.nonzero(as_tuple=True)[0]
+        chunks += [c for c in idx[torch.argsort(key[idx], stable=True)].split(SOURCE_CHUNK) if len(c)]
+    chunk_of, local_of = torch.empty(S, dtype=torch.long), torch.empty(S, dtype=torch.long)
+    for c, members in enumerate(chunks):
+        chunk_of[members] = c
+        local_of[members] = torch.arange(len(members))
+    return chunks, chunk_of, local_of
 
 
 def _edges_by_target_position(q: torch.Tensor, edges: torch.Tensor, t: torch.Tensor, local: torch.Tensor,
@@ -292,7 +311,7 @@ def _edges_by_target_position(q: torch.Tensor, edges: torch.Tensor, t: torch.Ten
 
 
 def _loadings_at_layer(rep, blocks, same: SameBackward, chunk_loads, groups, start: int, stop: int):
-    """The callback filling chunk_loads [n, L, H] (the chunk's edges in group order) at each block."""
+    """The callback filling chunk_loads [L, n, H] (the chunk's edges in group order) at each block."""
     H = blocks.W_O_head_e_d[0].shape[0]
     device = chunk_loads.device
     kv_of_head = torch.arange(H, device=device) // (H // blocks.W_V_kv_d_e[0].shape[0])
@@ -300,14 +319,14 @@ def _loadings_at_layer(rep, blocks, same: SameBackward, chunk_loads, groups, sta
 
     def at_layer(l, u, values_s_g_p_e, z_s_h_q_e):  # noqa: ARG001 - residual_contributions' callback
         diag_h_q = pattern_window(rep, l, start, stop).diagonal(dim1=1, dim2=2)  # self-attention weights
-        # each head's output from other positions: z minus the self-attention term [S, H, P', e]
-        moved = z_s_h_q_e - diag_h_q[None, :, :, None] * values_s_g_p_e[:, kv_of_head]
         read_t_h_e = same.readout_t_l_h_e[:, l]
         out = []
         for q, targets, flat in groups:  # read-outs x moved outputs of every (target, source) pair at q
-            m_h_t_s = torch.bmm(read_t_h_e[targets].transpose(0, 1), moved[:, :, q].permute(1, 2, 0))
+            # each head's output at q from other positions: z minus the self-attention term [S, H, e]
+            moved_s_h_e = z_s_h_q_e[:, :, q] - diag_h_q[None, :, q, None] * values_s_g_p_e[:, kv_of_head, q]
+            m_h_t_s = torch.bmm(read_t_h_e[targets].transpose(0, 1), moved_s_h_e.permute(1, 2, 0))
             out.append(m_h_t_s.reshape(H, -1)[:, flat])
-        chunk_loads[:, l] = torch.cat(out, 1).T
+        chunk_loads[l] = torch.cat(out, 1).T
     return at_layer
 
 

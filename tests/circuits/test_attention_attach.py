@@ -23,18 +23,17 @@ def traced(setup):
     return setup.trace(PROMPT, qk=True, qk_heads=3)
 
 
-def test_loadings_of_every_kept_edge_sum_to_it(traced):
+def test_loadings_of_every_kept_cross_position_edge_sum_to_it(traced):
     graph, pruned = traced.graph, traced.pruned
     lo = graph.attention.loadings
-    targets, sources = pruned.edges()
-    assert len(lo.target) == len(targets) > 0
-    edges = graph.edge_weights(targets, sources)
-    rows = graph.target_rows(np.asarray(targets))
-    row_scale = np.abs(graph.edges).max(1)[rows]
-    total = lo.loadings.sum((1, 2)) + lo.remainder
-    assert np.all(np.abs(total - edges) <= 1e-5 * row_scale)
-    cross = graph.position[lo.target] != graph.position[lo.source]
-    assert cross.any() and np.all(lo.remainder[cross] == 0)
+    targets, sources = map(np.asarray, pruned.edges())
+    cross = graph.position[targets] != graph.position[sources]
+    assert 0 < cross.sum() < len(targets)  # both kinds are kept; only cross-position ones are listed
+    assert set(zip(lo.target.tolist(), lo.source.tolist())) == set(zip(targets[cross].tolist(), sources[cross].tolist()))
+    edges = graph.edge_weights(lo.target, lo.source)
+    row_scale = np.abs(graph.edges).max(1)[graph.target_rows(lo.target)]
+    assert np.all(lo.remainder == 0)
+    assert np.all(np.abs(lo.loadings.sum((1, 2)) - edges) <= 1e-5 * row_scale)
 
 
 def test_heads_are_the_busiest_and_their_scores_add_up(traced):
@@ -75,12 +74,13 @@ def test_full_graph_keeps_the_attention_results(traced, tmp_path):
     assert np.array_equal(a.loadings.loadings, b.loadings.loadings)
     assert np.array_equal(a.loadings.target, b.loadings.target)
     assert [h.to_json() for h in a.heads] == [h.to_json() for h in b.heads]
-    # a stricter re-prune keeps loadings for every edge it keeps
+    # a stricter re-prune keeps loadings for every cross-position edge it keeps
     stricter = prune_graph(back, 0.6, 0.9)
     doc = to_viewer_json(back, stricter)
     assert json.dumps(doc)
-    t, s = stricter.edges()
-    assert all(back.attention.loadings.row(ti, si) is not None for ti, si in zip(t.tolist(), s.tolist()))
+    t, s = map(np.asarray, stricter.edges())
+    cross = back.position[t] != back.position[s]
+    assert all((back.attention.loadings.row(ti, si) is not None) == c for ti, si, c in zip(t.tolist(), s.tolist(), cross))
 
 
 def test_explain_head_matches_the_graph(setup, traced):
