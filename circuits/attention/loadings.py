@@ -176,7 +176,9 @@ def residual_contributions(rep: LocalReplacement, blocks: FrozenBlocks, transcod
     vectors per value head [S, G, P', e] and each head's output z [S, H, P', e]; returns u at
     resid_pre(until_layer) (None with want_u=False: the last block's outputs are then not computed).
     `first_layer`: no source writes below it (their u is zero there, no block runs before it); a
-    token embedding writes at 0."""
+    token embedding writes at 0. Block l runs only on the rows up to the last source written below
+    it (the later rows are exactly zero there; few when the sources come sorted by their first
+    write), and `values` and `z` hold those rows only [n <= S, ...]."""
     S, d = writes.mlp_s_l_d.shape[0], writes.mlp_s_l_d.shape[2]
     P = n_pos
     device = writes.mlp_s_l_d.device
@@ -188,26 +190,40 @@ def residual_contributions(rep: LocalReplacement, blocks: FrozenBlocks, transcod
     u = torch.zeros(S, P - start, d, device=device)
     pos = writes.position[at_pos] - start
     u[at_pos, pos] = writes.embed_s_d[at_pos]
+    live_below = _live_prefix(writes, until_layer)
     post_mlp = rep.ln2_post_scale_layer_pos
     for l in range(first_layer, until_layer):
-        values = kv_values(blocks, l, u, rep.ln1_scale_layer_pos[l, start:P])
+        n = live_below[l]  # rows n.. are still zero at resid_pre of block l
+        values = kv_values(blocks, l, u[:n], rep.ln1_scale_layer_pos[l, start:P])
         z = mix_positions(pattern_window(rep, l, start, P), values)
         if at_layer is not None:
             at_layer(l, u, values, z)
         if l == until_layer - 1 and not want_u:
             return None
         post = None if rep.ln1_post_scale_layer_pos is None else rep.ln1_post_scale_layer_pos[l, start:P]
-        u = u + heads_output(blocks, l, z, post)
+        u[:n] += heads_output(blocks, l, z, post)
         del values, z
         if transcoder.cfg.skip:
-            x = input_hook_forward(blocks, l, u, rep.ln2_scale_layer_pos[l, start:P], transcoder.cfg.input_hook)
-            y = x @ transcoder.skip_matrix(l).float().to(device)  # the skip path is live at BOS
-            y[at_pos, pos] += writes.mlp_s_l_d[at_pos, l]
-            u = u + output_hook_forward(blocks, l, y, None if post_mlp is None else post_mlp[l, start:P])
-        else:  # the MLP output is the sources' own writes, one position each: add them there only
-            w = writes.mlp_s_l_d[at_pos, l]
-            u[at_pos, pos] += output_hook_forward(blocks, l, w, None if post_mlp is None else post_mlp[l, start + pos])
+            x = input_hook_forward(blocks, l, u[:n], rep.ln2_scale_layer_pos[l, start:P], transcoder.cfg.input_hook)
+            u[:n] += output_hook_forward(blocks, l, x @ transcoder.skip_matrix(l).float().to(device),  # live at BOS
+                                         None if post_mlp is None else post_mlp[l, start:P])
+        # the MLP output's other part is the sources' own writes, one position each: added there only
+        w = writes.mlp_s_l_d[at_pos, l]
+        u[at_pos, pos] += output_hook_forward(blocks, l, w, None if post_mlp is None else post_mlp[l, start + pos])
     return u
+
+
+def _live_prefix(writes: SourceWrites, n_layers: int) -> list[int]:
+    """For each block l, the n such that sources n.. have not written below it (no token embedding,
+    no MLP write at a block < l): their rows are still zero at its resid_pre. Short prefixes when
+    the sources come sorted by their first write."""
+    S, L = writes.mlp_s_l_d.shape[:2]
+    written = writes.mlp_s_l_d.abs().amax(-1) > 0  # [S, L]
+    first = torch.where(written.any(1), written.float().argmax(1), torch.full((S,), L, device=written.device))
+    first = torch.where(writes.embed_s_d.abs().amax(-1) > 0, torch.full_like(first, -1), first).cpu()
+    live_l_s = first[None, :] < torch.arange(n_layers)[:, None]  # [n_layers, S]
+    last_live = S - live_l_s.flip(1).int().argmax(1)  # one past the last live source
+    return torch.where(live_l_s.any(1), last_live, torch.zeros_like(last_live)).tolist()
 
 
 @dataclass
@@ -266,7 +282,7 @@ def head_loadings(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layou
         groups = _edges_by_target_position(t_pos - start, edges, t_cpu, local, len(mine))
         ordered = torch.cat([g[1] for g in groups]).to(device)  # the chunk's cross edges, by target position
         chunk_loads = torch.zeros(L, len(ordered), loadings.shape[2], device=device)
-        at_layer = _loadings_at_layer(rep, blocks, same, chunk_loads, groups, start, stop)
+        at_layer = _loadings_at_layer(rep, blocks, same, chunk_loads, groups, start, stop, len(mine))
         residual_contributions(rep, blocks, transcoder, writes, stop, top, at_layer, start, first, want_u=False)
         loadings[ordered] = chunk_loads.transpose(0, 1)
         del chunk_loads
@@ -278,8 +294,9 @@ def _source_chunks(src_pos: torch.Tensor, src_layer: torch.Tensor, cross_sources
     cross-position edge first (only they climb), each group sorted by (position, first layer): a
     chunk climbs from its first source's layer over the positions from its first source's; on a
     16-token SmolLM2 graph this order climbs 1.20x the blocks x positions the sources need one by
-    one, against 1.31x sorted by (first layer // 4, position); and each source's chunk and place
-    in it [S]."""
+    one, against 1.31x sorted by (first layer // 4, position). Inside a chunk the sources go by
+    first layer, so residual_contributions skips the rows still zero at each block. Also returns
+    each source's chunk and place in it [S]."""
     S = len(src_pos)
     climbs = torch.zeros(S, dtype=torch.bool)
     climbs[cross_sources] = True
@@ -287,7 +304,9 @@ def _source_chunks(src_pos: torch.Tensor, src_layer: torch.Tensor, cross_sources
     chunks = []
     for group in (climbs, ~climbs):
         idx = group.nonzero(as_tuple=True)[0]
-        chunks += [c for c in idx[torch.argsort(key[idx], stable=True)].split(SOURCE_CHUNK) if len(c)]
+        for c in idx[torch.argsort(key[idx], stable=True)].split(SOURCE_CHUNK):
+            if len(c):  # within a chunk, by first layer: the sources live at a block are a prefix
+                chunks.append(c[torch.argsort(src_layer[c], stable=True)])
     chunk_of, local_of = torch.empty(S, dtype=torch.long), torch.empty(S, dtype=torch.long)
     for c, members in enumerate(chunks):
         chunk_of[members] = c
@@ -310,7 +329,7 @@ def _edges_by_target_position(q: torch.Tensor, edges: torch.Tensor, t: torch.Ten
     return groups
 
 
-def _loadings_at_layer(rep, blocks, same: SameBackward, chunk_loads, groups, start: int, stop: int):
+def _loadings_at_layer(rep, blocks, same: SameBackward, chunk_loads, groups, start: int, stop: int, n_sources: int):
     """The callback filling chunk_loads [L, n, H] (the chunk's edges in group order) at each block."""
     H = blocks.W_O_head_e_d[0].shape[0]
     device = chunk_loads.device
@@ -321,10 +340,15 @@ def _loadings_at_layer(rep, blocks, same: SameBackward, chunk_loads, groups, sta
         diag_h_q = pattern_window(rep, l, start, stop).diagonal(dim1=1, dim2=2)  # self-attention weights
         read_t_h_e = same.readout_t_l_h_e[:, l]
         out = []
+        n = z_s_h_q_e.shape[0]  # the sources live at this block (a prefix; the rest carry nothing)
+        if n == 0:
+            return
         for q, targets, flat in groups:  # read-outs x moved outputs of every (target, source) pair at q
-            # each head's output at q from other positions: z minus the self-attention term [S, H, e]
+            # each head's output at q from other positions: z minus the self-attention term [n, H, e]
             moved_s_h_e = z_s_h_q_e[:, :, q] - diag_h_q[None, :, q, None] * values_s_g_p_e[:, kv_of_head, q]
             m_h_t_s = torch.bmm(read_t_h_e[targets].transpose(0, 1), moved_s_h_e.permute(1, 2, 0))
+            if n < n_sources:
+                m_h_t_s = torch.nn.functional.pad(m_h_t_s, (0, n_sources - n))
             out.append(m_h_t_s.reshape(H, -1)[:, flat])
         chunk_loads[l] = torch.cat(out, 1).T
     return at_layer
