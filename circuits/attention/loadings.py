@@ -272,9 +272,11 @@ def head_loadings(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layou
         start, first = int(src_pos[mine].min()), int(src_layer[mine].min())
         t_pos = seed_pos[t_cpu]
         writes = source_writes(rep, layout, source_columns[mine])
-        groups = _edges_by_target_position(t_pos - start, edges, t_cpu, local, len(mine))
-        _remainders(same, writes, groups, start, remainder)
         cross = edge_cross[edges]
+        here = ~cross
+        if bool(here.any()):
+            _remainders(same, writes, _edges_by_target_position(t_pos[here] - start, edges[here], t_cpu[here],
+                                                                local[here], len(mine)), remainder)
         if not bool(cross.any()):  # a chunk of sources whose edges all stay at their position
             continue
         edges, t_cpu, local, t_pos = edges[cross], t_cpu[cross], local[cross], t_pos[cross]
@@ -354,20 +356,17 @@ def _loadings_at_layer(rep, blocks, same: SameBackward, chunk_loads, groups, sta
     return at_layer
 
 
-def _remainders(same: SameBackward, writes: SourceWrites, groups, start: int, remainder: torch.Tensor) -> None:
-    """The same-position remainders of the chunk's edges whose source sits at its target's position."""
-    for q, edges, targets, t_loc, s_loc, _ in groups:
-        here = (writes.position[s_loc.to(writes.position.device)].cpu() == q + start).nonzero(as_tuple=True)[0]
-        if not len(here):
-            continue
-        sources, s_idx = s_loc[here].unique(return_inverse=True)
+def _remainders(same: SameBackward, writes: SourceWrites, groups, remainder: torch.Tensor) -> None:
+    """The remainders of the chunk's same-position edges (`groups`: those edges only, by position)."""
+    for _, edges, targets, t_loc, s_loc, _ in groups:
+        sources, s_idx = s_loc.unique(return_inverse=True)
         sources_d = sources.to(writes.position.device)
         layers = writes.mlp_s_l_d[sources_d].abs().sum((0, 2)).nonzero(as_tuple=True)[0]  # layers they write
         lo, hi = (int(layers[0]), int(layers[-1]) + 1) if len(layers) else (0, 0)
         tg = targets.to(remainder.device)
         m = same.mlp_out_t_l_d[tg, lo:hi].reshape(len(tg), -1) @ writes.mlp_s_l_d[sources_d, lo:hi].reshape(len(sources), -1).T
         m = m + same.embed_t_d[tg] @ writes.embed_s_d[sources_d].T
-        remainder[edges[here].to(remainder.device)] = m[t_loc[here], s_idx]
+        remainder[edges.to(remainder.device)] = m[t_loc, s_idx]
 
 
 __all__ = ["EdgeLoadings", "head_loadings", "post_attention_backward", "residual_contributions",
