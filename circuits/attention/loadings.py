@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from circuits.attention.heads import (head_readout, heads_output, kv_values, mix_positions,
+from circuits.attention.heads import (add_self_attention, head_readout, heads_output, kv_values, mix_positions,
                                       norm_forward, post_attention_backward, value_backward)
 from circuits.attribution.frozen_backward import FrozenBlocks
 from circuits.attribution.rows import SourceLayout
@@ -172,13 +172,14 @@ def residual_contributions(rep: LocalReplacement, blocks: FrozenBlocks, transcod
     """Propagate S sources up the frozen linear model: each source's contribution u [S, P', d] to
     resid_pre of blocks 0 .. until_layer at positions start .. n_pos - 1 (P' of them: every source
     writes at or after `start`, and attention is causal, so nothing reaches earlier positions).
-    `at_layer(l, u, values, z)` is called at each block l with u at its resid_pre, the value
-    vectors per value head [S, G, P', e] and each head's output z [S, H, P', e]; returns u at
+    `at_layer(l, u, values, moved)` is called at each block l with u at its resid_pre, the value
+    vectors per value head [S, P', G, e] and each head's output from the other positions (its
+    pattern's diagonal left out) [S, P', H, e]; returns u at
     resid_pre(until_layer) (None with want_u=False: the last block's outputs are then not computed).
     `first_layer`: no source writes below it (their u is zero there, no block runs before it); a
     token embedding writes at 0. Block l runs only on the rows up to the last source written below
     it (the later rows are exactly zero there; few when the sources come sorted by their first
-    write), and `values` and `z` hold those rows only [n <= S, ...]."""
+    write), and `values` and `moved` hold those rows only [n <= S, ...]."""
     S, d = writes.mlp_s_l_d.shape[0], writes.mlp_s_l_d.shape[2]
     P = n_pos
     device = writes.mlp_s_l_d.device
@@ -195,11 +196,15 @@ def residual_contributions(rep: LocalReplacement, blocks: FrozenBlocks, transcod
     for l in range(first_layer, until_layer):
         n = live_below[l]  # rows n.. are still zero at resid_pre of block l
         values = kv_values(blocks, l, u[:n], rep.ln1_scale_layer_pos[l, start:P])
-        z = mix_positions(pattern_window(rep, l, start, P), values)
+        window = pattern_window(rep, l, start, P)
+        diagonal_h_q = window.diagonal(dim1=1, dim2=2).clone()
+        window.diagonal(dim1=1, dim2=2).zero_()
+        z = mix_positions(window, values)  # from the other positions only
         if at_layer is not None:
             at_layer(l, u, values, z)
         if l == until_layer - 1 and not want_u:
             return None
+        z = add_self_attention(z, diagonal_h_q, values)
         post = None if rep.ln1_post_scale_layer_pos is None else rep.ln1_post_scale_layer_pos[l, start:P]
         u[:n] += heads_output(blocks, l, z, post)
         del values, z
@@ -284,7 +289,7 @@ def head_loadings(rep: LocalReplacement, blocks: FrozenBlocks, transcoder, layou
         groups = _edges_by_target_position(t_pos - start, edges, t_cpu, local, len(mine))
         ordered = torch.cat([g[1] for g in groups]).to(device)  # the chunk's cross edges, by target position
         chunk_loads = torch.zeros(L, len(ordered), loadings.shape[2], device=device)
-        at_layer = _loadings_at_layer(rep, blocks, same, chunk_loads, groups, start, stop, len(mine))
+        at_layer = _loadings_at_layer(blocks, same, chunk_loads, groups, len(mine))
         residual_contributions(rep, blocks, transcoder, writes, stop, top, at_layer, start, first, want_u=False)
         loadings[ordered] = chunk_loads.transpose(0, 1)
         del chunk_loads
@@ -331,24 +336,20 @@ def _edges_by_target_position(q: torch.Tensor, edges: torch.Tensor, t: torch.Ten
     return groups
 
 
-def _loadings_at_layer(rep, blocks, same: SameBackward, chunk_loads, groups, start: int, stop: int, n_sources: int):
+def _loadings_at_layer(blocks, same: SameBackward, chunk_loads, groups, n_sources: int):
     """The callback filling chunk_loads [L, n, H] (the chunk's edges in group order) at each block."""
     H = blocks.W_O_head_e_d[0].shape[0]
     device = chunk_loads.device
-    kv_of_head = torch.arange(H, device=device) // (H // blocks.W_V_kv_d_e[0].shape[0])
     groups = [(q, targets.to(device), flat.to(device)) for q, _, targets, _, _, flat in groups]
 
-    def at_layer(l, u, values_s_g_p_e, z_s_h_q_e):  # noqa: ARG001 - residual_contributions' callback
-        diag_h_q = pattern_window(rep, l, start, stop).diagonal(dim1=1, dim2=2)  # self-attention weights
+    def at_layer(l, u, values, moved_s_q_h_e):  # noqa: ARG001 - residual_contributions' callback
         read_t_h_e = same.readout_t_l_h_e[:, l]
         out = []
-        n = z_s_h_q_e.shape[0]  # the sources live at this block (a prefix; the rest carry nothing)
+        n = moved_s_q_h_e.shape[0]  # the sources live at this block (a prefix; the rest carry nothing)
         if n == 0:
             return
         for q, targets, flat in groups:  # read-outs x moved outputs of every (target, source) pair at q
-            # each head's output at q from other positions: z minus the self-attention term [n, H, e]
-            moved_s_h_e = z_s_h_q_e[:, :, q] - diag_h_q[None, :, q, None] * values_s_g_p_e[:, kv_of_head, q]
-            m_h_t_s = torch.bmm(read_t_h_e[targets].transpose(0, 1), moved_s_h_e.permute(1, 2, 0))
+            m_h_t_s = torch.bmm(read_t_h_e[targets].transpose(0, 1), moved_s_q_h_e[:, q].permute(1, 2, 0))
             if n < n_sources:
                 m_h_t_s = torch.nn.functional.pad(m_h_t_s, (0, n_sources - n))
             out.append(m_h_t_s.reshape(H, -1)[:, flat])

@@ -57,6 +57,22 @@ class FrozenBlocks:
             self._W_V_head = [W.repeat_interleave(H // W.shape[0], dim=0) for W in self.W_V_kv_d_e]
         return self._W_V_head
 
+    @property
+    def W_V_ln1_d_ge(self) -> list[torch.Tensor]:
+        """Per layer [d, G * e]: the value heads' projections side by side with ln1's linear part
+        folded in (its weight, and its centering for LayerNorm), so that a contribution's values
+        are (x @ W) / ln1's frozen scale at its position (circuits.attention.heads.kv_values)."""
+        if not hasattr(self, "_W_V_ln1"):
+            self._W_V_ln1 = []
+            for l, W in enumerate(self.W_V_kv_d_e):
+                W_d_ge = W.permute(1, 0, 2).reshape(W.shape[1], -1)
+                if self.has_norm and self.ln1_w[l] is not None:
+                    W_d_ge = self.ln1_w[l][:, None] * W_d_ge
+                if self.centered:  # center(x) @ W = x @ (W - its column means)
+                    W_d_ge = W_d_ge - W_d_ge.mean(0, keepdim=True)
+                self._W_V_ln1.append(W_d_ge.contiguous())
+        return self._W_V_ln1
+
     @staticmethod
     def _weight(norm) -> torch.Tensor | None:
         w = getattr(norm, "w", None)
