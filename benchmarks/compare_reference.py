@@ -74,12 +74,42 @@ def run(engine: str, python: str, args, tokens: list[int], out: Path) -> dict:
         cmd += ["--hf-checkpoint"]
     env = {**os.environ, "PYTHONPATH": str(HERE.parent) if engine == "ours" else args.ref_pythonpath}
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    limit = args.stop_at_gb * 2**30 if args.stop_at_gb else None
+    peak = _run_watched(cmd, env, limit)
     wall = time.perf_counter() - t0
+    if limit is not None and peak > limit:
+        return {"stopped_gib": peak / 2**30, "subprocess_seconds": wall}
     with np.load(out, allow_pickle=False) as z:
         res = {k: z[k] for k in z.files}
     res["subprocess_seconds"] = wall
     return res
+
+
+def _run_watched(cmd: list[str], env: dict, limit: float | None) -> int:
+    """Run cmd; with a limit, poll its resident memory (children included) and kill it once above
+    the limit (a run that would swap or be killed by the kernel on a shared machine). Returns the
+    largest resident memory seen (0 without a limit)."""
+    if limit is None:
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+        return 0
+    import psutil
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    watched, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            rss = sum(p.memory_info().rss for p in [watched, *watched.children(recursive=True)])
+        except psutil.Error:
+            rss = 0
+        peak = max(peak, rss)
+        if rss > limit:
+            proc.kill()
+            proc.wait()
+            return peak
+        time.sleep(0.2)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return peak
 
 
 def _feature_map(ours_nodes: np.ndarray, ref_nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,10 +155,12 @@ def prompt_tokens(model_dir: Path, length: int, seed: int, kind: str) -> list[in
 
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     bos = tok.token_to_id(meta["special_tokens"]["bos_token"])
-    if kind == "text":
-        ids = tok.encode(PASSAGE, add_special_tokens=False).ids
+    if kind in ("text", "doc"):  # doc: long_context.py's document (Python's docstrings), for long prompts
+        if kind == "doc":
+            from long_context import document
+        ids = tok.encode(PASSAGE if kind == "text" else document(), add_special_tokens=False).ids
         if len(ids) < length - 1:
-            raise SystemExit(f"the passage has {len(ids)} tokens, fewer than {length - 1}")
+            raise SystemExit(f"the {kind} has {len(ids)} tokens, fewer than {length - 1}")
         return [bos] + ids[: length - 1]
     n_special = 8
     rng = np.random.default_rng(seed)
@@ -203,8 +235,9 @@ def main() -> None:
     ap.add_argument("--model-dir", type=Path, default=WORK / "fixture" / "model")
     ap.add_argument("--transcoders", type=Path, default=WORK / "fixture" / "clt-norm")
     ap.add_argument("--ref-python", default=str(WORK / "ct-venv" / "bin" / "python"))
-    ap.add_argument("--prompt", choices=("random", "text"), default="random",
-                    help="random token ids (fixture) or the first tokens of PASSAGE (real models)")
+    ap.add_argument("--prompt", choices=("random", "text", "doc"), default="random",
+                    help="random token ids (fixture), the first tokens of PASSAGE, or of long_context.py's "
+                         "document (Python's docstrings, for long prompts) (real models)")
     ap.add_argument("--lengths", default="8,16,32,64", help="prompt lengths in tokens, BOS included")
     ap.add_argument("--repeat", type=int, default=2, help="runs per engine and length (fresh processes)")
     ap.add_argument("--repeat-for", default="", help="per-length overrides, e.g. 256=1")
@@ -214,6 +247,8 @@ def main() -> None:
     ap.add_argument("--ref-batch-size", type=int, default=None, help="override for circuit-tracer")
     ap.add_argument("--max-feature-nodes", type=int, default=None, help="both engines' cap (default: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stop-at-gb", type=float, default=None,
+                    help="kill a run whose resident memory passes this (recorded as stopped there)")
     ap.add_argument("--hf-checkpoint", action="store_true",
                     help="--model-dir is a transformers checkpoint: circuit-tracer's nnsight backend (random ids)")
     ap.add_argument("--ref-pythonpath", default="",
@@ -250,12 +285,20 @@ def main() -> None:
             for engine in order:
                 python = sys.executable if engine == "ours" else args.ref_python
                 got[engine] = run(engine, python, args, tokens, args.out_dir / f"{engine}_{length}.npz")
+                if "stopped_gib" in got[engine]:
+                    runs.append({"engine": engine, "tokens": length, "rep": rep, **got[engine]})
+                    results.write_text(json.dumps(runs, indent=1))
+                    print(f"{length} tokens, {engine}: stopped at {got[engine]['stopped_gib']:.2f} GiB resident "
+                          f"after {got[engine]['subprocess_seconds']:.1f} s (--stop-at-gb)", flush=True)
+                    continue
                 runs.append(record(engine, length, rep, got[engine]))
                 results.write_text(json.dumps(runs, indent=1))
                 r = runs[-1]
                 print(f"{length} tokens, {engine}: attribution {r['attr_s']:.1f} s (CPU {r['attr_cpu_s']:.1f} s), "
                       f"process {r['process_s']:.1f} s, peak {r['peak_gib']:.2f} GiB, "
                       f"{r['n_features']}/{r['n_active']} features, load {r['load_avg']:.1f}", flush=True)
+            if any("stopped_gib" in g for g in got.values()):
+                continue
             gap = adjacency_gap(got["ours"], got["ref"])
             runs[-1].update(gap)
             results.write_text(json.dumps(runs, indent=1))
