@@ -74,15 +74,27 @@ def kv_values(blocks: FrozenBlocks, layer: int, x_s_p_d: torch.Tensor, ln1_scale
     return v.view(S, P, G, e)
 
 
+MIX_QUERY_BLOCK = 16  # queries mixed together: a block reads the keys up to its last query only
+
+
 def mix_positions(pattern_head_q_k: torch.Tensor, values_s_k_g_e: torch.Tensor) -> torch.Tensor:
     """Each query head's output z [S, Q, H, e] from the value vectors per value head [S, K, G, e]
-    (query heads h*G/H.. read value head g, as FrozenBlocks.W_V_head_d_e repeats them): one batched
-    product per value head over its query heads' patterns."""
+    (query heads h*G/H.. read value head g, as FrozenBlocks.W_V_head_d_e repeats them), for a
+    causal pattern over one window (Q == K, zero above the diagonal): one batched product per value
+    head and block of MIX_QUERY_BLOCK queries, over the keys up to the block's last query only."""
     H, Q, K = pattern_head_q_k.shape
     S, _, G, e = values_s_k_g_e.shape
+    if Q != K:
+        raise ValueError(f"mix_positions needs a square causal window, got {Q} queries and {K} keys")
+    r = H // G
     v_g_k_se = values_s_k_g_e.permute(2, 1, 0, 3).reshape(G, K, S * e)
-    z = torch.bmm(pattern_head_q_k.reshape(G, (H // G) * Q, K), v_g_k_se)  # [G, r*Q, S*e]
-    return z.view(G, H // G, Q, S, e).permute(3, 2, 0, 1, 4).reshape(S, Q, H, e)
+    pattern_g_r_q_k = pattern_head_q_k.view(G, r, Q, K)
+    z = torch.empty(S, Q, H, e, device=values_s_k_g_e.device, dtype=values_s_k_g_e.dtype)
+    for q0 in range(0, Q, MIX_QUERY_BLOCK):
+        q1 = min(q0 + MIX_QUERY_BLOCK, Q)
+        block = torch.bmm(pattern_g_r_q_k[:, :, q0:q1, :q1].reshape(G, r * (q1 - q0), q1), v_g_k_se[:, :q1])
+        z[:, q0:q1] = block.view(G, r, q1 - q0, S, e).permute(3, 2, 0, 1, 4).reshape(S, q1 - q0, H, e)
+    return z
 
 
 def add_self_attention(z_s_q_h_e: torch.Tensor, diagonal_h_q: torch.Tensor, values_s_q_g_e: torch.Tensor) -> torch.Tensor:

@@ -115,3 +115,18 @@ def test_source_chunks_starting_late_give_the_same_loadings(model_name, request,
         for start in (0, 2, 5):
             window = loadings_module.pattern_window(attr.rep, l, start, attr.rep.n_pos)
             assert torch.equal(window, attr.rep.patterns[l][:, start:, start:])
+
+
+@pytest.mark.parametrize("n_pos", [5, 16, 40])
+def test_mixing_in_query_blocks_equals_the_whole_causal_product(n_pos):
+    """mix_positions reads, for each block of queries, the keys up to the block's last query only:
+    on a causal pattern that is the whole product, for windows of one block and of several (with
+    grouped-query value heads)."""
+    from circuits.attention.heads import mix_positions
+
+    g = torch.Generator().manual_seed(n_pos)
+    S, G, r, e = 3, 2, 3, 4
+    pattern = torch.rand(G * r, n_pos, n_pos, generator=g).tril()
+    values = torch.randn(S, n_pos, G, e, generator=g)
+    whole = torch.einsum("grqk,skge->sqgre", pattern.view(G, r, n_pos, n_pos), values).reshape(S, n_pos, G * r, e)
+    torch.testing.assert_close(mix_positions(pattern, values), whole, rtol=1e-6, atol=1e-6)
