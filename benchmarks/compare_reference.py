@@ -72,6 +72,8 @@ def run(engine: str, python: str, args, tokens: list[int], out: Path) -> dict:
         cmd += ["--max-feature-nodes", str(args.max_feature_nodes)]
     if args.hf_checkpoint:
         cmd += ["--hf-checkpoint"]
+    if engine == "ours" and args.our_memory_gb:
+        cmd += ["--memory-gb", str(args.our_memory_gb)]
     env = {**os.environ, "PYTHONPATH": str(HERE.parent) if engine == "ours" else args.ref_pythonpath}
     t0 = time.perf_counter()
     limit = args.stop_at_gb * 2**30 if args.stop_at_gb else None
@@ -247,6 +249,8 @@ def main() -> None:
     ap.add_argument("--ref-batch-size", type=int, default=None, help="override for circuit-tracer")
     ap.add_argument("--max-feature-nodes", type=int, default=None, help="both engines' cap (default: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--our-memory-gb", type=float, default=None,
+                    help="our engine's memory budget (default: none, every row kept as the reference does)")
     ap.add_argument("--stop-at-gb", type=float, default=None,
                     help="kill a run whose resident memory passes this (recorded as stopped there)")
     ap.add_argument("--hf-checkpoint", action="store_true",

@@ -35,6 +35,8 @@ def main(argv=None) -> None:
     ap.add_argument("--tokens", required=True)
     ap.add_argument("--max-feature-nodes", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--memory-gb", type=float, default=None,
+                    help="our memory budget (default: none, every row kept as the reference does)")
     ap.add_argument("--max-n-logits", type=int, default=10)
     ap.add_argument("--desired-logit-prob", type=float, default=0.95)
     ap.add_argument("--out", required=True, type=Path)
@@ -81,7 +83,8 @@ def main(argv=None) -> None:
             torch.cuda.reset_peak_memory_stats()
         c0, w0 = time.process_time(), time.perf_counter()
         config = TraceConfig(max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob,
-                             max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size, memory_gb=None)
+                             max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size,
+                             memory_gb=args.memory_gb)
         attr = attribution_rows(model, tc, tokens, config,
                                 threads=args.threads)  # fixed, as the reference's: no adaptive thread count
         edges = graph_edges(attr)  # the reference's square: feature and logit rows over every node
@@ -113,7 +116,7 @@ def main(argv=None) -> None:
         cuda_peak_bytes=torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else -1,
         meta_json=json.dumps({"engine": "circuits", "threads": torch.get_num_threads(),
                               "batch_size": args.batch_size, "timing": attr.timing_seconds,
-                              "max_feature_nodes": args.max_feature_nodes,
+                              "max_feature_nodes": args.max_feature_nodes, "memory_gb": args.memory_gb,
                               "threads_used": attr.threads}),
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
