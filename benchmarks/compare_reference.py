@@ -77,41 +77,45 @@ def run(engine: str, python: str, args, tokens: list[int], out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(HERE.parent) if engine == "ours" else args.ref_pythonpath}
     t0 = time.perf_counter()
     limit = args.stop_at_gb * 2**30 if args.stop_at_gb else None
-    peak = _run_watched(cmd, env, limit)
+    peak, stopped = _run_watched(cmd, env, limit, args.stop_after_s)
     wall = time.perf_counter() - t0
-    if limit is not None and peak > limit:
-        return {"stopped_gib": peak / 2**30, "subprocess_seconds": wall}
+    if stopped:
+        return {"stopped_gib": peak / 2**30, "stopped_because": stopped, "subprocess_seconds": wall}
     with np.load(out, allow_pickle=False) as z:
         res = {k: z[k] for k in z.files}
     res["subprocess_seconds"] = wall
     return res
 
 
-def _run_watched(cmd: list[str], env: dict, limit: float | None) -> int:
-    """Run cmd; with a limit, poll its resident memory (children included) and kill it once above
-    the limit (a run that would swap or be killed by the kernel on a shared machine). Returns the
-    largest resident memory seen (0 without a limit)."""
-    if limit is None:
+def _run_watched(cmd: list[str], env: dict, limit: float | None, seconds: float | None) -> tuple[int, str]:
+    """Run cmd; with a memory limit or a time limit, poll its resident memory (children included)
+    and kill it once past either (a run that would swap, be killed by the kernel on a shared
+    machine, or outlast the session). Returns (the largest resident memory seen, 0 without limits;
+    why it was stopped, "" when it finished)."""
+    if limit is None and seconds is None:
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-        return 0
+        return 0, ""
     import psutil
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-    watched, peak = psutil.Process(proc.pid), 0
+    watched, peak, t0 = psutil.Process(proc.pid), 0, time.perf_counter()
     while proc.poll() is None:
         try:
             rss = sum(p.memory_info().rss for p in [watched, *watched.children(recursive=True)])
         except psutil.Error:
             rss = 0
         peak = max(peak, rss)
-        if rss > limit:
+        over = (f"resident memory above {limit / 2**30:g} GiB" if limit is not None and rss > limit else
+                f"still running after {seconds:g} s" if seconds is not None and time.perf_counter() - t0 > seconds
+                else "")
+        if over:
             proc.kill()
             proc.wait()
-            return peak
+            return peak, over
         time.sleep(0.2)
     if proc.returncode:
         raise subprocess.CalledProcessError(proc.returncode, cmd)
-    return peak
+    return peak, ""
 
 
 def _feature_map(ours_nodes: np.ndarray, ref_nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -253,6 +257,8 @@ def main() -> None:
                     help="our engine's memory budget (default: none, every row kept as the reference does)")
     ap.add_argument("--stop-at-gb", type=float, default=None,
                     help="kill a run whose resident memory passes this (recorded as stopped there)")
+    ap.add_argument("--stop-after-s", type=float, default=None,
+                    help="kill a run still going after this many seconds (recorded as stopped)")
     ap.add_argument("--hf-checkpoint", action="store_true",
                     help="--model-dir is a transformers checkpoint: circuit-tracer's nnsight backend (random ids)")
     ap.add_argument("--ref-pythonpath", default="",
@@ -292,8 +298,9 @@ def main() -> None:
                 if "stopped_gib" in got[engine]:
                     runs.append({"engine": engine, "tokens": length, "rep": rep, **got[engine]})
                     results.write_text(json.dumps(runs, indent=1))
-                    print(f"{length} tokens, {engine}: stopped at {got[engine]['stopped_gib']:.2f} GiB resident "
-                          f"after {got[engine]['subprocess_seconds']:.1f} s (--stop-at-gb)", flush=True)
+                    print(f"{length} tokens, {engine}: stopped ({got[engine]['stopped_because']}) after "
+                          f"{got[engine]['subprocess_seconds']:.1f} s, peak {got[engine]['stopped_gib']:.2f} GiB "
+                          f"resident", flush=True)
                     continue
                 runs.append(record(engine, length, rep, got[engine]))
                 results.write_text(json.dumps(runs, indent=1))
