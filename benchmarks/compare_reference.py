@@ -8,6 +8,11 @@
     python benchmarks/compare_reference.py --model-dir ~/.cache/circuits/models/smollm2-135m \
         --transcoders DIR --prompt text --lengths 6,16,64,256 --max-feature-nodes 7500 \
         --batch-size 64 --threads 1 --repeat 3 --repeat-for 256=1 --out-dir benchmarks/work/smollm2-plt
+    # long prompts (issue 19): our engine at its default 4 GB budget, circuit-tracer stopped at
+    # 12 GiB resident or after 20 minutes (recorded as stopped):
+    python benchmarks/compare_reference.py --model-dir ~/.cache/circuits/models/smollm2-135m \
+        --transcoders DIR --prompt doc --lengths 256 --max-feature-nodes 2816 --our-memory-gb 4 \
+        --threads 1 --repeat 1 --stop-at-gb 12 --stop-after-s 1200 --out-dir benchmarks/work/long-ref-256
     python benchmarks/compare_reference.py --table benchmarks/work/smollm2-plt/results.json [more.json ...]
     # a pair run by hand with the two runners (same arguments): into --out-dir's results.json
     python benchmarks/compare_reference.py --out-dir DIR --import-pair ours.npz ref.npz
