@@ -133,9 +133,10 @@ def _feature_map(ours_nodes: np.ndarray, ref_nodes: np.ndarray) -> tuple[np.ndar
     return np.array(o, np.int64), np.array(r, np.int64)
 
 
-def adjacency_gap(ours: dict, ref: dict) -> dict:
-    """Max |A_ours - A_ref| (absolute and over max |A_ref|) over rows (shared features, logits) x
-    columns (shared features, errors at positions >= 1, tokens), nodes mapped by identity."""
+def compared_blocks(ours: dict, ref: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A_ours, A_ref, the shared features' rows in ref's feature_nodes): both adjacencies over rows
+    (shared features, logits) x columns (shared features, errors at positions >= 1, tokens), nodes
+    mapped by identity."""
     L, P = int(ref["n_layers"]), int(ref["n_pos"])
     assert np.array_equal(ours["logit_token_ids"], ref["logit_token_ids"]), "different logit targets"
     f_ours, f_ref = _feature_map(ours["feature_nodes"], ref["feature_nodes"])
@@ -149,11 +150,15 @@ def adjacency_gap(ours: dict, ref: dict) -> dict:
     our_rows = np.concatenate([f_ours, np.arange(N_ours - n_l, N_ours)])
     our_cols = np.concatenate([f_ours, np.arange(n_f_ours, N_ours - n_l)])  # errors (pos >= 1), tokens
     assert np.abs(ref["adjacency"][:, ref_bos_err]).max() == 0, "reference has edges from BOS errors"
-    A_ref = ref["adjacency"][np.ix_(ref_rows, ref_cols)]
-    A_ours = ours["adjacency"][np.ix_(our_rows, our_cols)]
+    return (ours["adjacency"][np.ix_(our_rows, our_cols)], ref["adjacency"][np.ix_(ref_rows, ref_cols)], f_ref)
+
+
+def adjacency_gap(ours: dict, ref: dict) -> dict:
+    """Max |A_ours - A_ref| (absolute and over max |A_ref|) over compared_blocks."""
+    A_ours, A_ref, f_ref = compared_blocks(ours, ref)
     diff = float(np.abs(A_ours - A_ref).max())
     return dict(abs_gap=diff, rel_gap=diff / float(np.abs(A_ref).max()), shared_features=len(f_ref),
-                ours_features=n_f_ours, ref_features=n_f_ref)
+                ours_features=int(ours["n_feature_nodes"]), ref_features=int(ref["n_feature_nodes"]))
 
 
 def prompt_tokens(model_dir: Path, length: int, seed: int, kind: str) -> list[int]:

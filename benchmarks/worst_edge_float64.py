@@ -3,8 +3,8 @@
     python benchmarks/worst_edge_float64.py --ours benchmarks/work/long-ref/ours_64.npz \
         --ref benchmarks/work/long-ref/ref_64.npz [--model smollm2-135m] [--transcoders DIR]
 
-Finds the entry where the two graphs differ most (compare_reference.adjacency_gap's rows and
-columns) and, when it is an edge from a token embedding to a layer-0 feature at the same
+Finds the entry where the two graphs differ most (compare_reference.compared_blocks, as
+adjacency_gap compares them) and, when it is an edge from a token embedding to a layer-0 feature at the same
 position (the case of the 64-token SmolLM2 pair: a path through the residual stream and block 0's
 self-attention only), recomputes it in float64 from our forward's frozen quantities (norm scales,
 the pattern's diagonal, weights):
@@ -37,22 +37,18 @@ def main() -> None:
                     default=Path(os.environ.get("CIRCUITS_HOME", Path.home() / ".cache/circuits"))
                     / "transcoders/smollm2-135m/default-plt")
     args = ap.parse_args()
-    from compare_reference import _feature_map
+    from compare_reference import compared_blocks
 
     o, r = dict(np.load(args.ours)), dict(np.load(args.ref))
-    L, P = int(r["n_layers"]), int(r["n_pos"])
-    f_o, f_r = _feature_map(o["feature_nodes"], r["feature_nodes"])
-    nfr, nfo, n_l = int(r["n_feature_nodes"]), int(o["n_feature_nodes"]), len(r["logit_token_ids"])
-    ref_tok = nfr + L * P + np.arange(P)
-    our_tok = nfo + L * (P - 1) + np.arange(P)
-    # token columns only: the worst entry over shared feature rows x token columns, then checked
-    A_ref = r["adjacency"][np.ix_(f_r, ref_tok)]
-    A_ours = o["adjacency"][np.ix_(f_o, our_tok)]
-    gap = np.abs(A_ours - A_ref)
-    row, pos = np.unravel_index(gap.argmax(), gap.shape)
-    layer, f_pos, index = map(int, r["feature_nodes"][f_r[row]])
-    print(f"largest gap over token columns: feature (layer {layer}, position {f_pos}, #{index}) <- token at {pos}: "
-          f"ours {A_ours[row, pos]:.7f}, circuit-tracer {A_ref[row, pos]:.7f}")
+    A_ours, A_ref, f_ref = compared_blocks(o, r)
+    P = int(r["n_pos"])
+    row, col = np.unravel_index(np.abs(A_ours - A_ref).argmax(), A_ours.shape)
+    pos = col - (A_ours.shape[1] - P)  # the last P columns are the token embeddings
+    if row >= len(f_ref) or pos < 0:
+        raise SystemExit("the largest gap is not from a token embedding to a feature: not recomputed")
+    layer, f_pos, index = map(int, r["feature_nodes"][f_ref[row]])
+    print(f"largest gap: feature (layer {layer}, position {f_pos}, #{index}) <- token at {pos}: "
+          f"ours {A_ours[row, col]:.7f}, circuit-tracer {A_ref[row, col]:.7f}")
     if layer != 0 or f_pos != pos:
         raise SystemExit("not a layer-0 feature read from its own position's token: not recomputed")
     from circuits.attention.loadings import pattern_diagonal
@@ -70,7 +66,7 @@ def main() -> None:
     H, G = W_O.shape[0], W_V.shape[0]
     moved = sum(diag[h] * ((x1 @ W_V[h // (H // G)]) @ W_O[h]) for h in range(H))
     exact = float((e + moved) / rep.ln2_scale_layer_pos[0, pos].double() @ rm.transcoder.W_enc[0][index].double())
-    for name, value in (("ours", A_ours[row, pos]), ("circuit-tracer", A_ref[row, pos])):
+    for name, value in (("ours", A_ours[row, col]), ("circuit-tracer", A_ref[row, col])):
         print(f"{name}: {value:.7f}, off the float64 value {exact:.7f} by {abs(value - exact):.2e} "
               f"({abs(value - exact) / abs(exact):.2e} relative)")
 
