@@ -172,14 +172,13 @@ def residual_contributions(rep: LocalReplacement, blocks: FrozenBlocks, transcod
     """Propagate S sources up the frozen linear model: each source's contribution u [S, P', d] to
     resid_pre of blocks 0 .. until_layer at positions start .. n_pos - 1 (P' of them: every source
     writes at or after `start`, and attention is causal, so nothing reaches earlier positions).
-    `at_layer(l, u, values, moved)` is called at each block l with u at its resid_pre, the value
-    vectors per value head [S, P', G, e] and each head's output from the other positions (its
-    pattern's diagonal left out) [S, P', H, e]; returns u at
+    `at_layer(l, moved)` is called at each block l with each head's output from the other
+    positions (its pattern's diagonal left out) [S, P', H, e]; returns u at
     resid_pre(until_layer) (None with want_u=False: the last block's outputs are then not computed).
     `first_layer`: no source writes below it (their u is zero there, no block runs before it); a
     token embedding writes at 0. Block l runs only on the rows up to the last source written below
     it (the later rows are exactly zero there; few when the sources come sorted by their first
-    write), and `values` and `moved` hold those rows only [n <= S, ...]."""
+    write), and `moved` holds those rows only [n <= S, ...]."""
     S, d = writes.mlp_s_l_d.shape[0], writes.mlp_s_l_d.shape[2]
     P = n_pos
     device = writes.mlp_s_l_d.device
@@ -201,7 +200,7 @@ def residual_contributions(rep: LocalReplacement, blocks: FrozenBlocks, transcod
         window.diagonal(dim1=1, dim2=2).zero_()
         z = mix_positions(window, values)  # from the other positions only
         if at_layer is not None:
-            at_layer(l, u, values, z)
+            at_layer(l, z)
         if l == until_layer - 1 and not want_u:
             return None
         z = add_self_attention(z, diagonal_h_q, values)
@@ -342,7 +341,7 @@ def _loadings_at_layer(blocks, same: SameBackward, chunk_loads, groups, n_source
     device = chunk_loads.device
     groups = [(q, targets.to(device), flat.to(device)) for q, _, targets, _, _, flat in groups]
 
-    def at_layer(l, u, values, moved_s_q_h_e):  # noqa: ARG001 - residual_contributions' callback
+    def at_layer(l, moved_s_q_h_e):  # residual_contributions' callback
         read_t_h_e = same.readout_t_l_h_e[:, l]
         out = []
         n = moved_s_q_h_e.shape[0]  # the sources live at this block (a prefix; the rest carry nothing)
