@@ -64,6 +64,22 @@ VARIANTS.update({
     "btk-nw8+datainit+k78": dict(NW8, **DATA_INIT, topk=78),
 })
 
+D8 = dict(NW8, **DATA_INIT)  # round 4 (session 9): on top of the default; skip terms, width, epochs
+SKIP = dict(D8, skip=True)
+VARIANTS.update({
+    "d8": D8,
+    "d8+skip": SKIP,
+    "d8+skip-lstsq": dict(SKIP, skip_init="lstsq"),
+    "d8+skip-lstsq-frozen": dict(SKIP, skip_init="lstsq", skip_lr_scale=0.0),
+    "d8+skip-lstsq-slow": dict(SKIP, skip_init="lstsq", skip_lr_scale=0.1),
+    "d8+f2048": dict(D8, n_features=2048),
+    "d8+f1024": dict(D8, n_features=1024),
+    "d8+auxk": dict(D8, auxk_coef=1 / 32, revive_after_tokens=4096),
+    "d8+auxk8": dict(D8, auxk_coef=1 / 8, revive_after_tokens=4096),
+    "d8+lr4e-3": dict(D8, lr=4e-3),
+    "d8+encdata": dict(D8, encoder_init="data"),
+})
+
 
 def parse_variant(spec: str) -> tuple[str, dict]:
     """'name' from VARIANTS, or 'name:key=value,...' (values parsed as JSON when they parse)."""
@@ -127,7 +143,7 @@ def train_layers(cache: Path, heldout: Path, cfg, layers: list[int]) -> dict:
             stats.update(y, y_hat, acts)
     rep = stats.summary()
     return {"cpu_s": round(cpu, 1), "fvu": rep["fvu_mean"], "l0": rep["l0_total"] / len(layers),
-            "dead": rep["dead_fraction"], "fvu_per_layer": rep["fvu_per_layer"],
+            "dead": rep["dead_fraction"], "dead_per_layer": rep["dead_per_layer"], "fvu_per_layer": rep["fvu_per_layer"],
             "l0_per_layer": rep["l0_per_layer"], "dead_train": round(state.dead_fraction(), 4)}
 
 
@@ -170,12 +186,14 @@ def main() -> None:
     print(f"activation caches {cache}, {heldout}: {time.process_time() - cpu0:.1f} CPU s (0 when reused)", flush=True)
     layers = [int(v) for v in args.layers.split(",")]
     print(f"layers {layers}, {args.tokens} training tokens, {args.eval_tokens} held-out positions", flush=True)
-    print("| variant | CPU s | held-out FVU | L0/layer | dead | per-layer FVU |\n|---|---|---|---|---|---|", flush=True)
+    print("| variant | CPU s | held-out FVU | L0/layer | dead | per-layer FVU | per-layer dead |\n|---|---|---|---|---|---|---|",
+          flush=True)
     for spec in args.variants:
         name, settings = parse_variant(spec)
         row = train_layers(cache, heldout, base.updated(settings), layers)
         print(f"| {name} | {row['cpu_s']} | {row['fvu']:.3f} | {row['l0']:.1f} | {row['dead']:.1%} | "
-              f"{' '.join(f'{v:.2f}' for v in row['fvu_per_layer'])} |", flush=True)
+              f"{' '.join(f'{v:.2f}' for v in row['fvu_per_layer'])} | "
+              f"{' '.join(f'{v:.0%}' for v in row['dead_per_layer'])} |", flush=True)
         if args.json is not None:
             with args.json.open("a") as f:
                 f.write(json.dumps({"variant": name, "settings": settings, "tokens": args.tokens,

@@ -114,8 +114,9 @@ def run_child(side: str, args, cache: Path, out: Path) -> dict:
     """The child's own CPU seconds and peak RSS (it prints them as its last line)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("SPARSIFY_PATH"),
                                                                      os.environ.get("PYTHONPATH")])))
+    side, _, k = side.partition(" k=")
     cmd = [sys.executable, __file__, "--child", side, "--cache", str(cache), "--out", str(out),
-           "--config", json.dumps(args.config_flat), "--k", str(args.k)]
+           "--config", json.dumps(args.config_flat), "--k", k or "0"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
@@ -131,7 +132,7 @@ def child_main(args) -> None:
     if args.child == "ours":
         child_ours(Path(args.cache), cfg, Path(args.out))
     else:
-        child_sparsify(Path(args.cache), cfg, Path(args.out), args.k)
+        child_sparsify(Path(args.cache), cfg, Path(args.out), int(args.k))
     ru = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"cpu_s": round(ru.ru_utime + ru.ru_stime, 1), "peak_rss_gb": round(ru.ru_maxrss / 2**20, 2),
                       "wall_s": round(time.perf_counter() - t0, 1)}))
@@ -142,9 +143,12 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--corpus", default="python-docstrings")
     ap.add_argument("--tokens", type=int, default=59_904, help="training positions (both sides, one pass)")
+    ap.add_argument("--epochs", type=int, default=1, help="passes over the --tokens positions (both sides)")
     ap.add_argument("--eval-tokens", type=int, default=10_000)
     ap.add_argument("--features", type=int, default=512)
-    ap.add_argument("--k", type=int, default=56, help="sparsify's TopK k (ours: its config's, unless --ours topk=K)")
+    ap.add_argument("--k", default="56", help="sparsify's TopK k, or several (comma-separated: one sparsify run each; "
+                    "its ReLU before the top-k leaves tokens with fewer than k active, so its L0 sits below k); "
+                    "ours: its config's, unless --ours topk=K")
     ap.add_argument("--ours", nargs="*", default=[], help="key=value overrides of our default config")
     ap.add_argument("--sides", default="ours,sparsify")
     ap.add_argument("--child", choices=["ours", "sparsify"], help=argparse.SUPPRESS)
@@ -174,7 +178,7 @@ def main() -> None:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
-    cfg = default_train_config(args.model).updated(dict(n_features=args.features, tokens=args.tokens, threads=1,
+    cfg = default_train_config(args.model).updated(dict(n_features=args.features, tokens=args.tokens * args.epochs, threads=1,
                                                         eval_tokens=0, checkpoint_seconds=1e9, **overrides))
     cpu0 = time.process_time()
     cache = cache_activations(loaded, cfg, args.tokens, args.corpus, progress=False)
@@ -184,8 +188,10 @@ def main() -> None:
     heldout, _ = corpus_sequences(loaded, args.corpus, cfg.seq_len, heldout=True)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for side in args.sides.split(","):
-            out = Path(tmp) / side
+        sides = [s for side in args.sides.split(",")
+                 for s in ([f"sparsify k={k}" for k in args.k.split(",")] if side == "sparsify" else [side])]
+        for i, side in enumerate(sides):
+            out = Path(tmp) / str(i)
             run = run_child(side, args, cache, out)
             if "error" in run:
                 rows[side] = run
@@ -193,7 +199,7 @@ def main() -> None:
             rep = measure_fidelity(loaded.model, load_transcoder(out), heldout, max_tokens=args.eval_tokens,
                                    seq_len=cfg.seq_len)
             rows[side] = {**run, **rep}
-    print(f"\n{args.model}, {args.tokens} training positions of {args.corpus} (cache built once: {cache_cpu:.0f} "
+    print(f"\n{args.model}, {args.tokens} training positions of {args.corpus} x {args.epochs} epoch(s) (cache built once: {cache_cpu:.0f} "
           f"CPU s, 0 when reused), {args.eval_tokens} held-out positions, {args.features} features per layer; "
           f"ours: {cfg.transcoder.activation}" + (f" k={cfg.transcoder.topk}" if cfg.transcoder.topk else "")
           + f", sparsify: TopK k={args.k}\n")
@@ -209,6 +215,9 @@ def main() -> None:
         l0 = r["l0_total"] / len(r["l0_per_layer"])
         print(f"| {side} | {r['cpu_s']} | {r['peak_rss_gb']} GB | {r['fvu_mean']:.3f} | {l0:.1f} | "
               f"{r['dead_fraction']:.1%} | {r['top1_agreement']:.3f} | {r['kl_mean']:.3f} | {wins} of {len(r['fvu_per_layer'])} |")
+    for side, r in rows.items():
+        if "fvu_per_layer" in r:
+            print(f"\n{side}, FVU per layer: {' '.join(f'{v:.2f}' for v in r['fvu_per_layer'])}")
 
 
 if __name__ == "__main__":

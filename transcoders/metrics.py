@@ -67,4 +67,5 @@ class ReconstructionStats:
                 "l0_per_layer": [round(float(v), 3) for v in l0],
                 "l0_total": round(float(l0.sum()), 3),
                 "dead_fraction": round(self.dead_fraction(), 6),
+                "dead_per_layer": [round(float(v), 4) for v in (self.fired_count_layer_feat == 0).double().mean(-1)],
                 "n_tokens": self.n_tokens}

@@ -63,10 +63,19 @@ class TrainConfig(BaseModel):
     decoder_init: Literal["uniform", "zero", "encoder"] = Field(
         "uniform", description="decoder start: uniform random, zero, or each feature's unit-norm encoder row "
         "(at its own layer; zero elsewhere)")
+    encoder_init: Literal["uniform", "data"] = Field(
+        "uniform", description="encoder start: uniform random rows, or each feature reading the direction of "
+        "one centred input of the first shuffle group (features start spread over where the data lies)")
     encoder_bias_init: Literal["zero", "centred"] = Field(
         "zero", description="encoder bias start: zero, or -W_enc E[x] (features read centred inputs at the start)")
     decoder_unit_norm: bool = Field(False, description="rescale every feature's decoder to norm 1 after each step "
                                     "(TopK / BatchTopK; the tanh penalty of JumpReLU reads the norms)")
+    skip_init: Literal["zero", "lstsq"] = Field(
+        "zero", description="skip term start (--skip): zero, or the least-squares affine map from inputs to "
+        "outputs on the first shuffle group (W_skip and b_dec; ridge-regularised), so features learn what a "
+        "linear map leaves")
+    skip_lr_scale: float = Field(1.0, ge=0, le=1e6, description="W_skip's learning rate as a multiple of --lr "
+                                 "(0: W_skip stays at its start)")
     auxk_coef: float = Field(0.0, ge=0, le=1e12, description="AuxK coefficient: the top --auxk-k dead features "
                              "(silent for --revive-after-tokens, default --dead-after-tokens) reconstruct the residual")
     auxk_k: int | None = Field(None, gt=0, le=1 << 20, description="dead features per token in the AuxK term "
@@ -91,6 +100,8 @@ class TrainConfig(BaseModel):
     def _check(self) -> "TrainConfig":
         if self.buffer_tokens is not None and self.buffer_tokens < self.batch_size:
             raise ValueError(f"buffer_tokens ({self.buffer_tokens}) must be >= batch_size ({self.batch_size})")
+        if not self.transcoder.skip and (self.skip_init != "zero" or self.skip_lr_scale != 1.0):
+            raise ValueError("--skip-init and --skip-lr-scale need a skip term (--skip)")
         if self.decoder_unit_norm and self.transcoder.activation == "jumprelu":
             raise ValueError("--decoder-unit-norm is for topk / batchtopk / relu (JumpReLU's penalty reads decoder norms)")
         return self

@@ -19,8 +19,17 @@ from transcoders.transcoder import Transcoder
 
 
 @torch.no_grad()
-def init_from_data(tc: Transcoder, cfg: TrainConfig, x_mean_ld: torch.Tensor) -> None:
-    """--decoder-init and --encoder-bias-init on normalised data (x_mean_ld [L, d]: mean input)."""
+def init_from_data(tc: Transcoder, cfg: TrainConfig, x_mean_ld: torch.Tensor,
+                   x_tok_layer_d: torch.Tensor | None = None) -> None:
+    """--encoder-init, --decoder-init and --encoder-bias-init on normalised data (x_mean_ld [L, d]:
+    mean input; x_tok_layer_d: the first group, for --encoder-init data)."""
+    if cfg.encoder_init == "data":
+        L, F, _ = tc.W_enc.shape
+        rows = torch.randperm(x_tok_layer_d.shape[0])[:F]  # F distinct inputs (with repeats if fewer)
+        rows = rows[torch.arange(F) % rows.numel()]
+        centred_lfd = (x_tok_layer_d[rows] - x_mean_ld.cpu()).transpose(0, 1).to(tc.W_enc)
+        norm_lf1 = tc.W_enc.norm(dim=-1, keepdim=True)  # keep the random start's row norms
+        tc.W_enc.copy_(centred_lfd / centred_lfd.norm(dim=-1, keepdim=True).clamp_min(1e-8) * norm_lf1)
     if cfg.decoder_init == "zero":
         for W in tc.W_dec:
             W.zero_()
@@ -31,6 +40,25 @@ def init_from_data(tc: Transcoder, cfg: TrainConfig, x_mean_ld: torch.Tensor) ->
             W[:, 0].copy_(unit_lfd[l])
     if cfg.encoder_bias_init == "centred":
         tc.b_enc.copy_(-torch.einsum("lfd,ld->lf", tc.W_enc, x_mean_ld))
+
+
+@torch.no_grad()
+def fit_skip(tc: Transcoder, x_tok_layer_d: torch.Tensor, y_tok_layer_d: torch.Tensor, ridge: float = 1e-3) -> None:
+    """W_skip_l, b_dec_l <- the least-squares affine map y_l ~ x_l W + b on normalised data, ridge
+    `ridge` x mean eigenvalue of the centred inputs' Gram matrix (the first group holds a few
+    thousand tokens for d x d unknowns per layer: the ridge keeps the fit from reading noise)."""
+    x_lnd = x_tok_layer_d.transpose(0, 1).double()
+    y_lnd = y_tok_layer_d.transpose(0, 1).double()
+    x_mean_l1d, y_mean_l1d = x_lnd.mean(1, keepdim=True), y_lnd.mean(1, keepdim=True)
+    xc_lnd, yc_lnd = x_lnd - x_mean_l1d, y_lnd - y_mean_l1d
+    gram_ldd = xc_lnd.transpose(1, 2) @ xc_lnd
+    d = gram_ldd.shape[-1]
+    scale_l = gram_ldd.diagonal(dim1=1, dim2=2).mean(-1) * ridge
+    eye_dd = torch.eye(d, dtype=gram_ldd.dtype)
+    W_ldd = torch.linalg.solve(gram_ldd + scale_l[:, None, None] * eye_dd, xc_lnd.transpose(1, 2) @ yc_lnd)
+    b_ld = (y_mean_l1d - x_mean_l1d @ W_ldd)[:, 0]
+    tc.W_skip.copy_(W_ldd.to(tc.W_skip))
+    tc.b_dec.copy_(b_ld.to(tc.b_dec))
 
 
 @torch.no_grad()
@@ -66,8 +94,21 @@ class TrainState:
                 self.tc.threshold.fill_(cfg.threshold_init)
         self.objective = TranscoderObjective(self.tc, cfg.sparsity_c, cfg.preact_coef, cfg.recon_loss,
                                              cfg.auxk_coef, cfg.auxk_k)
+        if self.tc.W_skip is not None and cfg.skip_lr_scale == 0:  # frozen at its start: no gradient formed
+            self.tc.W_skip.requires_grad_(False)
         self.module = wrap_ddp(self.objective, info, device)
-        self.opt = torch.optim.Adam(self.objective.parameters(), lr=cfg.lr, fused=True)
+        self.opt = torch.optim.Adam(self._param_groups(), lr=cfg.lr, fused=True)
+
+    def _param_groups(self) -> list[dict]:
+        """Adam's groups: W_skip apart when --skip-lr-scale sets its own rate (lr_scale: x --lr)."""
+        params = list(self.objective.parameters())
+        skip = self.tc.W_skip
+        if skip is None or self.cfg.skip_lr_scale == 1.0:
+            return [{"params": params, "lr_scale": 1.0}]
+        rest = [p for p in params if p is not skip]
+        if not skip.requires_grad:
+            return [{"params": rest, "lr_scale": 1.0}]
+        return [{"params": rest, "lr_scale": 1.0}, {"params": [skip], "lr_scale": self.cfg.skip_lr_scale}]
 
     # --- start ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -77,7 +118,18 @@ class TrainState:
         y_mean = (y0_tok_layer_d * self.s_out[None, :, None]).mean(0)
         self.tc.b_dec.copy_(y_mean.to(self.tc.b_dec.device))
         x_mean_ld = (x0_tok_layer_d * self.s_in[None, :, None]).mean(0).to(self.tc.W_enc.device)
-        init_from_data(self.tc, self.cfg, x_mean_ld)
+        init_from_data(self.tc, self.cfg, x_mean_ld, x0_tok_layer_d * self.s_in[None, :, None])
+        if self.cfg.skip_init == "lstsq":
+            x0 = x0_tok_layer_d * self.s_in[None, :, None]
+            y0 = y0_tok_layer_d * self.s_out[None, :, None]
+            fit_skip(self.tc, x0, y0)
+            # the features' target is what the map leaves: rescale the outputs so that it, not y, has
+            # E||r||^2 = d (the learning rate then means what it means without a skip term)
+            r0 = y0 - torch.einsum("nld,lde->nle", x0, self.tc.W_skip.detach().cpu()) - self.tc.b_dec.detach().cpu()
+            boost_l = estimate_scales(r0)
+            self.s_out = self.s_out * boost_l
+            self.tc.W_skip.mul_(boost_l.to(self.tc.W_skip)[:, None, None])
+            self.tc.b_dec.mul_(boost_l.to(self.tc.b_dec)[:, None])
 
     # --- one optimisation step -------------------------------------------------------------------
     def train_step(self, x_tok_layer_d: torch.Tensor, y_tok_layer_d: torch.Tensor, lr: float, lam: float) -> dict:
@@ -85,7 +137,7 @@ class TrainState:
         x = (x_tok_layer_d.to(dev) * self.s_in.to(dev)[None, :, None])
         y = (y_tok_layer_d.to(dev) * self.s_out.to(dev)[None, :, None])
         for group in self.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         dead = self.dead_mask() if self.cfg.auxk_coef > 0 else None
         loss, parts, y_hat, acts = self.module(x, y, lam, self.preact_mask(), dead)
         self.opt.zero_grad(set_to_none=True)

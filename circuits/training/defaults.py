@@ -28,6 +28,12 @@ from circuits.models.registry import BUILTIN_MODELS, default_transcoder_fields
 from circuits.paths import transcoders_dir, writable_dir
 from transcoders.train_config import TrainConfig
 
+# Tokens the default transcoder's feature index reads on first use: half `circuits features index`'s
+# default, so the first graph comes sooner (docs/transcoders.md "First use"); every feature that
+# fires once in 500 tokens still gets 30+ contexts. `circuits features index` rebuilds it larger.
+DEFAULT_INDEX_TOKENS = 16_384
+
+
 def default_train_config(model_name: str) -> TrainConfig:
     """The TrainConfig of a built-in model's default transcoder (its registry entry's)."""
     fields = default_transcoder_fields(model_name)
@@ -92,7 +98,8 @@ def make_default_transcoder(loaded_model, cfg: TrainConfig, path: Path, *, resum
     result = train_for_model(loaded_model, cfg, path, corpus, resume=resume, overwrite=overwrite,
                              progress=progress, log_path=log_path, device=device)
     if BUILTIN_MODELS[loaded_model.name].text_corpus and corpus is None:
-        index_corpus(loaded_model, freeze(result.transcoder.to(device)), path, progress=progress)
+        index_corpus(loaded_model, freeze(result.transcoder.to(device)), path, max_tokens=DEFAULT_INDEX_TOKENS,
+                     progress=progress)
     return result
 
 

@@ -112,3 +112,66 @@ def test_data_starts_and_unit_norm_decoders(model, seqs, tmp_path):
     assert (norms.std(dim=1) / norms.mean(dim=1)).max() < 1e-4  # but within a layer every feature's is the same
     with pytest.raises(ValueError, match="decoder-unit-norm"):
         TrainConfig.from_flat({"decoder_unit_norm": True})
+
+
+def test_least_squares_skip_start_recovers_an_affine_map():
+    from transcoders.train_state import fit_skip
+
+    tc = random_transcoder(kind="plt", n_layers=2, d_model=8, n_features=6, activation="relu", skip=True)
+    x = torch.randn(400, 2, 8)
+    W_true, b_true = torch.randn(2, 8, 8), torch.randn(2, 8)
+    y = torch.einsum("nld,lde->nle", x, W_true) + b_true
+    fit_skip(tc, x, y, ridge=1e-9)
+    torch.testing.assert_close(tc.W_skip.detach(), W_true, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(tc.b_dec.detach(), b_true, atol=1e-4, rtol=1e-4)
+    fit_skip(tc, x, y, ridge=10.0)  # the ridge shrinks the map towards 0
+    assert float(tc.W_skip.detach().norm()) < 0.5 * float(W_true.norm())
+
+
+def test_skip_start_and_its_learning_rate(model, seqs, tmp_path):
+    from transcoders.activation_source import ModelActivationSource, ShuffleBuffer
+    from transcoders.distributed import DistInfo
+    from transcoders.train_state import TrainState
+    from circuits.training.train import ModelLayers
+
+    src = ModelActivationSource(ModelLayers(model), seqs, "ln2.hook_normalized", "hook_mlp_out", 16, 32, 3_072)
+    buffer = ShuffleBuffer(src, 256, 0)
+    x0, y0 = buffer.current_group()
+    skip = dict(BASE, activation="topk", topk=4, skip=True, skip_init="lstsq", decoder_init="zero")
+    moved = {}
+    for scale in (0.0, 0.1, 1.0):
+        state = TrainState(TrainConfig.from_flat({**skip, "skip_lr_scale": scale}), 2, 32, "cpu", DistInfo(), "t", "t")
+        state.init_fresh(x0, y0)
+        start = state.tc.W_skip.detach().clone()
+        xs, ys = x0 * state.s_in[None, :, None], y0 * state.s_out[None, :, None]
+        y_lin = torch.einsum("nld,lde->nle", xs, start) + state.tc.b_dec.detach()
+        fvu = ((ys - y_lin).pow(2).sum((0, 2)) / (ys - ys.mean(0)).pow(2).sum((0, 2)))
+        assert (fvu < 0.95).all()  # the start already explains part of every layer's output
+        enc = state.tc.W_enc.detach().clone()
+        for _ in range(3):
+            state.train_step(*buffer.next_batch(), lr=1e-2, lam=0.0)
+        assert not torch.equal(state.tc.W_enc.detach(), enc)
+        moved[scale] = float((state.tc.W_skip.detach() - start).abs().max())
+    assert moved[0.0] == 0.0 and 0 < moved[0.1] < 0.3 * moved[1.0]  # Adam steps scale with the rate
+    with pytest.raises(ValueError, match="need a skip term"):
+        TrainConfig.from_flat({"skip_init": "lstsq"})
+
+
+def test_encoder_rows_start_at_centred_inputs():
+    from transcoders.train_state import init_from_data
+
+    cfg = TrainConfig.from_flat({**BASE, "activation": "topk", "topk": 4, "encoder_init": "data",
+                                 "encoder_bias_init": "centred"})
+    tc = random_transcoder(kind="plt", n_layers=2, d_model=8, n_features=6, activation="topk", topk=4)
+    norms = tc.W_enc.detach().norm(dim=-1).clone()
+    x = torch.randn(50, 2, 8) + 3.0  # inputs far from the origin: their directions all alike
+    x_mean = x.mean(0)
+    init_from_data(tc, cfg, x_mean, x)
+    W = tc.W_enc.detach()
+    torch.testing.assert_close(W.norm(dim=-1), norms)  # the random start's scale is kept
+    centred = (x - x_mean).transpose(0, 1)  # [L, N, d]
+    cos = torch.einsum("lfd,lnd->lfn", W / W.norm(dim=-1, keepdim=True),
+                       centred / centred.norm(dim=-1, keepdim=True))
+    best = cos.max(-1).values
+    torch.testing.assert_close(best, torch.ones_like(best))  # every row is one centred input's direction
+    assert (cos.argmax(-1)[0].unique().numel() == 6)  # and each feature a different one
