@@ -6,8 +6,11 @@
 Every training token of a run without --activation-tokens is fresh (the model runs live), so each
 log step's FVU is measured on positions the transcoder has not been trained on yet: a held-out
 figure along the way. The LR schedule (decay over the last part) makes a shorter run's final FVU
-a little better than this curve at the same point. Prints one row per --every CPU minutes; with
---metrics, the run's final held-out fidelity (FVU, L0, dead, top-1, KL) under the table.
+a little better than this curve at the same point. With --activation-tokens N the first N
+tokens are fresh and later passes re-read them (the curve then shows training FVU). Prints one row
+per --every CPU minutes; with --metrics, the run's final held-out fidelity (FVU, L0, dead, top-1,
+KL) under the table; each --point CPU_MIN:FVU:LABEL (held-out results of other runs) is drawn as a
+marker on the plot.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=5, help="log steps averaged per printed row")
     ap.add_argument("--plot", type=Path)
     ap.add_argument("--metrics", type=Path)
+    ap.add_argument("--point", action="append", default=[], help="CPU_MIN:FVU:LABEL, a held-out result to mark")
+    ap.add_argument("--title", default=None)
     args = ap.parse_args()
     rows = read_log(args.log)
     cpu0 = 0.0
@@ -58,9 +63,13 @@ def main() -> None:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot([(r["process_cpu_s"] - cpu0) / 60 for r in rows], [r["fvu_mean"] for r in rows], lw=1)
         ax.axhline(0.25, ls="--", c="grey", lw=0.8)
+        for spec in args.point:
+            minutes, fvu, label = spec.split(":", 2)
+            ax.plot([float(minutes)], [float(fvu)], "o", ms=5)
+            ax.annotate(label, (float(minutes), float(fvu)), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xlabel("CPU minutes (training process, model forward included)")
-        ax.set_ylabel("FVU on fresh batches (mean of layers)")
-        ax.set_title(args.log.name)
+        ax.set_ylabel("FVU (mean of layers)")
+        ax.set_title(args.title or args.log.name, fontsize=9)
         fig.tight_layout()
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.plot, dpi=120)

