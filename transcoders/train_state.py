@@ -120,16 +120,7 @@ class TrainState:
         x_mean_ld = (x0_tok_layer_d * self.s_in[None, :, None]).mean(0).to(self.tc.W_enc.device)
         init_from_data(self.tc, self.cfg, x_mean_ld, x0_tok_layer_d * self.s_in[None, :, None])
         if self.cfg.skip_init == "lstsq":
-            x0 = x0_tok_layer_d * self.s_in[None, :, None]
-            y0 = y0_tok_layer_d * self.s_out[None, :, None]
-            fit_skip(self.tc, x0, y0)
-            # the features' target is what the map leaves: rescale the outputs so that it, not y, has
-            # E||r||^2 = d (the learning rate then means what it means without a skip term)
-            r0 = y0 - torch.einsum("nld,lde->nle", x0, self.tc.W_skip.detach().cpu()) - self.tc.b_dec.detach().cpu()
-            boost_l = estimate_scales(r0)
-            self.s_out = self.s_out * boost_l
-            self.tc.W_skip.mul_(boost_l.to(self.tc.W_skip)[:, None, None])
-            self.tc.b_dec.mul_(boost_l.to(self.tc.b_dec)[:, None])
+            fit_skip(self.tc, x0_tok_layer_d * self.s_in[None, :, None], y0_tok_layer_d * self.s_out[None, :, None])
 
     # --- one optimisation step -------------------------------------------------------------------
     def train_step(self, x_tok_layer_d: torch.Tensor, y_tok_layer_d: torch.Tensor, lr: float, lam: float) -> dict:
