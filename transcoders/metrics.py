@@ -56,8 +56,12 @@ class ReconstructionStats:
     def l0_per_layer(self) -> torch.Tensor:
         return self.active_sum_layer / max(self.n_tokens, 1)
 
+    def dead_per_layer(self) -> torch.Tensor:
+        """[L]: fraction of each layer's features that never fired."""
+        return (self.fired_count_layer_feat == 0).double().mean(-1)
+
     def dead_fraction(self) -> float:
-        return float((self.fired_count_layer_feat == 0).double().mean())
+        return float(self.dead_per_layer().mean())  # every layer has the same number of features
 
     def summary(self) -> dict:
         fvu = self.fvu_per_layer()
@@ -67,5 +71,5 @@ class ReconstructionStats:
                 "l0_per_layer": [round(float(v), 3) for v in l0],
                 "l0_total": round(float(l0.sum()), 3),
                 "dead_fraction": round(self.dead_fraction(), 6),
-                "dead_per_layer": [round(float(v), 4) for v in (self.fired_count_layer_feat == 0).double().mean(-1)],
+                "dead_per_layer": [round(float(v), 4) for v in self.dead_per_layer()],
                 "n_tokens": self.n_tokens}

@@ -115,12 +115,12 @@ class TrainState:
     def init_fresh(self, x0_tok_layer_d: torch.Tensor, y0_tok_layer_d: torch.Tensor) -> None:
         """Normalisation scales from the first group; b_dec starts at the mean normalised output."""
         self.s_in, self.s_out = estimate_scales(x0_tok_layer_d), estimate_scales(y0_tok_layer_d)
-        y_mean = (y0_tok_layer_d * self.s_out[None, :, None]).mean(0)
-        self.tc.b_dec.copy_(y_mean.to(self.tc.b_dec.device))
-        x_mean_ld = (x0_tok_layer_d * self.s_in[None, :, None]).mean(0).to(self.tc.W_enc.device)
-        init_from_data(self.tc, self.cfg, x_mean_ld, x0_tok_layer_d * self.s_in[None, :, None])
+        x0 = x0_tok_layer_d * self.s_in[None, :, None]  # the first group as training sees it (normalised)
+        y0 = y0_tok_layer_d * self.s_out[None, :, None]
+        self.tc.b_dec.copy_(y0.mean(0).to(self.tc.b_dec.device))
+        init_from_data(self.tc, self.cfg, x0.mean(0).to(self.tc.W_enc.device), x0)
         if self.cfg.skip_init == "lstsq":
-            fit_skip(self.tc, x0_tok_layer_d * self.s_in[None, :, None], y0_tok_layer_d * self.s_out[None, :, None])
+            fit_skip(self.tc, x0, y0)
 
     # --- one optimisation step -------------------------------------------------------------------
     def train_step(self, x_tok_layer_d: torch.Tensor, y_tok_layer_d: torch.Tensor, lr: float, lam: float) -> dict:
