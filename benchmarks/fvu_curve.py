@@ -11,6 +11,12 @@ tokens are fresh and later passes re-read them (the curve then shows training FV
 per --every CPU minutes; with --metrics, the run's final held-out fidelity (FVU, L0, dead, top-1,
 KL) under the table; each --point CPU_MIN:FVU:LABEL (held-out results of other runs) is drawn as a
 marker on the plot.
+
+A run with --eval-every-tokens N also logs `heldout` lines: the transcoder as it was at that step,
+scored on 4,096 held-out positions (never trained on). Those are the honest curve; they are printed
+in their own table and drawn as a second line. Their CPU (eval_cpu_s) is left out of the x axis.
+--offset-minutes M adds M CPU minutes to every point (the model forward of a cache built by a
+separate `circuits transcoders cache-activations` process).
 """
 
 from __future__ import annotations
@@ -36,19 +42,32 @@ def main() -> None:
     ap.add_argument("--metrics", type=Path)
     ap.add_argument("--point", action="append", default=[], help="CPU_MIN:FVU:LABEL, a held-out result to mark")
     ap.add_argument("--title", default=None)
+    ap.add_argument("--offset-minutes", type=float, default=0.0,
+                    help="CPU minutes spent before this process (a cache built separately)")
     args = ap.parse_args()
-    rows = read_log(args.log)
-    cpu0 = 0.0
+    rows = [r for r in read_log(args.log) if "heldout" not in r]
+    points = [r for r in read_log(args.log) if "heldout" in r]
+    cpu0 = -args.offset_minutes * 60
+
+    def minutes_of(r: dict) -> float:
+        return (r["process_cpu_s"] - r.get("eval_cpu_s", 0.0) - cpu0) / 60
     print(f"{'CPU min':>8} {'tokens':>9} {'FVU':>7} {'L0/layer':>9} {'dead':>6}")
     next_at = 0.0
     for i, r in enumerate(rows):
-        minutes = (r["process_cpu_s"] - cpu0) / 60
+        minutes = minutes_of(r)
         if minutes >= next_at or i == len(rows) - 1:
             window = rows[max(0, i - args.window + 1): i + 1]
             fvu = sum(w["fvu_mean"] for w in window) / len(window)
             l0 = r["l0_total"] / len(r["l0_per_layer"])
             print(f"{minutes:8.1f} {r['tokens']:9d} {fvu:7.3f} {l0:9.1f} {r['dead_fraction']:6.3f}")
             next_at = minutes + args.every
+    if points:
+        print(f"held-out ({points[0]['heldout'].get('n_tokens', '?')} positions):")
+        print(f"{'CPU min':>8} {'tokens':>9} {'FVU':>7} {'L0/layer':>9} {'dead':>6}")
+        for p in points:
+            h = p["heldout"]
+            print(f"{minutes_of(p):8.1f} {p['tokens']:9d} {h['fvu_mean']:7.3f} "
+                  f"{h['l0_total'] / len(h['l0_per_layer']):9.1f} {h['dead_fraction']:6.3f}")
     if args.metrics:
         fid = json.loads(args.metrics.read_text()).get("fidelity", {})
         print("final held-out:", {k: round(fid[k], 4) for k in ("fvu_mean", "top1_agreement", "kl_mean",
@@ -61,13 +80,18 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot([(r["process_cpu_s"] - cpu0) / 60 for r in rows], [r["fvu_mean"] for r in rows], lw=1)
+        ax.plot([minutes_of(r) for r in rows], [r["fvu_mean"] for r in rows], lw=0.8, alpha=0.6,
+                label="training batches")
+        if points:
+            ax.plot([minutes_of(p) for p in points], [p["heldout"]["fvu_mean"] for p in points], "o-", ms=3,
+                    lw=1.4, c="k", label="held-out positions")
+            ax.legend(fontsize=7)
         ax.axhline(0.25, ls="--", c="grey", lw=0.8)
         for spec in args.point:
             minutes, fvu, label = spec.split(":", 2)
             ax.plot([float(minutes)], [float(fvu)], "o", ms=5)
             ax.annotate(label, (float(minutes), float(fvu)), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.set_xlabel("CPU minutes (training process, model forward included)")
+        ax.set_xlabel("CPU minutes (model forward included, held-out scoring left out)")
         ax.set_ylabel("FVU (mean of layers)")
         ax.set_title(args.title or args.log.name, fontsize=9)
         fig.tight_layout()

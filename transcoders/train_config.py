@@ -23,7 +23,8 @@ class TrainConfig(BaseModel):
     """How to train a transcoder: its architecture (`transcoder`), the data and the optimisation."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    RUNTIME_FIELDS: typing.ClassVar[frozenset[str]] = frozenset({"threads", "checkpoint_seconds", "eval_tokens"})
+    RUNTIME_FIELDS: typing.ClassVar[frozenset[str]] = frozenset({"threads", "checkpoint_seconds", "eval_tokens",
+                                                                   "eval_every_tokens"})
     """Fields that do not change what is trained; --resume may change them."""
 
     transcoder: TranscoderArchitecture = Field(default_factory=TranscoderArchitecture,
@@ -89,6 +90,9 @@ class TrainConfig(BaseModel):
     log_every: int = Field(25, gt=0, le=10**12, description="steps between progress / JSONL log lines")
     eval_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS, description="held-out tokens scored after training "
                                     "(default: a tenth of --tokens, 2048 to 32768; 0: no score)")
+    eval_every_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS, description="every this many training tokens, "
+                                          "score reconstruction (FVU, L0, dead) on held-out positions and log it "
+                                          "(a held-out learning curve; unset: only at the end)")
     cache_dir: str | None = Field(None, description="memory-mapped activation cache folder (reused across runs; "
                                   "`circuits transcoders cache-activations` builds one)")
     cache_dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="storage precision of --cache-dir "

@@ -27,6 +27,7 @@ class TrainLogger:
         if self.log_path is not None and start_step > 0:
             drop_lines_after_checkpoint(self.log_path, run_id, start_step)
         self.bar = None
+        self.eval_cpu_s = 0.0  # CPU spent in periodic held-out scoring (cumulative, this process)
         if progress and info.is_main:
             from tqdm.auto import tqdm
 
@@ -65,7 +66,8 @@ class TrainLogger:
                "fvu_mean": float(fvu.mean()), "fvu_per_layer": [round(float(v), 5) for v in fvu],
                "l0_total": float(l0.sum()), "l0_per_layer": [round(float(v), 2) for v in l0],
                "dead_fraction": state.dead_fraction(), "tokens_per_s": n / max(secs, 1e-9),
-               "elapsed_s": round(state.elapsed(), 2), "process_cpu_s": round(time.process_time(), 2)}
+               "elapsed_s": round(state.elapsed(), 2), "process_cpu_s": round(time.process_time(), 2),
+               "eval_cpu_s": round(self.eval_cpu_s, 2)}
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{rec['loss']:.3g}", fvu=f"{rec['fvu_mean']:.3f}",
                                  l0=f"{rec['l0_total']:.1f}", dead=f"{rec['dead_fraction']:.2f}", refresh=False)
@@ -73,6 +75,16 @@ class TrainLogger:
             self._append(json.dumps(rec) + "\n")
         self._reset()
         return rec
+
+    def heldout(self, state, report: dict) -> None:
+        """One `heldout` line: the periodic held-out score at this step (FVU, L0, dead per layer)."""
+        rec = {"run": self.run_id, "step": state.step, "tokens": state.tokens_seen, "heldout": report,
+               "elapsed_s": round(state.elapsed(), 2), "process_cpu_s": round(time.process_time(), 2),
+               "eval_cpu_s": round(self.eval_cpu_s, 2)}
+        if self.bar is not None:
+            self.bar.write(f"held-out at {state.tokens_seen:,} tokens: FVU {report.get('fvu_mean', float('nan')):.3f}")
+        if self.log_path is not None:
+            self._append(json.dumps(rec) + "\n")
 
     def _append(self, line: str) -> None:
         try:

@@ -59,16 +59,20 @@ def train_transcoder(read_layers: LayerReader, sequences: Iterable[Sequence[int]
                      model_name: str, source_id: str | None = None, resume: bool = False,
                      overwrite: bool = False, progress: bool = True, log_path: str | Path | None = None,
                      device: str = "cpu", stop_at_step: int | None = None,
-                     final_eval: Callable[[Transcoder], dict] | None = None) -> TrainResult:
+                     final_eval: Callable[[Transcoder], dict] | None = None,
+                     periodic_eval: Callable[[Transcoder], dict] | None = None) -> TrainResult:
     """Train a transcoder for the model `read_layers` reads on `sequences` (a re-iterable of
-    token-id lists; the same order every time it is iterated)."""
+    token-id lists; the same order every time it is iterated). `periodic_eval(raw transcoder)` is
+    called every `cfg.eval_every_tokens` training tokens and after the last step (main process
+    only); its report is logged as a `heldout` line (train_log.py)."""
     from transcoders.cpu_memory import reuse_freed_memory
     from transcoders.threads import training_threads
 
     with output_lock(Path(out_dir)), training_threads(cfg.threads, device) as n_threads, reuse_freed_memory(device):
         return _train(read_layers, sequences, cfg, Path(out_dir), model_name=model_name, source_id=source_id,
                       resume=resume, overwrite=overwrite, progress=progress, log_path=log_path, device=device,
-                      stop_at_step=stop_at_step, final_eval=final_eval, n_threads=n_threads)
+                      stop_at_step=stop_at_step, final_eval=final_eval, n_threads=n_threads,
+                      periodic_eval=periodic_eval)
 
 
 @contextlib.contextmanager
@@ -94,7 +98,7 @@ def output_lock(out: Path):
 
 
 def _train(read_layers: LayerReader, sequences, cfg: TrainConfig, out: Path, *, model_name, source_id, resume, overwrite,
-           progress, log_path, device, stop_at_step, final_eval, n_threads: int) -> TrainResult:
+           progress, log_path, device, stop_at_step, final_eval, n_threads: int, periodic_eval=None) -> TrainResult:
     t_start = time.monotonic()
     mode = prepare_outputs(out, cfg, resume=resume, overwrite=overwrite, log_path=log_path)
     info = init_distributed(device)
@@ -112,7 +116,7 @@ def _train(read_layers: LayerReader, sequences, cfg: TrainConfig, out: Path, *, 
             out.mkdir(parents=True, exist_ok=True)
     state.start_clock(t_start)  # elapsed time includes collecting activations
     barrier(info)
-    loop = TrainLoop(state, buffer, out, info, progress=progress, log_path=log_path)
+    loop = TrainLoop(state, buffer, out, info, progress=progress, log_path=log_path, periodic_eval=periodic_eval)
     loop.timing["threads"] = n_threads
     loop.timing["activation_dtype"] = getattr(read_layers, "dtype", None)  # what "auto" resolved to
     loop.run(stop_at_step)
@@ -179,10 +183,13 @@ class TrainLoop:
     window is empty whenever one is taken and a resumed run logs exactly what an unbroken one would."""
 
     def __init__(self, state: TrainState, buffer: ShuffleBuffer, out: Path, info: DistInfo,
-                 progress: bool, log_path):
+                 progress: bool, log_path, periodic_eval: Callable[[Transcoder], dict] | None = None):
         from transcoders.train_log import TrainLogger
 
         self.state, self.buffer, self.out, self.info = state, buffer, out, info
+        every = state.cfg.eval_every_tokens
+        self.periodic_eval = periodic_eval if every and info.is_main else None
+        self._next_eval = (state.tokens_seen // every + 1) * every if every else None
         self.logger = TrainLogger(state.cfg, info, progress, log_path, state.step, state.run_id)
         self.last_metrics: dict = {}
         self.timing = {"data_s": 0.0, "step_s": 0.0, "checkpoint_s": 0.0}
@@ -206,10 +213,24 @@ class TrainLoop:
             self.timing["data_s"] += t1 - t0
             self.timing["step_s"] += t2 - t1
             self.logger.step(parts, cfg.batch_size)
+            # before a checkpoint at this step: a run killed between them redoes the point on resume
+            if self.periodic_eval is not None and (st.tokens_seen >= self._next_eval or st.step == cfg.n_steps):
+                self._held_out_point()
             if st.step % cfg.log_every == 0 or st.step == end:
                 self.last_metrics = self.logger.flush(st)
                 self._maybe_checkpoint(force=st.step == end and st.step < cfg.n_steps)
         self.logger.close()
+
+    def _held_out_point(self) -> None:
+        """Score the transcoder as it is now on held-out positions; its CPU time is logged apart
+        (`eval_cpu_s`, cumulative) so a curve against training CPU can leave it out."""
+        st, every = self.state, self.state.cfg.eval_every_tokens
+        t0, w0 = time.process_time(), time.perf_counter()
+        report = self.periodic_eval(st.raw_transcoder())
+        self.logger.eval_cpu_s += time.process_time() - t0
+        self.logger.t0 += time.perf_counter() - w0  # the window's tokens/s leaves the scoring out
+        self.logger.heldout(st, report)
+        self._next_eval = (st.tokens_seen // every + 1) * every
 
     def _kept(self) -> str:
         ck = self.out / CHECKPOINT_FILE

@@ -83,6 +83,46 @@ def measure_fidelity(model, tc, sequences: Iterable[Sequence[int]], max_tokens: 
     return report
 
 
+class HeldOutReconstruction:
+    """Reconstruction on a fixed set of held-out positions, scored again and again (a training run's
+    held-out learning curve, TrainConfig.eval_every_tokens): the positions measure_fidelity reads
+    first (same batches, BOS left out), their activations collected once on the first call and
+    kept in float32. Returns the reconstruction part of the fidelity report (FVU, L0, dead)."""
+
+    def __init__(self, model, sequences: Iterable[Sequence[int]], max_tokens: int, seq_len: int = 128,
+                 batch_size: int = 32):
+        self.model, self.sequences = model, sequences
+        self.max_tokens, self.seq_len, self.batch_size = max_tokens, seq_len, batch_size
+        self.x_n_layer_d: torch.Tensor | None = None
+        self.y_n_layer_d: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def _collect(self, input_hook: str, output_hook: str) -> None:
+        xs, ys = [], []
+        for seqs in _batches(self.sequences, self.batch_size, self.max_tokens, self.seq_len):
+            tokens, mask = pad_right(seqs)
+            cap = capture_layers(self.model, tokens.to(self.model.cfg.device), input_hook, output_hook, logits=False)
+            keep = mask.to(cap.x_b_t_layer_d.device).clone()
+            keep[:, 0] = False
+            xs.append(cap.x_b_t_layer_d[keep].float().cpu())
+            ys.append(cap.y_b_t_layer_d[keep].float().cpu())
+        if not xs:
+            raise CircuitsError("no held-out sequences of 3 or more tokens to score reconstruction on")
+        self.x_n_layer_d, self.y_n_layer_d = torch.cat(xs), torch.cat(ys)
+
+    @torch.no_grad()
+    def __call__(self, tc, rows_per_batch: int = 512) -> dict:
+        if self.x_n_layer_d is None:
+            self._collect(tc.cfg.input_hook, tc.cfg.output_hook)
+        dev = tc.W_enc.device
+        stats = ReconstructionStats(tc.n_layers, tc.n_features)
+        for i in range(0, self.x_n_layer_d.shape[0], rows_per_batch):
+            x = self.x_n_layer_d[i:i + rows_per_batch].to(dev, tc.dtype)
+            y_hat, acts, _ = tc(x)
+            stats.update(self.y_n_layer_d[i:i + rows_per_batch], y_hat, acts)
+        return {**stats.summary(), "n_tokens": stats.n_tokens}
+
+
 def _progress_bar(total_tokens: int):
     from tqdm.auto import tqdm
 

@@ -16,7 +16,7 @@ import torch
 
 from circuits.replacement.hooks import capture_layers, check_hooks_exist
 from circuits.corpora.sequences import corpus_sequences
-from circuits.training.fidelity import measure_fidelity
+from circuits.training.fidelity import HeldOutReconstruction, measure_fidelity
 from transcoders.precision import resolve_activation_dtype
 from transcoders.train_config import TrainConfig
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 FIDELITY_TOKENS = 32768  # held-out tokens scored after training (at most; a tenth of the training tokens)
+CURVE_TOKENS = 4096  # held-out positions of the periodic score (--eval-every-tokens; at most --eval-tokens)
 
 
 @dataclass
@@ -74,7 +75,13 @@ def train_for_model(loaded, cfg: TrainConfig, out_dir: str | Path, corpus: str |
         n_eval = cfg.eval_tokens if cfg.eval_tokens is not None else min(FIDELITY_TOKENS, max(2048, cfg.tokens // 10))
         return measure_fidelity(model, tc, heldout, max_tokens=n_eval, seq_len=cfg.seq_len, progress=progress)
 
+    periodic_eval = None
+    if cfg.eval_every_tokens:
+        heldout, _ = corpus_sequences(loaded, corpus, cfg.seq_len, heldout=True)
+        periodic_eval = HeldOutReconstruction(model, heldout, min(cfg.eval_tokens or CURVE_TOKENS, CURVE_TOKENS),
+                                              seq_len=cfg.seq_len)
     return train_transcoder(ModelLayers(model, cfg.activation_dtype), sequences, cfg, out_dir, model_name=loaded.name,
                             source_id=source_id_for(loaded, corpus_id), resume=resume, overwrite=overwrite,
                             progress=progress, log_path=log_path, device=device, stop_at_step=stop_at_step,
-                            final_eval=final_eval if evaluate and cfg.eval_tokens != 0 else None)
+                            final_eval=final_eval if evaluate and cfg.eval_tokens != 0 else None,
+                            periodic_eval=periodic_eval)
