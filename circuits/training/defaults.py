@@ -83,8 +83,11 @@ def ensure_default_transcoder(loaded_model, progress: bool = True):
     if progress:
         from circuits.models.registry import say_first_use
 
+        builtin = BUILTIN_MODELS[loaded_model.name]
+        longer = (f"; later, `circuits transcoders train --model {loaded_model.name} --recipe long --overwrite` "
+                  "trains a better one in its place (about 30 CPU-minutes)") if "long" in builtin.recipes else ""
         say_first_use(f"{'resuming' if resume else 'training'} the default {cfg.transcoder.kind.upper()} of "
-                      f"`{loaded_model.name}` ({BUILTIN_MODELS[loaded_model.name].first_use[1]}), cached in {path}")
+                      f"`{loaded_model.name}` ({builtin.first_use[1]}), cached in {path}{longer}")
     result = make_default_transcoder(loaded_model, cfg, path, resume=resume, overwrite=not resume,
                                      progress=progress, device=device)
     return freeze(result.transcoder.to(device)), path
