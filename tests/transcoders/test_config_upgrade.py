@@ -41,7 +41,7 @@ def test_a_flat_training_config_json_reads_as_the_nested_config(tmp_path):
     flat = cfg.flat()
     assert {k: flat[k] for k in FLAT_TRAIN_CONFIG} == FLAT_TRAIN_CONFIG  # nothing lost or renamed
     added = {k: v for k, v in flat.items() if k not in FLAT_TRAIN_CONFIG}  # fields added since: their defaults
-    assert added == {"activation_dtype": "float32", "eval_tokens": None, "cache_dtype": "bfloat16",
+    assert added == {"activation_dtype": "float32", "eval_tokens": None, "eval_every_tokens": None, "cache_dtype": "bfloat16",
                      "recon_loss": "sum", "decoder_init": "uniform", "encoder_bias_init": "zero",
                      "decoder_unit_norm": False, "auxk_coef": 0.0, "auxk_k": None, "encoder_init": "uniform",
                      "skip_init": "zero", "skip_lr_scale": 1.0}  # the old recipe's values
