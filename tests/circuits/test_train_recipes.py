@@ -22,7 +22,14 @@ def test_long_recipes_change_only_the_budget():
     assert recipe_config("smollm2-135m", FIRST_USE) == SMOLLM2_PLT
 
 
-def test_unknown_recipe_is_one_line_naming_the_known_ones(circuits_home, tmp_path, capsys):
+@pytest.fixture
+def own_transcoders_dir(tmp_path, monkeypatch):
+    """Default transcoders under tmp_path: the session's shared world-tiny default stays untouched."""
+    monkeypatch.setattr("circuits.training.defaults.transcoders_dir", lambda: tmp_path / "transcoders")
+    return tmp_path / "transcoders"
+
+
+def test_unknown_recipe_is_one_line_naming_the_known_ones(circuits_home, own_transcoders_dir, tmp_path, capsys):
     code, _, err = run(["transcoders", "train", "--model", "world-tiny", "--recipe", "long", *FAST], capsys)
     assert code == 2 and "'world-tiny' has no recipe 'long'; it has: first-use" in _one_error_line(err)
     assert not default_transcoder_dir("world-tiny").exists()
@@ -31,12 +38,14 @@ def test_unknown_recipe_is_one_line_naming_the_known_ones(circuits_home, tmp_pat
     assert code == 2 and "--recipe is for built-in models" in _one_error_line(err)
 
 
-def test_a_recipe_trains_the_default_and_refuses_another_runs_checkpoint(world_tiny, monkeypatch, capsys):
+def test_a_recipe_trains_the_default_and_refuses_another_runs_checkpoint(world_tiny, own_transcoders_dir, monkeypatch,
+                                                                       capsys):
     small = recipe_config("world-tiny", FIRST_USE).updated(dict(n_features=16, tokens=4096, batch_size=256,
                                                                 buffer_tokens=2048, log_every=4,
                                                                 checkpoint_seconds=0))
     monkeypatch.setitem(BUILTIN_MODELS["world-tiny"].recipes, "short", small)
     out = default_transcoder_dir("world-tiny")
+    assert out.is_relative_to(own_transcoders_dir)
     # an unfinished first-use run in the default folder: `--recipe short` must not resume it as its own
     from circuits.training.train import train_for_model
 
