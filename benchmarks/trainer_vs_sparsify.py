@@ -218,6 +218,7 @@ def main() -> None:
     for side, r in rows.items():
         if "fvu_per_layer" in r:
             print(f"\n{side}, FVU per layer: {' '.join(f'{v:.2f}' for v in r['fvu_per_layer'])}")
+            print(f"{side}, L0 per layer: {' '.join(f'{v:.0f}' for v in r['l0_per_layer'])}")
 
 
 if __name__ == "__main__":
