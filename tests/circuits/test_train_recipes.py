@@ -57,3 +57,13 @@ def test_a_recipe_trains_the_default_and_refuses_another_runs_checkpoint(world_t
                         "--no-progress", "--eval-tokens", "0"], capsys)
     assert code == 0, err
     assert load_transcoder(out).n_features == 16 and not (out / CHECKPOINT_FILE).exists()
+
+
+def test_the_cli_resolves_a_recipe_with_the_options_given_beside_it(tmp_path):
+    from circuits.cli.transcoders import resolve_config
+
+    long = recipe_config("smollm2-135m", "long")
+    assert resolve_config("smollm2-135m", tmp_path / "o", False, {}, "long") == long
+    mixed = resolve_config("smollm2-135m", tmp_path / "o", False, {"lr": 1e-3, "threads": 1}, "long")
+    assert (mixed.lr, mixed.threads, mixed.tokens) == (1e-3, 1, long.tokens)
+    assert resolve_config("smollm2-135m", tmp_path / "o", False, {}, None) == SMOLLM2_PLT
