@@ -120,7 +120,7 @@ def train_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="A built-in model's named training config "
                                          "instead of its first-use one (smollm2-135m, gemma3-270m: long, "
-                                         "about 30 CPU-minutes; docs/transcoders.md); options still override it."),
+                                         "under 30 CPU-minutes on 2 cores; docs/transcoders.md); options still override it."),
     **options,
 ) -> None:
     """Train a cross-layer (clt) or per-layer (plt) transcoder for --model; progress shows

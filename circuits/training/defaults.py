@@ -85,7 +85,7 @@ def ensure_default_transcoder(loaded_model, progress: bool = True):
 
         builtin = BUILTIN_MODELS[loaded_model.name]
         longer = (f"; later, `circuits transcoders train --model {loaded_model.name} --recipe long --overwrite` "
-                  "trains a better one in its place (about 30 CPU-minutes)") if "long" in builtin.recipes else ""
+                  "trains a better one in its place (under 30 CPU-minutes on 2 cores)") if "long" in builtin.recipes else ""
         say_first_use(f"{'resuming' if resume else 'training'} the default {cfg.transcoder.kind.upper()} of "
                       f"`{loaded_model.name}` ({builtin.first_use[1]}), cached in {path}{longer}")
     result = make_default_transcoder(loaded_model, cfg, path, resume=resume, overwrite=not resume,

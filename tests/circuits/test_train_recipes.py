@@ -12,12 +12,13 @@ from transcoders.checkpoint import CHECKPOINT_FILE
 from transcoders.loading import load_transcoder
 
 
-def test_long_recipes_change_only_the_budget():
+def test_long_recipes_change_only_the_budget_and_its_decay():
     for model in ("smollm2-135m", "gemma3-270m"):
         first, long = recipe_config(model, FIRST_USE), recipe_config(model, "long")
         assert first == BUILTIN_MODELS[model].transcoder_config
         changed = {k for k, v in long.flat().items() if first.flat()[k] != v}
-        assert changed == {"activation_tokens", "tokens"}
+        assert changed == {"activation_tokens", "tokens", "lr_decay_frac"}
+        assert long.lr_decay_frac == 0.5
         assert long.activation_tokens == 3 * first.activation_tokens and long.tokens == 4 * long.activation_tokens
     assert recipe_config("smollm2-135m", FIRST_USE) == SMOLLM2_PLT
 
