@@ -45,8 +45,9 @@ def main() -> None:
     ap.add_argument("--offset-minutes", type=float, default=0.0,
                     help="CPU minutes spent before this process (a cache built separately)")
     args = ap.parse_args()
-    rows = [r for r in read_log(args.log) if "heldout" not in r]
-    points = [r for r in read_log(args.log) if "heldout" in r]
+    lines = read_log(args.log)
+    rows = [r for r in lines if "heldout" not in r]
+    points = [r for r in lines if "heldout" in r]
     cpu0 = -args.offset_minutes * 60
 
     def minutes_of(r: dict) -> float:

@@ -76,8 +76,12 @@ class TrainLogger:
         self._reset()
         return rec
 
-    def heldout(self, state, report: dict) -> None:
-        """One `heldout` line: the periodic held-out score at this step (FVU, L0, dead per layer)."""
+    def heldout(self, state, report: dict, cpu_s: float, wall_s: float) -> None:
+        """One `heldout` line: the periodic held-out score at this step (FVU, L0, dead per layer), which
+        took cpu_s / wall_s. Its CPU is counted apart (eval_cpu_s) and its wall time is left out of the
+        current window's tokens/s."""
+        self.eval_cpu_s += cpu_s
+        self.t0 += wall_s
         rec = {"run": self.run_id, "step": state.step, "tokens": state.tokens_seen, "heldout": report,
                "elapsed_s": round(state.elapsed(), 2), "process_cpu_s": round(time.process_time(), 2),
                "eval_cpu_s": round(self.eval_cpu_s, 2)}

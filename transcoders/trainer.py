@@ -227,9 +227,7 @@ class TrainLoop:
         st, every = self.state, self.state.cfg.eval_every_tokens
         t0, w0 = time.process_time(), time.perf_counter()
         report = self.periodic_eval(st.raw_transcoder())
-        self.logger.eval_cpu_s += time.process_time() - t0
-        self.logger.t0 += time.perf_counter() - w0  # the window's tokens/s leaves the scoring out
-        self.logger.heldout(st, report)
+        self.logger.heldout(st, report, time.process_time() - t0, time.perf_counter() - w0)
         self._next_eval = (st.tokens_seen // every + 1) * every
 
     def _kept(self) -> str:

@@ -61,11 +61,9 @@ def default_out(model: str, overrides: dict, resume: bool, overwrite: bool,
     """No --out: the built-in model's default transcoder folder in the cache (where `trace` looks),
     and whether to resume (an unfinished run there continues unless --overwrite)."""
     from circuits.errors import CircuitsError
-    from circuits.models.registry import default_transcoder_fields
+    from circuits.models.registry import default_transcoder_fields, recipe_config
     from circuits.training.defaults import default_transcoder_dir
     from transcoders.checkpoint import CHECKPOINT_FILE
-
-    from circuits.models.registry import recipe_config
 
     kind = given(TrainConfig, overrides).get("kind")
     if recipe is not None and kind is None:

@@ -64,11 +64,10 @@ def measure_fidelity(model, tc, sequences: Iterable[Sequence[int]], max_tokens: 
         tokens, mask = pad_right(seqs)
         tokens, mask = tokens.to(dev), mask.to(dev)
         cap = capture_layers(model, tokens, cfg.input_hook, cfg.output_hook)
-        logits_o, x, y = cap.logits, cap.x_b_t_layer_d, cap.y_b_t_layer_d
-        keep = mask.clone()
-        keep[:, 0] = False
-        y_hat, acts, _ = tc(x[keep].float())
-        stats.update(y[keep].float(), y_hat, acts)
+        x, y = _scored_rows(cap, mask)
+        y_hat, acts, _ = tc(x)
+        stats.update(y, y_hat, acts)
+        logits_o = cap.logits
         logits_r = model.run_with_hooks(tokens, fwd_hooks=replacement_hooks(model, tc))
         _score_predictions(logits_o, logits_r, tokens, mask, sums)
     if bar is not None:
@@ -81,6 +80,14 @@ def measure_fidelity(model, tc, sequences: Iterable[Sequence[int]], max_tokens: 
                    "ce_original": round(sums["ce_o"] / n, 6), "ce_replacement": round(sums["ce_r"] / n, 6),
                    "n_predictions": n})
     return report
+
+
+def _scored_rows(cap, mask_b_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) [n, L, d] in float32 at the positions reconstruction is scored on: every real (unpadded)
+    position but the first, BOS, which carries no features."""
+    keep = mask_b_t.to(cap.x_b_t_layer_d.device).clone()
+    keep[:, 0] = False
+    return cap.x_b_t_layer_d[keep].float(), cap.y_b_t_layer_d[keep].float()
 
 
 class HeldOutReconstruction:
@@ -102,10 +109,9 @@ class HeldOutReconstruction:
         for seqs in _batches(self.sequences, self.batch_size, self.max_tokens, self.seq_len):
             tokens, mask = pad_right(seqs)
             cap = capture_layers(self.model, tokens.to(self.model.cfg.device), input_hook, output_hook, logits=False)
-            keep = mask.to(cap.x_b_t_layer_d.device).clone()
-            keep[:, 0] = False
-            xs.append(cap.x_b_t_layer_d[keep].float().cpu())
-            ys.append(cap.y_b_t_layer_d[keep].float().cpu())
+            x, y = _scored_rows(cap, mask)
+            xs.append(x.cpu())
+            ys.append(y.cpu())
         if not xs:
             raise CircuitsError("no held-out sequences of 3 or more tokens to score reconstruction on")
         self.x_n_layer_d, self.y_n_layer_d = torch.cat(xs), torch.cat(ys)
